@@ -1,0 +1,132 @@
+"""The ``dlrm-mlet`` command: one subcommand per job, argparse all the way.
+
+Every subcommand turns bad input (``MLETError``) into one line on stderr and
+exit status 2; ``verify`` exits 1 when a table is outside tolerance.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from . import __version__
+from .errors import MLETError
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _mib(nbytes):
+    return f"{nbytes / 2**20:.2f} MiB"
+
+
+def cmd_fold(args):
+    from .checkpoint import atomic_save, fold_checkpoint, load_dlrm_checkpoint
+    from .folding import mlet_prefixes, mlet_table_bytes
+
+    if os.path.exists(args.output) and os.path.samefile(args.input, args.output):
+        raise MLETError(f"{args.output}: refusing to fold a checkpoint onto itself")
+    if os.path.exists(args.output) and not args.force:
+        raise MLETError(f"{args.output} exists; pass --force to replace it")
+    ckpt = load_dlrm_checkpoint(args.input)
+    try:
+        folded = fold_checkpoint(ckpt)
+    except MLETError as error:
+        raise MLETError(f"{args.input}: {error}") from None
+    atomic_save(folded, args.output)
+    before, after = mlet_table_bytes(ckpt["state_dict"])
+    print(
+        f"folded {len(mlet_prefixes(ckpt['state_dict']))} MLET tables: embedding weights "
+        f"{_mib(before)} -> {_mib(after)}; wrote {args.output}"
+    )
+    return 0
+
+
+def cmd_verify(args):
+    from .checkpoint import load_dlrm_checkpoint
+    from .verify import verify_state_dict
+
+    ckpt = load_dlrm_checkpoint(args.input)
+    folded = load_dlrm_checkpoint(args.against)["state_dict"] if args.against else None
+    try:
+        checks = verify_state_dict(
+            ckpt["state_dict"], folded, bags=args.bags, max_bag=args.max_bag,
+            tolerance=args.tolerance, seed=args.seed,
+        )
+    except MLETError as error:
+        raise MLETError(f"{args.input}: {error}") from None
+    if args.json:
+        rows = [dict(vars(c), ok=c.ok) for c in checks]
+        print(json.dumps({"tables": rows, "ok": all(c.ok for c in checks)}, indent=2))
+    else:
+        print(f"{'table':<12} {'rows':>10} {'k':>5} {'d':>4} {'max |diff|':>11} {'scale':>10}  result")
+        for c in checks:
+            verdict = "ok" if c.ok else f"FAIL (> {c.tolerance:g} x scale)"
+            print(
+                f"{c.name:<12} {c.rows:>10} {c.hidden_dim:>5} {c.embedding_dim:>4} "
+                f"{c.max_abs_diff:>11.3e} {c.output_scale:>10.3e}  {verdict}"
+            )
+        bad = sum(not c.ok for c in checks)
+        print(f"{len(checks) - bad}/{len(checks)} tables within tolerance")
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="dlrm-mlet",
+        description="Multi-layer embedding training (MLET) for facebookresearch/dlrm.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("fold", help="fold an MLET checkpoint into a stock DLRM checkpoint")
+    p.add_argument("input", help="MLET checkpoint (e.g. model.pt.mlet)")
+    p.add_argument("output", help="where to write the folded, stock-loadable checkpoint")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.set_defaults(func=cmd_fold)
+
+    p = sub.add_parser("verify", help="check folded outputs equal MLET outputs, per table")
+    p.add_argument("input", help="MLET checkpoint")
+    p.add_argument("--against", metavar="FOLDED", help="compare with this folded checkpoint "
+                   "instead of folding in memory")
+    p.add_argument("--bags", type=_positive_int, default=512, help="random bags per mode (512)")
+    p.add_argument("--max-bag", type=_positive_int, default=20, help="largest bag size (20)")
+    p.add_argument("--tolerance", type=_nonnegative_float, default=1e-5,
+                   help="allowed max |diff| relative to the largest output (1e-5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MLETError as error:
+        print(f"dlrm-mlet: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dlrm-mlet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

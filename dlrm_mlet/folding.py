@@ -1,0 +1,148 @@
+"""Folding: turn trained ``table @ proj.T`` pairs into plain ``n x d`` tables.
+
+Three levels share one kernel, ``fold_weight``: a single table
+(``MLETEmbeddingBag.fold``), a whole model in place (``fold_model``) and a
+saved state dict (``fold_state_dict``). Folding is exact up to float rounding
+because pooling and projection are both linear:
+``pool(A[idx]) @ B.T == pool((A @ B.T)[idx])``.
+"""
+
+from collections import OrderedDict
+
+import torch
+
+from .errors import MLETError
+
+# Bytes of scratch a fold may use per row block, beyond the input and output
+# tables. Chosen far below the 64 MiB promise so BLAS workspace fits too.
+FOLD_BLOCK_BYTES = 16 * 2**20
+
+TABLE_KEY = "table.weight"
+PROJ_KEY = "proj.weight"
+
+
+def fold_weight(table_weight, proj_weight, name, block_bytes=FOLD_BLOCK_BYTES):
+    """Return ``table_weight @ proj_weight.T`` (n x d), checked finite.
+
+    Computed block by block straight into the result, so the scratch memory is
+    bounded by ``block_bytes`` whatever ``n``. Keeps the table's dtype and
+    device; half-precision tables are multiplied in float32 and rounded once.
+    """
+    a = table_weight.detach()
+    b = proj_weight.detach().to(device=a.device)
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise MLETError(
+            f"{name}: cannot fold a {tuple(a.shape)} table with a {tuple(b.shape)} "
+            "projection (expected n x k and d x k)"
+        )
+    n, k = a.shape
+    d = b.shape[0]
+    compute = a.dtype if a.dtype in (torch.float32, torch.float64) else torch.float32
+    bt = b.to(compute).t().contiguous()
+    out = torch.empty(n, d, dtype=a.dtype, device=a.device)
+    rows = max(1, block_bytes // (4 * (k + d) + 1))
+    with torch.no_grad():
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
+            block = out[start:stop]
+            if compute == a.dtype:
+                torch.mm(a[start:stop], bt, out=block)
+            else:
+                block.copy_(a[start:stop].to(compute) @ bt)
+            finite = torch.isfinite(block).all(dim=1)
+            if not bool(finite.all()):
+                row = start + int((~finite).nonzero()[0])
+                raise MLETError(
+                    f"{name}: folded row {row} is not finite (nan or inf); the table or "
+                    "its projection diverged, so nothing was folded"
+                )
+    return out
+
+
+def fold_model(model):
+    """Replace every ``MLETEmbeddingBag`` inside ``model`` by its folded table.
+
+    All tables are folded before any is swapped, so an error (a non-finite
+    table) leaves the model exactly as it was. Returns how many tables were
+    folded.
+    """
+    from .table import MLETEmbeddingBag
+
+    if isinstance(model, MLETEmbeddingBag):
+        raise MLETError("fold_model needs a model that contains tables; use table.fold()")
+    places = [
+        (name, module)
+        for name, module in model.named_modules(remove_duplicate=False)
+        if isinstance(module, MLETEmbeddingBag)
+    ]
+    folded = {}
+    for name, module in places:
+        if id(module) not in folded:
+            folded[id(module)] = module.fold(name)
+    for name, module in places:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, folded[id(module)])
+    return len(folded)
+
+
+def _prefix(key, suffix):
+    """``'emb_l.3.table.weight' -> 'emb_l.3.'``; None when ``key`` lacks ``suffix``."""
+    if key == suffix:
+        return ""
+    if key.endswith("." + suffix):
+        return key[: -len(suffix)]
+    return None
+
+
+def mlet_prefixes(state_dict):
+    """Prefixes (``'emb_l.3.'``) of the MLET tables in a state dict, in key order.
+
+    A table counts only when both its ``table.weight`` and ``proj.weight`` are
+    present, so an unrelated module that happens to be called ``table`` is
+    left alone.
+    """
+    return [
+        p
+        for key in state_dict
+        if (p := _prefix(key, TABLE_KEY)) is not None and p + PROJ_KEY in state_dict
+    ]
+
+
+def mlet_table_bytes(state_dict):
+    """Bytes of the MLET tables now (table + projection) and once folded (n x d)."""
+    now = folded = 0
+    for p in mlet_prefixes(state_dict):
+        table, proj = state_dict[p + TABLE_KEY], state_dict[p + PROJ_KEY]
+        now += (table.numel() + proj.numel()) * table.element_size()
+        folded += table.shape[0] * proj.shape[0] * table.element_size()
+    return now, folded
+
+
+def fold_state_dict(state_dict):
+    """Return a new state dict with each MLET pair replaced by the stock key.
+
+    ``emb_l.3.table.weight`` + ``emb_l.3.proj.weight`` become
+    ``emb_l.3.weight`` at the table's position; every other key and value is
+    passed through untouched. The input is not modified.
+    """
+    prefixes = set(mlet_prefixes(state_dict))
+    out = OrderedDict()
+    for key, value in state_dict.items():
+        table = _prefix(key, TABLE_KEY)
+        if table in prefixes:
+            new_key = table + "weight"
+            if new_key in state_dict:
+                raise MLETError(f"{table}: both an MLET pair and a plain {new_key!r} are present")
+            out[new_key] = fold_weight(value, state_dict[table + PROJ_KEY], table.rstrip(".") or "table")
+        elif _prefix(key, PROJ_KEY) not in prefixes:
+            out[key] = value
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        # Module versions travel with a state dict; the folded table takes the
+        # place (and the version) of the EmbeddingBag it came from.
+        out._metadata = OrderedDict(metadata)
+        for table in prefixes:
+            module = table.rstrip(".")
+            out._metadata.pop(table + "proj", None)
+            out._metadata[module] = out._metadata.pop(table + "table", {})
+    return out

@@ -1,0 +1,1 @@
+"""The patch against facebookresearch/dlrm, shipped as package data (dlrm_mlet.patches)."""

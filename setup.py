@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+# Runtime needs only what DLRM itself imports besides its data helpers; the
+# rest is opt-in. torch is a range here: pin it yourself (tests use 2.13.0).
+DLRM_RUNTIME = ["scikit-learn", "tqdm"]  # imported by dlrm_s_pytorch.py and its data loader
+
+setup(
+    name="dlrm-mlet",
+    version="0.1.0",
+    description="Multi-layer embedding training (MLET) for facebookresearch/dlrm, "
+    "folded into stock DLRM checkpoints",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    # patches/ sits at the top of the repo (where DLRM users look for it) and
+    # ships inside the package as dlrm_mlet.patches, for `dlrm-mlet patch`.
+    packages=find_packages(include=["dlrm_mlet", "dlrm_mlet.*"]) + ["dlrm_mlet.patches"],
+    package_dir={"dlrm_mlet.patches": "patches"},
+    package_data={"dlrm_mlet.patches": ["*.patch"]},
+    install_requires=["torch>=2.5", "numpy", "onnx", "tensorboard"],
+    extras_require={
+        "dlrm": DLRM_RUNTIME + ["mlperf-logging"],
+        "test": DLRM_RUNTIME + ["mlperf-logging", "pytest", "hypothesis", "onnxruntime"],
+        "plot": ["matplotlib"],
+    },
+    entry_points={"console_scripts": ["dlrm-mlet=dlrm_mlet.cli:main"]},
+)

@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+import torch
+
+from dlrm_mlet import MLETEmbeddingBag, MLETError
+from dlrm_mlet import table as table_module
+from dlrm_mlet.verify import random_bags
+
+
+def bags(n, seed=1, count=64, max_bag=8):
+    return random_bags(n, count, max_bag, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("n,d,k", [(1, 2, 3), (50, 4, 64), (1000, 16, 256), (300, 8, 8)])
+@pytest.mark.parametrize("mode,weighted", [("sum", False), ("mean", False), ("sum", True)])
+def test_fold_gives_the_same_outputs(n, d, k, mode, weighted):
+    bag = MLETEmbeddingBag(n, d, k, mode=mode)
+    # Trained tables are not at their tiny init scale: make the check realistic.
+    with torch.no_grad():
+        bag.table.weight.normal_()
+    indices, offsets, weights = bags(n)
+    psw = weights if weighted else None
+    expected = bag(indices, offsets, per_sample_weights=psw)
+    folded = bag.fold()
+    assert isinstance(folded, torch.nn.EmbeddingBag)
+    assert folded.weight.shape == (n, d) and folded.mode == mode and folded.sparse
+    got = folded(indices, offsets, per_sample_weights=psw)
+    assert expected.shape == (64, d)
+    scale = expected.abs().max()
+    assert (got - expected).abs().max() <= 1e-5 * scale
+
+
+def test_forward_takes_2d_input_like_embedding_bag():
+    bag = MLETEmbeddingBag(20, 4, 16, mode="mean")
+    x = torch.tensor([[1, 2, 3], [4, 5, 5]])
+    assert torch.allclose(bag(x), bag.fold()(x), atol=1e-6)
+
+
+def test_gradients_reach_both_factors_and_the_table_gets_sparse_ones():
+    bag = MLETEmbeddingBag(100, 4, 32)
+    indices, offsets, _ = bags(100)
+    bag(indices, offsets).pow(2).sum().backward()
+    assert bag.table.weight.grad.is_sparse
+    assert not bag.proj.weight.grad.is_sparse
+    dense_table_grad = bag.table.weight.grad.to_dense()
+    assert dense_table_grad.abs().sum() > 0 and bag.proj.weight.grad.abs().sum() > 0
+    # Rows that no bag used get no gradient.
+    unused = torch.ones(100, dtype=torch.bool)
+    unused[indices] = False
+    assert dense_table_grad[unused].abs().sum() == 0
+
+
+def test_dense_gradients_when_not_sparse():
+    bag = MLETEmbeddingBag(10, 2, 8, sparse=False)
+    bag(torch.tensor([1, 2]), torch.tensor([0])).sum().backward()
+    assert not bag.table.weight.grad.is_sparse
+    assert not bag.fold().sparse
+
+
+def test_table_init_is_dlrms_draw_from_numpys_global_rng(monkeypatch):
+    n, k = 1000, 24
+    np.random.seed(7)
+    bound = np.sqrt(1 / n)
+    expected = np.random.uniform(low=-bound, high=bound, size=(n, k)).astype(np.float32)
+    # Small draw blocks: the chunked draw must continue the same stream.
+    monkeypatch.setattr(table_module, "_INIT_CHUNK_ELEMS", 100)
+    np.random.seed(7)
+    bag = MLETEmbeddingBag(n, 4, k)
+    assert np.array_equal(bag.table.weight.detach().numpy(), expected)
+    assert bag.table.weight.abs().max() <= bound
+
+
+def test_same_seed_same_table_different_seed_different_table():
+    np.random.seed(3)
+    a = MLETEmbeddingBag(50, 4, 16)
+    np.random.seed(3)
+    b = MLETEmbeddingBag(50, 4, 16)
+    np.random.seed(4)
+    c = MLETEmbeddingBag(50, 4, 16)
+    assert torch.equal(a.table.weight, b.table.weight) and torch.equal(a.proj.weight, b.proj.weight)
+    assert not torch.equal(a.table.weight, c.table.weight)
+
+
+@pytest.mark.parametrize(
+    "spec,std", [("normal", 0.25), ("normal-0.05", 0.05), ("xavier", (2 / (16 + 512)) ** 0.5)]
+)
+def test_projection_init_scales(spec, std):
+    w = MLETEmbeddingBag(10, 16, 512, proj_init=spec).proj.weight.detach()
+    assert w.shape == (16, 512)
+    assert abs(w.mean()) < 0.1 * std
+    assert w.std().item() == pytest.approx(std, rel=0.05)
+
+
+@pytest.mark.parametrize("d,k", [(4, 64), (16, 16)])
+def test_orthogonal_projection_has_orthonormal_rows(d, k):
+    w = MLETEmbeddingBag(10, d, k, proj_init="orthogonal").proj.weight.detach().double()
+    assert torch.allclose(w @ w.t(), torch.eye(d, dtype=torch.float64), atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["gaussian", "normal-", "normal-x", "normal--1", "normal-nan", ""])
+def test_unknown_projection_init_is_refused(spec):
+    with pytest.raises(MLETError, match="projection init"):
+        MLETEmbeddingBag(10, 4, 8, proj_init=spec)
+
+
+def test_max_mode_is_refused_at_construction():
+    with pytest.raises(MLETError, match="mode='max'.*exact only for sum and mean"):
+        MLETEmbeddingBag(10, 4, 8, mode="max")
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "8"])
+def test_sizes_must_be_positive_integers(bad):
+    with pytest.raises((MLETError, TypeError)):
+        MLETEmbeddingBag(10, 4, bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_fold_keeps_dtype(dtype):
+    bag = MLETEmbeddingBag(30, 4, 16).to(dtype)
+    folded = bag.fold()
+    assert folded.weight.dtype == dtype
+    exact = bag.table.weight.double() @ bag.proj.weight.double().t()
+    tol = 1e-12 if dtype == torch.float64 else 1e-2
+    assert torch.allclose(folded.weight.double(), exact, atol=tol * float(exact.abs().max()))
+
+
+def test_fold_refuses_non_finite_values_and_names_the_table():
+    bag = MLETEmbeddingBag(30, 4, 16)
+    with torch.no_grad():
+        bag.table.weight[17, 3] = float("nan")
+    with pytest.raises(MLETError, match=r"emb_l\.2: folded row 17 is not finite"):
+        bag.fold("emb_l.2")
+
+
+def test_from_weights_round_trip_and_shape_check():
+    bag = MLETEmbeddingBag(30, 4, 16, mode="mean")
+    again = MLETEmbeddingBag.from_weights(bag.table.weight, bag.proj.weight, mode="mean")
+    x, o, _ = bags(30)
+    assert torch.equal(again(x, o), bag(x, o))
+    with pytest.raises(MLETError, match="hidden widths differ"):
+        MLETEmbeddingBag.from_weights(torch.zeros(5, 8), torch.zeros(4, 9))
