@@ -5,10 +5,26 @@ projection (``k >> d``), then fold the pair into one plain ``n x d`` table, so
 the saved model is a stock DLRM model (Ghaemmaghami et al., arXiv 2006.05623).
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
-from .errors import MLETError
-from .folding import fold_model, fold_state_dict
-from .table import MLETEmbeddingBag
+# Resolved on first use (PEP 562): commands that need no torch, such as
+# `dlrm-mlet patch`, then start in a fraction of a second instead of seconds.
+_EXPORTS = {
+    "MLETEmbeddingBag": "table",
+    "MLETError": "errors",
+    "fold_model": "folding",
+    "fold_state_dict": "folding",
+}
+__all__ = [*_EXPORTS, "__version__"]
 
-__all__ = ["MLETEmbeddingBag", "MLETError", "fold_model", "fold_state_dict", "__version__"]
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,6 +1,15 @@
+import os
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
+
+from dlrm_mlet.patching import git_blob_id, parse_patch, patch_checkout, patch_path
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
 @pytest.fixture(autouse=True)
@@ -8,3 +17,78 @@ def _seed():
     """Every test starts from the same numpy and torch RNG state."""
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+def dlrm_checkout_dir():
+    if os.environ.get("DLRM_DIR"):
+        return os.environ["DLRM_DIR"]
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "dlrm-mlet", "dlrm")
+
+
+@pytest.fixture(scope="session")
+def dlrm_dir():
+    """The user's DLRM checkout at the pinned commit; the DLRM tests skip without it."""
+    path = dlrm_checkout_dir()
+    script = os.path.join(path, "dlrm_s_pytorch.py")
+    if not os.path.isfile(script):
+        pytest.skip(
+            f"no DLRM checkout: set DLRM_DIR or put facebookresearch/dlrm at commit 090956ee in "
+            f"{path} (looked for $DLRM_DIR, then ${{XDG_CACHE_HOME:-~/.cache}}/dlrm-mlet/dlrm)"
+        )
+    with open(patch_path()) as handle:
+        expected = {f.path: f.old_blob for f in parse_patch(handle.read())}
+    for rel, blob in expected.items():
+        with open(os.path.join(path, rel), "rb") as handle:
+            if git_blob_id(handle.read()) != blob:
+                pytest.fail(f"{path}/{rel} is not the pinned DLRM commit 090956ee")
+    return path
+
+
+@pytest.fixture(scope="session")
+def stock_dlrm(dlrm_dir, tmp_path_factory):
+    """An unpatched copy, so tests never touch the user's checkout."""
+    dest = tmp_path_factory.mktemp("stock") / "dlrm"
+    shutil.copytree(dlrm_dir, dest)
+    return str(dest)
+
+
+@pytest.fixture(scope="session")
+def patched_dlrm(dlrm_dir, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("patched") / "dlrm"
+    shutil.copytree(dlrm_dir, dest)
+    patch_checkout(str(dest))
+    return str(dest)
+
+
+@pytest.fixture(scope="session")
+def criteo_sample():
+    path = os.path.join(SHARED_DATA, "criteo", "train_examples.txt")
+    if not os.path.isfile(path):
+        pytest.skip(f"real Criteo sample not found at {path}")
+    return path
+
+
+def run_dlrm(dlrm, args, cwd, launcher=False, check=True, env=None):
+    """Run DLRM (patched, stock, or stock through ``dlrm-mlet run``); returns the process."""
+    script = os.path.join(dlrm, "dlrm_s_pytorch.py")
+    cmd = [sys.executable, "-m", "dlrm_mlet", "run", script] if launcher else [sys.executable, script]
+    full_env = dict(os.environ, PYTHONHASHSEED="0", **(env or {}))
+    proc = subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"DLRM failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def import_script(dlrm, name):
+    """Import a DLRM checkout's dlrm_s_pytorch.py in this process under ``name``."""
+    import importlib.util
+
+    sys.path.insert(0, dlrm)
+    try:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(dlrm, "dlrm_s_pytorch.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(dlrm)

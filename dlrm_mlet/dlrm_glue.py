@@ -1,0 +1,293 @@
+"""The glue between ``dlrm_s_pytorch.py`` and dlrm_mlet.
+
+DLRM has no plugin hooks, so our patch adds a handful of one-line calls into
+this module at the places that matter, and ``dlrm-mlet run`` installs the same
+calls on an unmodified checkout (``launcher.py``). Either way DLRM's own code
+decides nothing about MLET: every decision is here.
+
+=====================  ================================================
+DLRM call site         glue function
+=====================  ================================================
+``run()``, parser      ``add_arguments(parser)`` then ``configure(args)``
+``create_emb``         ``builds_tables()`` / ``create_emb(...)``
+``--load-model``       ``loaded(ld_model, dlrm, path)``
+``--save-model``       ``save_model(model_metrics_dict, path, dlrm)``
+``--save-onnx``        ``for_export(dlrm)``
+=====================  ================================================
+
+With ``--mlet-hidden-dim`` absent or 0, every function returns DLRM's own
+behaviour unchanged: same tables, same RNG draws, same bytes on disk.
+"""
+
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .checkpoint import MLET_SUFFIX, atomic_save, fold_checkpoint, to_plain
+from .errors import MLETError
+from .folding import fold_model, fold_state_dict, mlet_prefixes
+from .table import MLETEmbeddingBag, parse_proj_init, uniform_table_
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Config:
+    hidden_dim: int = 0
+    min_rows: int = 0
+    proj_init: str = "normal"
+    inference_only: bool = False
+
+    @property
+    def enabled(self):
+        return self.hidden_dim > 0
+
+
+config = Config()
+
+
+def _fail(message):
+    """Stop DLRM with one line, as DLRM's own checks do (``sys.exit("ERROR: ...")``)."""
+    sys.exit(f"ERROR: {message}")
+
+
+def add_arguments(parser):
+    """Register the ``--mlet-*`` options on DLRM's parser.
+
+    Values are parsed in ``configure`` rather than by argparse ``type=``, so a
+    bad value gets our one-line error instead of DLRM's 60-line usage text.
+    """
+    group = parser.add_argument_group("MLET (dlrm-mlet)")
+    group.add_argument(
+        "--mlet-hidden-dim", default="0", metavar="K",
+        help="train each table as n x K then K -> d (K >> d); 0 = off (default)",
+    )
+    group.add_argument(
+        "--mlet-min-rows", default="0", metavar="N",
+        help="tables with fewer than N rows stay plain (default 0: all tables)",
+    )
+    group.add_argument(
+        "--mlet-proj-init", default="normal", metavar="INIT",
+        help="projection init: normal (N(0, 0.25^2)), normal-<std>, xavier, orthogonal",
+    )
+    group.add_argument(
+        "--mlet-allow-narrow", action="store_true", default=False,
+        help="allow K below --arch-sparse-feature-size (a bottleneck, not MLET)",
+    )
+
+
+def _int_option(args, name, minimum):
+    raw = getattr(args, name.lstrip("-").replace("-", "_"))
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise MLETError(f"{name}: expected an integer >= {minimum}, got {raw!r}") from None
+    if value < minimum:
+        raise MLETError(f"{name}: expected an integer >= {minimum}, got {raw!r}")
+    return value
+
+
+def parse_config(args):
+    """Check our options against DLRM's; raises MLETError naming the flag."""
+    hidden = _int_option(args, "--mlet-hidden-dim", 0)
+    min_rows = _int_option(args, "--mlet-min-rows", 0)
+    try:
+        proj_init = parse_proj_init(args.mlet_proj_init)
+    except MLETError as error:
+        raise MLETError(f"--mlet-proj-init: {error}") from None
+    if hidden == 0:
+        for flag, default in (("--mlet-min-rows", 0), ("--mlet-proj-init", "normal")):
+            value = min_rows if flag == "--mlet-min-rows" else proj_init
+            if value != default:
+                raise MLETError(f"{flag} has no effect without --mlet-hidden-dim K (K > 0)")
+        return Config()
+    d = args.arch_sparse_feature_size
+    if hidden < d and not args.mlet_allow_narrow:
+        raise MLETError(
+            f"--mlet-hidden-dim={hidden} is below --arch-sparse-feature-size={d}; MLET needs "
+            "K >> d (pass --mlet-allow-narrow to train a bottleneck anyway)"
+        )
+    for flag in ("qr_flag", "md_flag"):
+        if getattr(args, flag, False):
+            raise MLETError(
+                f"--mlet-hidden-dim cannot be combined with --{flag.replace('_', '-')}: "
+                "both replace the embedding tables"
+            )
+    inference_only = bool(getattr(args, "inference_only", False))
+    if getattr(args, "quantize_emb_with_bit", 32) in (4, 8) and not inference_only:
+        raise MLETError(
+            "--quantize-emb-with-bit quantizes tables for inference; with --mlet-hidden-dim "
+            "train first, then quantize the folded checkpoint with --inference-only"
+        )
+    return Config(hidden, min_rows, proj_init, inference_only)
+
+
+def configure(args):
+    """Validate and remember our options, before DLRM does any work."""
+    global config
+    try:
+        config = parse_config(args)
+    except MLETError as error:
+        _fail(str(error))
+    return config
+
+
+def builds_tables():
+    """Whether ``create_emb`` should build MLET tables (training with MLET).
+
+    ``--inference-only`` runs build DLRM's plain tables: a saved MLET
+    checkpoint is folded on load, so inference, quantization and ONNX export
+    all see a stock model.
+    """
+    return config.enabled and not config.inference_only
+
+
+def make_table(n, d):
+    """One table: MLET when it has enough rows, else plain with DLRM's own init."""
+    if n >= config.min_rows:
+        return MLETEmbeddingBag(n, d, config.hidden_dim, mode="sum", sparse=True,
+                                proj_init=config.proj_init)
+    table = nn.EmbeddingBag(n, d, mode="sum", sparse=True, _weight=torch.empty(n, d))
+    uniform_table_(table.weight)
+    return table
+
+
+def create_emb(net, m, ln, weighted_pooling=None):
+    """``DLRM_Net.create_emb`` for MLET runs (QR and MD tables are refused earlier).
+
+    Keeps DLRM's contract: in distributed mode only this rank's tables
+    (``net.local_emb_indices``), and one pooling-weight vector per table.
+    """
+    emb_l, v_W_l = nn.ModuleList(), []
+    local = getattr(net, "local_emb_indices", None)
+    for i in range(ln.size):
+        if local is not None and i not in local:
+            continue
+        n = int(ln[i])
+        emb_l.append(make_table(n, int(m)))
+        v_W_l.append(None if weighted_pooling is None else torch.ones(n, dtype=torch.float32))
+    mlet = [t for t in emb_l if isinstance(t, MLETEmbeddingBag)]
+    train_bytes = sum(p.numel() * p.element_size() for p in emb_l.parameters())
+    folded_bytes = sum(t.num_embeddings * int(m) * 4 for t in emb_l)
+    print(
+        f"MLET: {len(mlet)} of {len(emb_l)} tables trained as n x {config.hidden_dim} -> {m}; "
+        f"embedding bytes {train_bytes / 2**20:.1f} MiB training, "
+        f"{folded_bytes / 2**20:.1f} MiB once folded",
+        flush=True,
+    )
+    return emb_l, v_W_l
+
+
+def has_mlet_tables(model):
+    return any(isinstance(m, MLETEmbeddingBag) for m in model.modules())
+
+
+def param_group_names(model, opt_state):
+    """Parameter names behind the optimizer's indices, group by group.
+
+    DLRM builds one group over ``parameters()`` in a single process, and three
+    (tables, bottom MLP, top MLP) in distributed mode.
+    """
+    groups = opt_state["param_groups"]
+    names = {id(p): name for name, p in model.named_parameters()}
+    if len(groups) == 1:
+        return [list(names.values())]
+    emb = [names[id(p)] for table in model.emb_l for p in table.parameters()]
+    bot = [names[id(p)] for p in model.bot_l.parameters()]
+    top = [names[id(p)] for p in model.top_l.parameters()]
+    return [emb, bot, top]
+
+
+def save_model(ckpt, path, model):
+    """DLRM's ``torch.save(model_metrics_dict, args.save_model)``, made safe and folded.
+
+    Without MLET tables: the same bytes DLRM writes, only atomically. With
+    them: ``PATH.mlet`` holds the unfolded training checkpoint (to resume MLET
+    training) and ``PATH`` the folded stock checkpoint, each written atomically.
+    """
+    try:
+        if not has_mlet_tables(model):
+            atomic_save(ckpt, path)
+            return
+        record = {
+            "format": FORMAT_VERSION,
+            "hidden_dim": config.hidden_dim,
+            "min_rows": config.min_rows,
+            "proj_init": config.proj_init,
+        }
+        if ckpt.get("opt_state_dict") is not None:
+            record["param_groups"] = param_group_names(model, ckpt["opt_state_dict"])
+        training = dict(to_plain(ckpt), mlet=record)
+        atomic_save(training, path + MLET_SUFFIX)
+        atomic_save(fold_checkpoint(training), path)
+    except MLETError as error:
+        _fail(f"--save-model: {error}")
+    print(f"MLET: wrote folded stock checkpoint {path} and MLET checkpoint {path}{MLET_SUFFIX}")
+
+
+def loaded(ckpt, model, path):
+    """Adapt a checkpoint DLRM just loaded to the model it will load into.
+
+    * MLET model, MLET checkpoint: checked table by table (shapes named).
+    * MLET model, folded checkpoint: refused; resuming needs ``PATH.mlet``.
+    * plain model (``--inference-only``, or MLET off), MLET checkpoint: folded
+      here, state and optimizer, so DLRM loads a stock checkpoint.
+    * plain model, plain checkpoint: returned untouched (stock behaviour).
+    """
+    try:
+        return _loaded(ckpt, model, path)
+    except MLETError as error:
+        _fail(f"--load-model={path}: {error}")
+
+
+def _loaded(ckpt, model, path):
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise MLETError("not a DLRM checkpoint (no 'state_dict' entry)")
+    state = ckpt["state_dict"]
+    ckpt_is_mlet = bool(mlet_prefixes(state))
+    if has_mlet_tables(model):
+        if not ckpt_is_mlet:
+            raise MLETError(
+                f"this is a folded (stock) checkpoint and cannot resume MLET training; "
+                f"load {path}{MLET_SUFFIX} instead, or add --inference-only"
+            )
+        check_shapes(state, model.state_dict())
+        return ckpt
+    if ckpt_is_mlet:
+        print(f"MLET: folding the MLET checkpoint {path} into plain tables on load")
+        ckpt = fold_checkpoint(ckpt) if ckpt.get("opt_state_dict") is not None else dict(
+            ckpt, state_dict=fold_state_dict(state))
+        check_shapes(ckpt["state_dict"], model.state_dict())
+    return ckpt
+
+
+def check_shapes(saved, expected):
+    """Refuse a checkpoint of another architecture, naming what differs."""
+    problems = []
+    for key in expected:
+        if key not in saved:
+            problems.append(f"{key} missing")
+        elif tuple(saved[key].shape) != tuple(expected[key].shape):
+            problems.append(
+                f"{key} is {'x'.join(map(str, saved[key].shape))} in the file, "
+                f"{'x'.join(map(str, expected[key].shape))} in this model"
+            )
+    problems += [f"{key} unexpected" for key in saved if key not in expected]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise MLETError(
+            "checkpoint does not match this model's architecture: " + "; ".join(problems[:3]) + more
+        )
+
+
+def for_export(model):
+    """Fold MLET tables before ``--save-onnx`` so the exported graph is stock."""
+    try:
+        count = fold_model(model)
+    except MLETError as error:
+        _fail(f"--save-onnx: {error}")
+    if count:
+        print(f"MLET: folded {count} tables for ONNX export")
+    return model

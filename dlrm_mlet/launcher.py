@@ -1,0 +1,112 @@
+"""``dlrm-mlet run``: MLET on an unmodified DLRM checkout.
+
+For users who may not patch their checkout. We import ``dlrm_s_pytorch.py``
+as a module (its ``__main__`` guard keeps it from running), put the glue
+calls the patch would add at the same places, then call its ``run()``:
+
+* DLRM's parser gets our ``--mlet-*`` options and is checked by ``configure``
+  (its ``argparse`` is swapped for one whose parser does that);
+* ``DLRM_Net.create_emb`` defers to the glue when MLET builds the tables;
+* its ``torch`` is swapped for a view of torch whose ``save``, ``load`` and
+  ``onnx.export`` pass through ``save_model``, ``loaded`` and ``for_export``.
+
+Same glue functions as the patch, so both give the same model for the same
+arguments; a test holds them to that.
+"""
+
+import argparse
+import importlib.util
+import os
+import sys
+import types
+
+import torch
+
+from . import dlrm_glue
+from .errors import MLETError
+from .patching import is_patched_source
+
+
+class _MLETParser(argparse.ArgumentParser):
+    """DLRM's parser with the patch's two lines around ``parse_args``."""
+
+    def parse_args(self, args=None, namespace=None):
+        dlrm_glue.add_arguments(self)
+        parsed = super().parse_args(args, namespace)
+        dlrm_glue.configure(parsed)
+        return parsed
+
+
+def _argparse_view():
+    view = types.ModuleType("argparse")
+    view.__dict__.update(vars(argparse))
+    view.ArgumentParser = _MLETParser
+    return view
+
+
+class _TorchView(types.ModuleType):
+    """torch, except for the three calls the patch reroutes."""
+
+    def __init__(self, script):
+        super().__init__("torch")
+        self._script = script
+        self.onnx = types.SimpleNamespace(export=self._onnx_export)
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def save(self, obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "state_dict" in obj and f == self._script.args.save_model:
+            return dlrm_glue.save_model(obj, f, self._script.dlrm)
+        return torch.save(obj, f, *args, **kwargs)
+
+    def load(self, f, *args, **kwargs):
+        obj = torch.load(f, *args, **kwargs)
+        if f == self._script.args.load_model:
+            obj = dlrm_glue.loaded(obj, self._script.dlrm, f)
+        return obj
+
+    def _onnx_export(self, model, *args, **kwargs):
+        return torch.onnx.export(dlrm_glue.for_export(model), *args, **kwargs)
+
+
+def load_script(script):
+    """Import DLRM's script as a module named ``dlrm_s_pytorch``."""
+    directory = os.path.dirname(script)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)  # its own imports: dlrm_data_pytorch, tricks, ...
+    spec = importlib.util.spec_from_file_location("dlrm_s_pytorch", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["dlrm_s_pytorch"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def install_hooks(module):
+    module.argparse = _argparse_view()
+    module.torch = _TorchView(module)
+    original = module.DLRM_Net.create_emb
+
+    def create_emb(self, m, ln, weighted_pooling=None):
+        if dlrm_glue.builds_tables():
+            return dlrm_glue.create_emb(self, m, ln, weighted_pooling)
+        return original(self, m, ln, weighted_pooling)
+
+    module.DLRM_Net.create_emb = create_emb
+
+
+def run_script(script, dlrm_args):
+    """Run DLRM's ``run()`` with MLET hooked in; returns its exit status."""
+    script = os.path.abspath(script)
+    if not os.path.isfile(script):
+        raise MLETError(f"{script}: no such file (expected DLRM_DIR/dlrm_s_pytorch.py)")
+    with open(script, encoding="utf-8") as handle:
+        source = handle.read()
+    if "class DLRM_Net" not in source or "def run()" not in source:
+        raise MLETError(f"{script}: not DLRM's dlrm_s_pytorch.py (no DLRM_Net or run())")
+    sys.argv = [script] + list(dlrm_args)
+    module = load_script(script)
+    if not is_patched_source(source):
+        install_hooks(module)  # a patched script already calls the glue itself
+    module.run()
+    return 0

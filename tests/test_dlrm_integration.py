@@ -1,0 +1,334 @@
+"""The patch, the launcher and fold-on-save against the real facebookresearch/dlrm.
+
+Every test here runs DLRM's own ``dlrm_s_pytorch.py`` (stock, patched, or
+through ``dlrm-mlet run``) in a subprocess, as a user would. They skip, with a
+message naming where a checkout is looked for, when none is present.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import import_script, run_dlrm
+from dlrm_mlet.folding import mlet_prefixes
+from dlrm_mlet.patching import patch_checkout
+
+D = 16
+ROWS = [1000, 2000, 500, 50]
+BASE = [
+    f"--arch-sparse-feature-size={D}",
+    "--arch-mlp-bot=13-32-16",
+    "--arch-mlp-top=32-1",
+    "--arch-embedding-size=" + "-".join(map(str, ROWS)),
+    "--data-size=2048",
+    "--mini-batch-size=128",
+    "--num-indices-per-lookup=3",
+    "--loss-function=bce",
+    "--round-targets=True",
+    "--learning-rate=0.1",
+    "--test-freq=16",
+    "--print-freq=16",
+    "--numpy-rand-seed=5",
+]
+MLET = ["--mlet-hidden-dim=64"]
+
+
+def accuracies(stdout):
+    """Every test accuracy DLRM printed, as printed (3 decimals)."""
+    return re.findall(r"\baccuracy (\d+\.\d+) %", stdout)
+
+
+def aucs(stdout):
+    return re.findall(r"\bauc (\d+\.\d+),", stdout)
+
+
+@pytest.fixture(scope="module")
+def patched_module(patched_dlrm):
+    """The patched script imported in this process, for checks that stop early."""
+    from dlrm_mlet import dlrm_glue
+
+    yield import_script(patched_dlrm, "patched_dlrm_s_pytorch")
+    dlrm_glue.config = dlrm_glue.Config()
+
+
+@pytest.fixture(scope="module")
+def mlet_run(patched_dlrm, tmp_path_factory):
+    """One MLET training run with --save-model, shared by the load tests."""
+    cwd = tmp_path_factory.mktemp("mlet_run")
+    path = str(cwd / "model.pt")
+    proc = run_dlrm(patched_dlrm, BASE + MLET + [f"--save-model={path}"], cwd)
+    return path, proc.stdout, cwd
+
+
+def test_patch_applies_with_git_apply_to_a_fresh_checkout(dlrm_dir, tmp_path):
+    from dlrm_mlet.patching import patch_path
+
+    dest = tmp_path / "dlrm"
+    shutil.copytree(dlrm_dir, dest)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "apply", "--check", patch_path()], cwd=dest, check=True)
+    subprocess.run(["git", "apply", patch_path()], cwd=dest, check=True)
+    assert "dlrm_mlet.dlrm_glue" in (dest / "dlrm_s_pytorch.py").read_text()
+
+
+def test_patch_command_applies_detects_and_reverses(dlrm_dir, tmp_path):
+    dest = tmp_path / "dlrm"
+    shutil.copytree(dlrm_dir, dest)
+    pristine = (dest / "dlrm_s_pytorch.py").read_bytes()
+    cli = [sys.executable, "-m", "dlrm_mlet", "patch", str(dest)]
+    out = subprocess.run(cli, capture_output=True, text=True, check=True).stdout
+    assert "applied to" in out
+    out = subprocess.run(cli, capture_output=True, text=True, check=True).stdout
+    assert "already applied" in out
+    subprocess.run(cli + ["--reverse"], capture_output=True, text=True, check=True)
+    assert (dest / "dlrm_s_pytorch.py").read_bytes() == pristine
+
+
+def test_patch_refuses_another_commit_and_changes_nothing(dlrm_dir, tmp_path):
+    dest = tmp_path / "dlrm"
+    shutil.copytree(dlrm_dir, dest)
+    script = dest / "dlrm_s_pytorch.py"
+    script.write_text(script.read_text().replace("import json\n", "import json  # local edit\n"))
+    before = script.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "dlrm_mlet", "patch", str(dest)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1
+    assert "090956ee2319ddd349a42232958aefccfe3f7b0a" in proc.stderr and "nothing was changed" in proc.stderr
+    assert script.read_bytes() == before
+
+
+def test_patched_dlrm_without_dlrm_mlet_names_the_install_command(patched_dlrm, tmp_path):
+    # Hide dlrm_mlet as if it were not installed, then run the script as __main__.
+    code = (
+        "import runpy, sys; sys.modules['dlrm_mlet'] = None; "
+        f"sys.path.insert(0, {patched_dlrm!r}); sys.argv = ['dlrm_s_pytorch.py']; "
+        f"runpy.run_path({os.path.join(patched_dlrm, 'dlrm_s_pytorch.py')!r}, run_name='__main__')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("ERROR: this DLRM is patched for MLET")
+    assert "pip install" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_mlet_off_is_byte_for_byte_stock(stock_dlrm, patched_dlrm, tmp_path):
+    args = BASE + ["--weighted-pooling=learned"]
+    (tmp_path / "stock").mkdir()
+    stock = run_dlrm(stock_dlrm, args + [f"--save-model={tmp_path}/stock/m.pt"], tmp_path / "stock")
+    for name, off in (("absent", []), ("zero", ["--mlet-hidden-dim=0"])):
+        (tmp_path / name).mkdir()
+        ours = run_dlrm(patched_dlrm, args + off + [f"--save-model={tmp_path}/{name}/m.pt"], tmp_path / name)
+        assert ours.stdout.replace(f"/{name}/", "/stock/") == stock.stdout
+        assert (tmp_path / name / "m.pt").read_bytes() == (tmp_path / "stock" / "m.pt").read_bytes()
+        assert not (tmp_path / name / "m.pt.mlet").exists()
+
+
+def test_mlet_saves_a_stock_checkpoint_with_stock_keys_and_plain_numbers(mlet_run, stock_dlrm, tmp_path):
+    path, stdout, _ = mlet_run
+    assert "MLET: 4 of 4 tables trained as n x 64 -> 16" in stdout
+    folded = torch.load(path, weights_only=True)  # what stock DLRM does on torch >= 2.6
+    training = torch.load(path + ".mlet", weights_only=True)
+    stock_path = tmp_path / "stock.pt"
+    run_dlrm(stock_dlrm, BASE + [f"--save-model={stock_path}"], tmp_path)
+    stock = torch.load(stock_path, weights_only=False)
+    assert list(folded) == list(stock)
+    assert {k: tuple(v.shape) for k, v in folded["state_dict"].items()} == {
+        k: tuple(v.shape) for k, v in stock["state_dict"].items()
+    }
+    for key in ("train_loss", "test_acc", "total_loss"):
+        assert type(folded[key]) in (float, int), key
+    assert len(mlet_prefixes(training["state_dict"])) == 4
+    assert training["mlet"]["hidden_dim"] == 64
+    # The folded tables are the MLET products.
+    for i in range(4):
+        table = training["state_dict"][f"emb_l.{i}.table.weight"]
+        proj = training["state_dict"][f"emb_l.{i}.proj.weight"]
+        assert torch.allclose(folded["state_dict"][f"emb_l.{i}.weight"], table @ proj.t(), atol=1e-6)
+
+
+def test_unpatched_dlrm_loads_the_folded_file_and_prints_the_same_accuracy(mlet_run, stock_dlrm, tmp_path):
+    path, stdout, _ = mlet_run
+    saved_at = accuracies(stdout.split("Saving model")[-2])[-1]  # accuracy printed before the last save
+    proc = run_dlrm(stock_dlrm, BASE + [f"--load-model={path}", "--inference-only"], tmp_path)
+    assert accuracies(proc.stdout)[-1] == saved_at
+
+
+def test_same_accuracy_and_auc_with_mlperf_logging_on_the_kaggle_data_path(
+    patched_dlrm, stock_dlrm, criteo_sample, tmp_path
+):
+    data = tmp_path / "kaggle"
+    data.mkdir()
+    shutil.copy(criteo_sample, data / "train.txt")  # DLRM preprocesses next to the raw file
+    args = [
+        f"--arch-sparse-feature-size={D}", "--arch-mlp-bot=13-32-16", "--arch-mlp-top=32-1",
+        "--data-generation=dataset", "--data-set=kaggle", f"--raw-data-file={data}/train.txt",
+        f"--processed-data-file={data}/kaggleAdDisplayChallenge_processed.npz",
+        "--max-ind-range=100000", "--loss-function=bce", "--round-targets=True",
+        "--learning-rate=0.1", "--mini-batch-size=128", "--test-freq=67", "--print-freq=67",
+        "--mlperf-logging",
+    ]
+    model = tmp_path / "kaggle.pt"
+    trained = run_dlrm(patched_dlrm, args + MLET + [f"--save-model={model}"], tmp_path)
+    loaded = run_dlrm(stock_dlrm, args + [f"--load-model={model}", "--inference-only"], tmp_path)
+    assert aucs(loaded.stdout)[-1] == aucs(trained.stdout)[-1]
+    assert accuracies(loaded.stdout)[-1] == accuracies(trained.stdout)[-1]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_stock_dlrm_resumes_training_from_the_folded_file(patched_dlrm, stock_dlrm, tmp_path, optimizer):
+    path = tmp_path / "m.pt"
+    opt = [f"--optimizer={optimizer}"]
+    run_dlrm(patched_dlrm, BASE + MLET + opt + [f"--save-model={path}"], tmp_path)
+    # More batches than were saved, so the resumed run really takes optimizer steps.
+    proc = run_dlrm(stock_dlrm, BASE + opt + [f"--load-model={path}", "--data-size=4096"], tmp_path)
+    assert "Finished training it 32/32" in proc.stdout
+    assert np.isfinite(float(re.findall(r"loss (\d+\.\d+)", proc.stdout)[-1]))
+
+
+def test_mlet_training_resumes_from_dot_mlet(mlet_run, patched_dlrm, tmp_path):
+    path, _, _ = mlet_run
+    proc = run_dlrm(patched_dlrm, BASE + MLET + [f"--load-model={path}.mlet", "--data-size=4096"], tmp_path)
+    assert "Loading saved model" in proc.stdout and "Finished training it 32/32" in proc.stdout
+
+
+def test_resuming_mlet_training_from_the_folded_file_is_refused(mlet_run, patched_dlrm, tmp_path):
+    path, _, _ = mlet_run
+    proc = run_dlrm(patched_dlrm, BASE + MLET + [f"--load-model={path}"], tmp_path, check=False)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ERROR: --load-model=") and f"load {path}.mlet instead" in last
+
+
+def test_inference_only_with_mlet_folds_the_mlet_checkpoint_on_load(mlet_run, patched_dlrm, tmp_path):
+    path, stdout, _ = mlet_run
+    saved_at = accuracies(stdout.split("Saving model")[-2])[-1]
+    proc = run_dlrm(
+        patched_dlrm, BASE + MLET + [f"--load-model={path}.mlet", "--inference-only"], tmp_path
+    )
+    assert "folding the MLET checkpoint" in proc.stdout
+    assert accuracies(proc.stdout)[-1] == saved_at
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_stock_dlrm_quantizes_the_folded_model(mlet_run, stock_dlrm, tmp_path, bits):
+    path, _, _ = mlet_run
+    proc = run_dlrm(
+        stock_dlrm,
+        BASE + [f"--load-model={path}", "--inference-only", f"--quantize-emb-with-bit={bits}"],
+        tmp_path,
+    )
+    assert float(accuracies(proc.stdout)[-1]) > 0
+
+
+@pytest.mark.parametrize("pooling", ["learned", "fixed"])
+def test_weighted_pooling_with_mlet_tables(patched_dlrm, stock_dlrm, tmp_path, pooling):
+    path = tmp_path / "m.pt"
+    args = BASE + [f"--weighted-pooling={pooling}"]
+    trained = run_dlrm(patched_dlrm, args + MLET + [f"--save-model={path}"], tmp_path)
+    saved_at = accuracies(trained.stdout.split("Saving model")[-2])[-1]
+    loaded = run_dlrm(stock_dlrm, args + [f"--load-model={path}", "--inference-only"], tmp_path)
+    assert accuracies(loaded.stdout)[-1] == saved_at
+    if pooling == "learned":
+        assert "v_W_l.0" in torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_stock_dlrm_exports_the_folded_model_to_onnx_matching_pytorch(mlet_run, stock_dlrm, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    path, _, _ = mlet_run
+    # Resuming at the end of the data trains nothing, so this exports the loaded model itself.
+    run_dlrm(stock_dlrm, BASE + [f"--load-model={path}", "--save-onnx"], tmp_path)
+    session = ort.InferenceSession(str(tmp_path / "dlrm_s_pytorch.onnx"))
+
+    dlrm = import_script(stock_dlrm, "stock_dlrm_s_pytorch")
+    num_fea = len(ROWS) + 1
+    ln_top = np.array([num_fea * (num_fea - 1) // 2 + D, 32, 1])
+    net = dlrm.DLRM_Net(D, np.array(ROWS), np.array([13, 32, 16]), ln_top,
+                        arch_interaction_op="dot", sigmoid_top=ln_top.size - 2, ndevices=-1)
+    net.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+    g = torch.Generator().manual_seed(0)
+    batch = 64
+    dense = torch.rand(batch, 13, generator=g)
+    offsets = [torch.arange(batch) * 3 for _ in ROWS]
+    indices = [torch.randint(0, n, (3 * batch,), generator=g) for n in ROWS]
+    with torch.no_grad():
+        expected = net(dense, offsets, indices).numpy()
+    # DLRM names list inputs per table ("indices_3") and stacked ones without a suffix.
+    feeds = {"dense_x": dense.numpy(), "offsets": torch.stack(offsets).numpy(),
+             "indices": torch.stack(indices).numpy()}
+    for t in range(len(ROWS)):
+        feeds[f"offsets_{t}"], feeds[f"indices_{t}"] = offsets[t].numpy(), indices[t].numpy()
+    names = [i.name for i in session.get_inputs()]
+    (got,) = session.run(None, {name: feeds[name] for name in names})
+    assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_mlet_training_with_save_onnx_exports_a_folded_graph(patched_dlrm, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    run_dlrm(patched_dlrm, BASE + MLET + ["--save-onnx"], tmp_path)
+    graph = onnx.load(str(tmp_path / "dlrm_s_pytorch.onnx")).graph
+    shapes = {tuple(t.dims) for t in graph.initializer}
+    assert all((n, D) in shapes for n in ROWS)
+    assert not any(64 in s for s in shapes)
+
+
+def test_launcher_on_an_unmodified_checkout_equals_the_patch(stock_dlrm, patched_dlrm, tmp_path):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "l").mkdir()
+    args = BASE + MLET + ["--weighted-pooling=learned", "--mlet-min-rows=100"]
+    patched = run_dlrm(patched_dlrm, args + [f"--save-model={tmp_path}/p/m.pt"], tmp_path / "p")
+    launched = run_dlrm(stock_dlrm, args + [f"--save-model={tmp_path}/l/m.pt"], tmp_path / "l", launcher=True)
+    assert "MLET: 3 of 4 tables" in launched.stdout
+    assert launched.stdout.replace("/l/", "/p/") == patched.stdout
+    for name in ("m.pt", "m.pt.mlet"):
+        assert (tmp_path / "l" / name).read_bytes() == (tmp_path / "p" / name).read_bytes()
+    # The user's checkout is untouched.
+    assert "dlrm_mlet" not in open(os.path.join(stock_dlrm, "dlrm_s_pytorch.py")).read()
+
+
+def test_launcher_on_a_patched_checkout_does_not_hook_twice(patched_dlrm, tmp_path):
+    proc = run_dlrm(patched_dlrm, BASE + MLET, tmp_path, launcher=True)
+    assert proc.stdout.count("MLET: 4 of 4 tables") == 1
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--mlet-hidden-dim=-1"], "--mlet-hidden-dim: expected an integer >= 0, got '-1'"),
+        (["--mlet-hidden-dim=abc"], "--mlet-hidden-dim: expected an integer >= 0, got 'abc'"),
+        (["--mlet-hidden-dim=8"], "--mlet-hidden-dim=8 is below --arch-sparse-feature-size=16"),
+        (MLET + ["--qr-flag"], "cannot be combined with --qr-flag"),
+        (MLET + ["--md-flag"], "cannot be combined with --md-flag"),
+        (MLET + ["--quantize-emb-with-bit=8"], "--quantize-emb-with-bit quantizes tables for inference"),
+        (MLET + ["--mlet-min-rows=x"], "--mlet-min-rows: expected an integer >= 0"),
+        (MLET + ["--mlet-proj-init=uniform"], "--mlet-proj-init: unknown projection init 'uniform'"),
+        (["--mlet-min-rows=10"], "--mlet-min-rows has no effect without --mlet-hidden-dim"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(patched_module, capsys, flags, message):
+    """In-process through DLRM's real run(): its parser, then our check, then nothing."""
+    sys.argv = ["dlrm_s_pytorch.py"] + BASE + flags
+    with pytest.raises(SystemExit) as stop:
+        patched_module.run()
+    assert stop.value.code == f"ERROR: {stop.value.code[7:]}" and "\n" not in stop.value.code
+    assert message in stop.value.code
+    assert "Using CPU" not in capsys.readouterr().out  # stopped before DLRM set anything up
+
+
+@pytest.mark.parametrize("launcher", [False, True], ids=["patched", "launcher"])
+def test_a_bad_option_is_one_line_on_stderr(patched_dlrm, stock_dlrm, tmp_path, launcher):
+    dlrm = stock_dlrm if launcher else patched_dlrm
+    proc = run_dlrm(dlrm, BASE + ["--mlet-hidden-dim=-1"], tmp_path, launcher=launcher, check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == ["ERROR: --mlet-hidden-dim: expected an integer >= 0, got '-1'"]
+    assert "Using CPU" not in proc.stdout
+
+
+def test_narrow_hidden_dim_with_explicit_opt_in(patched_dlrm, tmp_path):
+    proc = run_dlrm(patched_dlrm, BASE + ["--mlet-hidden-dim=8", "--mlet-allow-narrow"], tmp_path)
+    assert "trained as n x 8 -> 16" in proc.stdout

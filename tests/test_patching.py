@@ -1,0 +1,97 @@
+"""The patch machinery on a small git repo of our own (no DLRM needed)."""
+
+import subprocess
+
+import pytest
+
+from dlrm_mlet import MLETError
+from dlrm_mlet import patching
+from dlrm_mlet.patching import apply_hunks, git_blob_id, parse_patch, patch_checkout
+
+ORIGINAL = "".join(f"line {i}\n" for i in range(1, 41))
+
+
+def make_patch(tmp_path, edit):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "dlrm_s_pytorch.py").write_text(ORIGINAL)
+    (repo / "other.py").write_text("a\nb\nc\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(git + ["init", "-q"], cwd=repo, check=True)
+    subprocess.run(git + ["add", "."], cwd=repo, check=True)
+    subprocess.run(git + ["commit", "-qm", "base"], cwd=repo, check=True)
+    edit(repo)
+    diff = subprocess.run(["git", "diff", "--full-index"], cwd=repo, capture_output=True, text=True, check=True)
+    return diff.stdout
+
+
+def edit_both(repo):
+    text = ORIGINAL.replace("line 3\n", "line 3\nadded after 3\n").replace("line 30\n", "")
+    (repo / "dlrm_s_pytorch.py").write_text(text.replace("line 38\n", "changed 38\n"))
+    (repo / "other.py").write_text("a\nB\nc\n")
+
+
+def test_blob_id_is_gits(tmp_path):
+    (tmp_path / "f").write_bytes(b"hello\n")
+    git = subprocess.run(["git", "hash-object", str(tmp_path / "f")], capture_output=True, text=True)
+    assert git_blob_id(b"hello\n") == git.stdout.strip()
+
+
+def test_apply_and_reverse_several_hunks_in_several_files(tmp_path, monkeypatch):
+    text = make_patch(tmp_path, edit_both)
+    files = parse_patch(text)
+    assert [f.path for f in files] == ["dlrm_s_pytorch.py", "other.py"]
+    assert len(files[0].hunks) == 3
+    lines = ORIGINAL.splitlines(keepends=True)
+    patched = "".join(apply_hunks(lines, files[0].hunks))
+    assert git_blob_id(patched.encode()) == files[0].new_blob
+    back = "".join(apply_hunks(patched.splitlines(keepends=True), files[0].hunks, reverse=True))
+    assert back == ORIGINAL
+
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "dlrm_s_pytorch.py").write_text(ORIGINAL)
+    (checkout / "other.py").write_text("a\nb\nc\n")
+    patch_file = tmp_path / "p.patch"
+    patch_file.write_text(text)
+    monkeypatch.setattr(patching, "patch_path", lambda: str(patch_file))
+    assert "applied to" in patch_checkout(str(checkout))
+    assert (checkout / "other.py").read_text() == "a\nB\nc\n"
+    assert "already applied" in patch_checkout(str(checkout))
+    assert "removed from" in patch_checkout(str(checkout), reverse=True)
+    assert (checkout / "dlrm_s_pytorch.py").read_text() == ORIGINAL
+    assert "not applied" in patch_checkout(str(checkout), reverse=True)
+
+
+def test_half_patched_or_edited_checkouts_are_refused_untouched(tmp_path, monkeypatch):
+    patch_file = tmp_path / "p.patch"
+    patch_file.write_text(make_patch(tmp_path, edit_both))
+    monkeypatch.setattr(patching, "patch_path", lambda: str(patch_file))
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "dlrm_s_pytorch.py").write_text(ORIGINAL)
+    (checkout / "other.py").write_text("a\nB\nc\n")  # already patched, the other is not
+    with pytest.raises(MLETError, match="some files are patched and others are not"):
+        patch_checkout(str(checkout))
+    (checkout / "other.py").write_text("a\nb\nc\nlocal\n")
+    with pytest.raises(MLETError, match="other.py differs from DLRM commit 090956ee.*nothing was changed"):
+        patch_checkout(str(checkout))
+    assert (checkout / "dlrm_s_pytorch.py").read_text() == ORIGINAL
+    (checkout / "other.py").unlink()
+    with pytest.raises(MLETError, match="other.py is missing"):
+        patch_checkout(str(checkout))
+
+
+def test_not_a_dlrm_checkout(tmp_path):
+    with pytest.raises(MLETError, match="not a DLRM checkout"):
+        patch_checkout(str(tmp_path))
+
+
+def test_the_shipped_patch_is_small_and_only_calls_the_glue():
+    with open(patching.patch_path()) as handle:
+        files = parse_patch(handle.read())
+    added = [text for f in files for _, _, body in f.hunks for tag, text in body if tag == "+"]
+    removed = [text for f in files for _, _, body in f.hunks for tag, text in body if tag == "-"]
+    assert len(added) <= 20 and len(removed) <= 5
+    code = [line for line in added if line.strip() and not line.strip().startswith("#")]
+    assert all("mlet" in line or line.strip() in ("try:", "except ImportError:") for line in code)
