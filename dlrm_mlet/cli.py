@@ -88,6 +88,19 @@ def cmd_verify(args):
     return 0 if all(c.ok for c in checks) else 1
 
 
+def cmd_patch(args):
+    from .patching import patch_checkout
+
+    print(patch_checkout(args.dlrm_dir, reverse=args.reverse, check_only=args.check))
+    return 0
+
+
+def cmd_run(args):
+    from .launcher import run_script
+
+    return run_script(args.script, args.dlrm_args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="dlrm-mlet",
@@ -113,6 +126,20 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("patch", help="apply the MLET patch to a DLRM checkout (or remove it)")
+    p.add_argument("dlrm_dir", metavar="DLRM_DIR", help="facebookresearch/dlrm checkout at the pinned commit")
+    p.add_argument("--reverse", action="store_true", help="remove the patch")
+    p.add_argument("--check", action="store_true", help="only say whether it would apply")
+    p.set_defaults(func=cmd_patch)
+
+    p = sub.add_parser(
+        "run", help="run an unmodified DLRM with MLET: dlrm-mlet run DLRM_DIR/dlrm_s_pytorch.py ARGS",
+    )
+    p.add_argument("script", help="path to DLRM's dlrm_s_pytorch.py")
+    p.add_argument("dlrm_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="DLRM's arguments plus --mlet-hidden-dim and the other --mlet-* options")
+    p.set_defaults(func=cmd_run)
     return parser
 
 
