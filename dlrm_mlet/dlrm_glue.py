@@ -10,6 +10,7 @@ DLRM call site         glue function
 =====================  ================================================
 ``run()``, parser      ``add_arguments(parser)`` then ``configure(args)``
 ``create_emb``         ``builds_tables()`` / ``create_emb(...)``
+dataset loaders        ``make_data_and_loaders(args, dp)``
 ``--load-model``       ``loaded(ld_model, dlrm, path)``
 ``--save-model``       ``save_model(model_metrics_dict, path, dlrm)``
 ``--save-onnx``        ``for_export(dlrm)``
@@ -19,6 +20,7 @@ With ``--mlet-hidden-dim`` absent or 0, every function returns DLRM's own
 behaviour unchanged: same tables, same RNG draws, same bytes on disk.
 """
 
+import os
 import sys
 from dataclasses import dataclass
 
@@ -132,6 +134,48 @@ def configure(args):
     except MLETError as error:
         _fail(str(error))
     return config
+
+
+def make_data_and_loaders(args, dp):
+    """DLRM's ``dp.make_criteo_data_and_loaders(args)``, plus our preprocessing and Avazu.
+
+    Criteo-Kaggle: when the processed file is missing, ours writes it (numpy 2
+    safe, malformed lines named, atomic) and DLRM then reads it as usual.
+    Avazu: our cached, memory-mapped dataset with DLRM's own batch format.
+    Anything else goes to DLRM untouched.
+    """
+    from . import data
+
+    try:
+        if args.data_set == "avazu":
+            return _avazu_loaders(args, dp, data)
+        if args.data_set == "kaggle" and not args.memory_map:
+            day_count, processed = data.kaggle_paths(args.raw_data_file, args.processed_data_file)
+            args.processed_data_file = processed  # DLRM's default "" never counts as done
+            if not (os.path.exists(processed) and os.path.exists(day_count)):
+                print(f"Preprocessing {args.raw_data_file} into {processed}", flush=True)
+                data.preprocess_kaggle(args.raw_data_file, processed, args.max_ind_range,
+                                       args.data_sub_sample_rate)
+    except MLETError as error:
+        _fail(str(error))
+    return dp.make_criteo_data_and_loaders(args)
+
+
+def _avazu_loaders(args, dp, data):
+    cache = args.processed_data_file or os.path.join(
+        os.path.dirname(os.path.abspath(args.raw_data_file)), "avazu_processed")
+    if not os.path.exists(os.path.join(cache, "meta.json")):
+        print(f"Preprocessing {args.raw_data_file} into {cache}", flush=True)
+        data.preprocess_avazu(args.raw_data_file, cache)
+    else:
+        print(f"Reading pre-processed data={cache}", flush=True)
+    train = data.AvazuDataset(cache, "train", args.max_ind_range)
+    test = data.AvazuDataset(cache, "test", args.max_ind_range)
+    loader = lambda dataset, batch, workers: torch.utils.data.DataLoader(  # noqa: E731
+        dataset, batch_size=batch, shuffle=False, num_workers=workers,
+        collate_fn=dp.collate_wrapper_criteo_offset, pin_memory=False, drop_last=False)
+    return (train, loader(train, args.mini_batch_size, args.num_workers),
+            test, loader(test, args.test_mini_batch_size, args.test_num_workers))
 
 
 def builds_tables():

@@ -8,7 +8,9 @@ calls the patch would add at the same places, then call its ``run()``:
   (its ``argparse`` is swapped for one whose parser does that);
 * ``DLRM_Net.create_emb`` defers to the glue when MLET builds the tables;
 * its ``torch`` is swapped for a view of torch whose ``save``, ``load`` and
-  ``onnx.export`` pass through ``save_model``, ``loaded`` and ``for_export``.
+  ``onnx.export`` pass through ``save_model``, ``loaded`` and ``for_export``;
+* its data module ``dp`` is swapped for a view whose loader factory is the
+  glue's ``make_data_and_loaders`` (our preprocessing, Avazu).
 
 Same glue functions as the patch, so both give the same model for the same
 arguments; a test holds them to that.
@@ -70,6 +72,20 @@ class _TorchView(types.ModuleType):
         return torch.onnx.export(dlrm_glue.for_export(model), *args, **kwargs)
 
 
+class _DataView(types.ModuleType):
+    """DLRM's data module, with its loader factory going through the glue."""
+
+    def __init__(self, dp):
+        super().__init__(dp.__name__)
+        self._dp = dp
+
+    def __getattr__(self, name):
+        return getattr(self._dp, name)
+
+    def make_criteo_data_and_loaders(self, args):
+        return dlrm_glue.make_data_and_loaders(args, self._dp)
+
+
 def load_script(script):
     """Import DLRM's script as a module named ``dlrm_s_pytorch``."""
     directory = os.path.dirname(script)
@@ -85,6 +101,7 @@ def load_script(script):
 def install_hooks(module):
     module.argparse = _argparse_view()
     module.torch = _TorchView(module)
+    module.dp = _DataView(module.dp)
     original = module.DLRM_Net.create_emb
 
     def create_emb(self, m, ln, weighted_pooling=None):
