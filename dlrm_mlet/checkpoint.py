@@ -199,7 +199,7 @@ def fold_optimizer_state(opt_state, group_names, state_dict):
             state = opt_state["state"].get(old_id)
             table = _prefix(name, TABLE_KEY)
             if table in prefixes and state is not None:
-                state = _fold_param_state(state, state_dict[table + PROJ_KEY])
+                state = fold_param_state(state, state_dict[table + PROJ_KEY])
             if state is not None:
                 new_state[index] = to_plain(state)
             new_ids.append(index)
@@ -208,7 +208,7 @@ def fold_optimizer_state(opt_state, group_names, state_dict):
     return {"state": new_state, "param_groups": new_groups}
 
 
-def _fold_param_state(state, proj_weight):
+def fold_param_state(state, proj_weight):
     """Estimate the optimizer state of a folded table (see fold_optimizer_state)."""
     k = proj_weight.shape[1]
     d = proj_weight.shape[0]

@@ -247,25 +247,43 @@ def param_group_names(model, opt_state):
 def save_model(ckpt, path, model):
     """DLRM's ``torch.save(model_metrics_dict, args.save_model)``, made safe and folded.
 
-    Without MLET tables: the same bytes DLRM writes, only atomically. With
-    them: ``PATH.mlet`` holds the unfolded training checkpoint (to resume MLET
-    training) and ``PATH`` the folded stock checkpoint, each written atomically.
+    Without MLET: the same bytes DLRM writes, only atomically. With it:
+    ``PATH.mlet`` holds the unfolded training checkpoint (to resume MLET
+    training) and ``PATH`` the folded stock checkpoint, each written
+    atomically. In distributed mode see ``distributed.py``: per-rank shards,
+    and one complete folded checkpoint written by rank 0.
     """
-    try:
-        if not has_mlet_tables(model):
+    from . import distributed
+
+    if not builds_tables():
+        try:
             atomic_save(ckpt, path)
-            return
-        record = {
-            "format": FORMAT_VERSION,
-            "hidden_dim": config.hidden_dim,
-            "min_rows": config.min_rows,
-            "proj_init": config.proj_init,
-        }
-        if ckpt.get("opt_state_dict") is not None:
-            record["param_groups"] = param_group_names(model, ckpt["opt_state_dict"])
-        training = dict(to_plain(ckpt), mlet=record)
-        atomic_save(training, path + MLET_SUFFIX)
-        atomic_save(fold_checkpoint(training), path)
+        except MLETError as error:
+            _fail(f"--save-model: {error}")
+        return
+    record = {
+        "format": FORMAT_VERSION,
+        "hidden_dim": config.hidden_dim,
+        "min_rows": config.min_rows,
+        "proj_init": config.proj_init,
+    }
+    if ckpt.get("opt_state_dict") is not None:
+        record["param_groups"] = param_group_names(model, ckpt["opt_state_dict"])
+    try:
+        if distributed.is_distributed():
+            rank = distributed.dist.get_rank()
+            record.update(world_size=distributed.dist.get_world_size(), rank=rank,
+                          local_emb_indices=list(model.local_emb_indices))
+            training = dict(to_plain(ckpt), mlet=record)
+            atomic_save(training, distributed.shard_path(path + MLET_SUFFIX, rank))
+            folded = distributed.gather_folded_checkpoint(training, model)
+            if rank == 0:
+                atomic_save(folded, path)
+            distributed.dist.barrier()
+        else:
+            training = dict(to_plain(ckpt), mlet=record)
+            atomic_save(training, path + MLET_SUFFIX)
+            atomic_save(fold_checkpoint(training), path)
     except MLETError as error:
         _fail(f"--save-model: {error}")
     print(f"MLET: wrote folded stock checkpoint {path} and MLET checkpoint {path}{MLET_SUFFIX}")
@@ -287,8 +305,20 @@ def loaded(ckpt, model, path):
 
 
 def _loaded(ckpt, model, path):
+    from . import distributed
+    from .checkpoint import load_checkpoint
+
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise MLETError("not a DLRM checkpoint (no 'state_dict' entry)")
+    saved_world = ckpt.get("mlet", {}).get("world_size", 1)
+    world = distributed.dist.get_world_size() if distributed.is_distributed() else 1
+    if saved_world != world:
+        raise MLETError(
+            f"saved by {saved_world} ranks, loaded by {world}; resume with "
+            f"--nproc_per_node={saved_world}, or load the folded checkpoint instead"
+        )
+    if world > 1 and distributed.dist.get_rank() > 0:
+        ckpt = load_checkpoint(distributed.shard_path(path, distributed.dist.get_rank()))
     state = ckpt["state_dict"]
     ckpt_is_mlet = bool(mlet_prefixes(state))
     if has_mlet_tables(model):
@@ -300,6 +330,8 @@ def _loaded(ckpt, model, path):
         check_shapes(state, model.state_dict())
         return ckpt
     if ckpt_is_mlet:
+        if world > 1:
+            raise MLETError("an MLET shard cannot be folded on load; load the folded checkpoint")
         print(f"MLET: folding the MLET checkpoint {path} into plain tables on load")
         ckpt = fold_checkpoint(ckpt) if ckpt.get("opt_state_dict") is not None else dict(
             ckpt, state_dict=fold_state_dict(state))
