@@ -14,6 +14,7 @@ dataset loaders        ``make_data_and_loaders(args, dp)``
 ``--load-model``       ``loaded(ld_model, dlrm, path)``
 ``--save-model``       ``save_model(model_metrics_dict, path, dlrm)``
 ``--save-onnx``        ``for_export(dlrm)``
+resume skip loop       ``epoch_after_skip(k)``, ``skip_batch(...)``
 =====================  ================================================
 
 With ``--mlet-hidden-dim`` absent or 0, every function returns DLRM's own
@@ -224,6 +225,28 @@ def create_emb(net, m, ln, weighted_pooling=None):
     return emb_l, v_W_l
 
 
+def epoch_after_skip(k):
+    """Stock DLRM skips a finished epoch with ``continue`` but never advances ``k``.
+
+    A checkpoint saved after the first epoch therefore makes a resumed run
+    loop forever. When resuming MLET training we advance; with MLET off the
+    stock behaviour is kept, byte for byte.
+    """
+    return k + 1 if builds_tables() else k
+
+
+def skip_batch(k, j, skip_upto_epoch, skip_upto_batch):
+    """Whether to skip batch ``j`` of epoch ``k`` when resuming.
+
+    Stock DLRM skips the first ``skip_upto_batch`` batches of *every* epoch, so
+    a resumed multi-epoch run silently trains on less data. Resuming MLET
+    training skips them in the saved epoch only.
+    """
+    if builds_tables():
+        return k == skip_upto_epoch and j < skip_upto_batch
+    return j < skip_upto_batch
+
+
 def has_mlet_tables(model):
     return any(isinstance(m, MLETEmbeddingBag) for m in model.modules())
 
@@ -328,6 +351,9 @@ def _loaded(ckpt, model, path):
                 f"load {path}{MLET_SUFFIX} instead, or add --inference-only"
             )
         check_shapes(state, model.state_dict())
+        if ckpt.get("iter", 0) >= ckpt.get("nbatches", float("inf")):
+            # Saved at the end of an epoch: resume at the start of the next one.
+            ckpt = dict(ckpt, epoch=ckpt["epoch"] + 1, iter=0)
         return ckpt
     if ckpt_is_mlet:
         if world > 1:
