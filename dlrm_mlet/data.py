@@ -23,12 +23,12 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 
 import numpy as np
 
 from .errors import MLETError
+from .progress import progress_bar
 
 KAGGLE_DAYS = 7
 KAGGLE_PROCESSED = "kaggleAdDisplayChallenge_processed.npz"
@@ -49,14 +49,6 @@ _CRITEO_ROW = re.compile(
 _DENSE = re.compile(r"-?\d{1,10}")
 _HEX = re.compile(r"[0-9a-fA-F]{1,8}")
 _HOUR = re.compile(r"\d{6}(?:[01]\d|2[0-3])")
-
-
-def _progress(total, desc, quiet=False):
-    """A tqdm bar with rate and ETA, silent when stderr is not a terminal."""
-    from tqdm import tqdm
-
-    disable = True if quiet else (None if sys.stderr.isatty() else True)
-    return tqdm(total=total, desc=desc, unit=" rows", unit_scale=True, disable=disable, file=sys.stderr)
 
 
 def count_lines(path):
@@ -154,7 +146,7 @@ def preprocess_kaggle(raw_path, processed_path="", max_ind_range=-1, sub_sample_
     x_cat = np.zeros((total, 26), dtype=np.int32)
     tables = [{} for _ in range(26)]
     kept_per_day, rows = [], 0
-    with _open_text(raw_path) as handle, _progress(total, "preprocess Criteo", quiet) as bar:
+    with _open_text(raw_path) as handle, progress_bar(total, "preprocess Criteo", quiet) as bar:
         lines = _lines(handle, raw_path)
         for size in sizes:
             draws = np.random.uniform(low=0.0, high=1.0, size=size) if sub_sample_rate > 0 else None
@@ -261,7 +253,7 @@ def preprocess_avazu(csv_path, cache_dir, quiet=False):
             tables = [{} for _ in AVAZU_CATEGORICAL]
             lines = numbered if has_header else _chain_first(first, numbered)
             rows = 0
-            with _progress(rows_max, "preprocess Avazu", quiet) as bar:
+            with progress_bar(rows_max, "preprocess Avazu", quiet) as bar:
                 for number, line in lines:
                     fields = line.split(",")
                     if len(fields) != len(columns) or fields[click] not in ("0", "1") or \

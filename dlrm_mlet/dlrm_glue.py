@@ -15,6 +15,7 @@ dataset loaders        ``make_data_and_loaders(args, dp)``
 ``--save-model``       ``save_model(model_metrics_dict, path, dlrm)``
 ``--save-onnx``        ``for_export(dlrm)``
 resume skip loop       ``epoch_after_skip(k)``, ``skip_batch(...)``
+after optimizer step   ``after_step(dlrm, writer, step)``
 =====================  ================================================
 
 With ``--mlet-hidden-dim`` absent or 0, every function returns DLRM's own
@@ -34,6 +35,7 @@ from .folding import fold_model, fold_state_dict, mlet_prefixes
 from .table import MLETEmbeddingBag, parse_proj_init, uniform_table_
 
 FORMAT_VERSION = 1
+DEFAULT_LOG_FREQ = 1024
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Config:
     min_rows: int = 0
     proj_init: str = "normal"
     inference_only: bool = False
+    log_freq: int = 0
 
     @property
     def enabled(self):
@@ -49,6 +52,10 @@ class Config:
 
 
 config = Config()
+
+# False under ``dlrm-mlet run``: without the patch's two lines in DLRM's resume
+# loop (epoch_after_skip, skip_batch) resuming would skip or repeat data.
+can_resume = True
 
 
 def _fail(message):
@@ -76,6 +83,11 @@ def add_arguments(parser):
         help="projection init: normal (N(0, 0.25^2)), normal-<std>, xavier, orthogonal",
     )
     group.add_argument(
+        "--mlet-log-freq", default=None, metavar="N",
+        help="log effective rank etc. to TensorBoard every N steps (default %d with MLET, "
+        "0 = off; also works without MLET, for a baseline)" % DEFAULT_LOG_FREQ,
+    )
+    group.add_argument(
         "--mlet-allow-narrow", action="store_true", default=False,
         help="allow K below --arch-sparse-feature-size (a bottleneck, not MLET)",
     )
@@ -96,6 +108,9 @@ def parse_config(args):
     """Check our options against DLRM's; raises MLETError naming the flag."""
     hidden = _int_option(args, "--mlet-hidden-dim", 0)
     min_rows = _int_option(args, "--mlet-min-rows", 0)
+    if args.mlet_log_freq is None:
+        args.mlet_log_freq = DEFAULT_LOG_FREQ if hidden > 0 else 0
+    log_freq = _int_option(args, "--mlet-log-freq", 0)
     try:
         proj_init = parse_proj_init(args.mlet_proj_init)
     except MLETError as error:
@@ -105,7 +120,7 @@ def parse_config(args):
             value = min_rows if flag == "--mlet-min-rows" else proj_init
             if value != default:
                 raise MLETError(f"{flag} has no effect without --mlet-hidden-dim K (K > 0)")
-        return Config()
+        return Config(log_freq=log_freq)
     d = args.arch_sparse_feature_size
     if hidden < d and not args.mlet_allow_narrow:
         raise MLETError(
@@ -124,17 +139,33 @@ def parse_config(args):
             "--quantize-emb-with-bit quantizes tables for inference; with --mlet-hidden-dim "
             "train first, then quantize the folded checkpoint with --inference-only"
         )
-    return Config(hidden, min_rows, proj_init, inference_only)
+    return Config(hidden, min_rows, proj_init, inference_only, log_freq)
 
 
 def configure(args):
     """Validate and remember our options, before DLRM does any work."""
-    global config
+    global config, monitor
     try:
         config = parse_config(args)
     except MLETError as error:
         _fail(str(error))
+    monitor = None
     return config
+
+
+monitor = None
+
+
+def after_step(model, writer, step=None):
+    """After each optimizer step: TensorBoard spectra every ``--mlet-log-freq`` steps."""
+    global monitor
+    if config.log_freq <= 0:
+        return
+    if monitor is None:
+        from .monitor import Monitor
+
+        monitor = Monitor(config.log_freq)
+    monitor.after_step(model, writer, step)
 
 
 def make_data_and_loaders(args, dp):
@@ -345,6 +376,12 @@ def _loaded(ckpt, model, path):
     state = ckpt["state_dict"]
     ckpt_is_mlet = bool(mlet_prefixes(state))
     if has_mlet_tables(model):
+        if not can_resume:
+            raise MLETError(
+                "dlrm-mlet run cannot resume MLET training: DLRM's resume loop needs the patch "
+                "(it skips batches in every epoch and never leaves a skipped epoch); "
+                "run the patched script (dlrm-mlet patch DLRM_DIR) to resume"
+            )
         if not ckpt_is_mlet:
             raise MLETError(
                 f"this is a folded (stock) checkpoint and cannot resume MLET training; "

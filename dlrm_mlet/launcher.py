@@ -10,7 +10,12 @@ calls the patch would add at the same places, then call its ``run()``:
 * its ``torch`` is swapped for a view of torch whose ``save``, ``load`` and
   ``onnx.export`` pass through ``save_model``, ``loaded`` and ``for_export``;
 * its data module ``dp`` is swapped for a view whose loader factory is the
-  glue's ``make_data_and_loaders`` (our preprocessing, Avazu).
+  glue's ``make_data_and_loaders`` (our preprocessing, Avazu);
+* a global optimizer step hook calls the glue's ``after_step`` (TensorBoard).
+
+Not hooked, because DLRM's loop has no seam to hold: the resume fix of
+``epoch_after_skip``/``skip_batch``. So resuming MLET training is refused here
+with a message pointing to the patch; loading for ``--inference-only`` works.
 
 Same glue functions as the patch, so both give the same model for the same
 arguments; a test holds them to that.
@@ -99,6 +104,7 @@ def load_script(script):
 
 
 def install_hooks(module):
+    dlrm_glue.can_resume = False
     module.argparse = _argparse_view()
     module.torch = _TorchView(module)
     module.dp = _DataView(module.dp)
@@ -110,6 +116,10 @@ def install_hooks(module):
         return original(self, m, ln, weighted_pooling)
 
     module.DLRM_Net.create_emb = create_emb
+    # The patch calls after_step with DLRM's own step number; here the glue counts steps.
+    torch.optim.optimizer.register_optimizer_step_post_hook(
+        lambda optimizer, args, kwargs: dlrm_glue.after_step(module.dlrm, module.writer)
+    )
 
 
 def run_script(script, dlrm_args):

@@ -1,0 +1,120 @@
+"""What MLET does during training, logged to DLRM's own TensorBoard writer.
+
+Every ``--mlet-log-freq`` steps, per table and averaged over tables:
+
+* ``MLET/effective_rank/<table>`` of the folded-equivalent table, from the
+  ``d x d`` Gram of a uniform row sample (exact when the table has no more
+  rows than the sample);
+* ``MLET/singular_value_<i>/<table>``, the top three singular values;
+* ``MLET/proj_norm/<table>``, ``||proj||_F`` of MLET tables;
+* for the largest tables, ``MLET/update_frequent/<table>`` and
+  ``MLET/update_rare/<table>``: the mean L2 change, since the previous log, of
+  the folded rows of the 64 most used rows and of 64 rows used once or twice.
+  The papers find MLET's gain largest on rare categories; this shows it.
+
+Cost: one Gram of ``sample_rows`` rows per table per log, plus counting the
+indices of the tracked tables at every step (one ``index_add_``).
+"""
+
+import torch
+
+from .spectrum import effective_rank, singular_values
+from .table import MLETEmbeddingBag
+
+TOP_SINGULAR = 3
+ROWS_PER_GROUP = 64
+
+
+def _factors(table):
+    if isinstance(table, MLETEmbeddingBag):
+        return table.table.weight, table.proj.weight
+    return table.weight, None
+
+
+def _folded_rows(table, rows):
+    a, b = _factors(table)
+    with torch.no_grad():
+        rows_now = a[rows].detach().float()
+        return rows_now if b is None else rows_now @ b.detach().float().t()
+
+
+class Monitor:
+    """Counts index use on the largest tables and logs spectra every ``freq`` steps."""
+
+    def __init__(self, freq, sample_rows=4096, tracked_tables=3, seed=0):
+        self.freq = freq
+        self.sample_rows = sample_rows
+        self.tracked_tables = tracked_tables
+        self.generator = torch.Generator().manual_seed(seed)
+        self.model = None
+        self.counts = {}
+        self.pending = {}
+        self.snapshots = {}
+        self.steps = 0
+
+    def attach(self, model):
+        """Start counting index use on the largest tables (forward pre-hooks)."""
+        self.model = model
+        tables = sorted(range(len(model.emb_l)), key=lambda i: -_factors(model.emb_l[i])[0].shape[0])
+        for i in tables[: self.tracked_tables]:
+            table = model.emb_l[i]
+            self.counts[i] = torch.zeros(_factors(table)[0].shape[0], dtype=torch.int32)
+            table.register_forward_pre_hook(self._counter(i))
+
+    def _counter(self, i):
+        # DLRM never switches to eval mode for its test passes, so a lookup is
+        # only counted once the optimizer step that follows it has happened.
+        def remember(module, inputs):
+            self.pending[i] = inputs[0].reshape(-1)
+        return remember
+
+    def _commit_counts(self):
+        for i, indices in self.pending.items():
+            self.counts[i].index_add_(0, indices, torch.ones_like(indices, dtype=torch.int32))
+        self.pending.clear()
+
+    def after_step(self, model, writer, step=None):
+        """Called after each optimizer step; logs every ``freq`` steps."""
+        if model is not self.model:
+            self.attach(model)
+        self._commit_counts()
+        self.steps += 1
+        step = self.steps if step is None else step
+        if self.freq <= 0 or step % self.freq:
+            return
+        with torch.no_grad():
+            self.log(model, writer, step)
+
+    def log(self, model, writer, step):
+        ranks = []
+        for i, table in enumerate(model.emb_l):
+            name = f"emb_l.{i}"
+            a, b = _factors(table)
+            n = a.shape[0]
+            rows = None if n <= self.sample_rows else torch.randperm(n, generator=self.generator)[: self.sample_rows]
+            values = singular_values(a, b, rows)
+            ranks.append(effective_rank(values))
+            writer.add_scalar(f"MLET/effective_rank/{name}", ranks[-1], step)
+            for j, value in enumerate(values[:TOP_SINGULAR].tolist()):
+                writer.add_scalar(f"MLET/singular_value_{j}/{name}", value, step)
+            if b is not None:
+                writer.add_scalar(f"MLET/proj_norm/{name}", float(b.detach().norm()), step)
+            if i in self.counts:
+                self._log_updates(i, table, writer, step)
+        writer.add_scalar("MLET/effective_rank/mean", sum(ranks) / len(ranks), step)
+
+    def _log_updates(self, i, table, writer, step):
+        name = f"emb_l.{i}"
+        if i in self.snapshots:
+            for group, (rows, before) in self.snapshots[i].items():
+                if len(rows):
+                    change = (_folded_rows(table, rows) - before).norm(dim=1).mean()
+                    writer.add_scalar(f"MLET/update_{group}/{name}", float(change), step)
+        counts = self.counts[i]
+        frequent = torch.topk(counts, min(ROWS_PER_GROUP, len(counts))).indices
+        frequent = frequent[counts[frequent] > 2]
+        rare = ((counts >= 1) & (counts <= 2)).nonzero().flatten()
+        rare = rare[torch.randperm(len(rare), generator=self.generator)[:ROWS_PER_GROUP]]
+        self.snapshots[i] = {
+            group: (rows, _folded_rows(table, rows)) for group, rows in (("frequent", frequent), ("rare", rare))
+        }

@@ -1,0 +1,26 @@
+"""One progress bar for every long command (synth, preprocessing, fold, inspect, report).
+
+tqdm gives rate and ETA. It draws only on a terminal, so logs and CI output
+stay clean, and never with ``--quiet``. tqdm is not a hard dependency (it
+comes with the ``[dlrm]`` extra, and DLRM itself needs it): without it there
+is simply no bar.
+"""
+
+import contextlib
+import sys
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+
+def progress_bar(total, desc, quiet=False, unit=" rows"):
+    """A context manager yielding an object with ``update(n)``."""
+    if quiet or not sys.stderr.isatty():
+        return contextlib.nullcontext(_NoBar())
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return contextlib.nullcontext(_NoBar())
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr)

@@ -1,0 +1,62 @@
+"""Singular values and effective rank of embedding tables, folded or not.
+
+The MLET papers explain its gain by the effective rank of the learned
+embeddings: a d-wide table trained directly tends to use few of its d
+directions, a table trained as ``A @ B.T`` uses more. Effective rank here is
+``exp(H(p))`` with ``p = s / sum(s)`` over the singular values ``s`` (Roy &
+Vetterli 2007): d for a table whose directions are equally used, 1 for rank one.
+
+Every function works on the folded-equivalent ``n x d`` table ``W = A @ B.T``
+without forming it: the ``d x d`` Gram ``W.T @ W`` is accumulated over row
+blocks, and its eigenvalues are the squared singular values of ``W``.
+"""
+
+import math
+
+import torch
+
+from .folding import FOLD_BLOCK_BYTES
+
+
+def effective_rank(singular_values):
+    """exp of the entropy of the normalised singular values (0 for a zero matrix)."""
+    s = torch.as_tensor(singular_values, dtype=torch.float64).clamp_min(0)
+    total = float(s.sum())
+    if total == 0:
+        return 0.0
+    p = s[s > 0] / total
+    return math.exp(float(-(p * p.log()).sum()))
+
+
+def gram(table_weight, proj_weight=None, rows=None):
+    """``W.T @ W`` (d x d, float64) of the table or of ``table @ proj.T``.
+
+    ``rows`` restricts it to those row indices (a sample); blocks keep the
+    scratch memory bounded whatever the table size.
+    """
+    a = table_weight.detach()
+    if rows is not None:
+        a = a[rows]
+    b = None if proj_weight is None else proj_weight.detach().to(torch.float64)
+    width = a.shape[1] if b is None else b.shape[0]
+    out = torch.zeros(width, width, dtype=torch.float64)
+    step = max(1, FOLD_BLOCK_BYTES // (8 * (a.shape[1] + width)))
+    for start in range(0, a.shape[0], step):
+        block = a[start:start + step].to(torch.float64)
+        if b is not None:
+            block = block @ b.t()
+        out += block.t() @ block
+    return out
+
+
+def singular_values(table_weight, proj_weight=None, rows=None):
+    """Singular values of the (folded-equivalent) table, largest first.
+
+    With ``rows`` (a uniform sample of m of the n rows) they are scaled by
+    ``sqrt(n / m)``, an unbiased estimate of the full table's Gram.
+    """
+    g = gram(table_weight, proj_weight, rows)
+    values = torch.linalg.eigvalsh(g).clamp_min(0).sqrt().flip(0)
+    if rows is not None and len(rows):
+        values *= math.sqrt(table_weight.shape[0] / len(rows))
+    return values
