@@ -16,6 +16,7 @@ dataset loaders        ``make_data_and_loaders(args, dp)``
 ``--save-onnx``        ``for_export(dlrm)``
 resume skip loop       ``epoch_after_skip(k)``, ``skip_batch(...)``
 after optimizer step   ``after_step(dlrm, writer, step)``
+test scores (mlperf)   ``test_scores(scores, targets, step)``
 =====================  ================================================
 
 With ``--mlet-hidden-dim`` absent or 0, every function returns DLRM's own
@@ -45,6 +46,7 @@ class Config:
     proj_init: str = "normal"
     inference_only: bool = False
     log_freq: int = 0
+    metrics_json: str = ""
 
     @property
     def enabled(self):
@@ -88,6 +90,10 @@ def add_arguments(parser):
         "0 = off; also works without MLET, for a baseline)" % DEFAULT_LOG_FREQ,
     )
     group.add_argument(
+        "--mlet-metrics-json", default="", metavar="PATH",
+        help="write test AUC, log loss and accuracy to PATH at every test (needs --mlperf-logging)",
+    )
+    group.add_argument(
         "--mlet-allow-narrow", action="store_true", default=False,
         help="allow K below --arch-sparse-feature-size (a bottleneck, not MLET)",
     )
@@ -111,6 +117,9 @@ def parse_config(args):
     if args.mlet_log_freq is None:
         args.mlet_log_freq = DEFAULT_LOG_FREQ if hidden > 0 else 0
     log_freq = _int_option(args, "--mlet-log-freq", 0)
+    metrics_json = args.mlet_metrics_json
+    if metrics_json and not getattr(args, "mlperf_logging", False):
+        raise MLETError("--mlet-metrics-json needs --mlperf-logging (DLRM keeps test scores only then)")
     try:
         proj_init = parse_proj_init(args.mlet_proj_init)
     except MLETError as error:
@@ -120,7 +129,7 @@ def parse_config(args):
             value = min_rows if flag == "--mlet-min-rows" else proj_init
             if value != default:
                 raise MLETError(f"{flag} has no effect without --mlet-hidden-dim K (K > 0)")
-        return Config(log_freq=log_freq)
+        return Config(log_freq=log_freq, metrics_json=metrics_json)
     d = args.arch_sparse_feature_size
     if hidden < d and not args.mlet_allow_narrow:
         raise MLETError(
@@ -139,7 +148,7 @@ def parse_config(args):
             "--quantize-emb-with-bit quantizes tables for inference; with --mlet-hidden-dim "
             "train first, then quantize the folded checkpoint with --inference-only"
         )
-    return Config(hidden, min_rows, proj_init, inference_only, log_freq)
+    return Config(hidden, min_rows, proj_init, inference_only, log_freq, metrics_json)
 
 
 def configure(args):
@@ -208,6 +217,53 @@ def _avazu_loaders(args, dp, data):
         collate_fn=dp.collate_wrapper_criteo_offset, pin_memory=False, drop_last=False)
     return (train, loader(train, args.mini_batch_size, args.num_workers),
             test, loader(test, args.test_mini_batch_size, args.test_num_workers))
+
+
+def test_scores(scores, targets, step):
+    """DLRM's test predictions (``--mlperf-logging``): log loss, and a metrics file.
+
+    DLRM prints AUC and accuracy but not the test log loss, which the MLET
+    papers report; sweeps read all three from ``--mlet-metrics-json``.
+    """
+    if not config.metrics_json:
+        return
+    import json
+
+    import numpy as np
+    import sklearn.metrics
+
+    from . import distributed
+
+    p = np.clip(np.asarray(scores, dtype=np.float64).reshape(-1), 1e-7, 1 - 1e-7)
+    y = np.asarray(targets, dtype=np.float64).reshape(-1)
+    metrics = {
+        "step": None if step is None else int(step),
+        "samples": int(y.size),
+        "auc": float(sklearn.metrics.roc_auc_score(y, p)) if 0 < y.sum() < y.size else None,
+        "log_loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
+        "accuracy": float(np.mean(np.round(p) == y)),
+    }
+    print(f"MLET: test log loss {metrics['log_loss']:.6f}", flush=True)
+    if distributed.is_distributed() and distributed.dist.get_rank() != 0:
+        return
+    try:
+        _write_text(config.metrics_json, json.dumps(metrics, indent=1) + "\n")
+    except OSError as error:
+        _fail(f"--mlet-metrics-json: cannot write {config.metrics_json}: {error.strerror or error}")
+
+
+def _write_text(path, text):
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def builds_tables():

@@ -11,7 +11,9 @@ calls the patch would add at the same places, then call its ``run()``:
   ``onnx.export`` pass through ``save_model``, ``loaded`` and ``for_export``;
 * its data module ``dp`` is swapped for a view whose loader factory is the
   glue's ``make_data_and_loaders`` (our preprocessing, Avazu);
-* a global optimizer step hook calls the glue's ``after_step`` (TensorBoard).
+* a global optimizer step hook calls the glue's ``after_step`` (TensorBoard);
+* its ``sklearn`` is swapped for a view whose ``roc_auc_score`` first hands the
+  test scores to the glue's ``test_scores``.
 
 Not hooked, because DLRM's loop has no seam to hold: the resume fix of
 ``epoch_after_skip``/``skip_batch``. So resuming MLET training is refused here
@@ -28,6 +30,7 @@ import sys
 import types
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import dlrm_glue
 from .errors import MLETError
@@ -91,6 +94,22 @@ class _DataView(types.ModuleType):
         return dlrm_glue.make_data_and_loaders(args, self._dp)
 
 
+def _sklearn_view(sklearn):
+    """sklearn for DLRM's test metrics: AUC also hands the scores to the glue."""
+    import sklearn.metrics as metrics
+
+    def roc_auc_score(y_true, y_score, *args, **kwargs):
+        dlrm_glue.test_scores(y_score, y_true, None)
+        return metrics.roc_auc_score(y_true, y_score, *args, **kwargs)
+
+    view = types.ModuleType("sklearn")
+    view.__dict__.update(vars(sklearn))
+    view.metrics = types.ModuleType("sklearn.metrics")
+    view.metrics.__dict__.update(vars(metrics))
+    view.metrics.roc_auc_score = roc_auc_score
+    return view
+
+
 def load_script(script):
     """Import DLRM's script as a module named ``dlrm_s_pytorch``."""
     directory = os.path.dirname(script)
@@ -108,6 +127,7 @@ def install_hooks(module):
     module.argparse = _argparse_view()
     module.torch = _TorchView(module)
     module.dp = _DataView(module.dp)
+    module.sklearn = _sklearn_view(module.sklearn)
     original = module.DLRM_Net.create_emb
 
     def create_emb(self, m, ln, weighted_pooling=None):
@@ -117,7 +137,7 @@ def install_hooks(module):
 
     module.DLRM_Net.create_emb = create_emb
     # The patch calls after_step with DLRM's own step number; here the glue counts steps.
-    torch.optim.optimizer.register_optimizer_step_post_hook(
+    register_optimizer_step_post_hook(
         lambda optimizer, args, kwargs: dlrm_glue.after_step(module.dlrm, module.writer)
     )
 
