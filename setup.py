@@ -23,6 +23,10 @@ setup(
         "dlrm": DLRM_RUNTIME + ["mlperf-logging"],
         "test": DLRM_RUNTIME + ["mlperf-logging", "pytest", "hypothesis", "onnxruntime"],
         "plot": ["matplotlib"],
+        # torchrec itself must come with `pip install --no-deps torchrec==1.8.0`: it requires
+        # the CUDA fbgemm-gpu, which pip cannot be told to skip; these are its other needs
+        # (plus iopath to read Criteo). CPU: fbgemm-gpu-cpu==1.8.0; GPU: fbgemm-gpu==1.8.0.
+        "torchrec": ["tensordict", "torchmetrics==1.0.3", "tqdm", "pyre-extensions", "iopath"],
     },
     entry_points={"console_scripts": ["dlrm-mlet=dlrm_mlet.cli:main"]},
 )

@@ -89,10 +89,11 @@ def test_stock_single_process_dlrm_loads_it_and_prints_the_distributed_accuracy(
 
 def test_mlet_training_resumes_from_the_shards_with_as_many_ranks(distributed_run, patched_dlrm, tmp_path):
     cwd, _, _ = distributed_run
-    args = [a if not a.startswith("--data-size") else "--data-size=51200" for a in ARGS]
+    # Saved at the end of epoch 0: a two-epoch run resumes with epoch 1.
     proc = torchrun([os.path.join(patched_dlrm, "dlrm_s_pytorch.py"), "--dist-backend=gloo",
-                     f"--load-model={cwd}/m.pt.mlet"] + args, tmp_path)
-    assert "Finished training it 400/400" in proc.stdout
+                     f"--load-model={cwd}/m.pt.mlet", "--nepochs=2"] + ARGS, tmp_path)
+    assert "Finished training it 200/200 of epoch 1" in proc.stdout
+    assert "of epoch 0" not in proc.stdout.split("Loading saved model")[-1]
     single = run_dlrm(patched_dlrm, ARGS + [f"--load-model={cwd}/m.pt.mlet"], tmp_path, check=False)
     assert single.returncode != 0
     assert "saved by 2 ranks, loaded by 1" in single.stderr.strip().splitlines()[-1]

@@ -17,7 +17,6 @@ import torch
 
 from conftest import import_script, run_dlrm
 from dlrm_mlet.folding import mlet_prefixes
-from dlrm_mlet.patching import patch_checkout
 
 D = 16
 ROWS = [1000, 2000, 500, 50]

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from dlrm_mlet import MLETEmbeddingBag
 from dlrm_mlet.checkpoint import atomic_save, fold_checkpoint
 from dlrm_mlet.cli import main
 from dlrm_mlet.monitor import Monitor
