@@ -101,6 +101,85 @@ def cmd_run(args):
     return run_script(args.script, args.dlrm_args)
 
 
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def cmd_synth(args):
+    from .synth import write_synthetic
+
+    options = {k: getattr(args, k) for k in ("seed", "scale", "rank") if getattr(args, k) is not None}
+    info = write_synthetic(args.out_dir, args.rows, progress=not args.quiet, force=args.force, **options)
+    print(
+        f"wrote {info['rows']} rows to {os.path.join(args.out_dir, 'train.txt')}: base CTR "
+        f"{info['base_ctr']:.4f}, oracle AUC {info['oracle_auc']:.4f}, oracle log loss "
+        f"{info['oracle_log_loss']:.4f} (train_prob.txt, synth.json)"
+    )
+    return 0
+
+
+def cmd_inspect(args):
+    from .inspection import format_report, inspect_checkpoint, plot_spectra
+    from .progress import progress_bar
+
+    with progress_bar(None, "inspect", quiet=args.quiet, unit=" tables") as bar:
+        info = inspect_checkpoint(args.checkpoint, progress=lambda name: bar.update())
+    if args.plot:
+        plot_spectra(info, args.plot)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_report(info))
+        if args.plot:
+            print(f"spectrum plot: {args.plot}")
+    return 0
+
+
+def _int_list(text):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _default_dlrm_dir():
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.environ.get("DLRM_DIR") or os.path.join(cache, "dlrm-mlet", "dlrm")
+
+
+def cmd_sweep(args):
+    from .sweep import run_sweep
+
+    rows = run_sweep(args.dlrm_dir, args.data_set, args.raw_data_file, args.out, args.d, args.k,
+                     args.seeds, epochs=args.epochs, work=args.work, extra_args=args.dlrm_args,
+                     quiet=args.quiet)
+    print(f"{len(rows)} runs in {args.out}; see them with: dlrm-mlet report {args.out}")
+    return 0
+
+
+def cmd_report(args):
+    from .sweep import report
+
+    png = args.plot or os.path.splitext(args.results)[0] + ".png"
+    text = report(args.results, png, args.oracle, args.title)
+    if args.markdown:
+        with open(args.markdown + ".tmp", "w") as handle:
+            handle.write(text + "\n")
+        os.replace(args.markdown + ".tmp", args.markdown)
+    print(text)
+    print(f"\nplot: {png}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="dlrm-mlet",
@@ -140,6 +219,49 @@ def build_parser():
     p.add_argument("dlrm_args", nargs=argparse.REMAINDER, metavar="ARGS",
                    help="DLRM's arguments plus --mlet-hidden-dim and the other --mlet-* options")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("synth", help="write the embedded default dataset (synthetic, Criteo-Kaggle format)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder for train.txt, train_prob.txt, synth.json")
+    p.add_argument("--rows", type=_positive_int, required=True, help="number of samples")
+    p.add_argument("--seed", type=int, help="random seed (0); the same seed gives the same bytes")
+    p.add_argument("--scale", type=_positive_float,
+                   help="table sizes as a fraction of Criteo-Kaggle's (0.01)")
+    p.add_argument("--rank", type=_positive_int, help="size of the latent click model's vectors (8)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR/train.txt if it exists")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("inspect", help="explain a checkpoint: tables, bytes, effective rank, stock-loadable")
+    p.add_argument("checkpoint", help="folded, unfolded (.mlet) or plain DLRM checkpoint")
+    p.add_argument("--json", action="store_true", help="print JSON (with full spectra)")
+    p.add_argument("--plot", metavar="OUT.png", help="also plot the singular-value spectra")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("sweep", help="the paper's experiment: baseline and MLET over d and k, to a CSV")
+    p.add_argument("--data-set", choices=["kaggle", "avazu"], default="kaggle")
+    p.add_argument("--raw-data-file", required=True, help="Criteo-Kaggle train.txt or Avazu train.csv")
+    p.add_argument("--out", required=True, help="results CSV (appended to; finished runs are kept)")
+    p.add_argument("--dlrm-dir", default=_default_dlrm_dir(),
+                   help="DLRM checkout at the pinned commit (default: $DLRM_DIR or the cache folder)")
+    p.add_argument("--d", type=_int_list, default=[4, 8, 16, 32, 64], help="widths (4,8,16,32,64)")
+    p.add_argument("--k", type=_int_list, default=[64, 128, 256, 512], help="MLET hidden widths (64,128,256,512)")
+    p.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0],
+                   help="numpy seeds, comma-separated (0)")
+    p.add_argument("--epochs", type=_positive_int, default=1)
+    p.add_argument("--work", help="folder for the patched DLRM copy and logs (default: next to --out)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("dlrm_args", nargs=argparse.REMAINDER, metavar="-- DLRM_ARGS",
+                   help="more DLRM arguments for every run, after --")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="markdown table, AUC-vs-size plot and iso-AUC savings of a sweep")
+    p.add_argument("results", help="the sweep's CSV")
+    p.add_argument("--plot", metavar="OUT.png", help="plot file (default: RESULTS.png)")
+    p.add_argument("--markdown", metavar="OUT.md", help="also write the table to this file")
+    p.add_argument("--oracle", metavar="synth.json", help="show the oracle AUC of a synthetic dataset")
+    p.add_argument("--title", help="plot title")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

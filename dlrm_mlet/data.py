@@ -66,17 +66,20 @@ def _open_text(path):
         raise MLETError(f"{path}: no such file")
     if os.path.getsize(path) == 0:
         raise MLETError(f"{path}: the file is empty")
-    return open(path, encoding="utf-8", newline="")
+    return open(path, "rb")
 
 
 def _lines(handle, path):
-    """Numbered lines without their line ending; non-UTF-8 bytes are named by line."""
-    number = 0
-    try:
-        for number, line in enumerate(handle, 1):
-            yield number, line.rstrip("\r\n")
-    except UnicodeDecodeError as error:
-        raise MLETError(f"{path}:{number + 1}: not UTF-8 text ({error.reason})") from None
+    """Numbered lines without their line ending; non-UTF-8 bytes are named by line.
+
+    Decoded line by line (not by a text stream's blocks) so the error points at
+    the right line.
+    """
+    for number, raw in enumerate(handle, 1):
+        try:
+            yield number, raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as error:
+            raise MLETError(f"{path}:{number}: not UTF-8 text ({error.reason})") from None
 
 
 def criteo_row_error(fields):

@@ -5,6 +5,7 @@ through ``dlrm-mlet run``) in a subprocess, as a user would. They skip, with a
 message naming where a checkout is looked for, when none is present.
 """
 
+import json
 import os
 import re
 import shutil
@@ -168,15 +169,53 @@ def test_same_accuracy_and_auc_with_mlperf_logging_on_the_kaggle_data_path(
         f"--arch-sparse-feature-size={D}", "--arch-mlp-bot=13-32-16", "--arch-mlp-top=32-1",
         "--data-generation=dataset", "--data-set=kaggle", f"--raw-data-file={data}/train.txt",
         f"--processed-data-file={data}/kaggleAdDisplayChallenge_processed.npz",
-        "--max-ind-range=100000", "--loss-function=bce", "--round-targets=True",
+        "--loss-function=bce", "--round-targets=True",
         "--learning-rate=0.1", "--mini-batch-size=128", "--test-freq=67", "--print-freq=67",
         "--mlperf-logging",
     ]
     model = tmp_path / "kaggle.pt"
+    # No --max-ind-range: our preprocessing works on numpy 2 where stock DLRM's fails (#394).
     trained = run_dlrm(patched_dlrm, args + MLET + [f"--save-model={model}"], tmp_path)
+    assert "Preprocessing" in trained.stdout
     loaded = run_dlrm(stock_dlrm, args + [f"--load-model={model}", "--inference-only"], tmp_path)
     assert aucs(loaded.stdout)[-1] == aucs(trained.stdout)[-1]
     assert accuracies(loaded.stdout)[-1] == accuracies(trained.stdout)[-1]
+
+
+def test_stock_dlrm_cannot_preprocess_criteo_on_numpy_2(stock_dlrm, criteo_sample, tmp_path):
+    """Upstream issue #394, the reason the patch brings its own preprocessing."""
+    shutil.copy(criteo_sample, tmp_path / "train.txt")
+    proc = run_dlrm(stock_dlrm, ["--data-generation=dataset", "--data-set=kaggle", f"--raw-data-file={tmp_path}/train.txt",
+                                 f"--processed-data-file={tmp_path}/kaggleAdDisplayChallenge_processed.npz",
+                                 "--arch-mlp-bot=13-16", "--arch-sparse-feature-size=16"],
+                    tmp_path, check=False)
+    assert proc.returncode != 0 and "OverflowError" in proc.stderr
+
+
+@pytest.fixture
+def avazu_sample():
+    from conftest import SHARED_DATA
+
+    path = os.path.join(SHARED_DATA, "avazu", "train")
+    if not os.path.isfile(path):
+        pytest.skip(f"real Avazu sample not found at {path}")
+    return path
+
+
+@pytest.mark.parametrize("launcher", [False, True], ids=["patched", "launcher"])
+def test_mlet_trains_on_the_real_avazu_sample(patched_dlrm, stock_dlrm, avazu_sample, tmp_path, launcher):
+    shutil.copy(avazu_sample, tmp_path / "train.csv")
+    args = [f"--arch-sparse-feature-size={D}", "--arch-mlp-bot=1-32-16", "--arch-mlp-top=32-1",
+            "--data-generation=dataset", "--data-set=avazu", f"--raw-data-file={tmp_path}/train.csv",
+            "--loss-function=bce", "--round-targets=True", "--learning-rate=0.1",
+            "--mini-batch-size=128", "--test-freq=57", "--print-freq=57", "--mlperf-logging",
+            f"--mlet-metrics-json={tmp_path}/metrics.json", f"--save-model={tmp_path}/avazu.pt"]
+    proc = run_dlrm(stock_dlrm if launcher else patched_dlrm, args + MLET, tmp_path, launcher=launcher)
+    assert "Preprocessing" in proc.stdout and "Finished training it 57/57" in proc.stdout
+    metrics = json.load(open(tmp_path / "metrics.json"))
+    assert metrics["samples"] == 899 and 0.5 < metrics["auc"] < 1  # the test tenth of 8,999 rows
+    state = torch.load(tmp_path / "avazu.pt", weights_only=True)["state_dict"]
+    assert sum(k.startswith("emb_l.") for k in state) == 21 and state["bot_l.0.weight"].shape == (32, 1)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])

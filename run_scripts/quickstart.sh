@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The main job, end to end: baseline DLRM vs MLET DLRM on the embedded default
+# dataset; the MLET model is saved folded and loaded by *unpatched* DLRM.
+#
+#   DLRM_DIR=/path/to/dlrm run_scripts/quickstart.sh
+#
+# Settings (environment): DLRM_DIR (default ${XDG_CACHE_HOME:-~/.cache}/dlrm-mlet/dlrm,
+# cloned at the pinned commit if absent and the internet is reachable),
+# WORK (./quickstart-run), ROWS (200000), D (16), K (256), SEED (0), EPOCHS (1).
+# The user's checkout is never modified: a patched copy is made under WORK.
+set -euo pipefail
+
+PINNED=090956ee2319ddd349a42232958aefccfe3f7b0a
+DLRM_DIR=${DLRM_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dlrm-mlet/dlrm}
+WORK=${WORK:-$PWD/quickstart-run}
+ROWS=${ROWS:-200000}
+D=${D:-16}
+K=${K:-256}
+SEED=${SEED:-0}
+EPOCHS=${EPOCHS:-1}
+PY=${PYTHON:-python}
+
+if [ ! -f "$DLRM_DIR/dlrm_s_pytorch.py" ]; then
+  echo "== no DLRM checkout at $DLRM_DIR: cloning facebookresearch/dlrm at $PINNED"
+  if ! { git clone -q https://github.com/facebookresearch/dlrm "$DLRM_DIR" &&
+         git -C "$DLRM_DIR" checkout -q "$PINNED"; }; then
+    echo "error: could not clone DLRM; set DLRM_DIR to a checkout of facebookresearch/dlrm at $PINNED" >&2
+    exit 2
+  fi
+fi
+mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
+
+echo "== patched working copy: $WORK/dlrm-patched (your checkout stays as it is)"
+rm -rf "$WORK/dlrm-patched"
+cp -r "$DLRM_DIR" "$WORK/dlrm-patched"
+$PY -m dlrm_mlet patch "$WORK/dlrm-patched"
+
+DATA=$WORK/data
+if [ ! -f "$DATA/train.txt" ]; then
+  echo "== embedded default dataset: $ROWS rows"
+  $PY -m dlrm_mlet synth "$DATA" --rows "$ROWS" --seed "$SEED"
+fi
+
+# DLRM's reference Kaggle command (bench/dlrm_s_criteo_kaggle.sh), bottom MLP ending in d.
+common=(
+  --arch-mlp-top=512-256-1 --data-generation=dataset --data-set=kaggle
+  --raw-data-file="$DATA/train.txt" --processed-data-file="$DATA/kaggleAdDisplayChallenge_processed.npz"
+  --loss-function=bce --round-targets=True --learning-rate=0.1 --mini-batch-size=128
+  --print-freq=256 --print-time --test-freq=1000000000 --test-mini-batch-size=16384
+  --mlperf-logging --nepochs="$EPOCHS" --numpy-rand-seed="$SEED"
+)
+arch() { echo "--arch-sparse-feature-size=$1 --arch-mlp-bot=13-512-256-64-$1"; }
+
+cd "$WORK"
+echo "== baseline: d=$D"
+# shellcheck disable=SC2046
+$PY dlrm-patched/dlrm_s_pytorch.py $(arch "$D") "${common[@]}" \
+  --save-model="$WORK/baseline_d$D.pt" --tensor-board-filename=tb/baseline_d$D | tee "$WORK/baseline.log"
+echo "== MLET: d=$D, k=$K"
+# shellcheck disable=SC2046
+$PY dlrm-patched/dlrm_s_pytorch.py $(arch "$D") "${common[@]}" --mlet-hidden-dim="$K" \
+  --save-model="$WORK/mlet_d${D}_k$K.pt" --tensor-board-filename=tb/mlet_d${D}_k$K | tee "$WORK/mlet.log"
+echo "== unpatched DLRM ($DLRM_DIR) loads the folded MLET model"
+# shellcheck disable=SC2046
+$PY "$DLRM_DIR/dlrm_s_pytorch.py" $(arch "$D") "${common[@]}" \
+  --load-model="$WORK/mlet_d${D}_k$K.pt" --inference-only | tee "$WORK/stock_load.log"
+
+$PY - "$WORK" "$D" "$K" <<'EOF'
+import re, sys
+from dlrm_mlet.checkpoint import load_checkpoint
+from dlrm_mlet.folding import mlet_table_bytes
+
+work, d, k = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def last(log, pattern):
+    found = re.findall(pattern, open(f"{work}/{log}").read())
+    return found[-1] if found else "n/a"
+
+def metrics(log):
+    return last(log, r"\bauc (\d\.\d+),"), last(log, r"\baccuracy (\d+\.\d+) %")
+
+def table_bytes(path):
+    state = load_checkpoint(path)["state_dict"]
+    return sum(v.numel() * v.element_size() for key, v in state.items() if key.startswith("emb_l."))
+
+base = f"{work}/baseline_d{d}.pt"
+mlet = f"{work}/mlet_d{d}_k{k}.pt"
+training, _ = mlet_table_bytes(load_checkpoint(mlet + ".mlet")["state_dict"])
+rows = [
+    (f"baseline d={d}", *metrics("baseline.log"), table_bytes(base), table_bytes(base)),
+    (f"MLET d={d} k={k}", *metrics("mlet.log"), training, table_bytes(mlet)),
+    ("MLET, folded, in stock DLRM", *metrics("stock_load.log"), None, table_bytes(mlet)),
+]
+print(f"\n{'model':<30} {'test AUC':>9} {'accuracy %':>11} {'train emb MiB':>14} {'infer emb MiB':>14}")
+for name, auc, acc, train, infer in rows:
+    train = "" if train is None else f"{train / 2**20:.2f}"
+    print(f"{name:<30} {auc:>9} {acc:>11} {train:>14} {infer / 2**20:>14.2f}")
+EOF
