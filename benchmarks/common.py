@@ -1,0 +1,117 @@
+"""What every benchmark shares: the machine record, DLRM copies, result files.
+
+Each benchmark writes ``results/<name>.json``; ``write_results_md`` rebuilds
+``RESULTS.md`` from all of them, so the markdown always shows what the
+committed scripts last measured, never hand-typed numbers.
+"""
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+# Criteo-Kaggle's 26 table sizes (the bench architecture's tables).
+CRITEO_TABLE_SIZES = (
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
+    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+)
+
+
+def criteo_rows(scale):
+    return [max(4, int(n * scale)) for n in CRITEO_TABLE_SIZES]
+
+
+def machine():
+    import numpy
+    import torch
+
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)" for i in threadpool_info()]
+    except ImportError:
+        blas = []
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numpy": numpy.__version__,
+        "blas": blas,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def dlrm_copies(work):
+    """Stock and patched copies of the user's DLRM checkout (theirs stays untouched)."""
+    from dlrm_mlet.patching import patch_checkout
+
+    source = os.environ.get("DLRM_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dlrm-mlet", "dlrm")
+    if not os.path.isfile(os.path.join(source, "dlrm_s_pytorch.py")):
+        sys.exit(f"benchmarks need a DLRM checkout at the pinned commit: set DLRM_DIR (looked in {source})")
+    stock, patched = os.path.join(work, "stock"), os.path.join(work, "patched")
+    for dest in (stock, patched):
+        if not os.path.isdir(dest):
+            shutil.copytree(source, dest)
+    patch_checkout(patched)
+    return os.path.join(stock, "dlrm_s_pytorch.py"), os.path.join(patched, "dlrm_s_pytorch.py")
+
+
+def run_measured(cmd, cwd, env=None):
+    """Run a command; returns (stdout, peak RSS in bytes) of that child alone."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n{out[-3000:]}")
+    return out, usage.ru_maxrss * 1024
+
+
+def save(name, payload):
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.json")
+    with open(path + ".tmp", "w") as handle:
+        json.dump(payload, handle, indent=1)
+    os.replace(path + ".tmp", path)
+    write_results_md()
+    return path
+
+
+def load(name):
+    path = os.path.join(RESULTS, f"{name}.json")
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+def write_results_md():
+    from sections import SECTIONS
+
+    parts = ["# Benchmark results", "",
+             "Written by the scripts in `benchmarks/` from `benchmarks/results/*.json`; "
+             "rerun a script to refresh its section.", ""]
+    for name, render in SECTIONS:
+        data = load(name)
+        if data is not None:
+            parts += render(data) + [""]
+    with open(os.path.join(HERE, "RESULTS.md.tmp"), "w") as handle:
+        handle.write("\n".join(parts))
+    os.replace(os.path.join(HERE, "RESULTS.md.tmp"), os.path.join(HERE, "RESULTS.md"))
+
+
+def machine_lines(m, command):
+    blas = "; ".join(m["blas"]) or "unknown"
+    return [f"Measured {m['date']} on {m['cores']} cores ({m['cpu']}), torch {m['torch']} "
+            f"({m['torch_threads']} threads), numpy {m['numpy']}, BLAS: {blas}"
+            + (f", GPU: {m['gpu']}" if m.get("gpu") else ", no GPU") + ".",
+            "", f"Command: `{command}`"]

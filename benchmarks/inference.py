@@ -1,0 +1,104 @@
+"""Inference cost of a folded MLET model in stock DLRM, against plain baselines.
+
+The folded model is built the way users get it: an MLET model made by patched
+DLRM's own table construction, folded by ``fold_model``, its state dict loaded
+strictly into stock DLRM's ``DLRM_Net``. It is timed against stock DLRM at the
+same ``d`` (the expected ratio is 1.00: the folded model *is* that model) and at
+``4 d`` (the iso-accuracy comparison the paper makes). Forward passes only,
+under ``torch.no_grad``, models interleaved, median of repetitions.
+
+    python benchmarks/inference.py [--full]
+"""
+
+import argparse
+import importlib.util
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from common import criteo_rows, dlrm_copies, machine, save
+
+
+def import_script(path, name):
+    sys.path.insert(0, os.path.dirname(path))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.path.pop(0)
+    return module
+
+
+def build(module, rows, d):
+    num_fea = len(rows) + 1
+    ln_top = np.array([num_fea * (num_fea - 1) // 2 + d, 512, 256, 1])
+    return module.DLRM_Net(d, np.array(rows), np.array([13, 512, 256, 64, d]), ln_top,
+                           arch_interaction_op="dot", sigmoid_top=ln_top.size - 2, ndevices=-1)
+
+
+def batches(rows, size, count, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(size, 13, generator=g), torch.stack([torch.arange(size)] * len(rows)),
+             torch.stack([torch.randint(0, n, (size,), generator=g) for n in rows])) for _ in range(count)]
+
+
+def time_model(model, data):
+    with torch.no_grad():
+        for dense, offsets, indices in data[:3]:
+            model(dense, offsets, indices)
+        start = time.perf_counter()
+        for dense, offsets, indices in data:
+            model(dense, offsets, indices)
+    return (time.perf_counter() - start) / len(data) * 1000
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true")
+    parser.add_argument("--k", type=int, default=256)
+    parser.add_argument("--d", type=int, default=16)
+    args = parser.parse_args()
+    scale, reps = (0.1, 7) if args.full else (0.01, 5)
+    rows = criteo_rows(scale)
+    work = tempfile.mkdtemp(prefix="dlrm-mlet-bench-")
+    stock_path, patched_path = dlrm_copies(work)
+    stock = import_script(stock_path, "stock_dlrm")
+    patched = import_script(patched_path, "patched_dlrm")
+    from dlrm_mlet import dlrm_glue, fold_model
+
+    np.random.seed(0)
+    dlrm_glue.config = dlrm_glue.Config(hidden_dim=args.k)
+    mlet = build(patched, rows, args.d)
+    fold_model(mlet)
+    folded = build(stock, rows, args.d)
+    folded.load_state_dict(mlet.state_dict(), strict=True)
+    dlrm_glue.config = dlrm_glue.Config()
+    models = {f"baseline d={args.d}": build(stock, rows, args.d),
+              f"folded MLET d={args.d} k={args.k}": folded,
+              f"baseline d={4 * args.d}": build(stock, rows, 4 * args.d)}
+    results = {}
+    for batch in (128, 2048):
+        data = batches(rows, batch, 40 if batch == 128 else 10)
+        times = {name: [] for name in models}
+        for _ in range(reps):
+            for name, model in models.items():
+                times[name].append(time_model(model, data))
+        base = statistics.median(times[f"baseline d={args.d}"])
+        for name, values in times.items():
+            results.setdefault(name, {})[str(batch)] = {
+                "ms_per_batch_median": statistics.median(values), "min": min(values), "max": max(values),
+                "ratio_to_baseline_same_d": statistics.median(values) / base}
+            print(f"batch {batch:>5} {name:<24} {statistics.median(values):8.3f} ms "
+                  f"({statistics.median(values) / base:.2f}x baseline d={args.d})", flush=True)
+    save("inference", {"machine": machine(), "command": "python benchmarks/inference.py" +
+                       (" --full" if args.full else ""), "scale": scale, "reps": reps, "results": results})
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
