@@ -11,6 +11,7 @@ DLRM call site         glue function
 ``run()``, parser      ``add_arguments(parser)`` then ``configure(args)``
 ``create_emb``         ``builds_tables()`` / ``create_emb(...)``
 dataset loaders        ``make_data_and_loaders(args, dp)``
+``apply_emb``          ``apply_emb(...)`` (MLET tables as one autograd node)
 ``--load-model``       ``loaded(ld_model, dlrm, path)``
 ``--save-model``       ``save_model(model_metrics_dict, path, dlrm)``
 ``--save-onnx``        ``for_export(dlrm)``
@@ -33,7 +34,7 @@ from torch import nn
 from .checkpoint import MLET_SUFFIX, atomic_save, fold_checkpoint, to_plain
 from .errors import MLETError
 from .folding import fold_model, fold_state_dict, mlet_prefixes
-from .table import MLETEmbeddingBag, parse_proj_init, uniform_table_
+from .table import MLETEmbeddingBag, grouped_forward, parse_proj_init, uniform_table_
 
 FORMAT_VERSION = 1
 DEFAULT_LOG_FREQ = 1024
@@ -332,6 +333,17 @@ def skip_batch(k, j, skip_upto_epoch, skip_upto_batch):
     if builds_tables():
         return k == skip_upto_epoch and j < skip_upto_batch
     return j < skip_upto_batch
+
+
+def apply_emb(lS_o, lS_i, emb_l, v_W_l):
+    """``DLRM_Net.apply_emb`` for MLET training: same outputs, MLET tables grouped.
+
+    One autograd node for all MLET tables (batched projections, sparse
+    gradients built directly) instead of two per table: see
+    ``table.grouped_forward``. DLRM's pooling-weight lookup is kept as is.
+    """
+    weights = [None if w is None else w.gather(0, i) for w, i in zip(v_W_l, lS_i)]
+    return grouped_forward(list(emb_l), list(lS_i), list(lS_o), weights)
 
 
 def has_mlet_tables(model):

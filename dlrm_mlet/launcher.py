@@ -6,7 +6,8 @@ calls the patch would add at the same places, then call its ``run()``:
 
 * DLRM's parser gets our ``--mlet-*`` options and is checked by ``configure``
   (its ``argparse`` is swapped for one whose parser does that);
-* ``DLRM_Net.create_emb`` defers to the glue when MLET builds the tables;
+* ``DLRM_Net.create_emb`` and ``apply_emb`` defer to the glue when MLET
+  builds the tables;
 * its ``torch`` is swapped for a view of torch whose ``save``, ``load`` and
   ``onnx.export`` pass through ``save_model``, ``loaded`` and ``for_export``;
 * its data module ``dp`` is swapped for a view whose loader factory is the
@@ -136,6 +137,14 @@ def install_hooks(module):
         return original(self, m, ln, weighted_pooling)
 
     module.DLRM_Net.create_emb = create_emb
+    original_apply = module.DLRM_Net.apply_emb
+
+    def apply_emb(self, lS_o, lS_i, emb_l, v_W_l):
+        if dlrm_glue.builds_tables():
+            return dlrm_glue.apply_emb(lS_o, lS_i, emb_l, v_W_l)
+        return original_apply(self, lS_o, lS_i, emb_l, v_W_l)
+
+    module.DLRM_Net.apply_emb = apply_emb
     # The patch calls after_step with DLRM's own step number; here the glue counts steps.
     register_optimizer_step_post_hook(
         lambda optimizer, args, kwargs: dlrm_glue.after_step(module.dlrm, module.writer)

@@ -238,6 +238,28 @@ def final_tables(module):
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_grouped_tables_train_like_one_module_per_table(patched_module, tmp_path, monkeypatch, capsys,
+                                                        optimizer):
+    """The speed path (one autograd node for all MLET tables) changes no result."""
+    from dlrm_mlet import dlrm_glue
+
+    monkeypatch.chdir(tmp_path)
+    sys.argv = ["dlrm_s_pytorch.py"] + BASE + MLET + [f"--optimizer={optimizer}", "--nepochs=2",
+                                                       "--print-freq=4", "--mlet-min-rows=100"]
+    patched_module.run()
+    grouped = final_tables(patched_module)
+    grouped_losses = re.findall(r"loss (\d+\.\d+)", capsys.readouterr().out)
+    with monkeypatch.context() as m:
+        m.setattr(dlrm_glue, "grouped_forward", lambda tables, indices, offsets, weights: [
+            t(i, o, per_sample_weights=w) for t, i, o, w in zip(tables, indices, offsets, weights)])
+        patched_module.run()
+    modules_losses = re.findall(r"loss (\d+\.\d+)", capsys.readouterr().out)
+    assert len(grouped_losses) == 8 and grouped_losses == modules_losses
+    for a, b in zip(grouped, final_tables(patched_module)):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
 def test_resuming_from_dot_mlet_gives_the_uninterrupted_result(patched_module, tmp_path, monkeypatch,
                                                                capsys, optimizer):
     """Two epochs in one go == one epoch, saved, then resumed for the second.

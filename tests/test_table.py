@@ -139,3 +139,40 @@ def test_from_weights_round_trip_and_shape_check():
     assert torch.equal(again(x, o), bag(x, o))
     with pytest.raises(MLETError, match="hidden widths differ"):
         MLETEmbeddingBag.from_weights(torch.zeros(5, 8), torch.zeros(4, 9))
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+@pytest.mark.parametrize("one_hot", [True, False])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_grouped_tables_match_the_modules_outputs_and_gradients(mode, one_hot, weighted):
+    import copy
+
+    from dlrm_mlet.table import grouped_forward
+
+    if weighted and mode == "mean":
+        pytest.skip("per-sample weights need sum pooling")
+    tables = [MLETEmbeddingBag(n, 4, 16, mode=mode) for n in (50, 70, 9)]
+    tables.insert(1, torch.nn.EmbeddingBag(30, 4, mode=mode, sparse=True))  # plain tables are left alone
+    for t in tables:
+        with torch.no_grad():
+            (t.table.weight if isinstance(t, MLETEmbeddingBag) else t.weight).normal_()
+    twins = copy.deepcopy(tables)
+    g = torch.Generator().manual_seed(3)
+    if one_hot:
+        indices = [torch.randint(0, t.num_embeddings, (8,), generator=g) for t in tables]
+        offsets = [torch.arange(8) for _ in tables]
+    else:
+        indices = [torch.randint(0, t.num_embeddings, (20,), generator=g) for t in tables]
+        offsets = [torch.tensor([0, 2, 2, 5, 9, 12, 15, 19]) for _ in tables]  # one empty bag
+    weights = [torch.rand(i.shape, generator=g) if weighted else None for i in indices]
+    expected = [t(i, o, per_sample_weights=w) for t, i, o, w in zip(tables, indices, offsets, weights)]
+    got = grouped_forward(twins, indices, offsets, weights)
+    upstream = [torch.randn(e.shape, generator=g) for e in expected]
+    sum((e * u).sum() for e, u in zip(expected, upstream)).backward()
+    sum((o * u).sum() for o, u in zip(got, upstream)).backward()
+    for e, o in zip(expected, got):
+        assert torch.allclose(e, o, atol=1e-6)
+    for a, b in zip(tables, twins):
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            assert pa.grad.is_sparse == pb.grad.is_sparse
+            assert torch.allclose(pa.grad.to_dense(), pb.grad.to_dense(), atol=1e-6)
