@@ -185,6 +185,18 @@ class MLETEmbeddingBag(nn.Module):
         )
 
 
+def _one_hot(indices, offsets):
+    """Whether every bag of every table holds one index (DLRM's Criteo and Avazu inputs).
+
+    One comparison for the whole group rather than one per table.
+    """
+    bags = offsets[0].numel()
+    if any(i.numel() != bags or o.numel() != bags for i, o in zip(indices, offsets)):
+        return False
+    expected = torch.arange(bags, device=offsets[0].device, dtype=offsets[0].dtype)
+    return torch.equal(torch.stack(offsets), expected.expand(len(offsets), bags))
+
+
 class _Grouped(torch.autograd.Function):
     """Several MLET tables' pooling and projection as one autograd node.
 
@@ -200,14 +212,19 @@ class _Grouped(torch.autograd.Function):
     def forward(ctx, mode, indices, offsets, weights, *params):
         count = len(indices)
         tables, projs = params[:count], params[count:]
+        one_hot = _one_hot(indices, offsets)
         with torch.no_grad():
-            pooled = torch.stack([
-                nn.functional.embedding_bag(i, a, o, mode=mode, per_sample_weights=w)
-                for i, a, o, w in zip(indices, tables, offsets, weights)
-            ])
+            first = tables[0]
+            pooled = first.new_empty(count, offsets[0].numel(), first.shape[1])
+            for t, (i, a, o, w) in enumerate(zip(indices, tables, offsets, weights)):
+                if w is None and one_hot:
+                    torch.index_select(a, 0, i, out=pooled[t])  # a one-row bag is its row
+                else:
+                    pooled[t] = nn.functional.embedding_bag(i, a, o, mode=mode, per_sample_weights=w)
             proj = torch.stack(projs)
             out = torch.bmm(pooled, proj.transpose(1, 2))
         ctx.mode, ctx.indices, ctx.offsets, ctx.weights = mode, indices, offsets, weights
+        ctx.one_hot = one_hot
         ctx.shapes = [a.shape for a in tables]
         ctx.save_for_backward(pooled, proj)
         return out
@@ -222,8 +239,7 @@ class _Grouped(torch.autograd.Function):
         for t, (idx, off, w, shape) in enumerate(zip(ctx.indices, ctx.offsets, ctx.weights, ctx.shapes)):
             rows = grad_pooled[t]
             bags = rows.shape[0]
-            one_hot = idx.numel() == bags and torch.equal(off, torch.arange(bags, device=off.device))
-            if not one_hot:
+            if not ctx.one_hot:
                 lengths = torch.diff(off, append=off.new_tensor([idx.numel()]))
                 bag_of = torch.repeat_interleave(torch.arange(bags, device=off.device), lengths)
                 if ctx.mode == "mean":
