@@ -58,6 +58,35 @@ def load_checkpoint(path):
     return obj
 
 
+def check_safe_to_load(path):
+    """Refuse a file ``torch.load(weights_only=True)`` would refuse, before anyone loads it.
+
+    Reads only the pickle's global names (no tensor data), so callers whose
+    own loader gives a traceback (DLRM's ``--load-model``) can first get one
+    clear line. Returns whether the file holds numpy scalars, which weights-only
+    loading refuses unless allowed as ``load_checkpoint`` does.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MLETError(f"{path}: no such file")
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as error:
+        raise MLETError(
+            f"{path}: not a readable checkpoint (truncated or not a torch.save file: "
+            f"{type(error).__name__}: {_first_line(error)})"
+        ) from None
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _NUMPY_SCALAR_GLOBALS}
+    allowed |= {name.replace("numpy._core", "numpy.core") for name in allowed}
+    unsafe = [name for name in found if name not in allowed]
+    if unsafe:
+        raise MLETError(
+            f"{path}: refused: it holds objects that are not tensors or plain values "
+            f"(GLOBAL {unsafe[0]}); loading it could run code, so it was not loaded"
+        )
+    return bool(found)
+
+
 def load_dlrm_checkpoint(path):
     """Load a file that must be a DLRM checkpoint dict (has a ``state_dict``)."""
     ckpt = load_checkpoint(path)
@@ -93,12 +122,23 @@ def atomic_save(obj, path):
         os.replace(tmp, path)
         _fsync_dir(directory)
     except Exception as error:  # OSError, torch's RuntimeError on a full disk, pickling errors
-        raise MLETError(
-            f"cannot write {path}: {getattr(error, 'strerror', None) or _first_line(error)}; "
-            "any previous file there is unchanged"
-        ) from None
+        raise MLETError(f"cannot write {path}: {_write_error(error, directory)}; "
+                        "any previous file there is unchanged") from None
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _write_error(error, directory):
+    """A reason a person can act on; torch reports a full disk as an internal assertion."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    try:
+        stats = os.statvfs(directory)
+        if stats.f_bavail * stats.f_frsize < 2**20:
+            return "No space left on device"
+    except OSError:
+        pass
+    return _first_line(error)
 
 
 def _fsync_dir(directory):

@@ -180,8 +180,15 @@ def cmd_report(args):
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line (the usage text stays behind --help)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dlrm-mlet",
         description="Multi-layer embedding training (MLET) for facebookresearch/dlrm.",
     )

@@ -12,7 +12,7 @@ DLRM call site         glue function
 ``create_emb``         ``builds_tables()`` / ``create_emb(...)``
 dataset loaders        ``make_data_and_loaders(args, dp)``
 ``apply_emb``          ``apply_emb(...)`` (MLET tables as one autograd node)
-``--load-model``       ``loaded(ld_model, dlrm, path)``
+``--load-model``       ``check_load(path)``, then ``loaded(ld_model, dlrm, path)``
 ``--save-model``       ``save_model(model_metrics_dict, path, dlrm)``
 ``--save-onnx``        ``for_export(dlrm)``
 resume skip loop       ``epoch_after_skip(k)``, ``skip_batch(...)``
@@ -409,6 +409,29 @@ def save_model(ckpt, path, model):
     except MLETError as error:
         _fail(f"--save-model: {error}")
     print(f"MLET: wrote folded stock checkpoint {path} and MLET checkpoint {path}{MLET_SUFFIX}")
+
+
+def check_load(path):
+    """Before DLRM's own ``torch.load`` of ``--load-model``: refuse unsafe files in one line.
+
+    DLRM loads with weights-only unpickling, which also refuses such files but
+    with a traceback; and stock DLRM's numpy scalars fail there too. With MLET
+    off this does nothing (stock behaviour).
+    """
+    if not config.enabled:
+        return
+    from .checkpoint import check_safe_to_load
+
+    try:
+        if check_safe_to_load(path):
+            raise MLETError(
+                "it holds numpy scalars, which torch >= 2.6 refuses to load by default; use a "
+                "checkpoint dlrm-mlet wrote (plain numbers), or set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 "
+                "only if you trust the file"
+            )
+    except MLETError as error:
+        message = str(error)
+        _fail(f"--load-model={path}: {message[len(path) + 2:] if message.startswith(path) else message}")
 
 
 def loaded(ckpt, model, path):

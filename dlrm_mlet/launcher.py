@@ -72,6 +72,8 @@ class _TorchView(types.ModuleType):
         return torch.save(obj, f, *args, **kwargs)
 
     def load(self, f, *args, **kwargs):
+        if f == self._script.args.load_model:
+            dlrm_glue.check_load(f)
         obj = torch.load(f, *args, **kwargs)
         if f == self._script.args.load_model:
             obj = dlrm_glue.loaded(obj, self._script.dlrm, f)

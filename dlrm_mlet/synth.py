@@ -532,12 +532,12 @@ def write_synthetic(out_dir, rows, seed=0, scale=DEFAULT_SCALE, rank=DEFAULT_RAN
         mode = 0o666 & ~_umask()  # mkstemp makes 0600 files; give them the usual mode
         for path in temps.values():
             os.chmod(path, mode)
-        # train.txt goes last: while it is absent the directory is visibly unfinished
-        if os.path.exists(train_path):
-            os.remove(train_path)
+        # train.txt goes last: it is the sign that the rest is complete
         os.replace(temps.pop("train_prob.txt"), os.path.join(out_dir, "train_prob.txt"))
         os.replace(temps.pop("synth.json"), os.path.join(out_dir, "synth.json"))
         os.replace(temps.pop("train.txt"), train_path)
+    except OSError as error:
+        raise MLETError(f"cannot write {out_dir}: {error.strerror or error}; no train.txt was written") from None
     finally:
         for path in temps.values():
             try:

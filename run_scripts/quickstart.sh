@@ -55,11 +55,12 @@ arch() { echo "--arch-sparse-feature-size=$1 --arch-mlp-bot=13-512-256-64-$1"; }
 cd "$WORK"
 echo "== baseline: d=$D"
 # shellcheck disable=SC2046
-$PY dlrm-patched/dlrm_s_pytorch.py $(arch "$D") "${common[@]}" \
+# --mlet-log-freq: effective rank etc. in TensorBoard (tb/), for the baseline too
+$PY dlrm-patched/dlrm_s_pytorch.py $(arch "$D") "${common[@]}" --mlet-log-freq=128 \
   --save-model="$WORK/baseline_d$D.pt" --tensor-board-filename=tb/baseline_d$D | tee "$WORK/baseline.log"
 echo "== MLET: d=$D, k=$K"
 # shellcheck disable=SC2046
-$PY dlrm-patched/dlrm_s_pytorch.py $(arch "$D") "${common[@]}" --mlet-hidden-dim="$K" \
+$PY dlrm-patched/dlrm_s_pytorch.py $(arch "$D") "${common[@]}" --mlet-hidden-dim="$K" --mlet-log-freq=128 \
   --save-model="$WORK/mlet_d${D}_k$K.pt" --tensor-board-filename=tb/mlet_d${D}_k$K | tee "$WORK/mlet.log"
 echo "== unpatched DLRM ($DLRM_DIR) loads the folded MLET model"
 # shellcheck disable=SC2046
@@ -78,7 +79,7 @@ def last(log, pattern):
     return found[-1] if found else "n/a"
 
 def metrics(log):
-    return last(log, r"\bauc (\d\.\d+),"), last(log, r"\baccuracy (\d+\.\d+) %")
+    return last(log, r"(?<!best )auc (\d\.\d+),"), last(log, r"(?<!best )accuracy (\d+\.\d+) %")
 
 def table_bytes(path):
     state = load_checkpoint(path)["state_dict"]

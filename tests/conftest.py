@@ -62,6 +62,15 @@ def patched_dlrm(dlrm_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def patched_module(patched_dlrm):
+    """The patched script imported in this process, for runs checked from the inside."""
+    from dlrm_mlet import dlrm_glue
+
+    yield import_script(patched_dlrm, "patched_dlrm_s_pytorch")
+    dlrm_glue.config = dlrm_glue.Config()
+
+
+@pytest.fixture(scope="session")
 def criteo_sample():
     path = os.path.join(SHARED_DATA, "criteo", "train_examples.txt")
     if not os.path.isfile(path):

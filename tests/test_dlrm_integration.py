@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import import_script, run_dlrm
+from conftest import import_script, run_dlrm  # noqa: F401 (fixtures come from conftest)
 from dlrm_mlet.folding import mlet_prefixes
 
 D = 16
@@ -46,15 +46,6 @@ def accuracies(stdout):
 
 def aucs(stdout):
     return re.findall(r"\bauc (\d+\.\d+),", stdout)
-
-
-@pytest.fixture(scope="module")
-def patched_module(patched_dlrm):
-    """The patched script imported in this process, for checks that stop early."""
-    from dlrm_mlet import dlrm_glue
-
-    yield import_script(patched_dlrm, "patched_dlrm_s_pytorch")
-    dlrm_glue.config = dlrm_glue.Config()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The paper's experiment on one dataset: baseline and MLET over d and k into one
+# CSV, then the markdown table and the AUC-vs-size plot beside it.
+#
+#   DATA_SET=kaggle|avazu run_scripts/sweep.sh RAW_FILE [results.csv] [DLRM args...]
+#
+# DS (4,8,16,32,64), KS (64,128,256,512), SEEDS (0), EPOCHS (1) change the grid;
+# ORACLE=synth.json adds a synthetic dataset's oracle AUC; DLRM_DIR as for the
+# quickstart. An interrupted sweep resumes: finished runs are kept in the CSV.
+set -euo pipefail
+DATA_SET=${DATA_SET:-kaggle}
+RAW=${1:?usage: [DATA_SET=kaggle|avazu] sweep.sh RAW_FILE [results.csv] [DLRM args...]}
+OUT=${2:-results/$DATA_SET.csv}
+shift $(( $# >= 2 ? 2 : 1 ))
+mkdir -p "$(dirname "$OUT")"
+python -m dlrm_mlet sweep --data-set "$DATA_SET" --raw-data-file "$RAW" --out "$OUT" \
+  --d "${DS:-4,8,16,32,64}" --k "${KS:-64,128,256,512}" --seeds "${SEEDS:-0}" --epochs "${EPOCHS:-1}" \
+  -- "$@"
+python -m dlrm_mlet report "$OUT" --markdown "${OUT%.csv}.md" ${ORACLE:+--oracle "$ORACLE"}
