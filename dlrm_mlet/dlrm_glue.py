@@ -42,7 +42,8 @@ DEFAULT_LOG_FREQ = 1024
 
 @dataclass
 class Config:
-    hidden_dim: int = 0
+    hidden_dim: int = 0  # the largest k (0: MLET off)
+    per_table: tuple = ()  # one k per table when given as a dash-separated list (0: plain)
     min_rows: int = 0
     proj_init: str = "normal"
     inference_only: bool = False
@@ -75,7 +76,8 @@ def add_arguments(parser):
     group = parser.add_argument_group("MLET (dlrm-mlet)")
     group.add_argument(
         "--mlet-hidden-dim", default="0", metavar="K",
-        help="train each table as n x K then K -> d (K >> d); 0 = off (default)",
+        help="train each table as n x K then K -> d (K >> d); 0 = off (default); "
+        "K1-K2-...: one K per table (0 keeps that table plain)",
     )
     group.add_argument(
         "--mlet-min-rows", default="0", metavar="N",
@@ -111,9 +113,23 @@ def _int_option(args, name, minimum):
     return value
 
 
+def _hidden_dims(raw):
+    """``K`` or ``K1-K2-...`` (one per table, like ``--arch-embedding-size``)."""
+    text = str(raw).strip()
+    try:
+        values = tuple(int(v) for v in text.split("-")) if "-" in text.strip("-") else (int(text),)
+    except ValueError:
+        values = (-1,)
+    if min(values) < 0:
+        raise MLETError(f"--mlet-hidden-dim: expected an integer >= 0 or a dash-separated list of them, got {raw!r}")
+    return values
+
+
 def parse_config(args):
     """Check our options against DLRM's; raises MLETError naming the flag."""
-    hidden = _int_option(args, "--mlet-hidden-dim", 0)
+    dims = _hidden_dims(args.mlet_hidden_dim)
+    hidden = max(dims)
+    per_table = dims if len(dims) > 1 else ()
     min_rows = _int_option(args, "--mlet-min-rows", 0)
     if args.mlet_log_freq is None:
         args.mlet_log_freq = DEFAULT_LOG_FREQ if hidden > 0 else 0
@@ -132,9 +148,10 @@ def parse_config(args):
                 raise MLETError(f"{flag} has no effect without --mlet-hidden-dim K (K > 0)")
         return Config(log_freq=log_freq, metrics_json=metrics_json)
     d = args.arch_sparse_feature_size
-    if hidden < d and not args.mlet_allow_narrow:
+    narrow = min(k for k in dims if k > 0)
+    if narrow < d and not args.mlet_allow_narrow:
         raise MLETError(
-            f"--mlet-hidden-dim={hidden} is below --arch-sparse-feature-size={d}; MLET needs "
+            f"--mlet-hidden-dim={narrow} is below --arch-sparse-feature-size={d}; MLET needs "
             "K >> d (pass --mlet-allow-narrow to train a bottleneck anyway)"
         )
     for flag in ("qr_flag", "md_flag"):
@@ -149,7 +166,7 @@ def parse_config(args):
             "--quantize-emb-with-bit quantizes tables for inference; with --mlet-hidden-dim "
             "train first, then quantize the folded checkpoint with --inference-only"
         )
-    return Config(hidden, min_rows, proj_init, inference_only, log_freq, metrics_json)
+    return Config(hidden, per_table, min_rows, proj_init, inference_only, log_freq, metrics_json)
 
 
 def configure(args):
@@ -277,11 +294,11 @@ def builds_tables():
     return config.enabled and not config.inference_only
 
 
-def make_table(n, d):
-    """One table: MLET when it has enough rows, else plain with DLRM's own init."""
-    if n >= config.min_rows:
-        return MLETEmbeddingBag(n, d, config.hidden_dim, mode="sum", sparse=True,
-                                proj_init=config.proj_init)
+def make_table(n, d, index):
+    """Table ``index``: MLET when it has a k and enough rows, else plain with DLRM's own init."""
+    k = config.per_table[index] if config.per_table else config.hidden_dim
+    if k > 0 and n >= config.min_rows:
+        return MLETEmbeddingBag(n, d, k, mode="sum", sparse=True, proj_init=config.proj_init)
     table = nn.EmbeddingBag(n, d, mode="sum", sparse=True, _weight=torch.empty(n, d))
     uniform_table_(table.weight)
     return table
@@ -293,19 +310,22 @@ def create_emb(net, m, ln, weighted_pooling=None):
     Keeps DLRM's contract: in distributed mode only this rank's tables
     (``net.local_emb_indices``), and one pooling-weight vector per table.
     """
+    if config.per_table and len(config.per_table) != ln.size:
+        _fail(f"--mlet-hidden-dim lists {len(config.per_table)} values for {ln.size} tables")
     emb_l, v_W_l = nn.ModuleList(), []
     local = getattr(net, "local_emb_indices", None)
     for i in range(ln.size):
         if local is not None and i not in local:
             continue
         n = int(ln[i])
-        emb_l.append(make_table(n, int(m)))
+        emb_l.append(make_table(n, int(m), i))
         v_W_l.append(None if weighted_pooling is None else torch.ones(n, dtype=torch.float32))
     mlet = [t for t in emb_l if isinstance(t, MLETEmbeddingBag)]
     train_bytes = sum(p.numel() * p.element_size() for p in emb_l.parameters())
     folded_bytes = sum(t.num_embeddings * int(m) * 4 for t in emb_l)
+    widths = "-".join(map(str, sorted({t.hidden_dim for t in mlet}))) or "-"
     print(
-        f"MLET: {len(mlet)} of {len(emb_l)} tables trained as n x {config.hidden_dim} -> {m}; "
+        f"MLET: {len(mlet)} of {len(emb_l)} tables trained as n x {widths} -> {m}; "
         f"embedding bytes {train_bytes / 2**20:.1f} MiB training, "
         f"{folded_bytes / 2**20:.1f} MiB once folded",
         flush=True,
@@ -385,7 +405,7 @@ def save_model(ckpt, path, model):
         return
     record = {
         "format": FORMAT_VERSION,
-        "hidden_dim": config.hidden_dim,
+        "hidden_dim": "-".join(map(str, config.per_table)) if config.per_table else config.hidden_dim,
         "min_rows": config.min_rows,
         "proj_init": config.proj_init,
     }

@@ -8,7 +8,6 @@ load the file as it is.
 
 import os
 import re
-import tempfile
 
 import numpy as np
 import torch
@@ -160,11 +159,9 @@ def plot_spectra(info, out_path):
     right.legend(fontsize=8)
     fig.suptitle(f"{info['path']} ({info['kind']})", fontsize=10)
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(out_path))
-    fd, tmp = tempfile.mkstemp(prefix=".plot.", suffix=".png", dir=directory)
+    tmp = f"{out_path}.tmp.png"
     try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=150)
+        fig.savefig(tmp, dpi=150)
         os.replace(tmp, out_path)  # never a half-drawn PNG under the asked name
     except OSError as error:
         raise MLETError(f"cannot write {out_path}: {error.strerror or error}") from None

@@ -41,7 +41,7 @@ def _folded_rows(table, rows):
 class Monitor:
     """Counts index use on the largest tables and logs spectra every ``freq`` steps."""
 
-    def __init__(self, freq, sample_rows=4096, tracked_tables=3, seed=0):
+    def __init__(self, freq, sample_rows=2048, tracked_tables=3, seed=0):
         self.freq = freq
         self.sample_rows = sample_rows
         self.tracked_tables = tracked_tables
@@ -53,20 +53,26 @@ class Monitor:
         self.steps = 0
 
     def attach(self, model):
-        """Start counting index use on the largest tables (forward pre-hooks)."""
+        """Start counting index use on the largest tables.
+
+        The hook sits on the model, not on the tables: DLRM's forward takes
+        ``(dense, offsets, indices)`` for all tables, while grouped MLET tables
+        are never called one by one.
+        """
         self.model = model
         tables = sorted(range(len(model.emb_l)), key=lambda i: -_factors(model.emb_l[i])[0].shape[0])
         for i in tables[: self.tracked_tables]:
-            table = model.emb_l[i]
-            self.counts[i] = torch.zeros(_factors(table)[0].shape[0], dtype=torch.int32)
-            table.register_forward_pre_hook(self._counter(i))
+            self.counts[i] = torch.zeros(_factors(model.emb_l[i])[0].shape[0], dtype=torch.int32)
+        # In DLRM's distributed mode local table i is global table local_emb_indices[i].
+        self.global_index = list(getattr(model, "local_emb_indices", range(len(model.emb_l))))
+        model.register_forward_pre_hook(self._remember)
 
-    def _counter(self, i):
+    def _remember(self, model, inputs):
         # DLRM never switches to eval mode for its test passes, so a lookup is
         # only counted once the optimizer step that follows it has happened.
-        def remember(module, inputs):
-            self.pending[i] = inputs[0].reshape(-1)
-        return remember
+        indices = inputs[2]
+        for i in self.counts:
+            self.pending[i] = indices[self.global_index[i]].reshape(-1)
 
     def _commit_counts(self):
         for i, indices in self.pending.items():

@@ -254,21 +254,26 @@ class _Grouped(torch.autograd.Function):
 def grouped_forward(tables, indices, offsets, weights):
     """Outputs of a list of tables (DLRM's ``emb_l``) for one batch: a list of ``(batch, d)``.
 
-    MLET tables that can share one ``_Grouped`` node do; the others (plain
-    tables, dense gradients, 2-D inputs, trainable per-sample weights, other
-    widths or devices than the first MLET table) are called one by one.
+    MLET tables with the same widths, mode and device share one ``_Grouped``
+    node per such group; the others (plain tables, dense gradients, 2-D inputs,
+    trainable per-sample weights, a group of one) are called one by one.
     """
     def groupable(t, i, o, w):
         return (isinstance(t, MLETEmbeddingBag) and t.sparse and i.dim() == 1 and o is not None
                 and not (w is not None and w.requires_grad))
 
     outputs = [None] * len(tables)
-    members = [j for j, args in enumerate(zip(tables, indices, offsets, weights)) if groupable(*args)]
-    if members and torch.is_grad_enabled():
-        key = lambda j: (tables[j].hidden_dim, tables[j].embedding_dim, tables[j].mode,  # noqa: E731
-                         tables[j].table.weight.device, tables[j].table.weight.dtype, offsets[j].numel())
-        members = [j for j in members if key(j) == key(members[0])]
-    if len(members) > 1 and torch.is_grad_enabled():
+    groups = {}
+    if torch.is_grad_enabled():
+        for j, args in enumerate(zip(tables, indices, offsets, weights)):
+            if groupable(*args):
+                t = tables[j]
+                key = (t.hidden_dim, t.embedding_dim, t.mode, t.table.weight.device,
+                       t.table.weight.dtype, offsets[j].numel())
+                groups.setdefault(key, []).append(j)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
         params = [tables[j].table.weight for j in members] + [tables[j].proj.weight for j in members]
         grouped = _Grouped.apply(tables[members[0]].mode, [indices[j] for j in members],
                                  [offsets[j] for j in members], [weights[j] for j in members], *params)

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The main job, end to end: baseline DLRM vs MLET DLRM on the embedded default
-# dataset; the MLET model is saved folded and loaded by *unpatched* DLRM.
+# The main job, end to end: plain DLRM at d and at 4d against MLET DLRM at d, on
+# the embedded default dataset; the MLET model is saved folded and loaded by
+# *unpatched* DLRM.
 #
 #   DLRM_DIR=/path/to/dlrm run_scripts/quickstart.sh
 #
 # Settings (environment): DLRM_DIR (default ${XDG_CACHE_HOME:-~/.cache}/dlrm-mlet/dlrm,
 # cloned at the pinned commit if absent and the internet is reachable),
-# WORK (./quickstart-run), ROWS (200000), D (16), K (256), SEED (0), EPOCHS (1).
+# WORK (./quickstart-run), ROWS (200000), D (4), K (256), SEED (0), EPOCHS (1).
 # The user's checkout is never modified: a patched copy is made under WORK.
 set -euo pipefail
 
@@ -14,11 +15,12 @@ PINNED=090956ee2319ddd349a42232958aefccfe3f7b0a
 DLRM_DIR=${DLRM_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dlrm-mlet/dlrm}
 WORK=${WORK:-$PWD/quickstart-run}
 ROWS=${ROWS:-200000}
-D=${D:-16}
+D=${D:-4}
 K=${K:-256}
 SEED=${SEED:-0}
 EPOCHS=${EPOCHS:-1}
 PY=${PYTHON:-python}
+D4=$((4 * D))
 
 if [ ! -f "$DLRM_DIR/dlrm_s_pytorch.py" ]; then
   echo "== no DLRM checkout at $DLRM_DIR: cloning facebookresearch/dlrm at $PINNED"
@@ -51,28 +53,31 @@ common=(
   --mlperf-logging --nepochs="$EPOCHS" --numpy-rand-seed="$SEED"
 )
 arch() { echo "--arch-sparse-feature-size=$1 --arch-mlp-bot=13-512-256-64-$1"; }
+# Patched runs also log effective rank etc. to TensorBoard (tb/), the baselines too.
+patched() { $PY "$WORK/dlrm-patched/dlrm_s_pytorch.py" "$@" --mlet-log-freq=128; }
 
 cd "$WORK"
-echo "== baseline: d=$D"
-# shellcheck disable=SC2046
-# --mlet-log-freq: effective rank etc. in TensorBoard (tb/), for the baseline too
-$PY dlrm-patched/dlrm_s_pytorch.py $(arch "$D") "${common[@]}" --mlet-log-freq=128 \
-  --save-model="$WORK/baseline_d$D.pt" --tensor-board-filename=tb/baseline_d$D | tee "$WORK/baseline.log"
+for d in "$D" "$D4"; do
+  echo "== baseline: d=$d"
+  # shellcheck disable=SC2046
+  patched $(arch "$d") "${common[@]}" --save-model="$WORK/baseline_d$d.pt" \
+    --tensor-board-filename="tb/baseline_d$d" | tee "$WORK/baseline_d$d.log"
+done
 echo "== MLET: d=$D, k=$K"
 # shellcheck disable=SC2046
-$PY dlrm-patched/dlrm_s_pytorch.py $(arch "$D") "${common[@]}" --mlet-hidden-dim="$K" --mlet-log-freq=128 \
-  --save-model="$WORK/mlet_d${D}_k$K.pt" --tensor-board-filename=tb/mlet_d${D}_k$K | tee "$WORK/mlet.log"
+patched $(arch "$D") "${common[@]}" --mlet-hidden-dim="$K" --save-model="$WORK/mlet_d${D}_k$K.pt" \
+  --tensor-board-filename="tb/mlet_d${D}_k$K" | tee "$WORK/mlet.log"
 echo "== unpatched DLRM ($DLRM_DIR) loads the folded MLET model"
 # shellcheck disable=SC2046
 $PY "$DLRM_DIR/dlrm_s_pytorch.py" $(arch "$D") "${common[@]}" \
   --load-model="$WORK/mlet_d${D}_k$K.pt" --inference-only | tee "$WORK/stock_load.log"
 
-$PY - "$WORK" "$D" "$K" <<'EOF'
-import re, sys
+$PY - "$WORK" "$D" "$D4" "$K" <<'PYTHON'
+import json, re, sys
 from dlrm_mlet.checkpoint import load_checkpoint
 from dlrm_mlet.folding import mlet_table_bytes
 
-work, d, k = sys.argv[1], sys.argv[2], sys.argv[3]
+work, d, d4, k = sys.argv[1:]
 
 def last(log, pattern):
     found = re.findall(pattern, open(f"{work}/{log}").read())
@@ -85,16 +90,17 @@ def table_bytes(path):
     state = load_checkpoint(path)["state_dict"]
     return sum(v.numel() * v.element_size() for key, v in state.items() if key.startswith("emb_l."))
 
-base = f"{work}/baseline_d{d}.pt"
 mlet = f"{work}/mlet_d{d}_k{k}.pt"
 training, _ = mlet_table_bytes(load_checkpoint(mlet + ".mlet")["state_dict"])
-rows = [
-    (f"baseline d={d}", *metrics("baseline.log"), table_bytes(base), table_bytes(base)),
-    (f"MLET d={d} k={k}", *metrics("mlet.log"), training, table_bytes(mlet)),
-    ("MLET, folded, in stock DLRM", *metrics("stock_load.log"), None, table_bytes(mlet)),
-]
+rows = [(f"baseline d={w}", *metrics(f"baseline_d{w}.log"), table_bytes(f"{work}/baseline_d{w}.pt"),
+         table_bytes(f"{work}/baseline_d{w}.pt")) for w in (d, d4)]
+rows += [(f"MLET d={d} k={k}", *metrics("mlet.log"), training, table_bytes(mlet)),
+         ("MLET, folded, in stock DLRM", *metrics("stock_load.log"), None, table_bytes(mlet))]
+oracle = json.load(open(f"{work}/data/synth.json"))
 print(f"\n{'model':<30} {'test AUC':>9} {'accuracy %':>11} {'train emb MiB':>14} {'infer emb MiB':>14}")
 for name, auc, acc, train, infer in rows:
     train = "" if train is None else f"{train / 2**20:.2f}"
     print(f"{name:<30} {auc:>9} {acc:>11} {train:>14} {infer / 2**20:>14.2f}")
-EOF
+print(f"{'oracle (true probabilities)':<30} {oracle['oracle_auc']:>9.4f}")
+print(f"\nTensorBoard: tensorboard --logdir {work}/tb   Checkpoint: dlrm-mlet inspect {mlet}")
+PYTHON

@@ -377,8 +377,9 @@ def test_launcher_on_a_patched_checkout_does_not_hook_twice(patched_dlrm, tmp_pa
 @pytest.mark.parametrize(
     "flags,message",
     [
-        (["--mlet-hidden-dim=-1"], "--mlet-hidden-dim: expected an integer >= 0, got '-1'"),
-        (["--mlet-hidden-dim=abc"], "--mlet-hidden-dim: expected an integer >= 0, got 'abc'"),
+        (["--mlet-hidden-dim=-1"], "--mlet-hidden-dim: expected an integer >= 0 or a dash-separated list of them, got '-1'"),
+        (["--mlet-hidden-dim=abc"], "--mlet-hidden-dim: expected an integer >= 0 or a dash-separated list"),
+        (["--mlet-hidden-dim=64-8"], "--mlet-hidden-dim=8 is below --arch-sparse-feature-size=16"),
         (["--mlet-hidden-dim=8"], "--mlet-hidden-dim=8 is below --arch-sparse-feature-size=16"),
         (MLET + ["--qr-flag"], "cannot be combined with --qr-flag"),
         (MLET + ["--md-flag"], "cannot be combined with --md-flag"),
@@ -403,8 +404,26 @@ def test_a_bad_option_is_one_line_on_stderr(patched_dlrm, stock_dlrm, tmp_path, 
     dlrm = stock_dlrm if launcher else patched_dlrm
     proc = run_dlrm(dlrm, BASE + ["--mlet-hidden-dim=-1"], tmp_path, launcher=launcher, check=False)
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines() == ["ERROR: --mlet-hidden-dim: expected an integer >= 0, got '-1'"]
+    assert proc.stderr.strip().splitlines() == [
+        "ERROR: --mlet-hidden-dim: expected an integer >= 0 or a dash-separated list of them, got '-1'"]
     assert "Using CPU" not in proc.stdout
+
+
+def test_one_k_per_table(patched_module, tmp_path, monkeypatch, capsys):
+    """A dash-separated K list: a width per table, 0 keeps a table plain; the fold is still stock."""
+    monkeypatch.chdir(tmp_path)
+    sys.argv = ["dlrm_s_pytorch.py"] + BASE + ["--mlet-hidden-dim=64-0-128-64", f"--save-model={tmp_path}/m.pt"]
+    patched_module.run()
+    assert "MLET: 3 of 4 tables trained as n x 64-128 -> 16" in capsys.readouterr().out
+    training = torch.load(tmp_path / "m.pt.mlet", weights_only=True)
+    assert training["state_dict"]["emb_l.2.table.weight"].shape == (500, 128)
+    assert training["state_dict"]["emb_l.1.weight"].shape == (2000, 16)
+    folded = torch.load(tmp_path / "m.pt", weights_only=True)["state_dict"]
+    assert [folded[f"emb_l.{i}.weight"].shape for i in range(4)] == [(n, D) for n in ROWS]
+    sys.argv = ["dlrm_s_pytorch.py"] + BASE + ["--mlet-hidden-dim=64-64"]
+    with pytest.raises(SystemExit) as stop:
+        patched_module.run()
+    assert stop.value.code == "ERROR: --mlet-hidden-dim lists 2 values for 4 tables"
 
 
 def test_narrow_hidden_dim_with_explicit_opt_in(patched_dlrm, tmp_path):

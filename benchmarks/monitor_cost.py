@@ -1,0 +1,103 @@
+"""What `--mlet-log-freq` costs: the TensorBoard monitor against plain MLET training.
+
+Patched DLRM's ``DLRM_Net`` on the bench architecture (26 Criteo-like tables,
+d=16, k=256, batch 128, SGD) trains in this process, once with the monitor
+logging every ``--freq`` steps and once without, interleaved. Reported: the
+end-to-end ratio, and the two parts measured directly (the per-step index
+counting, and one log of all tables) with the cost they imply at ``--freq``.
+
+    python benchmarks/monitor_cost.py [--freq 1024] [--steps 2048]
+"""
+
+import argparse
+import importlib.util
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from common import criteo_rows, dlrm_copies, machine, save
+
+
+class NullWriter:
+    def add_scalar(self, *args):
+        pass
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--freq", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=2048)
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="dlrm-mlet-bench-")
+    _, patched_path = dlrm_copies(work)
+    sys.path.insert(0, os.path.dirname(patched_path))
+    spec = importlib.util.spec_from_file_location("patched_dlrm", patched_path)
+    dlrm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dlrm)
+    from dlrm_mlet import dlrm_glue
+    from dlrm_mlet.monitor import Monitor
+
+    rows = criteo_rows(0.01)
+    dlrm_glue.config = dlrm_glue.Config(hidden_dim=256)
+    np.random.seed(0)
+    ln_top = np.array([27 * 26 // 2 + 16, 512, 256, 1])
+    model = dlrm.DLRM_Net(16, np.array(rows), np.array([13, 512, 256, 64, 16]), ln_top,
+                          arch_interaction_op="dot", sigmoid_top=2, ndevices=-1, loss_function="bce")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(128, 13, generator=g), torch.stack([torch.arange(128)] * 26),
+                torch.stack([torch.randint(0, n, (128,), generator=g) for n in rows]),
+                torch.randint(0, 2, (128, 1), generator=g).float()) for _ in range(64)]
+
+    def train(steps, monitor):
+        start = time.perf_counter()
+        for step in range(1, steps + 1):
+            dense, offsets, indices, target = batches[step % len(batches)]
+            loss = model.loss_fn(model(dense, offsets, indices), target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if monitor is not None:
+                monitor.after_step(model, NullWriter(), step)
+        return (time.perf_counter() - start) / steps * 1000
+
+    train(50, None)
+    plain, logged = [], []
+    for _ in range(args.reps):
+        plain.append(train(args.steps, None))
+        logged.append(train(args.steps, Monitor(args.freq)))
+    counting = Monitor(10**9)  # counts indices every step, never logs
+    counting_ms = statistics.median(train(args.steps // 4, counting) for _ in range(args.reps))
+    plain_short = statistics.median(train(args.steps // 4, None) for _ in range(args.reps))
+    logger = Monitor(1)
+    logger.attach(model)
+    log_seconds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        logger.log(model, NullWriter(), 1)
+        log_seconds.append(time.perf_counter() - start)
+    step_ms = statistics.median(plain)
+    result = {
+        "freq": args.freq, "steps": args.steps, "reps": args.reps,
+        "step_ms_plain": step_ms, "step_ms_with_monitor": statistics.median(logged),
+        "end_to_end_ratio": statistics.median(logged) / step_ms,
+        "counting_ms_per_step": max(0.0, counting_ms - plain_short),
+        "log_seconds": statistics.median(log_seconds),
+    }
+    result["implied_cost_fraction"] = (result["counting_ms_per_step"]
+                                       + 1000 * result["log_seconds"] / args.freq) / step_ms
+    for key, value in result.items():
+        print(f"{key:<24} {value:.4f}" if isinstance(value, float) else f"{key:<24} {value}")
+    save("monitor_cost", {"machine": machine(), "command": "python benchmarks/monitor_cost.py", **result})
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
