@@ -115,6 +115,7 @@ def atomic_save(obj, path):
     except OSError as error:
         raise MLETError(f"cannot write {path}: {error.strerror or error}") from None
     tmp = os.path.join(tmpdir, name)
+    failure = None
     try:
         torch.save(obj, tmp)
         with open(tmp, "rb+") as f:
@@ -122,10 +123,13 @@ def atomic_save(obj, path):
         os.replace(tmp, path)
         _fsync_dir(directory)
     except Exception as error:  # OSError, torch's RuntimeError on a full disk, pickling errors
-        raise MLETError(f"cannot write {path}: {_write_error(error, directory)}; "
-                        "any previous file there is unchanged") from None
+        failure = _write_error(error, directory)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+    if failure is not None:
+        # Raised outside the except block: chaining the original error would keep
+        # torch's frames, and with them its open file on that disk, alive.
+        raise MLETError(f"cannot write {path}: {failure}; any previous file there is unchanged")
 
 
 def _write_error(error, directory):
@@ -189,7 +193,7 @@ def param_groups_by_name(ckpt):
     return [list(ckpt["state_dict"].keys())]
 
 
-def fold_checkpoint(ckpt):
+def fold_checkpoint(ckpt, progress=None):
     """Return the stock DLRM checkpoint equivalent to an MLET one.
 
     ``state_dict`` is folded, ``opt_state_dict`` renumbered for the folded
@@ -201,7 +205,7 @@ def fold_checkpoint(ckpt):
     if not mlet_prefixes(state_dict):
         raise MLETError("the checkpoint has no MLET tables (is it already folded?)")
     folded = {key: to_plain(value) for key, value in ckpt.items() if key not in ("mlet", "state_dict")}
-    folded["state_dict"] = fold_state_dict(state_dict)
+    folded["state_dict"] = fold_state_dict(state_dict, progress)
     if ckpt.get("opt_state_dict") is not None:
         folded["opt_state_dict"] = fold_optimizer_state(
             ckpt["opt_state_dict"], param_groups_by_name(ckpt), state_dict

@@ -38,22 +38,26 @@ def _mib(nbytes):
 
 
 def cmd_fold(args):
-    from .checkpoint import atomic_save, fold_checkpoint, load_dlrm_checkpoint
+    from .checkpoint import TABLE_KEY, atomic_save, fold_checkpoint, load_dlrm_checkpoint
     from .folding import mlet_prefixes, mlet_table_bytes
+    from .progress import progress_bar
 
     if os.path.exists(args.output) and os.path.samefile(args.input, args.output):
         raise MLETError(f"{args.output}: refusing to fold a checkpoint onto itself")
     if os.path.exists(args.output) and not args.force:
         raise MLETError(f"{args.output} exists; pass --force to replace it")
     ckpt = load_dlrm_checkpoint(args.input)
+    prefixes = mlet_prefixes(ckpt["state_dict"])
+    rows = sum(ckpt["state_dict"][p + TABLE_KEY].shape[0] for p in prefixes)
     try:
-        folded = fold_checkpoint(ckpt)
+        with progress_bar(rows, "fold", quiet=args.quiet) as bar:
+            folded = fold_checkpoint(ckpt, progress=bar.update)
     except MLETError as error:
         raise MLETError(f"{args.input}: {error}") from None
     atomic_save(folded, args.output)
     before, after = mlet_table_bytes(ckpt["state_dict"])
     print(
-        f"folded {len(mlet_prefixes(ckpt['state_dict']))} MLET tables: embedding weights "
+        f"folded {len(prefixes)} MLET tables: embedding weights "
         f"{_mib(before)} -> {_mib(after)}; wrote {args.output}"
     )
     return 0
@@ -199,6 +203,7 @@ def build_parser():
     p.add_argument("input", help="MLET checkpoint (e.g. model.pt.mlet)")
     p.add_argument("output", help="where to write the folded, stock-loadable checkpoint")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_fold)
 
     p = sub.add_parser("verify", help="check folded outputs equal MLET outputs, per table")

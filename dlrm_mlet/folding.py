@@ -118,12 +118,13 @@ def mlet_table_bytes(state_dict):
     return now, folded
 
 
-def fold_state_dict(state_dict):
+def fold_state_dict(state_dict, progress=None):
     """Return a new state dict with each MLET pair replaced by the stock key.
 
     ``emb_l.3.table.weight`` + ``emb_l.3.proj.weight`` become
     ``emb_l.3.weight`` at the table's position; every other key and value is
-    passed through untouched. The input is not modified.
+    passed through untouched. The input is not modified. ``progress(rows)`` is
+    called after each table (for a progress bar).
     """
     prefixes = set(mlet_prefixes(state_dict))
     out = OrderedDict()
@@ -134,6 +135,8 @@ def fold_state_dict(state_dict):
             if new_key in state_dict:
                 raise MLETError(f"{table}: both an MLET pair and a plain {new_key!r} are present")
             out[new_key] = fold_weight(value, state_dict[table + PROJ_KEY], table.rstrip(".") or "table")
+            if progress:
+                progress(value.shape[0])
         elif _prefix(key, PROJ_KEY) not in prefixes:
             out[key] = value
     metadata = getattr(state_dict, "_metadata", None)

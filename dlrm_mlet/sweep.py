@@ -223,6 +223,7 @@ def plot(summary, out_png, oracle=None, title=None):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker  # noqa: F401 (used as matplotlib.ticker)
     except ImportError:
         raise MLETError("the report's plot needs matplotlib: pip install 'dlrm-mlet[plot]'") from None
     datasets = sorted({s["dataset"] for s in summary})
@@ -235,12 +236,13 @@ def plot(summary, out_png, oracle=None, title=None):
                         yerr=[s["auc_sd"] for s in line], marker="o" if k else "s", capsize=3,
                         lw=2.5 if k == 0 else 1.5, color="black" if k == 0 else None,
                         label="baseline" if k == 0 else f"MLET k={k}")
-            for s in line:
-                ax.annotate(f"d={s['d']}", (s["inference_bytes"] / 2**20, s["auc"]), fontsize=6,
-                            textcoords="offset points", xytext=(3, -9))
+            for s in line if k == min(s["k"] for s in rows) else ():  # label each d once
+                ax.annotate(f"d={s['d']}", (s["inference_bytes"] / 2**20, s["auc"]), fontsize=7,
+                            textcoords="offset points", xytext=(-8, -14))
         if oracle:
             ax.axhline(oracle["oracle_auc"], color="gray", ls="--", lw=1, label="oracle AUC")
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.set(xlabel="inference embedding size (MiB, log scale)", ylabel="test AUC",
                title=title or f"{dataset}: AUC vs embedding size")
         ax.grid(True, alpha=0.3)

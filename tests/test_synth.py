@@ -139,7 +139,7 @@ def test_an_interrupted_run_leaves_no_train_txt(tmp_path, monkeypatch):
 
     monkeypatch.setattr(synth, "BLOCK_ROWS", 1000)
     monkeypatch.setattr(synth, "_format_lines", failing)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(MLETError, match="disk full; no train.txt was written"):
         synth.write_synthetic(tmp_path / "new", 5000, progress=False)
     assert os.listdir(tmp_path / "new") == []  # no train.txt, no temporary files
 
@@ -148,7 +148,7 @@ def test_an_interrupted_run_leaves_no_train_txt(tmp_path, monkeypatch):
     before = files(tmp_path / "old")
     monkeypatch.setattr(synth, "_format_lines", failing)
     calls.clear()
-    with pytest.raises(OSError):
+    with pytest.raises(MLETError, match="disk full"):
         synth.write_synthetic(tmp_path / "old", 5000, seed=9, progress=False, force=True)
     assert files(tmp_path / "old") == before  # the finished dataset is still whole
     assert sorted(os.listdir(tmp_path / "old")) == ["synth.json", "train.txt", "train_prob.txt"]
