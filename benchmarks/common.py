@@ -100,10 +100,12 @@ def write_results_md():
     parts = ["# Benchmark results", "",
              "Written by the scripts in `benchmarks/` from `benchmarks/results/*.json`; "
              "rerun a script to refresh its section.", ""]
-    for name, render in SECTIONS:
+    for name, render, missing in SECTIONS:
         data = load(name)
         if data is not None:
             parts += render(data) + [""]
+        elif missing:
+            parts += missing + [""]
     with open(os.path.join(HERE, "RESULTS.md.tmp"), "w") as handle:
         handle.write("\n".join(parts))
     os.replace(os.path.join(HERE, "RESULTS.md.tmp"), os.path.join(HERE, "RESULTS.md"))

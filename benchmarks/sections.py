@@ -8,7 +8,8 @@ def mib(n):
 
 
 def train_step(data):
-    lines = ["## Training step time and memory (`benchmarks/train_step.py`)", ""]
+    where = " on one GPU" if data.get("device") == "gpu" else ""
+    lines = [f"## Training step time and memory{where} (`benchmarks/train_step.py`)", ""]
     lines += machine_lines(data["machine"], data["command"])
     lines += ["", f"Random data, 26 tables at {data['scale']} x Criteo-Kaggle's sizes "
               f"({sum(data['tables']):,} rows), batch 128, {data['batches']} batches per run, "
@@ -54,4 +55,43 @@ def fold(data):
     return lines
 
 
-SECTIONS = [("train_step", train_step), ("inference", inference), ("fold", fold)]
+def profile_step(data):
+    lines = ["## Where the remaining overhead goes (`benchmarks/profile_step.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"])
+    lines += ["", f"torch.profiler over {data['steps']} steps of patched DLRM's `DLRM_Net` in one process, "
+              f"baseline d={data['d']} ({data['baseline_ms_per_step']:.2f} ms/step unprofiled) vs MLET "
+              f"d={data['d']} k={data['k']} ({data['mlet_ms_per_step']:.2f} ms/step); self CPU time per step "
+              f"by operator, largest difference first (profiled total difference: "
+              f"{data['profiled_extra_ms']:+.2f} ms/step).", "",
+              "| operator | baseline ms/step | MLET ms/step | extra ms/step |", "|---|---|---|---|"]
+    for r in data["top_extra"]:
+        lines.append(f"| `{r['op']}` | {r['baseline_ms']:.3f} | {r['mlet_ms']:.3f} | {r['extra_ms']:+.3f} |")
+    return lines
+
+
+def monitor_cost(data):
+    lines = ["## TensorBoard monitor cost (`benchmarks/monitor_cost.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"])
+    lines += ["", f"Patched DLRM's `DLRM_Net`, MLET d=16 k=256, batch 128, SGD; {data['steps']} steps per run, "
+              f"{data['reps']} interleaved repetitions with and without the monitor at `--mlet-log-freq "
+              f"{data['freq']}` (the default).", "",
+              "| ms/step without | ms/step with | end-to-end ratio | index counting ms/step | "
+              "one log of all tables s | implied cost |", "|---|---|---|---|---|---|",
+              f"| {data['step_ms_plain']:.2f} | {data['step_ms_with_monitor']:.2f} | "
+              f"{data['end_to_end_ratio']:.3f} | {data['counting_ms_per_step']:.3f} | "
+              f"{data['log_seconds']:.3f} | {100 * data['implied_cost_fraction']:.2f} % |", "",
+              "The implied cost (counting per step plus one log spread over the logging interval, over "
+              "the plain step time) is the figure to read; the end-to-end ratio of two separate runs "
+              "also carries their run-to-run noise."]
+    return lines
+
+
+NO_GPU = ["## Training step time on one GPU", "",
+          "Not measured: the machines these results come from have no GPU, and none was lent to the "
+          "session that ran them. `python benchmarks/train_step.py --use-gpu` runs the same benchmark on "
+          "one GPU (DLRM's `--use-gpu`) and fills this section."]
+
+# (result name, how it reads, what to write while it is missing: None = nothing)
+SECTIONS = [("train_step", train_step, None), ("profile_step", profile_step, None),
+            ("train_step_gpu", train_step, NO_GPU), ("inference", inference, None), ("fold", fold, None),
+            ("monitor_cost", monitor_cost, None)]

@@ -11,6 +11,7 @@ the first interval is dropped as warm-up.
 
     python benchmarks/train_step.py            # default sizes, about 8 minutes here
     python benchmarks/train_step.py --full     # bigger tables, more repetitions
+    python benchmarks/train_step.py --use-gpu  # the same on one GPU (DLRM's --use-gpu)
 """
 
 import argparse
@@ -60,7 +61,13 @@ def main():
     parser.add_argument("--reps", type=int, help="repetitions of the interleaved cycle")
     parser.add_argument("--batches", type=int, default=400)
     parser.add_argument("--only", help="comma-separated config names to run (default: all)")
+    parser.add_argument("--use-gpu", action="store_true", help="train on one GPU (results: train_step_gpu)")
     args = parser.parse_args()
+    if args.use_gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit("--use-gpu: torch sees no GPU here (torch.cuda.is_available() is False)")
     scale = args.scale or (0.1 if args.full else 0.01)
     reps = args.reps or (5 if args.full else 3)
     configs = [c for c in CONFIGS if not args.only or c[0] in args.only.split(",")]
@@ -73,7 +80,7 @@ def main():
         for name, k, d, extra in configs:
             script = patched if k else stock
             cmd = [sys.executable, script] + dlrm_args(rows, d, args.batches, print_freq) + \
-                ([f"--mlet-hidden-dim={k}"] if k else []) + extra
+                ([f"--mlet-hidden-dim={k}"] if k else []) + (["--use-gpu"] if args.use_gpu else []) + extra
             out, rss = run_measured(cmd, cwd=work)
             median = statistics.median(step_times(out))
             runs[name]["ms_per_it"].append(median)
@@ -91,8 +98,9 @@ def main():
             "training_embedding_bytes": training, "inference_embedding_bytes": inference,
             "peak_rss_bytes": max(runs[name]["peak_rss"]),
         })
-    command = "python benchmarks/train_step.py" + (" --full" if args.full else "")
-    save("train_step", {"machine": machine(), "command": command, "scale": scale, "reps": reps,
+    command = "python benchmarks/train_step.py" + (" --full" if args.full else "") + \
+        (" --use-gpu" if args.use_gpu else "")
+    save("train_step_gpu" if args.use_gpu else "train_step", {"device": "gpu" if args.use_gpu else "cpu","machine": machine(), "command": command, "scale": scale, "reps": reps,
                         "batches": args.batches, "tables": rows, "results": results})
     os.system(f"rm -rf {work}")
 

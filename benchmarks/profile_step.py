@@ -1,0 +1,110 @@
+"""Where MLET's extra training time goes: torch.profiler over baseline and MLET steps.
+
+Patched DLRM's ``DLRM_Net`` on the bench architecture (26 Criteo-like tables,
+batch 128, SGD as DLRM uses it) trains in this process at d=16, once plain and
+once with MLET k=256, under ``torch.profiler``. Per operator, the self CPU time
+per step of each run and the difference are written, largest difference
+first: the list of what the remaining overhead is made of.
+
+    python benchmarks/profile_step.py [--k 256] [--steps 200]
+"""
+
+import argparse
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from common import criteo_rows, dlrm_copies, machine, save
+
+
+def import_script(path, name):
+    sys.path.insert(0, os.path.dirname(path))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.path.pop(0)
+    return module
+
+
+def build(dlrm, rows, d):
+    np.random.seed(0)
+    ln_top = np.array([27 * 26 // 2 + d, 512, 256, 1])
+    return dlrm.DLRM_Net(d, np.array(rows), np.array([13, 512, 256, 64, d]), ln_top,
+                         arch_interaction_op="dot", sigmoid_top=2, ndevices=-1, loss_function="bce")
+
+
+def run(model, batches, steps, profiled):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step(i):
+        dense, offsets, indices, target = batches[i % len(batches)]
+        loss = model.loss_fn(model(dense, offsets, indices), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for i in range(20):
+        step(i)
+    if not profiled:
+        start = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        return (time.perf_counter() - start) / steps * 1000, None
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            step(i)
+    per_op = defaultdict(float)
+    for event in prof.key_averages():
+        per_op[event.key] += event.self_cpu_time_total / 1000 / steps  # ms per step
+    return None, per_op
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--k", type=int, default=256)
+    parser.add_argument("--d", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--top", type=int, default=12)
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="dlrm-mlet-bench-")
+    _, patched_path = dlrm_copies(work)
+    dlrm = import_script(patched_path, "patched_dlrm")
+    from dlrm_mlet import dlrm_glue
+
+    rows = criteo_rows(0.01)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(128, 13, generator=g), torch.stack([torch.arange(128)] * 26),
+                torch.stack([torch.randint(0, n, (128,), generator=g) for n in rows]),
+                torch.randint(0, 2, (128, 1), generator=g).float()) for _ in range(64)]
+    runs = {}
+    for name, k in (("baseline", 0), ("mlet", args.k)):
+        dlrm_glue.config = dlrm_glue.Config(hidden_dim=k)
+        model = build(dlrm, rows, args.d)
+        ms, _ = run(model, batches, args.steps, profiled=False)
+        _, per_op = run(model, batches, args.steps, profiled=True)
+        runs[name] = {"ms_per_step": ms, "per_op": per_op}
+        print(f"{name:<9} {ms:.2f} ms/step unprofiled; profiled self CPU {sum(per_op.values()):.2f} ms/step")
+    base, mlet = runs["baseline"]["per_op"], runs["mlet"]["per_op"]
+    ops = sorted(set(base) | set(mlet), key=lambda op: mlet.get(op, 0) - base.get(op, 0), reverse=True)
+    table = [{"op": op, "baseline_ms": base.get(op, 0.0), "mlet_ms": mlet.get(op, 0.0),
+              "extra_ms": mlet.get(op, 0.0) - base.get(op, 0.0)} for op in ops[:args.top]]
+    for row in table:
+        print(f"{row['op']:<40} {row['baseline_ms']:7.3f} {row['mlet_ms']:7.3f} {row['extra_ms']:+7.3f}")
+    save("profile_step", {
+        "machine": machine(), "command": "python benchmarks/profile_step.py", "k": args.k, "d": args.d,
+        "steps": args.steps, "baseline_ms_per_step": runs["baseline"]["ms_per_step"],
+        "mlet_ms_per_step": runs["mlet"]["ms_per_step"],
+        "profiled_extra_ms": sum(mlet.values()) - sum(base.values()), "top_extra": table})
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
