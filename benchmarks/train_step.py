@@ -29,7 +29,9 @@ CONFIGS = [  # name, MLET k (0: stock baseline), d, extra patched-DLRM flags
     ("MLET d=16 k=128", 128, 16, []),
     ("MLET d=16 k=256", 256, 16, []),
     ("MLET d=16 k=512", 512, 16, []),
+    ("MLET d=16 k=256 fused", 256, 16, ["--mlet-fused-update"]),
     ("MLET d=4 k=256", 256, 4, []),
+    ("MLET d=4 k=256 fused", 256, 4, ["--mlet-fused-update"]),
     ("baseline d=64", 0, 64, []),
 ]
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import fused
 from .checkpoint import MLET_SUFFIX, atomic_save, fold_checkpoint, to_plain
 from .errors import MLETError
 from .folding import fold_model, fold_state_dict, mlet_prefixes
@@ -49,6 +50,7 @@ class Config:
     inference_only: bool = False
     log_freq: int = 0
     metrics_json: str = ""
+    fused_update: bool = False
 
     @property
     def enabled(self):
@@ -97,6 +99,11 @@ def add_arguments(parser):
         help="write test AUC, log loss and accuracy to PATH at every test (needs --mlperf-logging)",
     )
     group.add_argument(
+        "--mlet-fused-update", action="store_true", default=False,
+        help="apply SGD to the k-wide table rows without sparse gradient tensors (faster, same "
+        "math; needs --optimizer=sgd)",
+    )
+    group.add_argument(
         "--mlet-allow-narrow", action="store_true", default=False,
         help="allow K below --arch-sparse-feature-size (a bottleneck, not MLET)",
     )
@@ -141,9 +148,10 @@ def parse_config(args):
         proj_init = parse_proj_init(args.mlet_proj_init)
     except MLETError as error:
         raise MLETError(f"--mlet-proj-init: {error}") from None
+    fused_update = bool(getattr(args, "mlet_fused_update", False))
     if hidden == 0:
-        for flag, default in (("--mlet-min-rows", 0), ("--mlet-proj-init", "normal")):
-            value = min_rows if flag == "--mlet-min-rows" else proj_init
+        for flag, value, default in (("--mlet-min-rows", min_rows, 0), ("--mlet-proj-init", proj_init, "normal"),
+                                     ("--mlet-fused-update", fused_update, False)):
             if value != default:
                 raise MLETError(f"{flag} has no effect without --mlet-hidden-dim K (K > 0)")
         return Config(log_freq=log_freq, metrics_json=metrics_json)
@@ -166,7 +174,10 @@ def parse_config(args):
             "--quantize-emb-with-bit quantizes tables for inference; with --mlet-hidden-dim "
             "train first, then quantize the folded checkpoint with --inference-only"
         )
-    return Config(hidden, per_table, min_rows, proj_init, inference_only, log_freq, metrics_json)
+    if fused_update and getattr(args, "optimizer", "sgd") != "sgd":
+        raise MLETError(f"--mlet-fused-update applies plain SGD steps; it cannot be combined with "
+                        f"--optimizer={args.optimizer}")
+    return Config(hidden, per_table, min_rows, proj_init, inference_only, log_freq, metrics_json, fused_update)
 
 
 def configure(args):
@@ -177,6 +188,10 @@ def configure(args):
     except MLETError as error:
         _fail(str(error))
     monitor = None
+    if config.fused_update:
+        fused.enable()
+    else:
+        fused.disable()
     return config
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import fused
 from .errors import MLETError
 from .folding import fold_weight
 
@@ -209,7 +210,7 @@ class _Grouped(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, mode, indices, offsets, weights, *params):
+    def forward(ctx, mode, fuse, indices, offsets, weights, *params):
         count = len(indices)
         tables, projs = params[:count], params[count:]
         one_hot = _one_hot(indices, offsets)
@@ -226,6 +227,7 @@ class _Grouped(torch.autograd.Function):
         ctx.mode, ctx.indices, ctx.offsets, ctx.weights = mode, indices, offsets, weights
         ctx.one_hot = one_hot
         ctx.shapes = [a.shape for a in tables]
+        ctx.tables = tables if fuse else None
         ctx.save_for_backward(pooled, proj)
         return out
 
@@ -247,8 +249,12 @@ class _Grouped(torch.autograd.Function):
                 rows = rows.index_select(0, bag_of)
             if w is not None:
                 rows = rows * w.unsqueeze(1)
-            grad_tables.append(torch.sparse_coo_tensor(idx.unsqueeze(0), rows, shape, check_invariants=False))
-        return (None, None, None, None, *grad_tables, *grad_proj)
+            if ctx.tables is not None:  # --mlet-fused-update: the optimizer's step applies the rows
+                fused.add(ctx.tables[t], idx, rows)
+                grad_tables.append(None)
+            else:
+                grad_tables.append(torch.sparse_coo_tensor(idx.unsqueeze(0), rows, shape, check_invariants=False))
+        return (None, None, None, None, None, *grad_tables, *grad_proj)
 
 
 def grouped_forward(tables, indices, offsets, weights):
@@ -257,6 +263,8 @@ def grouped_forward(tables, indices, offsets, weights):
     MLET tables with the same widths, mode and device share one ``_Grouped``
     node per such group; the others (plain tables, dense gradients, 2-D inputs,
     trainable per-sample weights, a group of one) are called one by one.
+    With ``fused.enable()`` (``--mlet-fused-update``) grouped tables get no
+    gradient: their rows go to the optimizer's next step instead.
     """
     def groupable(t, i, o, w):
         return (isinstance(t, MLETEmbeddingBag) and t.sparse and i.dim() == 1 and o is not None
@@ -275,7 +283,7 @@ def grouped_forward(tables, indices, offsets, weights):
         if len(members) < 2:
             continue
         params = [tables[j].table.weight for j in members] + [tables[j].proj.weight for j in members]
-        grouped = _Grouped.apply(tables[members[0]].mode, [indices[j] for j in members],
+        grouped = _Grouped.apply(tables[members[0]].mode, fused.enabled(), [indices[j] for j in members],
                                  [offsets[j] for j in members], [weights[j] for j in members], *params)
         for j, out in zip(members, grouped.unbind(0)):
             outputs[j] = out

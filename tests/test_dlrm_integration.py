@@ -250,6 +250,29 @@ def test_grouped_tables_train_like_one_module_per_table(patched_module, tmp_path
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
 
+def test_fused_update_trains_like_sparse_gradients(patched_module, tmp_path, monkeypatch, capsys):
+    """--mlet-fused-update: the same loss curve and tables as the default path, with DLRM's lr schedule."""
+    from dlrm_mlet import fused
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["dlrm_s_pytorch.py"] + BASE + MLET + ["--nepochs=2", "--print-freq=4", "--lr-num-warmup-steps=8",
+                                                   "--lr-decay-start-step=16", "--lr-num-decay-steps=8"]
+    sys.argv = argv
+    patched_module.run()
+    default = final_tables(patched_module)
+    default_losses = re.findall(r"loss (\d+\.\d+)", capsys.readouterr().out)
+    sys.argv = argv + ["--mlet-fused-update"]
+    try:
+        patched_module.run()
+        assert fused.enabled()
+    finally:
+        fused.disable()
+    fused_losses = re.findall(r"loss (\d+\.\d+)", capsys.readouterr().out)
+    assert len(default_losses) == 8 and fused_losses == default_losses
+    for a, b in zip(default, final_tables(patched_module)):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
 def test_resuming_from_dot_mlet_gives_the_uninterrupted_result(patched_module, tmp_path, monkeypatch,
                                                                capsys, optimizer):
@@ -387,6 +410,9 @@ def test_launcher_on_a_patched_checkout_does_not_hook_twice(patched_dlrm, tmp_pa
         (MLET + ["--mlet-min-rows=x"], "--mlet-min-rows: expected an integer >= 0"),
         (MLET + ["--mlet-proj-init=uniform"], "--mlet-proj-init: unknown projection init 'uniform'"),
         (["--mlet-min-rows=10"], "--mlet-min-rows has no effect without --mlet-hidden-dim"),
+        (["--mlet-fused-update"], "--mlet-fused-update has no effect without --mlet-hidden-dim"),
+        (MLET + ["--mlet-fused-update", "--optimizer=adagrad"],
+         "--mlet-fused-update applies plain SGD steps; it cannot be combined with --optimizer=adagrad"),
     ],
 )
 def test_bad_options_are_refused_before_any_work(patched_module, capsys, flags, message):

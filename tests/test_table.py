@@ -141,16 +141,12 @@ def test_from_weights_round_trip_and_shape_check():
         MLETEmbeddingBag.from_weights(torch.zeros(5, 8), torch.zeros(4, 9))
 
 
-@pytest.mark.parametrize("mode", ["sum", "mean"])
+@pytest.mark.parametrize("mode,weighted", [("sum", False), ("sum", True), ("mean", False)])  # weights: sum only
 @pytest.mark.parametrize("one_hot", [True, False])
-@pytest.mark.parametrize("weighted", [False, True])
 def test_grouped_tables_match_the_modules_outputs_and_gradients(mode, one_hot, weighted):
     import copy
 
     from dlrm_mlet.table import grouped_forward
-
-    if weighted and mode == "mean":
-        pytest.skip("per-sample weights need sum pooling")
     tables = [MLETEmbeddingBag(n, 4, 16, mode=mode) for n in (50, 70, 9)]
     tables.insert(1, torch.nn.EmbeddingBag(30, 4, mode=mode, sparse=True))  # plain tables are left alone
     for t in tables:
@@ -176,3 +172,59 @@ def test_grouped_tables_match_the_modules_outputs_and_gradients(mode, one_hot, w
         for pa, pb in zip(a.parameters(), b.parameters()):
             assert pa.grad.is_sparse == pb.grad.is_sparse
             assert torch.allclose(pa.grad.to_dense(), pb.grad.to_dense(), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode,weighted", [("sum", False), ("sum", True), ("mean", False)])
+def test_fused_update_is_sgd_on_sparse_gradients(mode, weighted):
+    """--mlet-fused-update: same parameters after several SGD steps, learning rate changing between them."""
+    import copy
+
+    from dlrm_mlet import fused
+    from dlrm_mlet.table import grouped_forward
+
+    tables = [MLETEmbeddingBag(n, 4, 16, mode=mode) for n in (50, 70, 9)]
+    tables.insert(1, torch.nn.EmbeddingBag(30, 4, mode=mode, sparse=True))
+    twins = copy.deepcopy(tables)
+    initial = tables[0].table.weight.detach().clone()
+    optimizers = [torch.optim.SGD([p for t in ts for p in t.parameters()], lr=0.5) for ts in (tables, twins)]
+    g = torch.Generator().manual_seed(5)
+    try:
+        for step in range(4):
+            indices = [torch.randint(0, t.num_embeddings, (20,), generator=g) for t in tables]  # repeats rows
+            offsets = [torch.tensor([0, 2, 2, 5, 9, 12, 15, 19])] * len(tables)
+            weights = [torch.rand(20, generator=g) if weighted else None for _ in tables]
+            upstream = [torch.randn(8, 4, generator=g) for _ in tables]
+            for ts, opt, on in ((tables, optimizers[0], False), (twins, optimizers[1], True)):
+                fused.enable() if on else fused.disable()
+                out = grouped_forward(ts, indices, offsets, weights)
+                opt.zero_grad()
+                sum((o * u).sum() for o, u in zip(out, upstream)).backward()
+                if on:
+                    assert all(t.table.weight.grad is None for t in ts if isinstance(t, MLETEmbeddingBag))
+                    assert fused.pending_rows() == 3 * 20
+                for group in opt.param_groups:
+                    group["lr"] = 0.5 / (step + 1)  # a scheduler changing lr between steps
+                opt.step()
+                assert fused.pending_rows() == 0
+    finally:
+        fused.disable()
+    for a, b in zip(tables, twins):
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            assert torch.allclose(pa, pb, atol=1e-6)
+    assert not torch.allclose(tables[0].table.weight, initial)  # the steps did move the rows
+
+
+def test_fused_update_refuses_other_optimizers():
+    from dlrm_mlet import fused
+    from dlrm_mlet.table import grouped_forward
+
+    tables = [MLETEmbeddingBag(10, 4, 16) for _ in range(2)]
+    opt = torch.optim.SGD([p for t in tables for p in t.parameters()], lr=0.1, momentum=0.9)
+    fused.enable()
+    try:
+        out = grouped_forward(tables, [torch.tensor([1, 2])] * 2, [torch.tensor([0, 1])] * 2, [None] * 2)
+        sum(o.sum() for o in out).backward()
+        with pytest.raises(MLETError, match="plain SGD"):
+            opt.step()
+    finally:
+        fused.disable()

@@ -1,0 +1,104 @@
+"""The embedding part of an MLET step three ways: how fbgemm's fused TBE compares.
+
+Only the 26 MLET tables of the bench architecture (Criteo-like sizes x 0.01,
+k=256, d=16, batch 128, one index per bag), their projections and an SGD step,
+so the difference between the variants is not hidden under the MLPs:
+
+* ``sparse gradients`` -- the default: one sparse gradient per table, SGD steps it;
+* ``--mlet-fused-update`` -- rows handed straight to the SGD step (``dlrm_mlet.fused``);
+* ``fbgemm TBE`` -- fbgemm's CPU table-batched embedding with its fused exact
+  SGD (what TorchRec uses), the same batched projection on top. Needs
+  ``fbgemm-gpu-cpu`` (the ``[torchrec]`` install); recorded as missing otherwise.
+
+    python benchmarks/embedding_update.py [--k 256] [--steps 300] [--reps 5]
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from common import criteo_rows, machine, save
+
+
+def ours(rows, k, d, fused_update):
+    from dlrm_mlet import MLETEmbeddingBag, fused
+    from dlrm_mlet.table import grouped_forward
+
+    tables = [MLETEmbeddingBag(n, d, k) for n in rows]
+    optimizer = torch.optim.SGD([p for t in tables for p in t.parameters()], lr=0.01)
+
+    def step(indices, offsets, upstream):
+        fused.enable() if fused_update else fused.disable()
+        out = torch.stack(grouped_forward(tables, indices, [offsets] * len(rows), [None] * len(rows)))
+        optimizer.zero_grad()
+        (out * upstream).sum().backward()
+        optimizer.step()
+    return step
+
+
+def fbgemm(rows, k, d):
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+    from fbgemm_gpu.split_table_batched_embeddings_ops_common import ComputeDevice, EmbeddingLocation, PoolingMode
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import SplitTableBatchedEmbeddingBagsCodegen
+
+    tbe = SplitTableBatchedEmbeddingBagsCodegen(
+        [(n, k, EmbeddingLocation.HOST, ComputeDevice.CPU) for n in rows],
+        optimizer=EmbOptimType.EXACT_SGD, learning_rate=0.01, pooling_mode=PoolingMode.SUM)
+    proj = torch.nn.Parameter(torch.randn(len(rows), d, k) * 0.25)
+    optimizer = torch.optim.SGD([proj], lr=0.01)
+
+    def step(indices, offsets, upstream):
+        batch = offsets.numel()
+        pooled = tbe(torch.cat(indices), torch.arange(len(rows) * batch + 1))  # (batch, tables * k)
+        out = torch.bmm(pooled.view(batch, len(rows), k).transpose(0, 1), proj.transpose(1, 2))
+        optimizer.zero_grad()
+        (out * upstream).sum().backward()
+        optimizer.step()
+    return step
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--k", type=int, default=256)
+    parser.add_argument("--d", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    rows, batch = criteo_rows(0.01), 128
+    g = torch.Generator().manual_seed(0)
+    data = [([torch.randint(0, n, (batch,), generator=g) for n in rows], torch.arange(batch),
+             torch.randn(len(rows), batch, args.d, generator=g)) for _ in range(32)]
+    variants = {"sparse gradients (default)": ours(rows, args.k, args.d, False),
+                "--mlet-fused-update": ours(rows, args.k, args.d, True)}
+    missing = None
+    try:
+        variants["fbgemm TBE, fused exact SGD"] = fbgemm(rows, args.k, args.d)
+    except ImportError as error:
+        missing = f"fbgemm TBE not measured: {error} (install the [torchrec] extra)"
+        print(missing)
+    times = {name: [] for name in variants}
+    for rep in range(args.reps):
+        for name, step in variants.items():
+            for i in range(20):
+                step(*data[i % len(data)])
+            start = time.perf_counter()
+            for i in range(args.steps):
+                step(*data[i % len(data)])
+            times[name].append((time.perf_counter() - start) / args.steps * 1000)
+            print(f"rep {rep + 1}/{args.reps} {name:<30} {times[name][-1]:.3f} ms/step", flush=True)
+    from dlrm_mlet import fused
+
+    fused.disable()
+    base = statistics.median(times["sparse gradients (default)"])
+    results = [{"name": name, "ms_per_step_median": statistics.median(t), "min": min(t), "max": max(t),
+                "ratio_to_default": statistics.median(t) / base} for name, t in times.items()]
+    save("embedding_update", {"machine": machine(), "command": "python benchmarks/embedding_update.py",
+                              "k": args.k, "d": args.d, "steps": args.steps, "reps": args.reps,
+                              "tables": rows, "results": results, "missing": missing})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""SGD on MLET tables without sparse gradient tensors (``--mlet-fused-update``).
+
+A profile of MLET training at k=256 (``benchmarks/profile_step.py``) shows a
+good part of the overhead is bookkeeping around the k-wide rows' gradients:
+one sparse tensor per table, autograd accumulating it, SGD coalescing it and
+adding it to the table. fbgemm's table-batched embeddings avoid that by
+updating rows inside backward. We do the same with less machinery: backward
+hands each table's gradient rows to ``add``, and the next ``step()`` of the
+optimizer that holds the table applies them with one ``index_add_`` per table,
+at that step's learning rate (so DLRM's scheduler is honoured).
+
+The math is plain SGD applied at the same point of the iteration as without
+the option, so loss curves match the default path to float tolerance (only
+the summation order of repeated rows differs). Momentum, weight decay and
+Adagrad need the gradient itself, so they are refused, not approximated.
+
+``enable()`` and ``disable()`` install and remove the one global optimizer
+hook; rows recorded for a table no optimizer steps are never applied, just as
+its gradient would never be.
+"""
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from .errors import MLETError
+
+_pending = {}  # id(param) -> (param, [(indices, rows), ...]); the param ref pins the id
+_hook = None
+
+
+def enable():
+    global _hook
+    if _hook is None:
+        _hook = register_optimizer_step_pre_hook(_apply)
+
+
+def disable():
+    global _hook
+    if _hook is not None:
+        _hook.remove()
+        _hook = None
+    _pending.clear()
+
+
+def enabled():
+    return _hook is not None
+
+
+def add(param, indices, rows):
+    """Record the gradient of ``param`` at ``indices`` (repeats add up), for the next step."""
+    _pending.setdefault(id(param), (param, []))[1].append((indices, rows))
+
+
+def pending_rows():
+    """How many gradient rows wait for a step (tests and debugging)."""
+    return sum(idx.numel() for _, entries in _pending.values() for idx, _ in entries)
+
+
+def _apply(optimizer, args, kwargs):
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            entry = _pending.pop(id(param), None)
+            if entry is None:
+                continue
+            if (type(optimizer) is not torch.optim.SGD or group.get("momentum") or group.get("weight_decay")
+                    or group.get("maximize")):
+                raise MLETError("--mlet-fused-update applies plain SGD steps to the MLET tables; this "
+                                f"optimizer is {type(optimizer).__name__} with momentum/weight decay/maximize")
+            with torch.no_grad():
+                for indices, rows in entry[1]:
+                    param.index_add_(0, indices, rows.to(param.dtype), alpha=-group["lr"])
