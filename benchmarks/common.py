@@ -68,15 +68,26 @@ def dlrm_copies(work):
     return os.path.join(stock, "dlrm_s_pytorch.py"), os.path.join(patched, "dlrm_s_pytorch.py")
 
 
+# Runs the command from a small Python process and prints the peak RSS of that
+# child last: measured from a process as big as a benchmark with models loaded,
+# a forked child would count the parent's pages in its own high-water mark.
+_PEAK_RSS = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[1:])\n"
+    "sys.stdout.flush()\n"
+    "print('peak-rss', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n"
+    "sys.exit(code)\n"
+)
+
+
 def run_measured(cmd, cwd, env=None):
-    """Run a command; returns (stdout, peak RSS in bytes) of that child alone."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n{out[-3000:]}")
-    return out, usage.ru_maxrss * 1024
+    """Run a command; returns (stdout, peak RSS in bytes) of that command alone."""
+    proc = subprocess.run([sys.executable, "-c", _PEAK_RSS] + list(cmd), cwd=cwd, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _, last = proc.stdout.rstrip("\n").rpartition("\n")
+    if proc.returncode != 0 or not last.startswith("peak-rss "):
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
+    return out, int(last.split()[1])
 
 
 def save(name, payload):

@@ -11,9 +11,12 @@ def train_step(data):
     where = " on one GPU" if data.get("device") == "gpu" else ""
     lines = [f"## Training step time and memory{where} (`benchmarks/train_step.py`)", ""]
     lines += machine_lines(data["machine"], data["command"])
-    lines += ["", f"Random data, 26 tables at {data['scale']} x Criteo-Kaggle's sizes "
-              f"({sum(data['tables']):,} rows), batch 128, {data['batches']} batches per run, "
-              f"{data['reps']} interleaved repetitions; compute-only step time (DLRM's `--print-time`).", "",
+    lines += ["", f"Random batches, 26 tables at {data['scale']} x Criteo-Kaggle's sizes "
+              f"({sum(data['tables']):,} rows), batch 128, SGD lr 0.1. Step time (forward, backward, "
+              f"optimizer step) of stock and patched DLRM's `DLRM_Net` in one process, configurations "
+              f"taking turns: {data['rounds']} rounds of {data['steps_per_round']} steps each; median "
+              f"(min-max) over rounds; the TensorBoard monitor is off here (its cost is measured below). "
+              f"Peak RSS: one real `dlrm_s_pytorch.py` run per configuration.", "",
               "| run | ms/it median (min-max) | / baseline d=16 | training emb MiB | inference emb MiB | peak RSS MiB |",
               "|---|---|---|---|---|---|"]
     for r in data["results"]:

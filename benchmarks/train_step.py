@@ -1,54 +1,69 @@
 """Training step time and memory: stock DLRM baseline vs patched DLRM with MLET.
 
-Stock and patched DLRM run one after the other, interleaved (A B C ... A B C
-...), never two at once: on 2 cores a concurrent run distorts step times far
-more than anything measured here. Each run trains the bench architecture
-(``13-512-256-64-d``, top ``512-256-1``, batch 128) on random data over 26
-tables with Criteo-Kaggle's sizes times ``--scale``, one index per table and
-sample as in Criteo; DLRM's ``--print-time`` gives the compute-only step time
-(forward, backward, optimizer; data loading excluded) per print interval, and
-the first interval is dropped as warm-up.
+Step time is measured in one process: stock DLRM's ``DLRM_Net`` for the
+baselines and patched DLRM's for MLET, each trained the way DLRM's loop does
+(forward, BCE loss, ``zero_grad``, backward, SGD step) on the bench
+architecture (``13-512-256-64-d``, top ``512-256-1``, batch 128, 26 tables
+with Criteo-Kaggle's sizes times ``--scale``, one index per table and sample
+as in Criteo) with pre-generated random batches. The configurations take
+turns in short rounds (A B C ... A B C ..., never two at once): on these
+2-core virtual machines the speed drifts by 10-20 % over minutes, and fine
+interleaving puts every configuration under the same drift, where whole runs
+one after another do not. Medians over rounds are reported.
+
+Memory is measured on the real thing: each configuration runs once as
+``dlrm_s_pytorch.py`` (stock or patched) in its own process, and its peak RSS
+is recorded.
 
     python benchmarks/train_step.py            # default sizes, about 8 minutes here
-    python benchmarks/train_step.py --full     # bigger tables, more repetitions
-    python benchmarks/train_step.py --use-gpu  # the same on one GPU (DLRM's --use-gpu)
+    python benchmarks/train_step.py --full     # tables at 1/10 of Criteo's size, more rounds
+    python benchmarks/train_step.py --use-gpu  # the same on one GPU
 """
 
 import argparse
+import importlib.util
 import os
-import re
+import shutil
 import statistics
 import sys
 import tempfile
+import time
+
+import numpy as np
+import torch
 
 from common import criteo_rows, dlrm_copies, machine, run_measured, save
 
-CONFIGS = [  # name, MLET k (0: stock baseline), d, extra patched-DLRM flags
-    ("baseline d=16", 0, 16, []),
-    ("MLET d=16 k=64", 64, 16, []),
-    ("MLET d=16 k=128", 128, 16, []),
-    ("MLET d=16 k=256", 256, 16, []),
-    ("MLET d=16 k=512", 512, 16, []),
-    ("MLET d=16 k=256 fused", 256, 16, ["--mlet-fused-update"]),
-    ("MLET d=4 k=256", 256, 4, []),
-    ("MLET d=4 k=256 fused", 256, 4, ["--mlet-fused-update"]),
-    ("baseline d=64", 0, 64, []),
+CONFIGS = [  # name, MLET k (0: stock baseline), d, --mlet-fused-update
+    ("baseline d=16", 0, 16, False),
+    ("MLET d=16 k=64", 64, 16, False),
+    ("MLET d=16 k=128", 128, 16, False),
+    ("MLET d=16 k=256", 256, 16, False),
+    ("MLET d=16 k=512", 512, 16, False),
+    ("MLET d=16 k=256 fused", 256, 16, True),
+    ("MLET d=4 k=256", 256, 4, False),
+    ("MLET d=4 k=256 fused", 256, 4, True),
+    ("baseline d=64", 0, 64, False),
 ]
 
 
-def dlrm_args(rows, d, batches, print_freq):
+def dlrm_args(rows, d, batches):
     return [
         f"--arch-sparse-feature-size={d}", f"--arch-mlp-bot=13-512-256-64-{d}", "--arch-mlp-top=512-256-1",
         "--arch-embedding-size=" + "-".join(map(str, rows)), "--data-generation=random",
         "--num-indices-per-lookup=1", "--num-indices-per-lookup-fixed=True", "--mini-batch-size=128",
-        f"--num-batches={batches}", f"--print-freq={print_freq}", "--print-time", "--loss-function=bce",
+        f"--num-batches={batches}", f"--print-freq={batches}", "--loss-function=bce",
         "--round-targets=True", "--learning-rate=0.1", "--nepochs=1", "--numpy-rand-seed=0",
     ]
 
 
-def step_times(stdout):
-    times = [float(t) for t in re.findall(r"([\d.]+) ms/it", stdout)]
-    return times[1:]  # the first interval holds the warm-up
+def import_script(path, name):
+    sys.path.insert(0, os.path.dirname(path))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.path.pop(0)
+    return module
 
 
 def embedding_bytes(rows, d, k):
@@ -56,55 +71,102 @@ def embedding_bytes(rows, d, k):
     return training, sum(n * d * 4 for n in rows)
 
 
+class Trainer:
+    """One configuration: its model, optimizer and DLRM's training step."""
+
+    def __init__(self, stock, patched, rows, k, d, fused_update, device):
+        from dlrm_mlet import dlrm_glue
+
+        module = patched if k else stock
+        self.config = dlrm_glue.Config(hidden_dim=k, fused_update=fused_update)  # monitor off: see monitor_cost
+        dlrm_glue.config = self.config
+        np.random.seed(0)
+        ln_top = np.array([27 * 26 // 2 + d, 512, 256, 1])
+        self.model = module.DLRM_Net(d, np.array(rows), np.array([13, 512, 256, 64, d]), ln_top,
+                                     arch_interaction_op="dot", sigmoid_top=2, ndevices=-1,
+                                     loss_function="bce").to(device)
+        dlrm_glue.config = dlrm_glue.Config()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+        self.fused_update, self.device = fused_update, device
+
+    def run(self, batches, steps):
+        from dlrm_mlet import dlrm_glue, fused
+
+        dlrm_glue.config = self.config  # patched DLRM's apply_emb asks the glue at every forward
+        fused.enable() if self.fused_update else fused.disable()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for i in range(steps):
+            dense, offsets, indices, target = batches[i % len(batches)]
+            loss = self.model.loss_fn(self.model(dense, offsets, indices), target)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        fused.disable()
+        return (time.perf_counter() - start) / steps * 1000
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="tables at 1/10 of Criteo's size, 5 repetitions")
+    parser.add_argument("--full", action="store_true", help="tables at 1/10 of Criteo's size, 30 rounds")
     parser.add_argument("--scale", type=float, help="table sizes as a fraction of Criteo-Kaggle's")
-    parser.add_argument("--reps", type=int, help="repetitions of the interleaved cycle")
-    parser.add_argument("--batches", type=int, default=400)
+    parser.add_argument("--rounds", type=int, help="rounds of the interleaved cycle (default 20)")
+    parser.add_argument("--steps", type=int, default=50, help="steps per configuration and round")
     parser.add_argument("--only", help="comma-separated config names to run (default: all)")
     parser.add_argument("--use-gpu", action="store_true", help="train on one GPU (results: train_step_gpu)")
     args = parser.parse_args()
-    if args.use_gpu:
-        import torch
-
-        if not torch.cuda.is_available():
-            sys.exit("--use-gpu: torch sees no GPU here (torch.cuda.is_available() is False)")
+    if args.use_gpu and not torch.cuda.is_available():
+        sys.exit("--use-gpu: torch sees no GPU here (torch.cuda.is_available() is False)")
+    device = torch.device("cuda" if args.use_gpu else "cpu")
     scale = args.scale or (0.1 if args.full else 0.01)
-    reps = args.reps or (5 if args.full else 3)
+    rounds = args.rounds or (30 if args.full else 20)
     configs = [c for c in CONFIGS if not args.only or c[0] in args.only.split(",")]
     rows = criteo_rows(scale)
     work = tempfile.mkdtemp(prefix="dlrm-mlet-bench-")
-    stock, patched = dlrm_copies(work)
-    runs = {name: {"ms_per_it": [], "peak_rss": []} for name, *_ in configs}
-    print_freq = max(1, args.batches // 4)
-    for rep in range(reps):
-        for name, k, d, extra in configs:
-            script = patched if k else stock
-            cmd = [sys.executable, script] + dlrm_args(rows, d, args.batches, print_freq) + \
-                ([f"--mlet-hidden-dim={k}"] if k else []) + (["--use-gpu"] if args.use_gpu else []) + extra
-            out, rss = run_measured(cmd, cwd=work)
-            median = statistics.median(step_times(out))
-            runs[name]["ms_per_it"].append(median)
-            runs[name]["peak_rss"].append(rss)
-            print(f"rep {rep + 1}/{reps} {name:<18} {median:8.3f} ms/it  peak RSS {rss / 2**20:8.1f} MiB", flush=True)
+    stock_path, patched_path = dlrm_copies(work)
+    stock, patched = import_script(stock_path, "stock_dlrm"), import_script(patched_path, "patched_dlrm")
+
+    g = torch.Generator().manual_seed(0)
+    batches = [tuple(t.to(device) for t in (
+        torch.rand(128, 13, generator=g), torch.stack([torch.arange(128)] * len(rows)),
+        torch.stack([torch.randint(0, n, (128,), generator=g) for n in rows]),
+        torch.randint(0, 2, (128, 1), generator=g).float())) for _ in range(64)]
+    trainers = {name: Trainer(stock, patched, rows, k, d, fused_update, device)
+                for name, k, d, fused_update in configs}
+    for trainer in trainers.values():
+        trainer.run(batches, 20)  # warm-up
+    times = {name: [] for name in trainers}
+    for r in range(rounds):
+        for name, trainer in trainers.items():
+            times[name].append(trainer.run(batches, args.steps))
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {t[-1]:.2f}" for n, t in times.items()), flush=True)
+    del trainers
+
     results = []
-    base = statistics.median(runs["baseline d=16"]["ms_per_it"]) if "baseline d=16" in runs else None
-    for name, k, d, extra in configs:
-        times = runs[name]["ms_per_it"]
+    base = statistics.median(times["baseline d=16"]) if "baseline d=16" in times else None
+    for name, k, d, fused_update in configs:
+        script = patched_path if k else stock_path
+        cmd = [sys.executable, script] + dlrm_args(rows, d, 50) + ([f"--mlet-hidden-dim={k}"] if k else []) + \
+            (["--mlet-fused-update"] if fused_update else []) + (["--use-gpu"] if args.use_gpu else [])
+        _, rss = run_measured(cmd, cwd=work)
         training, inference = embedding_bytes(rows, d, k)
+        t = times[name]
         results.append({
-            "name": name, "k": k, "d": d, "ms_per_it_median": statistics.median(times),
-            "ms_per_it_min": min(times), "ms_per_it_max": max(times), "ms_per_it_all": times,
-            "ratio_to_baseline_d16": statistics.median(times) / base if base else None,
-            "training_embedding_bytes": training, "inference_embedding_bytes": inference,
-            "peak_rss_bytes": max(runs[name]["peak_rss"]),
+            "name": name, "k": k, "d": d, "fused_update": fused_update, "ms_per_it_median": statistics.median(t),
+            "ms_per_it_min": min(t), "ms_per_it_max": max(t), "ms_per_it_all": t,
+            "ratio_to_baseline_d16": statistics.median(t) / base if base else None,
+            "training_embedding_bytes": training, "inference_embedding_bytes": inference, "peak_rss_bytes": rss,
         })
+        print(f"{name:<22} {statistics.median(t):7.2f} ms/it  peak RSS in DLRM {rss / 2**20:8.1f} MiB", flush=True)
     command = "python benchmarks/train_step.py" + (" --full" if args.full else "") + \
         (" --use-gpu" if args.use_gpu else "")
-    save("train_step_gpu" if args.use_gpu else "train_step", {"device": "gpu" if args.use_gpu else "cpu","machine": machine(), "command": command, "scale": scale, "reps": reps,
-                        "batches": args.batches, "tables": rows, "results": results})
-    os.system(f"rm -rf {work}")
+    save("train_step_gpu" if args.use_gpu else "train_step", {
+        "device": device.type, "machine": machine(), "command": command, "scale": scale, "rounds": rounds,
+        "steps_per_round": args.steps, "tables": rows, "results": results})
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
