@@ -49,7 +49,9 @@ def fold_weight(table_weight, proj_weight, name, block_bytes=FOLD_BLOCK_BYTES):
                 torch.mm(a[start:stop], bt, out=block)
             else:
                 block.copy_(a[start:stop].to(compute) @ bt)
-            finite = torch.isfinite(block).all(dim=1)
+            if bool(torch.isfinite(block.sum())):
+                continue  # the usual case, checked in one cheap reduction
+            finite = torch.isfinite(block).all(dim=1)  # a non-finite sum: find the row (or an overflow)
             if not bool(finite.all()):
                 row = start + int((~finite).nonzero()[0])
                 raise MLETError(

@@ -112,6 +112,17 @@ def test_fold_weight_is_blockwise_exact_for_any_block_size():
     assert torch.allclose(full, a @ b.t(), atol=1e-5)
 
 
+def test_fold_weight_accepts_finite_rows_whose_sum_overflows():
+    """The finiteness check sums each block first; an overflowing sum must not reject finite rows."""
+    a, b = torch.zeros(6, 2), torch.tensor([[1.0, 0.0]])
+    a[1:4, 0] = 3e38  # three finite rows; their sum is inf in float32
+    folded = fold_weight(a, b, "t")
+    assert torch.isfinite(folded).all() and folded[2, 0] == 3e38
+    a[4, 1], b[0, 1] = 1.0, float("nan")
+    with pytest.raises(MLETError, match="t: folded row 0 is not finite"):
+        fold_weight(a, b, "t")  # 0 * nan is nan: every row, the first named
+
+
 def test_fold_weight_names_a_shape_mismatch():
     with pytest.raises(MLETError, match=r"emb_l\.0: cannot fold a \(5, 8\) table with a \(4, 9\)"):
         fold_weight(torch.zeros(5, 8), torch.zeros(4, 9), "emb_l.0")
