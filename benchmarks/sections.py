@@ -29,6 +29,9 @@ def train_step(data):
         if mlet in by and "baseline d=64" in by:
             iso = by[mlet]["ms_per_it_median"] / by["baseline d=64"]["ms_per_it_median"]
             lines += ["", f"Iso-accuracy comparison (the paper's): {mlet} / baseline d=64 = {iso:.2f}."]
+    lines += ["", "On these shared 2-core virtual machines the same configuration's speed varies by up to "
+              "+-30 % from round to round (the min-max column), and ratios of medians move by about 0.1 "
+              "between runs of this script: differences smaller than that are noise."]
     if any(name.endswith("fused") for name in by):
         lines += ["", "`fused`: with `--mlet-fused-update` (SGD applied to the k-wide rows without sparse "
                   "gradient tensors; same loss curve, tested)."]
