@@ -171,10 +171,12 @@ def cmd_sweep(args):
 
 
 def cmd_report(args):
+    from .progress import progress_bar
     from .sweep import report
 
     png = args.plot or os.path.splitext(args.results)[0] + ".png"
-    text = report(args.results, png, args.oracle, args.title)
+    with progress_bar(3, "report", quiet=args.quiet, unit=" stages") as bar:
+        text = report(args.results, png, args.oracle, args.title, progress=bar.update)
     if args.markdown:
         with open(args.markdown + ".tmp", "w") as handle:
             handle.write(text + "\n")
@@ -273,6 +275,7 @@ def build_parser():
     p.add_argument("--markdown", metavar="OUT.md", help="also write the table to this file")
     p.add_argument("--oracle", metavar="synth.json", help="show the oracle AUC of a synthetic dataset")
     p.add_argument("--title", help="plot title")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -254,14 +254,21 @@ def plot(summary, out_png, oracle=None, title=None):
     os.replace(tmp, out_png)
 
 
-def report(csv_path, out_png=None, oracle_path=None, title=None):
-    """Markdown (table + iso-AUC lines); writes the plot. Returns the markdown."""
+def report(csv_path, out_png=None, oracle_path=None, title=None, progress=None):
+    """Markdown (table + iso-AUC lines); writes the plot. Returns the markdown.
+
+    ``progress()`` is called after each of the three stages (read, summarise, plot).
+    """
+    progress = progress or (lambda: None)
     rows = read_rows(csv_path)
     if not rows:
         raise MLETError(f"{csv_path}: no sweep results")
     oracle = json.load(open(oracle_path)) if oracle_path else None
+    progress()
     summary = summarize(rows)
     text = markdown_table(summary, oracle) + "\n\n" + "\n".join(f"- {line}" for line in iso_auc(summary))
+    progress()
     if out_png:
         plot(summary, out_png, oracle, title)
+    progress()
     return text
