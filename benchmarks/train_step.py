@@ -15,7 +15,7 @@ Memory is measured on the real thing: each configuration runs once as
 ``dlrm_s_pytorch.py`` (stock or patched) in its own process, and its peak RSS
 is recorded.
 
-    python benchmarks/train_step.py            # default sizes, about 8 minutes here
+    python benchmarks/train_step.py            # default sizes, about 5 minutes here
     python benchmarks/train_step.py --full     # tables at 1/10 of Criteo's size, more rounds
     python benchmarks/train_step.py --use-gpu  # the same on one GPU
 """

@@ -100,8 +100,8 @@ def add_arguments(parser):
     )
     group.add_argument(
         "--mlet-fused-update", action="store_true", default=False,
-        help="apply SGD to the k-wide table rows without sparse gradient tensors (faster, same "
-        "math; needs --optimizer=sgd)",
+        help="apply SGD to the k-wide table rows without building sparse gradient tensors (same "
+        "math and loss curve; needs --optimizer=sgd)",
     )
     group.add_argument(
         "--mlet-allow-narrow", action="store_true", default=False,
