@@ -1,10 +1,11 @@
 """SGD on MLET tables without sparse gradient tensors (``--mlet-fused-update``).
 
-A profile of MLET training at k=256 (``benchmarks/profile_step.py``) shows a
-good part of the overhead is bookkeeping around the k-wide rows' gradients:
-one sparse tensor per table, autograd accumulating it, SGD coalescing it and
-adding it to the table. fbgemm's table-batched embeddings avoid that by
-updating rows inside backward. We do the same with less machinery: backward
+By default each MLET table's gradient is a sparse tensor that autograd
+accumulates and SGD then adds to the table: bookkeeping around the k-wide
+rows. fbgemm's table-batched embeddings avoid it by updating rows inside
+backward. We do the same with less machinery (on 2 CPU cores it saves a few
+percent of the embedding part, within the noise of a whole DLRM step; see
+``benchmarks/embedding_update.py``): backward
 hands each table's gradient rows to ``add``, and the next ``step()`` of the
 optimizer that holds the table applies them with one ``index_add_`` per table,
 at that step's learning rate (so DLRM's scheduler is honoured).
