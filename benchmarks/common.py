@@ -68,6 +68,42 @@ def dlrm_copies(work):
     return os.path.join(stock, "dlrm_s_pytorch.py"), os.path.join(patched, "dlrm_s_pytorch.py")
 
 
+def import_script(path, name):
+    """Import a DLRM script (stock or patched copy) as a module, with its folder on the path."""
+    import importlib.util
+
+    sys.path.insert(0, os.path.dirname(path))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.path.pop(0)
+    return module
+
+
+def bench_model(dlrm, rows, d):
+    """``dlrm.DLRM_Net`` on the bench architecture (``13-512-256-64-d``, top ``512-256-1``).
+
+    Patched DLRM builds MLET tables when ``dlrm_glue.config`` asks for them.
+    """
+    import numpy as np
+
+    np.random.seed(0)
+    num_fea = len(rows) + 1
+    ln_top = np.array([num_fea * (num_fea - 1) // 2 + d, 512, 256, 1])
+    return dlrm.DLRM_Net(d, np.array(rows), np.array([13, 512, 256, 64, d]), ln_top,
+                         arch_interaction_op="dot", sigmoid_top=2, ndevices=-1, loss_function="bce")
+
+
+def bench_batches(rows, count=64, size=128, seed=0):
+    """Random (dense, offsets, indices, target) batches, one index per table and sample as in Criteo."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(size, 13, generator=g), torch.stack([torch.arange(size)] * len(rows)),
+             torch.stack([torch.randint(0, n, (size,), generator=g) for n in rows]),
+             torch.randint(0, 2, (size, 1), generator=g).float()) for _ in range(count)]
+
+
 # Runs the command from a small Python process and prints the peak RSS of that
 # child last: measured from a process as big as a benchmark with models loaded,
 # a forked child would count the parent's pages in its own high-water mark.

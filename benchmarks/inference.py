@@ -11,48 +11,22 @@ under ``torch.no_grad``, models interleaved, median of repetitions.
 """
 
 import argparse
-import importlib.util
-import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 
-from common import criteo_rows, dlrm_copies, machine, save
-
-
-def import_script(path, name):
-    sys.path.insert(0, os.path.dirname(path))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.path.pop(0)
-    return module
-
-
-def build(module, rows, d):
-    num_fea = len(rows) + 1
-    ln_top = np.array([num_fea * (num_fea - 1) // 2 + d, 512, 256, 1])
-    return module.DLRM_Net(d, np.array(rows), np.array([13, 512, 256, 64, d]), ln_top,
-                           arch_interaction_op="dot", sigmoid_top=ln_top.size - 2, ndevices=-1)
-
-
-def batches(rows, size, count, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.rand(size, 13, generator=g), torch.stack([torch.arange(size)] * len(rows)),
-             torch.stack([torch.randint(0, n, (size,), generator=g) for n in rows])) for _ in range(count)]
+from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine, save
 
 
 def time_model(model, data):
     with torch.no_grad():
-        for dense, offsets, indices in data[:3]:
+        for dense, offsets, indices, _ in data[:3]:
             model(dense, offsets, indices)
         start = time.perf_counter()
-        for dense, offsets, indices in data:
+        for dense, offsets, indices, _ in data:
             model(dense, offsets, indices)
     return (time.perf_counter() - start) / len(data) * 1000
 
@@ -71,19 +45,18 @@ def main():
     patched = import_script(patched_path, "patched_dlrm")
     from dlrm_mlet import dlrm_glue, fold_model
 
-    np.random.seed(0)
     dlrm_glue.config = dlrm_glue.Config(hidden_dim=args.k)
-    mlet = build(patched, rows, args.d)
+    mlet = bench_model(patched, rows, args.d)
     fold_model(mlet)
-    folded = build(stock, rows, args.d)
+    folded = bench_model(stock, rows, args.d)
     folded.load_state_dict(mlet.state_dict(), strict=True)
     dlrm_glue.config = dlrm_glue.Config()
-    models = {f"baseline d={args.d}": build(stock, rows, args.d),
+    models = {f"baseline d={args.d}": bench_model(stock, rows, args.d),
               f"folded MLET d={args.d} k={args.k}": folded,
-              f"baseline d={4 * args.d}": build(stock, rows, 4 * args.d)}
+              f"baseline d={4 * args.d}": bench_model(stock, rows, 4 * args.d)}
     results = {}
     for batch in (128, 2048):
-        data = batches(rows, batch, 40 if batch == 128 else 10)
+        data = bench_batches(rows, count=40 if batch == 128 else 10, size=batch)
         times = {name: [] for name in models}
         for _ in range(reps):
             for name, model in models.items():

@@ -10,18 +10,14 @@ counting, and one log of all tables) with the cost they imply at ``--freq``.
 """
 
 import argparse
-import importlib.util
-import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 
-from common import criteo_rows, dlrm_copies, machine, save
+from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine, save
 
 
 class NullWriter:
@@ -37,24 +33,15 @@ def main():
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="dlrm-mlet-bench-")
     _, patched_path = dlrm_copies(work)
-    sys.path.insert(0, os.path.dirname(patched_path))
-    spec = importlib.util.spec_from_file_location("patched_dlrm", patched_path)
-    dlrm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dlrm)
+    dlrm = import_script(patched_path, "patched_dlrm")
     from dlrm_mlet import dlrm_glue
     from dlrm_mlet.monitor import Monitor
 
     rows = criteo_rows(0.01)
     dlrm_glue.config = dlrm_glue.Config(hidden_dim=256)
-    np.random.seed(0)
-    ln_top = np.array([27 * 26 // 2 + 16, 512, 256, 1])
-    model = dlrm.DLRM_Net(16, np.array(rows), np.array([13, 512, 256, 64, 16]), ln_top,
-                          arch_interaction_op="dot", sigmoid_top=2, ndevices=-1, loss_function="bce")
+    model = bench_model(dlrm, rows, 16)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    g = torch.Generator().manual_seed(0)
-    batches = [(torch.rand(128, 13, generator=g), torch.stack([torch.arange(128)] * 26),
-                torch.stack([torch.randint(0, n, (128,), generator=g) for n in rows]),
-                torch.randint(0, 2, (128, 1), generator=g).float()) for _ in range(64)]
+    batches = bench_batches(rows)
 
     def train(steps, monitor):
         start = time.perf_counter()

@@ -10,35 +10,15 @@ first: the list of what the remaining overhead is made of.
 """
 
 import argparse
-import importlib.util
-import os
 import shutil
-import sys
 import tempfile
 import time
 from collections import defaultdict
 
-import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from common import criteo_rows, dlrm_copies, machine, save
-
-
-def import_script(path, name):
-    sys.path.insert(0, os.path.dirname(path))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.path.pop(0)
-    return module
-
-
-def build(dlrm, rows, d):
-    np.random.seed(0)
-    ln_top = np.array([27 * 26 // 2 + d, 512, 256, 1])
-    return dlrm.DLRM_Net(d, np.array(rows), np.array([13, 512, 256, 64, d]), ln_top,
-                         arch_interaction_op="dot", sigmoid_top=2, ndevices=-1, loss_function="bce")
+from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine, save
 
 
 def run(model, batches, steps, profiled):
@@ -80,14 +60,11 @@ def main():
     from dlrm_mlet import dlrm_glue
 
     rows = criteo_rows(0.01)
-    g = torch.Generator().manual_seed(0)
-    batches = [(torch.rand(128, 13, generator=g), torch.stack([torch.arange(128)] * 26),
-                torch.stack([torch.randint(0, n, (128,), generator=g) for n in rows]),
-                torch.randint(0, 2, (128, 1), generator=g).float()) for _ in range(64)]
+    batches = bench_batches(rows)
     runs = {}
     for name, k in (("baseline", 0), ("mlet", args.k)):
         dlrm_glue.config = dlrm_glue.Config(hidden_dim=k)
-        model = build(dlrm, rows, args.d)
+        model = bench_model(dlrm, rows, args.d)
         ms, _ = run(model, batches, args.steps, profiled=False)
         _, per_op = run(model, batches, args.steps, profiled=True)
         runs[name] = {"ms_per_step": ms, "per_op": per_op}

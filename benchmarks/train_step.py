@@ -21,18 +21,15 @@ is recorded.
 """
 
 import argparse
-import importlib.util
-import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 
-from common import criteo_rows, dlrm_copies, machine, run_measured, save
+from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine, run_measured, save
 
 CONFIGS = [  # name, MLET k (0: stock baseline), d, --mlet-fused-update
     ("baseline d=16", 0, 16, False),
@@ -57,15 +54,6 @@ def dlrm_args(rows, d, batches):
     ]
 
 
-def import_script(path, name):
-    sys.path.insert(0, os.path.dirname(path))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.path.pop(0)
-    return module
-
-
 def embedding_bytes(rows, d, k):
     training = sum(n * (k or d) * 4 for n in rows) + (len(rows) * k * d * 4 if k else 0)
     return training, sum(n * d * 4 for n in rows)
@@ -80,11 +68,7 @@ class Trainer:
         module = patched if k else stock
         self.config = dlrm_glue.Config(hidden_dim=k, fused_update=fused_update)  # monitor off: see monitor_cost
         dlrm_glue.config = self.config
-        np.random.seed(0)
-        ln_top = np.array([27 * 26 // 2 + d, 512, 256, 1])
-        self.model = module.DLRM_Net(d, np.array(rows), np.array([13, 512, 256, 64, d]), ln_top,
-                                     arch_interaction_op="dot", sigmoid_top=2, ndevices=-1,
-                                     loss_function="bce").to(device)
+        self.model = bench_model(module, rows, d).to(device)
         dlrm_glue.config = dlrm_glue.Config()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
         self.fused_update, self.device = fused_update, device
@@ -129,11 +113,7 @@ def main():
     stock_path, patched_path = dlrm_copies(work)
     stock, patched = import_script(stock_path, "stock_dlrm"), import_script(patched_path, "patched_dlrm")
 
-    g = torch.Generator().manual_seed(0)
-    batches = [tuple(t.to(device) for t in (
-        torch.rand(128, 13, generator=g), torch.stack([torch.arange(128)] * len(rows)),
-        torch.stack([torch.randint(0, n, (128,), generator=g) for n in rows]),
-        torch.randint(0, 2, (128, 1), generator=g).float())) for _ in range(64)]
+    batches = [tuple(t.to(device) for t in batch) for batch in bench_batches(rows)]
     trainers = {name: Trainer(stock, patched, rows, k, d, fused_update, device)
                 for name, k, d, fused_update in configs}
     for trainer in trainers.values():

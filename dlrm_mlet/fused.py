@@ -58,6 +58,8 @@ def pending_rows():
 
 
 def _apply(optimizer, args, kwargs):
+    if not _pending:
+        return
     for group in optimizer.param_groups:
         for param in group["params"]:
             entry = _pending.pop(id(param), None)
