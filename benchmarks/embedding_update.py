@@ -6,9 +6,10 @@ so the difference between the variants is not hidden under the MLPs:
 
 * ``sparse gradients`` -- the default: one sparse gradient per table, SGD steps it;
 * ``--mlet-fused-update`` -- rows handed straight to the SGD step (``dlrm_mlet.fused``);
-* ``fbgemm TBE`` -- fbgemm's CPU table-batched embedding with its fused exact
-  SGD (what TorchRec uses), the same batched projection on top. Needs
-  ``fbgemm-gpu-cpu`` (the ``[torchrec]`` install); recorded as missing otherwise.
+* ``--mlet-fused-update=fbgemm`` -- fbgemm's CPU table-batched embedding with
+  its fused exact SGD (what TorchRec uses) under the same batched projection
+  (``dlrm_mlet.tbe``). Needs ``fbgemm-gpu-cpu`` (the ``[torchrec]`` install);
+  recorded as missing otherwise.
 
     python benchmarks/embedding_update.py [--k 256] [--steps 300] [--reps 5]
 """
@@ -30,29 +31,8 @@ def ours(rows, k, d, fused_update):
     optimizer = torch.optim.SGD([p for t in tables for p in t.parameters()], lr=0.01)
 
     def step(indices, offsets, upstream):
-        fused.enable() if fused_update else fused.disable()
+        fused.enable(fused_update) if fused_update else fused.disable()
         out = torch.stack(grouped_forward(tables, indices, [offsets] * len(rows), [None] * len(rows)))
-        optimizer.zero_grad()
-        (out * upstream).sum().backward()
-        optimizer.step()
-    return step
-
-
-def fbgemm(rows, k, d):
-    from fbgemm_gpu.split_embedding_configs import EmbOptimType
-    from fbgemm_gpu.split_table_batched_embeddings_ops_common import ComputeDevice, EmbeddingLocation, PoolingMode
-    from fbgemm_gpu.split_table_batched_embeddings_ops_training import SplitTableBatchedEmbeddingBagsCodegen
-
-    tbe = SplitTableBatchedEmbeddingBagsCodegen(
-        [(n, k, EmbeddingLocation.HOST, ComputeDevice.CPU) for n in rows],
-        optimizer=EmbOptimType.EXACT_SGD, learning_rate=0.01, pooling_mode=PoolingMode.SUM)
-    proj = torch.nn.Parameter(torch.randn(len(rows), d, k) * 0.25)
-    optimizer = torch.optim.SGD([proj], lr=0.01)
-
-    def step(indices, offsets, upstream):
-        batch = offsets.numel()
-        pooled = tbe(torch.cat(indices), torch.arange(len(rows) * batch + 1))  # (batch, tables * k)
-        out = torch.bmm(pooled.view(batch, len(rows), k).transpose(0, 1), proj.transpose(1, 2))
         optimizer.zero_grad()
         (out * upstream).sum().backward()
         optimizer.step()
@@ -71,14 +51,15 @@ def main():
     g = torch.Generator().manual_seed(0)
     data = [([torch.randint(0, n, (batch,), generator=g) for n in rows], torch.arange(batch),
              torch.randn(len(rows), batch, args.d, generator=g)) for _ in range(32)]
-    variants = {"sparse gradients (default)": ours(rows, args.k, args.d, False),
-                "--mlet-fused-update": ours(rows, args.k, args.d, True)}
-    missing = None
-    try:
-        variants["fbgemm TBE, fused exact SGD"] = fbgemm(rows, args.k, args.d)
-    except ImportError as error:
-        missing = f"fbgemm TBE not measured: {error} (install the [torchrec] extra)"
+    variants = {"sparse gradients (default)": ours(rows, args.k, args.d, ""),
+                "--mlet-fused-update": ours(rows, args.k, args.d, "torch")}
+    from dlrm_mlet import tbe
+
+    missing = tbe.available() and f"--mlet-fused-update=fbgemm not measured: {tbe.available()}"
+    if missing:
         print(missing)
+    else:
+        variants["--mlet-fused-update=fbgemm"] = ours(rows, args.k, args.d, "fbgemm")
     times = {name: [] for name in variants}
     for rep in range(args.reps):
         for name, step in variants.items():

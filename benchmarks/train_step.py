@@ -17,7 +17,9 @@ is recorded.
 
     python benchmarks/train_step.py            # default sizes, about 5 minutes here
     python benchmarks/train_step.py --full     # tables at 1/10 of Criteo's size, more rounds
-    python benchmarks/train_step.py --use-gpu  # the same on one GPU
+    python benchmarks/train_step.py --use-gpu  # the same on one GPU (peak GPU memory too)
+
+Results go to results/train_step[_gpu][_full].json.
 """
 
 import argparse
@@ -31,17 +33,36 @@ import torch
 
 from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine, run_measured, save
 
-CONFIGS = [  # name, MLET k (0: stock baseline), d, --mlet-fused-update
-    ("baseline d=16", 0, 16, False),
-    ("MLET d=16 k=64", 64, 16, False),
-    ("MLET d=16 k=128", 128, 16, False),
-    ("MLET d=16 k=256", 256, 16, False),
-    ("MLET d=16 k=512", 512, 16, False),
-    ("MLET d=16 k=256 fused", 256, 16, True),
-    ("MLET d=4 k=256", 256, 4, False),
-    ("MLET d=4 k=256 fused", 256, 4, True),
-    ("baseline d=64", 0, 64, False),
+CONFIGS = [  # name, MLET k (0: stock baseline), d, --mlet-fused-update ("": off, "torch", "fbgemm")
+    ("baseline d=16", 0, 16, ""),
+    ("MLET d=16 k=64", 64, 16, ""),
+    ("MLET d=16 k=128", 128, 16, ""),
+    ("MLET d=16 k=256", 256, 16, ""),
+    ("MLET d=16 k=512", 512, 16, ""),
+    ("MLET d=16 k=256 fused", 256, 16, "torch"),
+    ("MLET d=16 k=256 fbgemm", 256, 16, "fbgemm"),
+    ("MLET d=4 k=256", 256, 4, ""),
+    ("MLET d=4 k=256 fused", 256, 4, "torch"),
+    ("MLET d=4 k=256 fbgemm", 256, 4, "fbgemm"),
+    ("baseline d=64", 0, 64, ""),
 ]
+
+
+def fused_flag(fused_update):
+    return {"": [], "torch": ["--mlet-fused-update"], "fbgemm": ["--mlet-fused-update=fbgemm"]}[fused_update]
+
+
+# On a GPU the memory that matters is the GPU's: the DLRM run is executed
+# inside this wrapper, which prints torch's peak CUDA allocation at exit.
+GPU_PEAK = (
+    "import os, runpy, sys, torch\n"
+    "sys.argv = sys.argv[1:]\n"
+    "sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))\n"
+    "try:\n"
+    "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    "finally:\n"
+    "    print('peak-gpu', torch.cuda.max_memory_allocated(), flush=True)\n"
+)
 
 
 def dlrm_args(rows, d, batches):
@@ -77,7 +98,7 @@ class Trainer:
         from dlrm_mlet import dlrm_glue, fused
 
         dlrm_glue.config = self.config  # patched DLRM's apply_emb asks the glue at every forward
-        fused.enable() if self.fused_update else fused.disable()
+        fused.enable(self.fused_update) if self.fused_update else fused.disable()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -108,6 +129,12 @@ def main():
     scale = args.scale or (0.1 if args.full else 0.01)
     rounds = args.rounds or (30 if args.full else 20)
     configs = [c for c in CONFIGS if not args.only or c[0] in args.only.split(",")]
+    from dlrm_mlet import tbe
+
+    if args.use_gpu or tbe.available():  # fbgemm's TBE option is CPU-only
+        print("not measured:", ", ".join(c[0] for c in configs if c[3] == "fbgemm"),
+              "(" + ("CPU only" if args.use_gpu else tbe.available()) + ")")
+        configs = [c for c in configs if c[3] != "fbgemm"]
     rows = criteo_rows(scale)
     work = tempfile.mkdtemp(prefix="dlrm-mlet-bench-")
     stock_path, patched_path = dlrm_copies(work)
@@ -129,9 +156,11 @@ def main():
     base = statistics.median(times["baseline d=16"]) if "baseline d=16" in times else None
     for name, k, d, fused_update in configs:
         script = patched_path if k else stock_path
-        cmd = [sys.executable, script] + dlrm_args(rows, d, 50) + ([f"--mlet-hidden-dim={k}"] if k else []) + \
-            (["--mlet-fused-update"] if fused_update else []) + (["--use-gpu"] if args.use_gpu else [])
-        _, rss = run_measured(cmd, cwd=work)
+        python = [sys.executable, "-c", GPU_PEAK] if args.use_gpu else [sys.executable]
+        cmd = python + [script] + dlrm_args(rows, d, 50) + ([f"--mlet-hidden-dim={k}"] if k else []) + \
+            fused_flag(fused_update) + (["--use-gpu"] if args.use_gpu else [])
+        out, rss = run_measured(cmd, cwd=work)
+        gpu_peak = [int(line.split()[1]) for line in out.splitlines() if line.startswith("peak-gpu ")]
         training, inference = embedding_bytes(rows, d, k)
         t = times[name]
         results.append({
@@ -139,11 +168,12 @@ def main():
             "ms_per_it_min": min(t), "ms_per_it_max": max(t), "ms_per_it_all": t,
             "ratio_to_baseline_d16": statistics.median(t) / base if base else None,
             "training_embedding_bytes": training, "inference_embedding_bytes": inference, "peak_rss_bytes": rss,
+            **({"peak_gpu_bytes": gpu_peak[-1]} if gpu_peak else {}),
         })
         print(f"{name:<22} {statistics.median(t):7.2f} ms/it  peak RSS in DLRM {rss / 2**20:8.1f} MiB", flush=True)
     command = "python benchmarks/train_step.py" + (" --full" if args.full else "") + \
-        (" --use-gpu" if args.use_gpu else "")
-    save("train_step_gpu" if args.use_gpu else "train_step", {
+        (" --use-gpu" if args.use_gpu else "") + (f' --only "{args.only}"' if args.only else "")
+    save("train_step" + ("_gpu" if args.use_gpu else "") + ("_full" if args.full else ""), {
         "device": device.type, "machine": machine(), "command": command, "scale": scale, "rounds": rounds,
         "steps_per_round": args.steps, "tables": rows, "results": results})
     shutil.rmtree(work, ignore_errors=True)

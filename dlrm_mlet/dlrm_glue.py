@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import fused
+from . import fused, tbe
 from .checkpoint import MLET_SUFFIX, atomic_save, fold_checkpoint, to_plain
 from .errors import MLETError
 from .folding import fold_model, fold_state_dict, mlet_prefixes
@@ -50,7 +50,7 @@ class Config:
     inference_only: bool = False
     log_freq: int = 0
     metrics_json: str = ""
-    fused_update: bool = False
+    fused_update: str = ""  # "" (off), "torch" or "fbgemm"
 
     @property
     def enabled(self):
@@ -99,9 +99,10 @@ def add_arguments(parser):
         help="write test AUC, log loss and accuracy to PATH at every test (needs --mlperf-logging)",
     )
     group.add_argument(
-        "--mlet-fused-update", action="store_true", default=False,
+        "--mlet-fused-update", nargs="?", const="torch", default="", metavar="fbgemm",
         help="apply SGD to the k-wide table rows without building sparse gradient tensors (same "
-        "math and loss curve; needs --optimizer=sgd)",
+        "math and loss curve; needs --optimizer=sgd); =fbgemm: pool and update them with fbgemm's "
+        "table-batched embedding, as TorchRec does (CPU, single process; needs fbgemm-gpu-cpu)",
     )
     group.add_argument(
         "--mlet-allow-narrow", action="store_true", default=False,
@@ -148,10 +149,12 @@ def parse_config(args):
         proj_init = parse_proj_init(args.mlet_proj_init)
     except MLETError as error:
         raise MLETError(f"--mlet-proj-init: {error}") from None
-    fused_update = bool(getattr(args, "mlet_fused_update", False))
+    fused_update = getattr(args, "mlet_fused_update", "") or ""
+    if fused_update not in ("",) + fused.BACKENDS:
+        raise MLETError(f"--mlet-fused-update: expected no value or fbgemm, got {fused_update!r}")
     if hidden == 0:
         for flag, value, default in (("--mlet-min-rows", min_rows, 0), ("--mlet-proj-init", proj_init, "normal"),
-                                     ("--mlet-fused-update", fused_update, False)):
+                                     ("--mlet-fused-update", fused_update, "")):
             if value != default:
                 raise MLETError(f"{flag} has no effect without --mlet-hidden-dim K (K > 0)")
         return Config(log_freq=log_freq, metrics_json=metrics_json)
@@ -177,6 +180,13 @@ def parse_config(args):
     if fused_update and getattr(args, "optimizer", "sgd") != "sgd":
         raise MLETError(f"--mlet-fused-update applies plain SGD steps; it cannot be combined with "
                         f"--optimizer={args.optimizer}")
+    if fused_update == "fbgemm":
+        if getattr(args, "use_gpu", False):
+            raise MLETError("--mlet-fused-update=fbgemm runs fbgemm's CPU kernels; drop it with --use-gpu "
+                            "(plain --mlet-fused-update works on the GPU)")
+        why = tbe.available()
+        if why:
+            raise MLETError(f"--mlet-fused-update=fbgemm: {why}")
     return Config(hidden, per_table, min_rows, proj_init, inference_only, log_freq, metrics_json, fused_update)
 
 
@@ -189,7 +199,7 @@ def configure(args):
         _fail(str(error))
     monitor = None
     if config.fused_update:
-        fused.enable()
+        fused.enable(config.fused_update)
     else:
         fused.disable()
     return config
@@ -329,6 +339,9 @@ def create_emb(net, m, ln, weighted_pooling=None):
         _fail(f"--mlet-hidden-dim lists {len(config.per_table)} values for {ln.size} tables")
     emb_l, v_W_l = nn.ModuleList(), []
     local = getattr(net, "local_emb_indices", None)
+    if local is not None and config.fused_update == "fbgemm":
+        _fail("--mlet-fused-update=fbgemm is single-process only; in DLRM's distributed mode use "
+              "--mlet-fused-update")
     for i in range(ln.size):
         if local is not None and i not in local:
             continue

@@ -10,8 +10,13 @@ hands each table's gradient rows to ``add``, and the next ``step()`` of the
 optimizer that holds the table applies them with one ``index_add_`` per table,
 at that step's learning rate (so DLRM's scheduler is honoured).
 
-The math is plain SGD applied at the same point of the iteration as without
-the option, so loss curves match the default path to float tolerance (only
+``enable("fbgemm")`` (``--mlet-fused-update=fbgemm``) hands the same step to
+fbgemm's table-batched embedding instead (``tbe.py``): it pools the k-wide
+rows and applies the update in its own fused kernels, as TorchRec does.
+
+Either way the math is plain SGD applied at the same point of the iteration
+as without the option, at the learning rate of the optimizer group that holds
+the table, so loss curves match the default path to float tolerance (only
 the summation order of repeated rows differs). Momentum, weight decay and
 Adagrad need the gradient itself, so they are refused, not approximated.
 
@@ -25,21 +30,28 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from .errors import MLETError
 
-_pending = {}  # id(param) -> (param, [(indices, rows), ...]); the param ref pins the id
+BACKENDS = ("torch", "fbgemm")
+
+_pending = {}  # id(param) -> (param, [(row count, apply(lr)), ...]); the param ref pins the id
 _hook = None
+_backend = None
 
 
-def enable():
-    global _hook
+def enable(backend="torch"):
+    global _hook, _backend
+    if backend not in BACKENDS:
+        raise MLETError(f"fused update backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    _backend = backend
     if _hook is None:
         _hook = register_optimizer_step_pre_hook(_apply)
 
 
 def disable():
-    global _hook
+    global _hook, _backend
     if _hook is not None:
         _hook.remove()
         _hook = None
+    _backend = None
     _pending.clear()
 
 
@@ -47,14 +59,26 @@ def enabled():
     return _hook is not None
 
 
+def backend():
+    """``"torch"`` or ``"fbgemm"`` while enabled, else None."""
+    return _backend
+
+
 def add(param, indices, rows):
     """Record the gradient of ``param`` at ``indices`` (repeats add up), for the next step."""
-    _pending.setdefault(id(param), (param, []))[1].append((indices, rows))
+    def apply(lr):
+        param.index_add_(0, indices, rows.to(param.dtype), alpha=-lr)
+    defer(param, indices.numel(), apply)
+
+
+def defer(param, rows, apply):
+    """Run ``apply(lr)`` at the next step of the optimizer holding ``param``, with its group's lr."""
+    _pending.setdefault(id(param), (param, []))[1].append((rows, apply))
 
 
 def pending_rows():
     """How many gradient rows wait for a step (tests and debugging)."""
-    return sum(idx.numel() for _, entries in _pending.values() for idx, _ in entries)
+    return sum(rows for _, entries in _pending.values() for rows, _ in entries)
 
 
 def _apply(optimizer, args, kwargs):
@@ -70,5 +94,5 @@ def _apply(optimizer, args, kwargs):
                 raise MLETError("--mlet-fused-update applies plain SGD steps to the MLET tables; this "
                                 f"optimizer is {type(optimizer).__name__} with momentum/weight decay/maximize")
             with torch.no_grad():
-                for indices, rows in entry[1]:
-                    param.index_add_(0, indices, rows.to(param.dtype), alpha=-group["lr"])
+                for _, apply in entry[1]:
+                    apply(group["lr"])

@@ -62,7 +62,8 @@ class Monitor:
         self.model = model
         tables = sorted(range(len(model.emb_l)), key=lambda i: -_factors(model.emb_l[i])[0].shape[0])
         for i in tables[: self.tracked_tables]:
-            self.counts[i] = torch.zeros(_factors(model.emb_l[i])[0].shape[0], dtype=torch.int32)
+            weight = _factors(model.emb_l[i])[0]  # counted where the indices arrive (the GPU under --use-gpu)
+            self.counts[i] = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
         # In DLRM's distributed mode local table i is global table local_emb_indices[i].
         self.global_index = list(getattr(model, "local_emb_indices", range(len(model.emb_l))))
         model.register_forward_pre_hook(self._remember)

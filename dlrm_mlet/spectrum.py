@@ -39,7 +39,7 @@ def gram(table_weight, proj_weight=None, rows=None):
         a = a[rows]
     b = None if proj_weight is None else proj_weight.detach().to(a.dtype)
     width = a.shape[1] if b is None else b.shape[0]
-    out = torch.zeros(width, width, dtype=torch.float64)
+    out = torch.zeros(width, width, dtype=torch.float64, device=a.device)
     step = max(1, FOLD_BLOCK_BYTES // (4 * (a.shape[1] + width)))
     for start in range(0, a.shape[0], step):
         block = a[start:start + step]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import fused
+from . import fused, tbe
 from .errors import MLETError
 from .folding import fold_weight
 
@@ -264,7 +264,8 @@ def grouped_forward(tables, indices, offsets, weights):
     node per such group; the others (plain tables, dense gradients, 2-D inputs,
     trainable per-sample weights, a group of one) are called one by one.
     With ``fused.enable()`` (``--mlet-fused-update``) grouped tables get no
-    gradient: their rows go to the optimizer's next step instead.
+    gradient: their rows go to the optimizer's next step instead; with
+    ``fused.enable("fbgemm")`` fbgemm's TBE pools them and applies that step.
     """
     def groupable(t, i, o, w):
         return (isinstance(t, MLETEmbeddingBag) and t.sparse and i.dim() == 1 and o is not None
@@ -277,14 +278,20 @@ def grouped_forward(tables, indices, offsets, weights):
             if groupable(*args):
                 t = tables[j]
                 key = (t.hidden_dim, t.embedding_dim, t.mode, t.table.weight.device,
-                       t.table.weight.dtype, offsets[j].numel())
+                       t.table.weight.dtype, offsets[j].numel(), weights[j] is None)
                 groups.setdefault(key, []).append(j)
-    for members in groups.values():
+    for (_, _, mode, *_), members in groups.items():
         if len(members) < 2:
             continue
-        params = [tables[j].table.weight for j in members] + [tables[j].proj.weight for j in members]
-        grouped = _Grouped.apply(tables[members[0]].mode, fused.enabled(), [indices[j] for j in members],
-                                 [offsets[j] for j in members], [weights[j] for j in members], *params)
+        members_indices, members_offsets = [indices[j] for j in members], [offsets[j] for j in members]
+        members_weights = [weights[j] for j in members]
+        projs = [tables[j].proj.weight for j in members]
+        if fused.backend() == "fbgemm" and not (mode == "mean" and members_weights[0] is not None):
+            group = tbe.group_for([tables[j] for j in members])
+            grouped = tbe.Grouped.apply(group, members_indices, members_offsets, members_weights, *projs)
+        else:
+            grouped = _Grouped.apply(mode, fused.enabled(), members_indices, members_offsets, members_weights,
+                                     *[tables[j].table.weight for j in members], *projs)
         for j, out in zip(members, grouped.unbind(0)):
             outputs[j] = out
     for j, out in enumerate(outputs):

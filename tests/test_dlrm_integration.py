@@ -250,10 +250,13 @@ def test_grouped_tables_train_like_one_module_per_table(patched_module, tmp_path
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
 
-def test_fused_update_trains_like_sparse_gradients(patched_module, tmp_path, monkeypatch, capsys):
-    """--mlet-fused-update: the same loss curve and tables as the default path, with DLRM's lr schedule."""
-    from dlrm_mlet import fused
+@pytest.mark.parametrize("flag", ["--mlet-fused-update", "--mlet-fused-update=fbgemm"])
+def test_fused_update_trains_like_sparse_gradients(patched_module, tmp_path, monkeypatch, capsys, flag):
+    """--mlet-fused-update[=fbgemm]: the same loss curve and tables as the default path, with DLRM's lr schedule."""
+    from dlrm_mlet import fused, tbe
 
+    if flag.endswith("fbgemm") and tbe.available():
+        pytest.skip(tbe.available())
     monkeypatch.chdir(tmp_path)
     argv = ["dlrm_s_pytorch.py"] + BASE + MLET + ["--nepochs=2", "--print-freq=4", "--lr-num-warmup-steps=8",
                                                    "--lr-decay-start-step=16", "--lr-num-decay-steps=8"]
@@ -261,10 +264,10 @@ def test_fused_update_trains_like_sparse_gradients(patched_module, tmp_path, mon
     patched_module.run()
     default = final_tables(patched_module)
     default_losses = re.findall(r"loss (\d+\.\d+)", capsys.readouterr().out)
-    sys.argv = argv + ["--mlet-fused-update"]
+    sys.argv = argv + [flag]
     try:
         patched_module.run()
-        assert fused.enabled()
+        assert fused.backend() == ("fbgemm" if flag.endswith("fbgemm") else "torch")
     finally:
         fused.disable()
     fused_losses = re.findall(r"loss (\d+\.\d+)", capsys.readouterr().out)
@@ -273,24 +276,33 @@ def test_fused_update_trains_like_sparse_gradients(patched_module, tmp_path, mon
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "sgd --mlet-fused-update=fbgemm"])
 def test_resuming_from_dot_mlet_gives_the_uninterrupted_result(patched_module, tmp_path, monkeypatch,
                                                                capsys, optimizer):
     """Two epochs in one go == one epoch, saved, then resumed for the second.
 
     Tests run once per epoch (at its end), so the data seen is the same in both
     and only the restored weights and optimizer state can make them agree.
+    With fbgemm the restored rows must land in its buffer, not beside it.
     """
+    from dlrm_mlet import fused, tbe
+
+    optimizer, *extra = optimizer.split()
+    if extra and tbe.available():
+        pytest.skip(tbe.available())
     monkeypatch.chdir(tmp_path)
-    args = BASE + MLET + [f"--optimizer={optimizer}", "--nepochs=2"]
-    sys.argv = ["dlrm_s_pytorch.py"] + args
-    patched_module.run()
-    uninterrupted = final_tables(patched_module)
-    path = tmp_path / "m.pt"
-    sys.argv = ["dlrm_s_pytorch.py"] + args[:-1] + ["--nepochs=1", f"--save-model={path}"]
-    patched_module.run()
-    sys.argv = ["dlrm_s_pytorch.py"] + args + [f"--load-model={path}.mlet"]
-    patched_module.run()
+    args = BASE + MLET + extra + [f"--optimizer={optimizer}", "--nepochs=2"]
+    try:
+        sys.argv = ["dlrm_s_pytorch.py"] + args
+        patched_module.run()
+        uninterrupted = final_tables(patched_module)
+        path = tmp_path / "m.pt"
+        sys.argv = ["dlrm_s_pytorch.py"] + args[:-1] + ["--nepochs=1", f"--save-model={path}"]
+        patched_module.run()
+        sys.argv = ["dlrm_s_pytorch.py"] + args + [f"--load-model={path}.mlet"]
+        patched_module.run()
+    finally:
+        fused.disable()
     out = capsys.readouterr().out
     assert "Saved at: epoch = 1/1, batch = 0/16" in out  # end of epoch 0 = start of epoch 1
     assert out.split("Loading saved model")[-1].count("Finished training it 16/16 of epoch 1") == 1
@@ -413,6 +425,8 @@ def test_launcher_on_a_patched_checkout_does_not_hook_twice(patched_dlrm, tmp_pa
         (["--mlet-fused-update"], "--mlet-fused-update has no effect without --mlet-hidden-dim"),
         (MLET + ["--mlet-fused-update", "--optimizer=adagrad"],
          "--mlet-fused-update applies plain SGD steps; it cannot be combined with --optimizer=adagrad"),
+        (MLET + ["--mlet-fused-update=cuda"], "--mlet-fused-update: expected no value or fbgemm, got 'cuda'"),
+        (MLET + ["--mlet-fused-update=fbgemm", "--use-gpu"], "--mlet-fused-update=fbgemm runs fbgemm's CPU kernels"),
     ],
 )
 def test_bad_options_are_refused_before_any_work(patched_module, capsys, flags, message):

@@ -174,34 +174,47 @@ def test_grouped_tables_match_the_modules_outputs_and_gradients(mode, one_hot, w
             assert torch.allclose(pa.grad.to_dense(), pb.grad.to_dense(), atol=1e-6)
 
 
-@pytest.mark.parametrize("mode,weighted", [("sum", False), ("sum", True), ("mean", False)])
-def test_fused_update_is_sgd_on_sparse_gradients(mode, weighted):
-    """--mlet-fused-update: same parameters after several SGD steps, learning rate changing between them."""
+def needs(backend):
+    from dlrm_mlet import tbe
+
+    if backend == "fbgemm" and tbe.available():
+        pytest.skip(tbe.available())
+
+
+@pytest.mark.parametrize("backend", ["torch", "fbgemm"])
+@pytest.mark.parametrize("mode,weighted,one_hot", [("sum", False, False), ("sum", True, False),
+                                                   ("mean", False, False), ("sum", False, True)])
+def test_fused_update_is_sgd_on_sparse_gradients(mode, weighted, one_hot, backend):
+    """--mlet-fused-update[=fbgemm]: same parameters after several SGD steps, lr changing between them."""
     import copy
 
     from dlrm_mlet import fused
     from dlrm_mlet.table import grouped_forward
 
+    needs(backend)
     tables = [MLETEmbeddingBag(n, 4, 16, mode=mode) for n in (50, 70, 9)]
     tables.insert(1, torch.nn.EmbeddingBag(30, 4, mode=mode, sparse=True))
     twins = copy.deepcopy(tables)
     initial = tables[0].table.weight.detach().clone()
     optimizers = [torch.optim.SGD([p for t in ts for p in t.parameters()], lr=0.5) for ts in (tables, twins)]
+    params = [p for t in twins for p in t.parameters()]
     g = torch.Generator().manual_seed(5)
+    per_bag = 1 if one_hot else None
     try:
         for step in range(4):
-            indices = [torch.randint(0, t.num_embeddings, (20,), generator=g) for t in tables]  # repeats rows
-            offsets = [torch.tensor([0, 2, 2, 5, 9, 12, 15, 19])] * len(tables)
-            weights = [torch.rand(20, generator=g) if weighted else None for _ in tables]
+            size = 8 if per_bag else 20
+            indices = [torch.randint(0, t.num_embeddings, (size,), generator=g) for t in tables]  # repeats rows
+            offsets = [torch.arange(8) if per_bag else torch.tensor([0, 2, 2, 5, 9, 12, 15, 19])] * len(tables)
+            weights = [torch.rand(size, generator=g) if weighted else None for _ in tables]
             upstream = [torch.randn(8, 4, generator=g) for _ in tables]
             for ts, opt, on in ((tables, optimizers[0], False), (twins, optimizers[1], True)):
-                fused.enable() if on else fused.disable()
+                fused.enable(backend) if on else fused.disable()
                 out = grouped_forward(ts, indices, offsets, weights)
                 opt.zero_grad()
                 sum((o * u).sum() for o, u in zip(out, upstream)).backward()
                 if on:
                     assert all(t.table.weight.grad is None for t in ts if isinstance(t, MLETEmbeddingBag))
-                    assert fused.pending_rows() == 3 * 20
+                    assert fused.pending_rows() == 3 * (size if backend == "torch" else 8)
                 for group in opt.param_groups:
                     group["lr"] = 0.5 / (step + 1)  # a scheduler changing lr between steps
                 opt.step()
@@ -212,6 +225,33 @@ def test_fused_update_is_sgd_on_sparse_gradients(mode, weighted):
         for pa, pb in zip(a.parameters(), b.parameters()):
             assert torch.allclose(pa, pb, atol=1e-6)
     assert not torch.allclose(tables[0].table.weight, initial)  # the steps did move the rows
+    assert [p for t in twins for p in t.parameters()] == params  # the optimizer's Parameters, still the model's
+
+
+def test_fbgemm_tables_keep_their_state_dict_and_load_into_the_tbe():
+    """The TBE holds the rows, but the model's names, shapes and load_state_dict are DLRM's."""
+    from dlrm_mlet import fused
+    from dlrm_mlet.table import grouped_forward
+
+    needs("fbgemm")
+    model = torch.nn.ModuleList([MLETEmbeddingBag(n, 4, 16) for n in (50, 70)])
+    keys = list(model.state_dict())
+    indices, offsets = [torch.tensor([1, 2, 3])] * 2, [torch.tensor([0, 1, 2])] * 2
+    fused.enable("fbgemm")
+    try:
+        grouped_forward(list(model), indices, offsets, [None] * 2)
+        assert list(model.state_dict()) == keys  # the TBE is no submodule
+        group = model[0]._tbe_group
+        assert model[1].table.weight.untyped_storage().data_ptr() == group.tbe.weights_host.untyped_storage().data_ptr()
+        new = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+        model.load_state_dict(new)  # e.g. DLRM resuming from PATH.mlet
+        expected = [t(i, o) for t, i, o in zip(model, indices, offsets)]
+        got = grouped_forward(list(model), indices, offsets, [None] * 2)
+        assert all(torch.allclose(e, o, atol=1e-6) for e, o in zip(expected, got))
+        with pytest.raises(RuntimeError, match="idx < num_rows"):  # out of range fails, as in nn.EmbeddingBag
+            grouped_forward(list(model), [torch.tensor([1, 2, 70])] * 2, offsets, [None] * 2)
+    finally:
+        fused.disable()
 
 
 def test_fused_update_refuses_other_optimizers():
