@@ -228,6 +228,37 @@ def test_fused_update_is_sgd_on_sparse_gradients(mode, weighted, one_hot, backen
     assert [p for t in twins for p in t.parameters()] == params  # the optimizer's Parameters, still the model's
 
 
+@pytest.mark.parametrize("backend", ["torch", "fbgemm"])
+def test_fused_update_with_two_backwards_before_a_step_applies_both(backend):
+    """Gradient accumulation (DLRM's --mlperf-grad-accum-iter): rows of both passes reach the step."""
+    import copy
+
+    from dlrm_mlet import fused
+    from dlrm_mlet.table import grouped_forward
+
+    needs(backend)
+    tables = [MLETEmbeddingBag(n, 4, 16) for n in (50, 70, 9)]
+    twins = copy.deepcopy(tables)
+    optimizers = [torch.optim.SGD([p for t in ts for p in t.parameters()], lr=0.5) for ts in (tables, twins)]
+    g = torch.Generator().manual_seed(7)
+    try:
+        for step in range(3):
+            passes = [([torch.randint(0, t.num_embeddings, (8,), generator=g) for t in tables],
+                       [torch.randn(8, 4, generator=g) for _ in tables]) for _ in range(2)]
+            for ts, opt, on in ((tables, optimizers[0], False), (twins, optimizers[1], True)):
+                fused.enable(backend) if on else fused.disable()
+                opt.zero_grad()
+                for indices, upstream in passes:  # one-hot bags: the rows are views of one buffer
+                    out = grouped_forward(ts, indices, [torch.arange(8)] * 3, [None] * 3)
+                    sum((o * u).sum() for o, u in zip(out, upstream)).backward()
+                opt.step()
+    finally:
+        fused.disable()
+    for a, b in zip(tables, twins):
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            assert torch.allclose(pa, pb, atol=1e-6)
+
+
 def test_fbgemm_tables_keep_their_state_dict_and_load_into_the_tbe():
     """The TBE holds the rows, but the model's names, shapes and load_state_dict are DLRM's."""
     from dlrm_mlet import fused
