@@ -49,7 +49,6 @@ def machine():
         "numpy": numpy.__version__,
         "blas": blas,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "allocator_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"},
     }
 
 
@@ -163,6 +162,5 @@ def machine_lines(m, command):
     blas = "; ".join(m["blas"]) or "unknown"
     return [f"Measured {m['date']} on {m['cores']} cores ({m['cpu']}), torch {m['torch']} "
             f"({m['torch_threads']} threads), numpy {m['numpy']}, BLAS: {blas}"
-            + (f", GPU: {m['gpu']}" if m.get("gpu") else ", no GPU")
-            + "".join(f", {k}={v}" for k, v in m.get("allocator_env", {}).items()) + ".",
+            + (f", GPU: {m['gpu']}" if m.get("gpu") else ", no GPU") + ".",
             "", f"Command: `{command}`"]

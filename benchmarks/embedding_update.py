@@ -55,7 +55,8 @@ def main():
                 "--mlet-fused-update": ours(rows, args.k, args.d, "torch")}
     from dlrm_mlet import tbe
 
-    missing = tbe.available() and f"--mlet-fused-update=fbgemm not measured: {tbe.available()}"
+    why = tbe.available()
+    missing = why and f"--mlet-fused-update=fbgemm not measured: {why}"
     if missing:
         print(missing)
     else:

@@ -286,6 +286,7 @@ def grouped_forward(tables, indices, offsets, weights):
         members_indices, members_offsets = [indices[j] for j in members], [offsets[j] for j in members]
         members_weights = [weights[j] for j in members]
         projs = [tables[j].proj.weight for j in members]
+        # fbgemm would accept weights with mean pooling; _Grouped raises nn.EmbeddingBag's error for it
         if fused.backend() == "fbgemm" and not (mode == "mean" and members_weights[0] is not None):
             group = tbe.group_for([tables[j] for j in members])
             grouped = tbe.Grouped.apply(group, members_indices, members_offsets, members_weights, *projs)
