@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # The main job, end to end: plain DLRM at d and at 4d against MLET DLRM at d, on
 # the embedded default dataset; the MLET model is saved folded and loaded by
-# *unpatched* DLRM.
+# *unpatched* DLRM, which must print the AUC the MLET run printed.
 #
 #   DLRM_DIR=/path/to/dlrm run_scripts/quickstart.sh
 #
+# It first installs what it needs into the current Python (run_scripts/install.sh:
+# dlrm-mlet and DLRM's run-time needs; torch pinned when missing), so nothing has
+# to be typed before it on a fresh machine.
 # Settings (environment): DLRM_DIR (default ${XDG_CACHE_HOME:-~/.cache}/dlrm-mlet/dlrm,
-# cloned at the pinned commit if absent and the internet is reachable),
+# cloned at the pinned commit if absent and the internet is reachable), PYTHON (python),
 # WORK (./quickstart-run), ROWS (200000), D (4), K (256), SEED (0), EPOCHS (1).
 # The user's checkout is never modified: a patched copy is made under WORK.
 set -euo pipefail
 
 PINNED=090956ee2319ddd349a42232958aefccfe3f7b0a
+HERE=$(cd "$(dirname "$0")" && pwd)
 DLRM_DIR=${DLRM_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dlrm-mlet/dlrm}
 WORK=${WORK:-$PWD/quickstart-run}
 ROWS=${ROWS:-200000}
@@ -22,11 +26,19 @@ EPOCHS=${EPOCHS:-1}
 PY=${PYTHON:-python}
 D4=$((4 * D))
 
+echo "== installing dlrm-mlet and DLRM's run-time needs into $(command -v "$PY" || echo "$PY")"
+PYTHON=$PY "$HERE/install.sh" dlrm
+
 if [ ! -f "$DLRM_DIR/dlrm_s_pytorch.py" ]; then
+  if [ -e "$DLRM_DIR" ] && [ -n "$(ls -A "$DLRM_DIR" 2>/dev/null)" ]; then
+    echo "error: $DLRM_DIR is not a DLRM checkout (no dlrm_s_pytorch.py); set DLRM_DIR to a checkout of facebookresearch/dlrm at $PINNED" >&2
+    exit 2
+  fi
   echo "== no DLRM checkout at $DLRM_DIR: cloning facebookresearch/dlrm at $PINNED"
-  if ! { git clone -q https://github.com/facebookresearch/dlrm "$DLRM_DIR" &&
-         git -C "$DLRM_DIR" checkout -q "$PINNED"; }; then
-    echo "error: could not clone DLRM; set DLRM_DIR to a checkout of facebookresearch/dlrm at $PINNED" >&2
+  if ! { GIT_TERMINAL_PROMPT=0 timeout 300 git clone -q https://github.com/facebookresearch/dlrm "$DLRM_DIR" 2>/dev/null &&
+         git -C "$DLRM_DIR" checkout -q "$PINNED" 2>/dev/null; }; then
+    rm -rf "$DLRM_DIR"
+    echo "error: no DLRM at $DLRM_DIR and it could not be cloned; set DLRM_DIR to a checkout of facebookresearch/dlrm at $PINNED (git clone https://github.com/facebookresearch/dlrm && git -C dlrm checkout $PINNED)" >&2
     exit 2
   fi
 fi
@@ -102,5 +114,7 @@ for name, auc, acc, train, infer in rows:
     train = "" if train is None else f"{train / 2**20:.2f}"
     print(f"{name:<30} {auc:>9} {acc:>11} {train:>14} {infer / 2**20:>14.2f}")
 print(f"{'oracle (true probabilities)':<30} {oracle['oracle_auc']:>9.4f}")
+if rows[2][1:3] != rows[3][1:3] or "n/a" in rows[2][1:3]:
+    sys.exit(f"error: unpatched DLRM scored the folded model {rows[3][1:3]}, the MLET run {rows[2][1:3]}")
 print(f"\nTensorBoard: tensorboard --logdir {work}/tb   Checkpoint: dlrm-mlet inspect {mlet}")
 PYTHON

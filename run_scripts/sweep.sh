@@ -8,6 +8,7 @@
 # ORACLE=synth.json adds a synthetic dataset's oracle AUC; DLRM_DIR as for the
 # quickstart. An interrupted sweep resumes: finished runs are kept in the CSV.
 set -euo pipefail
+"$(dirname "$0")/install.sh" "dlrm,plot"
 DATA_SET=${DATA_SET:-kaggle}
 RAW=${1:?usage: [DATA_SET=kaggle|avazu] sweep.sh RAW_FILE [results.csv] [DLRM args...]}
 OUT=${2:-results/$DATA_SET.csv}

@@ -7,11 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pip() { python -m pip install --quiet --disable-pip-version-check "$@"; }
-# Pinned: an unpinned torch pulls a multi-GB CUDA build.
-pip "torch==2.13.0"
-pip -e ".[test,plot]"
+# Pinned: an unpinned torch pulls a multi-GB CUDA build (the pin lives in install.sh).
+run_scripts/install.sh --pin-torch "test,plot"
 # TorchRec on CPU: fbgemm's CPU build, then torchrec without its CUDA fbgemm-gpu dependency.
-pip "torch==2.13.0" "fbgemm-gpu-cpu==1.8.0" -e ".[torchrec]"
+pip "fbgemm-gpu-cpu==1.8.0" -e ".[torchrec]"
 pip --no-deps "torchrec==1.8.0"
 # numpy 1, beside (not instead of) the installed numpy: the reference for the
 # Criteo preprocessing test, which must give the tables numpy 1 DLRM gives.
