@@ -32,10 +32,11 @@ def _factors(table):
 
 
 def _folded_rows(table, rows):
+    """Folded rows on the CPU: tables may sit on several devices (and move between logs)."""
     a, b = _factors(table)
     with torch.no_grad():
-        rows_now = a[rows].detach().float()
-        return rows_now if b is None else rows_now @ b.detach().float().t()
+        rows_now = a[rows.to(a.device)].detach().float()
+        return (rows_now if b is None else rows_now @ b.detach().float().t()).cpu()
 
 
 class Monitor:
@@ -47,7 +48,8 @@ class Monitor:
         self.tracked_tables = tracked_tables
         self.generator = torch.Generator().manual_seed(seed)
         self.model = None
-        self.counts = {}
+        self.sizes = {}  # tracked table -> rows
+        self.counts = {}  # tracked table -> uses per row, on the device its indices arrive on
         self.pending = {}
         self.snapshots = {}
         self.steps = 0
@@ -61,9 +63,7 @@ class Monitor:
         """
         self.model = model
         tables = sorted(range(len(model.emb_l)), key=lambda i: -_factors(model.emb_l[i])[0].shape[0])
-        for i in tables[: self.tracked_tables]:
-            weight = _factors(model.emb_l[i])[0]  # counted where the indices arrive (the GPU under --use-gpu)
-            self.counts[i] = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
+        self.sizes = {i: _factors(model.emb_l[i])[0].shape[0] for i in tables[: self.tracked_tables]}
         # In DLRM's distributed mode local table i is global table local_emb_indices[i].
         self.global_index = list(getattr(model, "local_emb_indices", range(len(model.emb_l))))
         model.register_forward_pre_hook(self._remember)
@@ -72,12 +72,19 @@ class Monitor:
         # DLRM never switches to eval mode for its test passes, so a lookup is
         # only counted once the optimizer step that follows it has happened.
         indices = inputs[2]
-        for i in self.counts:
+        for i in self.sizes:
             self.pending[i] = indices[self.global_index[i]].reshape(-1)
 
     def _commit_counts(self):
+        # Counted where the indices arrive, not where the table lives: under --use-gpu
+        # with one GPU both are the GPU, but with several DLRM's parallel_forward moves
+        # each table's indices to its device only after this hook has seen them on the CPU.
         for i, indices in self.pending.items():
-            self.counts[i].index_add_(0, indices, torch.ones_like(indices, dtype=torch.int32))
+            counts = self.counts.get(i)
+            if counts is None or counts.device != indices.device:
+                counts = torch.zeros(self.sizes[i], dtype=torch.int32, device=indices.device) \
+                    if counts is None else counts.to(indices.device)
+            self.counts[i] = counts.index_add_(0, indices, torch.ones_like(indices, dtype=torch.int32))
         self.pending.clear()
 
     def after_step(self, model, writer, step=None):

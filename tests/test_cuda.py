@@ -167,10 +167,12 @@ def test_patched_dlrm_trains_mlet_on_the_gpu_and_stock_dlrm_loads_the_result(
 ):
     path = str(tmp_path / "model.pt")
     mlet = ["--mlet-hidden-dim=64", "--mlet-log-freq=4"] + fused_flag  # the monitor logs on the GPU too
-    proc = run_dlrm(patched_dlrm, BASE + USE_GPU + mlet + [f"--save-model={path}"], tmp_path)
+    one_gpu = {"CUDA_VISIBLE_DEVICES": "0"}  # several GPUs: tests/test_multi_gpu.py
+    proc = run_dlrm(patched_dlrm, BASE + USE_GPU + mlet + [f"--save-model={path}"], tmp_path, env=one_gpu)
     assert "Using 1 GPU(s)" in proc.stdout and "MLET: 4 of 4 tables" in proc.stdout
     saved_at = accuracies(proc.stdout.split("Saving model")[-2])[-1]
-    on_gpu = run_dlrm(stock_dlrm, BASE + USE_GPU + [f"--load-model={path}", "--inference-only"], tmp_path)
+    on_gpu = run_dlrm(stock_dlrm, BASE + USE_GPU + [f"--load-model={path}", "--inference-only"], tmp_path,
+                      env=one_gpu)
     assert accuracies(on_gpu.stdout)[-1] == saved_at
     # Stock DLRM maps a GPU-saved checkpoint to the CPU itself; only float rounding differs there.
     on_cpu = run_dlrm(stock_dlrm, BASE + [f"--load-model={path}", "--inference-only"], tmp_path)
