@@ -26,9 +26,6 @@ EPOCHS=${EPOCHS:-1}
 PY=${PYTHON:-python}
 D4=$((4 * D))
 
-echo "== installing dlrm-mlet and DLRM's run-time needs into $(command -v "$PY" || echo "$PY")"
-PYTHON=$PY "$HERE/install.sh" dlrm
-
 if [ ! -f "$DLRM_DIR/dlrm_s_pytorch.py" ]; then
   if [ -e "$DLRM_DIR" ] && [ -n "$(ls -A "$DLRM_DIR" 2>/dev/null)" ]; then
     echo "error: $DLRM_DIR is not a DLRM checkout (no dlrm_s_pytorch.py); set DLRM_DIR to a checkout of facebookresearch/dlrm at $PINNED" >&2
@@ -42,6 +39,9 @@ if [ ! -f "$DLRM_DIR/dlrm_s_pytorch.py" ]; then
     exit 2
   fi
 fi
+echo "== installing dlrm-mlet and DLRM's run-time needs into $(command -v "$PY" || echo "$PY")"
+PYTHON=$PY "$HERE/install.sh" dlrm
+
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 
