@@ -140,6 +140,20 @@ def embedding_update(data):
     return lines
 
 
+def preprocess_memory(data):
+    lines = ["## Criteo Terabyte preprocessing: peak memory and speed (`benchmarks/preprocess_memory.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"])
+    lines += ["", "Synthetic Terabyte-layout data (24 day files), `--memory-map` with the `--mlperf-bin-loader` "
+              "files, one fresh process per run. Peak RSS is the process's high-water mark; \"extra\" is "
+              "that minus the RSS after imports.", "",
+              "| rows/day | lines | --max-ind-range | distinct values | peak RSS MiB | extra MiB | lines/s |",
+              "|---|---|---|---|---|---|---|"]
+    for r in data["results"]:
+        lines.append(f"| {r['rows_per_day']:,} | {r['lines']:,} | {r['max_ind_range']} | {r['distinct_values']:,} | "
+                     f"{mib(r['peak_rss_bytes'])} | {mib(r['extra_rss_bytes'])} | {r['lines_per_second']:,.0f} |")
+    return lines
+
+
 NO_GPU = ["## Training step time on one GPU", "",
           "Not measured: the machines these results come from have no GPU, and none was lent to the "
           "session that ran them. `python benchmarks/train_step.py --use-gpu` runs the same benchmark on "
@@ -149,4 +163,4 @@ NO_GPU = ["## Training step time on one GPU", "",
 SECTIONS = [("train_step", train_step, None), ("train_step_full", train_step, None),
             ("profile_step", profile_step, None), ("embedding_update", embedding_update, None),
             ("train_step_gpu", train_step, NO_GPU), ("train_step_gpu_full", train_step, None), ("inference", inference, None), ("fold", fold, None),
-            ("monitor_cost", monitor_cost, None)]
+            ("monitor_cost", monitor_cost, None), ("preprocess_memory", preprocess_memory, None)]

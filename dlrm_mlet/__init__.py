@@ -13,8 +13,10 @@ __version__ = "0.1.0"
 # `dlrm-mlet patch`, then start in a fraction of a second instead of seconds.
 _EXPORTS = {
     "MLETEmbeddingBag": "table",
+    "MLETEmbedding": "embedding",
     "MLETError": "errors",
-    "fold_model": "folding",
+    "to_mlet": "convert",
+    "fold_model": "convert",
     "fold_state_dict": "folding",
 }
 __all__ = [*_EXPORTS, "__version__"]

@@ -14,7 +14,9 @@ Rules kept here for every file dlrm-mlet touches:
 
 import os
 import pickle
+import re
 import shutil
+import socket
 import tempfile
 
 import numpy as np
@@ -110,8 +112,9 @@ def atomic_save(obj, path):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
+    _remove_stale_tmp_dirs(directory, name)
     try:
-        tmpdir = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        tmpdir = tempfile.mkdtemp(prefix=f".{name}.{_WRITER}.", suffix=".tmp", dir=directory)
     except OSError as error:
         raise MLETError(f"cannot write {path}: {error.strerror or error}") from None
     tmp = os.path.join(tmpdir, name)
@@ -130,6 +133,40 @@ def atomic_save(obj, path):
         # Raised outside the except block: chaining the original error would keep
         # torch's frames, and with them its open file on that disk, alive.
         raise MLETError(f"cannot write {path}: {failure}; any previous file there is unchanged")
+
+
+# Who writes: a temporary folder names its writer, so a later save of the same file can tell
+# the folder of a write that was killed (SIGKILL skips all cleanup) from one still under way.
+_WRITER = f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _remove_stale_tmp_dirs(directory, name):
+    """Remove the temporary folders earlier, killed writes of ``name`` left on this host.
+
+    A killed checkpoint write leaves its half-written copy (as large as the
+    checkpoint) in a hidden folder; the next save of the same file removes it.
+    Folders of writers still alive, or of other hosts sharing the disk, stay.
+    """
+    pattern = re.compile(rf"\.{re.escape(name)}\.(.+)-(\d+)\.[^.]+\.tmp")
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match and match.group(1) == socket.gethostname() and not _alive(int(match.group(2))) \
+                and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _write_error(error, directory):

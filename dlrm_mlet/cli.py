@@ -116,9 +116,15 @@ def _positive_float(text):
 
 
 def cmd_synth(args):
-    from .synth import write_synthetic
+    from .synth import write_synthetic, write_synthetic_days
 
     options = {k: getattr(args, k) for k in ("seed", "scale", "rank") if getattr(args, k) is not None}
+    if args.days:
+        info = write_synthetic_days(args.out_dir, args.rows, args.days, progress=not args.quiet,
+                                    force=args.force, **options)
+        print(f"wrote {info['rows']} rows to {os.path.join(args.out_dir, 'day_0')} .. day_{args.days - 1} "
+              f"(Criteo-Terabyte layout): base CTR {info['base_ctr']:.4f}, oracle AUC {info['oracle_auc']:.4f}")
+        return 0
     info = write_synthetic(args.out_dir, args.rows, progress=not args.quiet, force=args.force, **options)
     print(
         f"wrote {info['rows']} rows to {os.path.join(args.out_dir, 'train.txt')}: base CTR "
@@ -241,8 +247,10 @@ def build_parser():
     p.add_argument("--scale", type=_positive_float,
                    help="table sizes as a fraction of Criteo-Kaggle's (0.01)")
     p.add_argument("--rank", type=_positive_int, help="size of the latent click model's vectors (8)")
+    p.add_argument("--days", type=_positive_int,
+                   help="write OUT_DIR/day_0 .. day_<DAYS-1> (Criteo-Terabyte layout, e.g. 24) instead of train.txt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--force", action="store_true", help="replace OUT_DIR/train.txt if it exists")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR/train.txt (or day_0..) if it exists")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("inspect", help="explain a checkpoint: tables, bytes, effective rank, stock-loadable")

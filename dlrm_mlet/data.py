@@ -121,6 +121,46 @@ def parse_criteo_line(line, max_ind_range=-1):
     return int(fields[0]), dense, keys
 
 
+_DIGIT = np.zeros(256, np.int64)  # a character's digit value ('-' and padding count as 0)
+_DIGIT[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16)
+_DIGIT[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
+_BASE = np.array([10] * 14 + [16] * 26, np.int64)  # label and dense decimal, keys hex
+
+
+def parse_criteo_block(lines, max_ind_range=-1):
+    """``parse_criteo_line`` for many lines at once: ``(rows, bad)``.
+
+    ``rows`` is an ``(n, 40)`` int64 array (label, dense, keys; keys as
+    ``parse_criteo_line`` gives them), ``bad`` the index of the first malformed
+    line or None (``parse_criteo_line(lines[bad])`` then names the reason).
+    Same regular expression and rules; the numbers are read by numpy for the
+    whole block, digit column by digit column, several times faster than
+    Python's int() per field.
+    """
+    for index, line in enumerate(lines):
+        if not _CRITEO_ROW.fullmatch(line):
+            return None, index
+    n = len(lines)
+    if n == 0:
+        return np.zeros((0, CRITEO_FIELDS), np.int64), None
+    # Validated ASCII fields of at most 11 characters, zero-padded on the right ("" is all padding: 0).
+    chars = np.array("\t".join(lines).split("\t"), dtype="S11").view(np.uint8).reshape(n, CRITEO_FIELDS, 11)
+    rows = np.zeros((n, CRITEO_FIELDS), np.int64)
+    for column in range(11):
+        char = chars[..., column]
+        rows = np.where(char != 0, rows * _BASE + _DIGIT[char], rows)
+    rows[chars[..., 0] == ord("-")] *= -1
+    dense, keys = rows[:, 1:14], rows[:, 14:]
+    out_of_range = np.flatnonzero(((dense > INT32_MAX) | (dense < -INT32_MAX - 1)).any(axis=1))
+    if len(out_of_range):
+        return None, int(out_of_range[0])
+    if max_ind_range > 0:
+        keys %= max_ind_range
+    else:
+        keys[keys > INT32_MAX] -= 2**32  # numpy 1's int32 wrap-around
+    return rows, None
+
+
 def kaggle_paths(raw_path, processed_path=""):
     """Where DLRM looks: ``DIR/<stem>_day_count.npz`` and the processed file."""
     directory = os.path.dirname(os.path.abspath(raw_path))

@@ -13,6 +13,7 @@ DLRM call site         glue function
 dataset loaders        ``make_data_and_loaders(args, dp)``
 ``apply_emb``          ``apply_emb(...)`` (MLET tables as one autograd node)
 ``--load-model``       ``check_load(path)``, then ``loaded(ld_model, dlrm, path)``
+resume (not inference) ``resume_schedule(lr_scheduler, ld_model)``
 ``--save-model``       ``save_model(model_metrics_dict, path, dlrm)``
 ``--save-onnx``        ``for_export(dlrm)``
 resume skip loop       ``epoch_after_skip(k)``, ``skip_batch(...)``
@@ -26,6 +27,7 @@ behaviour unchanged: same tables, same RNG draws, same bytes on disk.
 
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +36,8 @@ from torch import nn
 from . import fused, tbe
 from .checkpoint import MLET_SUFFIX, atomic_save, fold_checkpoint, to_plain
 from .errors import MLETError
-from .folding import fold_model, fold_state_dict, mlet_prefixes
+from .convert import fold_model
+from .folding import first_non_finite, fold_state_dict, mlet_prefixes
 from .table import MLETEmbeddingBag, grouped_forward, parse_proj_init, uniform_table_
 
 FORMAT_VERSION = 1
@@ -51,6 +54,7 @@ class Config:
     log_freq: int = 0
     metrics_json: str = ""
     fused_update: str = ""  # "" (off), "torch" or "fbgemm"
+    grad_accum: int = 1  # batches per optimizer step (DLRM's --mlperf-grad-accum-iter)
 
     @property
     def enabled(self):
@@ -187,17 +191,20 @@ def parse_config(args):
         why = tbe.available()
         if why:
             raise MLETError(f"--mlet-fused-update=fbgemm: {why}")
-    return Config(hidden, per_table, min_rows, proj_init, inference_only, log_freq, metrics_json, fused_update)
+    grad_accum = int(getattr(args, "mlperf_grad_accum_iter", 1) or 1) if getattr(args, "mlperf_logging", False) else 1
+    return Config(hidden, per_table, min_rows, proj_init, inference_only, log_freq, metrics_json, fused_update,
+                  grad_accum)
 
 
 def configure(args):
     """Validate and remember our options, before DLRM does any work."""
-    global config, monitor
+    global config, monitor, _resume_rng
     try:
         config = parse_config(args)
     except MLETError as error:
         _fail(str(error))
     monitor = None
+    _resume_rng = None
     if config.fused_update:
         fused.enable(config.fused_update)
     else:
@@ -225,6 +232,9 @@ def make_data_and_loaders(args, dp):
 
     Criteo-Kaggle: when the processed file is missing, ours writes it (numpy 2
     safe, malformed lines named, atomic) and DLRM then reads it as usual.
+    Criteo-Terabyte, and Kaggle with ``--memory-map``: ``criteo.py`` writes
+    DLRM's files the same way, with MLET on, or without ``--max-ind-range``
+    (where stock preprocessing fails on numpy 2, #394); otherwise stock does.
     Avazu: our cached, memory-mapped dataset with DLRM's own batch format.
     Anything else goes to DLRM untouched.
     """
@@ -240,9 +250,28 @@ def make_data_and_loaders(args, dp):
                 print(f"Preprocessing {args.raw_data_file} into {processed}", flush=True)
                 data.preprocess_kaggle(args.raw_data_file, processed, args.max_ind_range,
                                        args.data_sub_sample_rate)
+        elif args.data_set in ("kaggle", "terabyte") and (config.enabled or args.max_ind_range <= 0):
+            from . import criteo
+
+            criteo.ensure_preprocessed(args)
+            if config.enabled and criteo.uses_bin_files(args):
+                _count_bin_samples(dp)
     except MLETError as error:
         _fail(str(error))
     return dp.make_criteo_data_and_loaders(args)
+
+
+def _count_bin_samples(dp):
+    """Give DLRM's ``CriteoBinDataset`` the ``num_samples`` its own MLPerf log call reads.
+
+    At the pinned commit ``make_criteo_data_and_loaders`` logs
+    ``train_data.num_samples``, which the class never sets, so
+    ``--mlperf-bin-loader`` stops with an AttributeError. The samples are the
+    file's int32 rows of 40 fields. Done only with MLET on (stock stays stock).
+    """
+    cls = dp.data_loader_terabyte.CriteoBinDataset
+    if not hasattr(cls, "num_samples"):
+        cls.num_samples = property(lambda self: os.fstat(self.file.fileno()).st_size // (4 * self.tot_fea))
 
 
 def _avazu_loaders(args, dp, data):
@@ -376,11 +405,80 @@ def skip_batch(k, j, skip_upto_epoch, skip_upto_batch):
 
     Stock DLRM skips the first ``skip_upto_batch`` batches of *every* epoch, so
     a resumed multi-epoch run silently trains on less data. Resuming MLET
-    training skips them in the saved epoch only.
+    training skips them in the saved epoch only, and after the last skipped
+    batch puts back the numpy RNG state saved with the checkpoint, so the next
+    batch is drawn as in the uninterrupted run (see ``numpy_rng_state``).
     """
+    global _resume_rng
     if builds_tables():
-        return k == skip_upto_epoch and j < skip_upto_batch
+        skip = k == skip_upto_epoch and j < skip_upto_batch
+        if skip and j == skip_upto_batch - 1 and _resume_rng is not None:
+            set_numpy_rng_state(_resume_rng)
+            _resume_rng = None
+        return skip
     return j < skip_upto_batch
+
+
+def resume_schedule(lr_scheduler, ckpt):
+    """Move DLRM's learning-rate scheduler to the step the resumed checkpoint was saved at.
+
+    DLRM does not save its scheduler, so a resumed run would restart warm-up and
+    decay from step 0 (the MLPerf schedule warms up over thousands of steps).
+    Here it is stepped once per optimizer step the saved run took, as the
+    uninterrupted run stepped it, so every later step gets the same rate.
+    Resumed MLET runs only (stock kept as is).
+    """
+    if not builds_tables():
+        return
+    per_epoch = ckpt["nbatches"] // config.grad_accum
+    steps = ckpt["epoch"] * per_epoch + ckpt["iter"] // config.grad_accum
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: "lr_scheduler.step() before optimizer.step()"
+        for _ in range(steps):
+            lr_scheduler.step()
+
+
+# The numpy RNG state of the checkpoint being resumed, until the skip loop ends.
+_resume_rng = None
+
+
+def numpy_rng_state():
+    """numpy's global RNG state as plain values, saved in ``PATH.mlet``.
+
+    DLRM's random data draws each batch from the global numpy RNG, reseeding
+    only at batch 0, and its test loader does the same: after a mid-epoch test
+    the next training batch comes from the state the test left. A resumed run
+    regenerates the skipped batches instead, so without this state it would
+    train on other data than the uninterrupted run.
+    """
+    import numpy as np
+
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
+
+
+def set_numpy_rng_state(state):
+    import numpy as np
+
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["pos"], state["has_gauss"], state["cached_gaussian"]))
+
+
+def _keep_loaded_rowwise_state(optimizer, args, kwargs):
+    """Step pre-hook: keep the accumulators a resumed DLRM ``RWSAdagrad`` loaded.
+
+    RWSAdagrad zeroes every ``momentum``/``sum`` on its first ``step`` because
+    its ``momentum_initialized`` flag is an attribute, not optimizer state, and
+    so is False again after ``load_state_dict``; a resumed run would restart
+    Adagrad's accumulation from zero. Resumed MLET runs only (stock kept as is).
+    """
+    if (builds_tables() and getattr(optimizer, "momentum_initialized", True) is False
+            and any("momentum" in s or "sum" in s for s in optimizer.state.values())):
+        optimizer.momentum_initialized = True
+
+
+_rowwise_hook = None
 
 
 def apply_emb(lS_o, lS_i, emb_l, v_W_l):
@@ -436,27 +534,60 @@ def save_model(ckpt, path, model):
         "hidden_dim": "-".join(map(str, config.per_table)) if config.per_table else config.hidden_dim,
         "min_rows": config.min_rows,
         "proj_init": config.proj_init,
+        "numpy_rng": numpy_rng_state(),
     }
     if ckpt.get("opt_state_dict") is not None:
         record["param_groups"] = param_group_names(model, ckpt["opt_state_dict"])
     try:
+        # Everything is checked and folded before anything is written: a diverged
+        # run must not replace the last good checkpoint (nor any rank its shard).
         if distributed.is_distributed():
             rank = distributed.dist.get_rank()
             record.update(world_size=distributed.dist.get_world_size(), rank=rank,
                           local_emb_indices=list(model.local_emb_indices))
             training = dict(to_plain(ckpt), mlet=record)
-            atomic_save(training, distributed.shard_path(path + MLET_SUFFIX, rank))
+            bad = first_non_finite(training["state_dict"])
+            verdicts = [None] * distributed.dist.get_world_size()
+            distributed.dist.all_gather_object(verdicts, bad and (_global_name(bad[0], model), bad[1], rank))
+            bad = next((v for v in verdicts if v), None)
+            if bad:
+                _fail(diverged(ckpt, path, f"{bad[0]} row {bad[1]} on rank {bad[2]}"))
             folded = distributed.gather_folded_checkpoint(training, model)
+            atomic_save(training, distributed.shard_path(path + MLET_SUFFIX, rank))
             if rank == 0:
                 atomic_save(folded, path)
             distributed.dist.barrier()
         else:
             training = dict(to_plain(ckpt), mlet=record)
+            bad = first_non_finite(training["state_dict"])
+            if bad:
+                _fail(diverged(ckpt, path, f"{bad[0]} row {bad[1]}"))
+            folded = fold_checkpoint(training)
             atomic_save(training, path + MLET_SUFFIX)
-            atomic_save(fold_checkpoint(training), path)
+            atomic_save(folded, path)
     except MLETError as error:
         _fail(f"--save-model: {error}")
     print(f"MLET: wrote folded stock checkpoint {path} and MLET checkpoint {path}{MLET_SUFFIX}")
+
+
+def diverged(ckpt, path, where):
+    """The line a save stops DLRM with when a parameter is NaN or inf: what, when, what to change."""
+    epoch, it = ckpt.get("epoch", 0), ckpt.get("iter", 0)
+    groups = (ckpt.get("opt_state_dict") or {}).get("param_groups") or [{}]
+    lr = f" (now {groups[0]['lr']:g})" if "lr" in groups[0] else ""
+    return (f"--save-model: training diverged: {where} is not finite (nan or inf) at epoch {epoch}, "
+            f"iter {it} (step {ckpt.get('nbatches', 0) * epoch + it}); nothing was saved, {path} and "
+            f"{path}{MLET_SUFFIX} keep the last good checkpoint; lower --learning-rate{lr}, or K "
+            "(--mlet-hidden-dim)")
+
+
+def _global_name(key, model):
+    """A distributed state-dict key with DLRM's global table number (keys count per rank)."""
+    head, dot, rest = key.partition(".")
+    if head in ("emb_l", "v_W_l") and rest.split(".")[0].isdigit():
+        local, _, tail = rest.partition(".")
+        return f"{head}.{model.local_emb_indices[int(local)]}" + (f".{tail}" if tail else "")
+    return key.replace(".module.", ".", 1)
 
 
 def check_load(path):
@@ -530,6 +661,12 @@ def _loaded(ckpt, model, path):
         if ckpt.get("iter", 0) >= ckpt.get("nbatches", float("inf")):
             # Saved at the end of an epoch: resume at the start of the next one.
             ckpt = dict(ckpt, epoch=ckpt["epoch"] + 1, iter=0)
+        global _resume_rng, _rowwise_hook
+        _resume_rng = ckpt.get("mlet", {}).get("numpy_rng")
+        if _rowwise_hook is None:
+            from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+            _rowwise_hook = register_optimizer_step_pre_hook(_keep_loaded_rowwise_state)
         return ckpt
     if ckpt_is_mlet:
         if world > 1:
@@ -562,8 +699,9 @@ def check_shapes(saved, expected):
 
 def for_export(model):
     """Fold MLET tables before ``--save-onnx`` so the exported graph is stock."""
+    count = sum(isinstance(m, MLETEmbeddingBag) for m in model.emb_l)
     try:
-        count = fold_model(model)
+        model = fold_model(model)
     except MLETError as error:
         _fail(f"--save-onnx: {error}")
     if count:

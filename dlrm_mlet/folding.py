@@ -1,7 +1,7 @@
 """Folding: turn trained ``table @ proj.T`` pairs into plain ``n x d`` tables.
 
 Three levels share one kernel, ``fold_weight``: a single table
-(``MLETEmbeddingBag.fold``), a whole model in place (``fold_model``) and a
+(``MLETEmbeddingBag.fold``), a whole model in place (``convert.fold_model``) and a
 saved state dict (``fold_state_dict``). Folding is exact up to float rounding
 because pooling and projection are both linear:
 ``pool(A[idx]) @ B.T == pool((A @ B.T)[idx])``.
@@ -49,42 +49,39 @@ def fold_weight(table_weight, proj_weight, name, block_bytes=FOLD_BLOCK_BYTES):
                 torch.mm(a[start:stop], bt, out=block)
             else:
                 block.copy_(a[start:stop].to(compute) @ bt)
-            if bool(torch.isfinite(block.sum())):
-                continue  # the usual case, checked in one cheap reduction
-            finite = torch.isfinite(block).all(dim=1)  # a non-finite sum: find the row (or an overflow)
-            if not bool(finite.all()):
-                row = start + int((~finite).nonzero()[0])
+            row = non_finite_row(block)
+            if row is not None:
                 raise MLETError(
-                    f"{name}: folded row {row} is not finite (nan or inf); the table or "
+                    f"{name}: folded row {start + row} is not finite (nan or inf); the table or "
                     "its projection diverged, so nothing was folded"
                 )
     return out
 
 
-def fold_model(model):
-    """Replace every ``MLETEmbeddingBag`` inside ``model`` by its folded table.
+def non_finite_row(tensor):
+    """The first row (index along dim 0) holding a NaN or inf, or None.
 
-    All tables are folded before any is swapped, so an error (a non-finite
-    table) leaves the model exactly as it was. Returns how many tables were
-    folded.
+    One cheap reduction in the usual, finite case; only a non-finite sum (a bad
+    value, or finite values overflowing the sum) looks row by row.
     """
-    from .table import MLETEmbeddingBag
+    t = tensor.detach()
+    if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
+        return None
+    finite = torch.isfinite(t.reshape(t.shape[0], -1) if t.dim() else t.reshape(1, 1)).all(dim=1)
+    return None if bool(finite.all()) else int((~finite).nonzero()[0])
 
-    if isinstance(model, MLETEmbeddingBag):
-        raise MLETError("fold_model needs a model that contains tables; use table.fold()")
-    places = [
-        (name, module)
-        for name, module in model.named_modules(remove_duplicate=False)
-        if isinstance(module, MLETEmbeddingBag)
-    ]
-    folded = {}
-    for name, module in places:
-        if id(module) not in folded:
-            folded[id(module)] = module.fold(name)
-    for name, module in places:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, folded[id(module)])
-    return len(folded)
+
+def first_non_finite(state_dict):
+    """``(key, row)`` of the first parameter in a state dict that holds NaN or inf, or None.
+
+    Checks the raw values (tables, projections, MLPs alike): a model with any
+    of them non-finite predicts NaN and is useless to resume.
+    """
+    for key, value in state_dict.items():
+        row = non_finite_row(value) if torch.is_tensor(value) else None
+        if row is not None:
+            return key, row
+    return None
 
 
 def _prefix(key, suffix):

@@ -68,6 +68,7 @@ Files are byte-identical for the same arguments on the same numpy build and CPU
 import json
 import math
 import os
+import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -544,6 +545,50 @@ def write_synthetic(out_dir, rows, seed=0, scale=DEFAULT_SCALE, rank=DEFAULT_RAN
                 os.remove(path)
             except OSError:
                 pass
+    return info
+
+
+def write_synthetic_days(out_dir, rows, days, force=False, **options):
+    """Criteo-Terabyte layout: the ``rows`` samples of ``write_synthetic`` cut into day files.
+
+    ``OUT_DIR/day_0 .. day_<days-1>`` (near-equal consecutive parts, as DLRM
+    cuts Kaggle's file), beside ``train_prob.txt`` (all days in order) and
+    ``synth.json``. The rows are generated into a hidden folder and copied out
+    line by line; the day files are renamed into place last, ``day_0`` last of
+    all, so a ``day_0`` that exists belongs to a finished set.
+    """
+    from .data import day_sizes
+
+    out_dir = os.fspath(out_dir)
+    if not 1 <= days <= 255 or rows < days:
+        raise MLETError(f"--days must be 1-255 and at most --rows, got {days} days for {rows} rows")
+    if os.path.exists(os.path.join(out_dir, "day_0")) and not force:
+        raise MLETError(f"{os.path.join(out_dir, 'day_0')} exists; pass --force to replace it")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        work = tempfile.mkdtemp(dir=out_dir, prefix=".synth-days.", suffix=".tmp")
+    except OSError as error:
+        raise MLETError(f"{out_dir}: cannot write there ({error.strerror})") from None
+    try:
+        info = write_synthetic(work, rows, **options)
+        sizes = day_sizes(rows, days)
+        with open(os.path.join(work, "train.txt"), "rb") as source:
+            for i, size in enumerate(sizes):
+                with open(os.path.join(work, f"day_{i}"), "wb") as day:
+                    for _ in range(size):
+                        day.write(source.readline())
+        os.remove(os.path.join(work, "train.txt"))
+        info = dict(info, format="criteo-terabyte", days=days, day_rows=sizes,
+                    files={"days": [f"day_{i}" for i in range(days)], "prob": "train_prob.txt"})
+        with open(os.path.join(work, "synth.json"), "w") as handle:
+            json.dump(info, handle, indent=2)
+            handle.write("\n")
+        for name in ["train_prob.txt", "synth.json"] + [f"day_{i}" for i in reversed(range(days))]:
+            os.replace(os.path.join(work, name), os.path.join(out_dir, name))
+    except OSError as error:
+        raise MLETError(f"cannot write {out_dir}: {error.strerror or error}; no day_0 was written") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return info
 
 

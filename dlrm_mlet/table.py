@@ -99,6 +99,8 @@ class MLETEmbeddingBag(nn.Module):
         mode="sum",
         sparse=True,
         proj_init="normal",
+        padding_idx=None,
+        include_last_offset=False,
         _init=True,
     ):
         super().__init__()
@@ -115,11 +117,17 @@ class MLETEmbeddingBag(nn.Module):
                 f"only for {' and '.join(FOLDABLE_MODES)} pooling"
             )
         n, d, k = int(num_embeddings), int(embedding_dim), int(hidden_dim)
-        self.table = nn.EmbeddingBag(n, k, mode=mode, sparse=sparse, _weight=torch.empty(n, k))
+        # padding_idx and include_last_offset are nn.EmbeddingBag's own: the padding row is
+        # left out of every bag (and of the gradient), so it folds to a row left out too.
+        self.table = nn.EmbeddingBag(n, k, mode=mode, sparse=sparse, padding_idx=padding_idx,
+                                     include_last_offset=include_last_offset, _weight=torch.empty(n, k))
         self.proj = nn.Linear(k, d, bias=False)
         if _init:
             uniform_table_(self.table.weight)
             init_projection_(self.proj.weight, proj_init)
+            if padding_idx is not None:
+                with torch.no_grad():
+                    self.table.weight[self.table.padding_idx].zero_()
 
     @classmethod
     def from_weights(cls, table_weight, proj_weight, mode="sum", sparse=True):
@@ -176,6 +184,8 @@ class MLETEmbeddingBag(nn.Module):
             self.embedding_dim,
             mode=self.mode,
             sparse=self.sparse,
+            padding_idx=self.table.padding_idx,
+            include_last_offset=self.table.include_last_offset,
             _weight=weight,
         )
 
@@ -262,13 +272,15 @@ def grouped_forward(tables, indices, offsets, weights):
 
     MLET tables with the same widths, mode and device share one ``_Grouped``
     node per such group; the others (plain tables, dense gradients, 2-D inputs,
-    trainable per-sample weights, a group of one) are called one by one.
+    trainable per-sample weights, padding rows, ``include_last_offset``, a group of one)
+    are called one by one.
     With ``fused.enable()`` (``--mlet-fused-update``) grouped tables get no
     gradient: their rows go to the optimizer's next step instead; with
     ``fused.enable("fbgemm")`` fbgemm's TBE pools them and applies that step.
     """
     def groupable(t, i, o, w):
         return (isinstance(t, MLETEmbeddingBag) and t.sparse and i.dim() == 1 and o is not None
+                and t.table.padding_idx is None and not t.table.include_last_offset
                 and not (w is not None and w.requires_grad))
 
     outputs = [None] * len(tables)

@@ -152,17 +152,22 @@ class MLETEmbeddingBagCollection(nn.Module):
             values=torch.cat(out, dim=1),
         )
 
-    def fold(self):
-        """The equivalent plain d-wide ``EmbeddingBagCollection`` (unsharded models only)."""
+    def fold(self, name=None):
+        """The equivalent plain d-wide ``EmbeddingBagCollection`` (unsharded models only).
+
+        ``name`` (where it sits in a model, for ``fold_model``) prefixes the table
+        names in errors.
+        """
         if type(self.ebc) is not EmbeddingBagCollection:
             raise MLETError(
                 "fold() needs an unsharded model; use fold_torchrec(model) for a "
                 "DistributedModelParallel one"
             )
         first = next(iter(self.ebc.embedding_bags.values())).weight
+        where = f"{name}." if name else ""
         folded = {
-            name: fold_weight(bag.weight, self.proj[name].weight, name)
-            for name, bag in self.ebc.embedding_bags.items()
+            table: fold_weight(bag.weight, self.proj[table].weight, where + table)
+            for table, bag in self.ebc.embedding_bags.items()
         }
         # Built on meta and then filled, so folding draws no random numbers.
         plain = EmbeddingBagCollection(

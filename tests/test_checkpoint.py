@@ -168,3 +168,25 @@ def test_fold_checkpoint_refuses_plain_checkpoints_and_mismatched_optimizer_stat
     ckpt["mlet"]["param_groups"][0].pop()
     with pytest.raises(MLETError, match="cannot renumber"):
         fold_checkpoint(ckpt)
+
+
+def test_a_save_removes_what_killed_writes_of_the_same_file_left_and_nothing_else(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid now names no process
+    host = socket.gethostname()
+    folders = {
+        "killed": f".m.pt.{host}-{dead.pid}.abc123.tmp",  # a killed write of m.pt: removed
+        "alive": f".m.pt.{host}-{os.getpid()}.def456.tmp",  # a write under way: kept
+        "other_host": f".m.pt.elsewhere-{dead.pid}.ghi789.tmp",  # a shared disk's other host: kept
+        "other_file": f".n.pt.{host}-{dead.pid}.jkl012.tmp",  # another file's: kept
+    }
+    for name in folders.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "half").write_bytes(b"x" * 100)
+    atomic_save({"state_dict": {}}, tmp_path / "m.pt")
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {"m.pt"} | {folders[k] for k in ("alive", "other_host", "other_file")}

@@ -1,6 +1,7 @@
 """MLET in DLRM's distributed mode: 2 gloo processes on loopback, one stock checkpoint."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -87,13 +88,35 @@ def test_stock_single_process_dlrm_loads_it_and_prints_the_distributed_accuracy(
     assert f"accuracy {saved_at} %" in proc.stdout.split("Testing for inference only")[-1]
 
 
+def epoch_1_results(stdout):
+    """The training losses and test accuracy DLRM printed during epoch 1, as printed."""
+    epoch_1 = stdout[stdout.rfind("\n", 0, stdout.index("of epoch 1")) + 1:]
+    return (re.findall(r"Finished training it \d+/\d+ of epoch 1, .*? loss (\S+)", epoch_1),
+            re.findall(r"\baccuracy (\S+) %", epoch_1))
+
+
 def test_mlet_training_resumes_from_the_shards_with_as_many_ranks(distributed_run, patched_dlrm, tmp_path):
+    """Epoch 0, saved as shards, then epoch 1 resumed from them == two epochs in one go.
+
+    Random data repeats each epoch, so only the restored tables, MLPs and Adagrad
+    state (each rank its own shard) can make epoch 1 agree.
+    """
     cwd, _, _ = distributed_run
+    harness = os.path.join(HERE, "dist_harness.py")
     # Saved at the end of epoch 0: a two-epoch run resumes with epoch 1.
-    proc = torchrun([os.path.join(patched_dlrm, "dlrm_s_pytorch.py"), "--dist-backend=gloo",
+    proc = torchrun([harness, patched_dlrm, str(tmp_path / "resumed.pt"), "--", "--dist-backend=gloo",
                      f"--load-model={cwd}/m.pt.mlet", "--nepochs=2"] + ARGS, tmp_path)
     assert "Finished training it 200/200 of epoch 1" in proc.stdout
     assert "of epoch 0" not in proc.stdout.split("Loading saved model")[-1]
+    whole = torchrun([harness, patched_dlrm, str(tmp_path / "whole.pt"), "--", "--dist-backend=gloo",
+                      "--nepochs=2"] + ARGS, tmp_path)
+    losses, accuracy = epoch_1_results(proc.stdout)
+    assert len(losses) == 2 and len(accuracy) == 1 and np.isfinite([float(x) for x in losses]).all()
+    assert (losses, accuracy) == epoch_1_results(whole.stdout)
+    resumed, uninterrupted = torch.load(tmp_path / "resumed.pt"), torch.load(tmp_path / "whole.pt")
+    assert torch.equal(resumed["indices"], uninterrupted["indices"])
+    diff = (resumed["pred"] - uninterrupted["pred"]).abs().max().item()
+    assert diff <= 1e-6, diff
     single = run_dlrm(patched_dlrm, ARGS + [f"--load-model={cwd}/m.pt.mlet"], tmp_path, check=False)
     assert single.returncode != 0
     assert "saved by 2 ranks, loaded by 1" in single.stderr.strip().splitlines()[-1]

@@ -48,6 +48,41 @@ def aucs(stdout):
     return re.findall(r"\bauc (\d+\.\d+),", stdout)
 
 
+def train_losses(stdout):
+    """Every training loss DLRM printed, as floats; ``nan`` and ``inf`` lines included."""
+    return [float(x) for x in re.findall(r"Finished training it \d+/\d+ of epoch \d+, .*? loss (\S+)", stdout)]
+
+
+def stock_net(dlrm, state_dict):
+    """Stock ``DLRM_Net`` for BASE, with ``state_dict`` loaded strictly."""
+    num_fea = len(ROWS) + 1
+    ln_top = np.array([num_fea * (num_fea - 1) // 2 + D, 32, 1])
+    net = dlrm.DLRM_Net(D, np.array(ROWS), np.array([13, 32, 16]), ln_top,
+                        arch_interaction_op="dot", sigmoid_top=ln_top.size - 2, ndevices=-1)
+    net.load_state_dict(state_dict, strict=True)
+    return net
+
+
+def random_batch(batch, seed=0):
+    """A fixed batch of DLRM inputs for BASE: dense, per-table offsets, per-table indices."""
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.rand(batch, 13, generator=g)
+    offsets = [torch.arange(batch) * 3 for _ in ROWS]
+    indices = [torch.randint(0, n, (3 * batch,), generator=g) for n in ROWS]
+    return dense, offsets, indices
+
+
+def onnx_predict(session, dense, offsets, indices):
+    """Run DLRM's exported graph; it names list inputs per table ("indices_3"), stacked ones without."""
+    feeds = {"dense_x": dense.numpy(), "offsets": torch.stack(offsets).numpy(),
+             "indices": torch.stack(indices).numpy()}
+    for t in range(len(ROWS)):
+        feeds[f"offsets_{t}"], feeds[f"indices_{t}"] = offsets[t].numpy(), indices[t].numpy()
+    names = [i.name for i in session.get_inputs()]
+    (got,) = session.run(None, {name: feeds[name] for name in names})
+    return got
+
+
 @pytest.fixture(scope="module")
 def mlet_run(patched_dlrm, tmp_path_factory):
     """One MLET training run with --save-model, shared by the load tests."""
@@ -217,7 +252,8 @@ def test_stock_dlrm_resumes_training_from_the_folded_file(patched_dlrm, stock_dl
     # More batches than were saved, so the resumed run really takes optimizer steps.
     proc = run_dlrm(stock_dlrm, BASE + opt + [f"--load-model={path}", "--data-size=4096"], tmp_path)
     assert "Finished training it 32/32" in proc.stdout
-    assert np.isfinite(float(re.findall(r"loss (\d+\.\d+)", proc.stdout)[-1]))
+    resumed = train_losses(proc.stdout.split("Loading saved model")[-1])
+    assert resumed and np.isfinite(resumed).all(), resumed
 
 
 def final_tables(module):
@@ -328,15 +364,40 @@ def test_inference_only_with_mlet_folds_the_mlet_checkpoint_on_load(mlet_run, pa
     assert accuracies(proc.stdout)[-1] == saved_at
 
 
+# Measured on the mlet_run model (numpy seed 5; seeds 1 and 2 in brackets), against the
+# unquantized folded model: accuracy on DLRM's 2,048 test samples moved by 0.049 points
+# (one sample) at 8 and at 4 bits [8 bits: 0.000, 0.049; 4 bits: 0.098, 0.391]; on a
+# 2,048-sample batch the largest prediction change was 1.2e-4 at 8 bits [4.3e-4, 6.2e-4]
+# and 1.8e-3 at 4 bits [1.0e-2, 9.9e-3], while zeroing every table moves it by 2.9e-2.
+# The data's labels are coin flips (accuracy ~50 %), so accuracy is a coarse check; the
+# prediction bound is the one that tells a working quantization from a broken one.
+QUANTIZED_ACCURACY_POINTS = {8: 0.1, 4: 0.5}
+QUANTIZED_MAX_PREDICTION_CHANGE = {8: 5e-4, 4: 5e-3}
+
+
 @pytest.mark.parametrize("bits", [8, 4])
 def test_stock_dlrm_quantizes_the_folded_model(mlet_run, stock_dlrm, tmp_path, bits):
-    path, _, _ = mlet_run
+    path, stdout, _ = mlet_run
+    unquantized = float(accuracies(stdout.split("Saving model")[-2])[-1])
     proc = run_dlrm(
         stock_dlrm,
         BASE + [f"--load-model={path}", "--inference-only", f"--quantize-emb-with-bit={bits}"],
         tmp_path,
     )
-    assert float(accuracies(proc.stdout)[-1]) > 0
+    assert "quantized emb sizes" in proc.stdout  # DLRM's quantized lookups really ran
+    quantized = float(accuracies(proc.stdout)[-1])
+    assert abs(quantized - unquantized) <= QUANTIZED_ACCURACY_POINTS[bits], (quantized, unquantized)
+
+    # The same quantization in process, prediction by prediction.
+    dlrm = import_script(stock_dlrm, "stock_dlrm_s_pytorch")
+    state = torch.load(path, weights_only=True)["state_dict"]
+    net, qnet = stock_net(dlrm, state), stock_net(dlrm, state)
+    qnet.quantize_embedding(bits)
+    assert qnet.quantize_emb and qnet.emb_l is None
+    batch = random_batch(2048)
+    with torch.no_grad():
+        change = float((qnet(*batch) - net(*batch)).abs().max())
+    assert 0 < change <= QUANTIZED_MAX_PREDICTION_CHANGE[bits], change
 
 
 @pytest.mark.parametrize("pooling", ["learned", "fixed"])
@@ -359,35 +420,41 @@ def test_stock_dlrm_exports_the_folded_model_to_onnx_matching_pytorch(mlet_run, 
     session = ort.InferenceSession(str(tmp_path / "dlrm_s_pytorch.onnx"))
 
     dlrm = import_script(stock_dlrm, "stock_dlrm_s_pytorch")
-    num_fea = len(ROWS) + 1
-    ln_top = np.array([num_fea * (num_fea - 1) // 2 + D, 32, 1])
-    net = dlrm.DLRM_Net(D, np.array(ROWS), np.array([13, 32, 16]), ln_top,
-                        arch_interaction_op="dot", sigmoid_top=ln_top.size - 2, ndevices=-1)
-    net.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
-    g = torch.Generator().manual_seed(0)
-    batch = 64
-    dense = torch.rand(batch, 13, generator=g)
-    offsets = [torch.arange(batch) * 3 for _ in ROWS]
-    indices = [torch.randint(0, n, (3 * batch,), generator=g) for n in ROWS]
+    net = stock_net(dlrm, torch.load(path, weights_only=True)["state_dict"])
+    batch = random_batch(64)
     with torch.no_grad():
-        expected = net(dense, offsets, indices).numpy()
-    # DLRM names list inputs per table ("indices_3") and stacked ones without a suffix.
-    feeds = {"dense_x": dense.numpy(), "offsets": torch.stack(offsets).numpy(),
-             "indices": torch.stack(indices).numpy()}
-    for t in range(len(ROWS)):
-        feeds[f"offsets_{t}"], feeds[f"indices_{t}"] = offsets[t].numpy(), indices[t].numpy()
-    names = [i.name for i in session.get_inputs()]
-    (got,) = session.run(None, {name: feeds[name] for name in names})
+        expected = net(*batch).numpy()
+    got = onnx_predict(session, *batch)
     assert np.abs(got - expected).max() <= 1e-5
 
 
-def test_mlet_training_with_save_onnx_exports_a_folded_graph(patched_dlrm, tmp_path):
+def test_mlet_training_with_save_onnx_exports_a_folded_graph(patched_dlrm, stock_dlrm, tmp_path):
+    from dlrm_mlet.table import MLETEmbeddingBag
+
     onnx = pytest.importorskip("onnx")
-    run_dlrm(patched_dlrm, BASE + MLET + ["--save-onnx"], tmp_path)
+    ort = pytest.importorskip("onnxruntime")
+    path = tmp_path / "m.pt"
+    # One test, at the last batch: the saved files hold the model the export saw.
+    proc = run_dlrm(patched_dlrm, BASE + MLET + ["--save-onnx", f"--save-model={path}"], tmp_path)
+    assert proc.stdout.count("Saving model") == 1 and "Testing at - 16/16 of epoch 0" in proc.stdout
     graph = onnx.load(str(tmp_path / "dlrm_s_pytorch.onnx")).graph
     shapes = {tuple(t.dims) for t in graph.initializer}
     assert all((n, D) in shapes for n in ROWS)
     assert not any(64 in s for s in shapes)
+
+    dlrm = import_script(stock_dlrm, "stock_dlrm_s_pytorch")
+    folded = stock_net(dlrm, torch.load(path, weights_only=True)["state_dict"])
+    # The two-layer model as it trained: stock DLRM_Net with MLET tables, from the .mlet file.
+    mlet = stock_net(dlrm, torch.load(path, weights_only=True)["state_dict"])
+    mlet.emb_l = torch.nn.ModuleList(MLETEmbeddingBag(n, D, 64, _init=False) for n in ROWS)
+    mlet.load_state_dict(torch.load(f"{path}.mlet", weights_only=True)["state_dict"], strict=True)
+    batch = random_batch(64)
+    with torch.no_grad():
+        from_folded, from_mlet = folded(*batch).numpy(), mlet(*batch).numpy()
+    got = onnx_predict(ort.InferenceSession(str(tmp_path / "dlrm_s_pytorch.onnx")), *batch)
+    assert got.shape == (64, 1) and np.abs(from_folded - 0.5).max() > 1e-3  # not a constant model
+    assert np.abs(got - from_folded).max() <= 1e-5
+    assert np.abs(got - from_mlet).max() <= 1e-5
 
 
 def test_launcher_on_an_unmodified_checkout_equals_the_patch(stock_dlrm, patched_dlrm, tmp_path):

@@ -36,10 +36,13 @@ def test_fold_model_swaps_every_table_in_place_and_keeps_predictions():
     model = TinyDLRM()
     inputs = batch(model)
     before = model(*inputs)
-    assert fold_model(model) == 3
+    tables = list(model.emb_l)
+    assert fold_model(model) is model
     assert all(type(e) is nn.EmbeddingBag for e in model.emb_l)
+    assert all(e is not t for e, t in zip(model.emb_l, tables))
     assert torch.allclose(model(*inputs), before, atol=1e-6)
-    assert fold_model(model) == 0
+    folded = list(model.emb_l)
+    assert fold_model(model) is model and list(model.emb_l) == folded  # nothing left to fold
 
 
 def test_fold_model_changes_nothing_when_one_table_is_not_finite():
@@ -54,13 +57,15 @@ def test_fold_model_changes_nothing_when_one_table_is_not_finite():
 def test_fold_model_folds_a_shared_table_once():
     shared = MLETEmbeddingBag(10, 2, 4)
     model = nn.ModuleDict({"a": shared, "b": shared})
-    assert fold_model(model) == 1
+    assert fold_model(model) is model
     assert model["a"] is model["b"] and type(model["a"]) is nn.EmbeddingBag
 
 
-def test_fold_model_refuses_a_bare_table():
-    with pytest.raises(MLETError, match="table.fold"):
-        fold_model(MLETEmbeddingBag(10, 2, 4))
+def test_fold_model_of_a_bare_table_returns_the_plain_table():
+    bag = MLETEmbeddingBag(10, 2, 4, mode="mean", sparse=False)
+    plain = fold_model(bag)
+    assert type(plain) is nn.EmbeddingBag and plain.mode == "mean" and not plain.sparse
+    assert torch.allclose(plain.weight, bag.table.weight @ bag.proj.weight.t())
 
 
 def test_fold_state_dict_gives_the_stock_keys_and_leaves_the_rest_alone():

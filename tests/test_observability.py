@@ -67,7 +67,8 @@ def test_monitor_logs_rank_spectrum_and_rare_versus_frequent_updates():
     frequent = writer.scalars["MLET/update_frequent/emb_l.0"]
     rare = writer.scalars["MLET/update_rare/emb_l.0"]
     assert len(frequent) == 3 and len(rare) == 3
-    assert frequent[-1][1] > 0
+    # Measured: frequent rows moved 14-47x more than rare ones at each log; both move.
+    assert all(f > r > 0 for (_, f), (_, r) in zip(frequent, rare)), (frequent, rare)
     assert monitor.counts[0][0] == 8 * 20 - 8  # row 0, counted from the second step on
 
 

@@ -92,6 +92,13 @@ def test_sigkill_while_saving_loses_nothing_and_training_resumes(
 ):
     """Saves happen at the end of each epoch: torch.save calls 1-2 after epoch 0, 3-4 after epoch 1."""
     kill_while_saving(patched_dlrm, tmp_path, slow_from)
+    # SIGKILL skips all cleanup, so the killed write's own temporary folder
+    # (atomic_save's hidden ".NAME.XXXX.tmp", holding the half-written file) stays; it must be
+    # the only temporary thing there: every finished write removed its own.
+    being_written = "m.pt.mlet" if slow_from == 3 else "m.pt"
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".") or ".tmp" in p.name]
+    assert len(left) == 1 and re.fullmatch(rf"\.{re.escape(being_written)}\.\S+\.tmp", left[0].name), left
+    assert [p.name for p in left[0].iterdir()] == [being_written]
     reference_dir, reference_loss = uninterrupted
     mlet = torch.load(tmp_path / "m.pt.mlet", weights_only=True)  # complete: loads, whole
     folded = torch.load(tmp_path / "m.pt", weights_only=True)
@@ -106,9 +113,12 @@ def test_sigkill_while_saving_loses_nothing_and_training_resumes(
         reference = torch.load(reference_dir / "m.pt.mlet", weights_only=True)["state_dict"]
         for key, value in reference.items():
             assert torch.allclose(mlet["state_dict"][key], value, atol=1e-6), key
-    # No stray file next to the checkpoints; only hidden temporary folders of the killed write.
-    assert {p.name for p in tmp_path.iterdir() if not p.name.startswith(".")} >= {"m.pt", "m.pt.mlet"}
-    assert not any(p.name.endswith(".tmp") and not p.name.startswith(".") for p in tmp_path.iterdir())
+    # Nothing temporary appeared since, hidden or not, file or folder.
+    assert {p.name for p in tmp_path.iterdir()} >= {"m.pt", "m.pt.mlet"}
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".") or ".tmp" in p.name] == left
+    # The next save of the same file removes the killed write's half-written copy.
+    atomic_save({"x": 1}, tmp_path / being_written)
+    assert not any(p.name.startswith(".") or ".tmp" in p.name for p in tmp_path.iterdir())
 
 
 # --------------------------------------------------------------------------- full and read-only disks

@@ -1,0 +1,84 @@
+"""Peak memory and speed of the Terabyte preprocessing (dlrm_mlet.criteo), by day size.
+
+Synthetic Terabyte-layout days (``dlrm-mlet synth --days 24``) at a few day
+sizes, each preprocessed in a fresh process (``--memory-map`` with the
+``--mlperf-bin-loader`` files, the MLPerf path) so its peak RSS is its own (Linux: the high-water mark
+is reset after the imports, so it measures preprocessing, not torch's import).
+Twice per size: without ``--max-ind-range`` (the tables grow with the data,
+as real tables do) and with ``--max-ind-range=1000`` (tables capped), which
+separates what grows with the distinct values from what grows with the rows.
+
+    python benchmarks/preprocess_memory.py                # 20k, 80k, 320k rows per day
+    python benchmarks/preprocess_memory.py --rows 5000 20000
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+from common import REPO, machine, save
+
+CHILD = textwrap.dedent("""
+    import json, time
+    import numpy as np
+    from dlrm_mlet.criteo import preprocess_criteo
+    raw, max_ind_range = {raw!r}, {max_ind_range}
+    def status(field):
+        with open("/proc/self/status") as handle:
+            return next(int(l.split()[1]) * 1024 for l in handle if l.startswith(field + ":"))
+    np.random.seed(0)
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # resets VmHWM: the imports' own peak (torch) does not count
+    before = status("VmRSS")
+    start = time.perf_counter()
+    layout = preprocess_criteo("terabyte", raw, "", max_ind_range, 0.0, True, bins=True, quiet=True)
+    seconds = time.perf_counter() - start
+    peak = status("VmHWM")
+    with np.load(layout["fea_count"]) as data:
+        distinct = int(data["counts"].sum())
+    print(json.dumps({{"seconds": seconds, "peak_rss_bytes": peak, "baseline_rss_bytes": before,
+                      "distinct_values": distinct}}))
+""")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[20000, 80000, 320000], help="rows per day")
+    args = parser.parse_args()
+    from dlrm_mlet.synth import write_synthetic_days
+
+    results = []
+    for per_day in args.rows:
+        work = tempfile.mkdtemp(prefix="preprocess_memory.")
+        try:
+            write_synthetic_days(work, 24 * per_day, 24, progress=False)
+            for max_ind_range in (-1, 1000):
+                for name in os.listdir(work):  # a fresh run each time: only the raw days stay
+                    if not (name.startswith("day_") and name[4:].isdigit()):
+                        path = os.path.join(work, name)
+                        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                code = CHILD.format(raw=os.path.join(work, "day"), max_ind_range=max_ind_range)
+                out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                                     text=True, check=True)
+                row = dict(json.loads(out.stdout.strip().splitlines()[-1]), rows_per_day=per_day,
+                           lines=24 * per_day, max_ind_range=max_ind_range)
+                row["lines_per_second"] = row["lines"] / row["seconds"]
+                row["extra_rss_bytes"] = row["peak_rss_bytes"] - row["baseline_rss_bytes"]
+                results.append(row)
+                print(f"{per_day:>7} rows/day, --max-ind-range={max_ind_range:>5}: peak RSS "
+                      f"{row['peak_rss_bytes'] / 2**20:.0f} MiB (+{row['extra_rss_bytes'] / 2**20:.0f} MiB "
+                      f"over imports), {row['distinct_values']} distinct values, "
+                      f"{row['lines_per_second']:.0f} lines/s", flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    command = "python benchmarks/preprocess_memory.py --rows " + " ".join(map(str, args.rows))
+    save("preprocess_memory", {"machine": machine(), "command": command, "results": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""``to_mlet``: MLET for any PyTorch model, and ``fold_model`` back to a plain one.
+
+The counterpart of PEFT's ``get_peft_model`` / ``merge_and_unload`` for
+embeddings: one call swaps a model's ``nn.Embedding`` and ``nn.EmbeddingBag``
+modules for their two-layer MLET forms in place, training then runs as usual
+(create the optimizer after the call: the tables are new parameters), and
+``fold_model`` puts plain modules of the original classes and options back, so
+the trained model's state dict and module types are the stock ones again.
+
+What is left alone, and why (``to_mlet`` says so in one warning):
+
+* width-1 embeddings (``embedding_dim < 2``): the "linear" terms of FM-style
+  models, a per-value bias, not a representation MLET could widen (convert one
+  anyway by giving it a ``k`` by name through a mapping or callable ``hidden_dim``);
+* ``mode="max"`` bags, ``max_norm`` and ``scale_grad_by_freq``: none of them
+  is linear in the table, so no folded table would give the same outputs;
+* subclasses of ``nn.Embedding``/``nn.EmbeddingBag``: their ``forward`` may do
+  more than a lookup;
+* tables with fewer than ``min_rows`` rows, or that ``target`` / ``hidden_dim``
+  do not select.
+"""
+
+import re
+import sys
+import warnings
+from collections.abc import Mapping
+
+from torch import nn
+
+from .embedding import MLETEmbedding
+from .errors import MLETError
+from .table import MLETEmbeddingBag, parse_proj_init
+
+MLET_MODULES = (MLETEmbeddingBag, MLETEmbedding)
+
+
+def _places(model, kinds):
+    """``(name, module)`` for every place a module of ``kinds`` sits, shared ones at each place."""
+    return [(name, module) for name, module in model.named_modules(remove_duplicate=False)
+            if isinstance(module, kinds)]
+
+
+def _replace(model, places, new):
+    """Put ``new[id(module)]`` at every place; a bare module is returned as its replacement."""
+    for name, module in places:
+        if name == "":
+            return new[id(module)]
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, new[id(module)])
+    return model
+
+
+def _selector(target, names):
+    """``target`` as a predicate ``(name, module) -> bool``; names it lists must exist."""
+    if target is None:
+        return lambda name, module: True
+    if isinstance(target, str):
+        pattern = re.compile(target)
+        return lambda name, module: pattern.fullmatch(name) is not None
+    if callable(target):
+        return target
+    wanted = list(target)
+    missing = [t for t in wanted if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise MLETError(f"to_mlet: target names no embedding module called {', '.join(map(repr, missing))}")
+    return lambda name, module: any(name == t or name.endswith("." + t) for t in wanted)
+
+
+def _hidden(hidden_dim, names):
+    """``hidden_dim`` as ``(name, module) -> (k or None, given by name)``."""
+    if isinstance(hidden_dim, Mapping):
+        unknown = [key for key in hidden_dim if key not in names]
+        if unknown:
+            raise MLETError(f"to_mlet: hidden_dim names no embedding module called {', '.join(map(repr, unknown))}")
+        return lambda name, module: (hidden_dim.get(name), True)
+    if callable(hidden_dim):
+        return lambda name, module: (hidden_dim(name, module), True)
+    return lambda name, module: (hidden_dim, False)
+
+
+def _why_plain(module, k, explicit, min_rows):
+    """Why ``module`` stays plain, or None when it can become MLET."""
+    if type(module) not in (nn.Embedding, nn.EmbeddingBag):
+        return f"a subclass ({type(module).__name__}) whose forward may be more than a lookup"
+    if isinstance(module, nn.EmbeddingBag) and module.mode == "max":
+        return "mode='max' is not linear, so it cannot be folded"
+    if module.max_norm is not None or module.scale_grad_by_freq:
+        return "max_norm / scale_grad_by_freq have no folded equivalent"
+    if not k:
+        return "hidden_dim gives it no k"
+    if module.embedding_dim < 2 and not explicit:
+        return "width 1 (a linear term)"
+    if module.num_embeddings < min_rows:
+        return f"fewer than min_rows={min_rows} rows"
+    return None
+
+
+def _mlet_form(module, k, proj_init, name):
+    if k < module.embedding_dim:
+        raise MLETError(f"to_mlet: hidden_dim {k} for {name!r} is below its embedding_dim "
+                        f"{module.embedding_dim}; MLET needs k >> d")
+    weight = module.weight
+    if isinstance(module, nn.EmbeddingBag):
+        mlet = MLETEmbeddingBag(module.num_embeddings, module.embedding_dim, k, mode=module.mode,
+                                sparse=module.sparse, proj_init=proj_init, padding_idx=module.padding_idx,
+                                include_last_offset=module.include_last_offset)
+    else:
+        mlet = MLETEmbedding(module.num_embeddings, module.embedding_dim, k, padding_idx=module.padding_idx,
+                             sparse=module.sparse, proj_init=proj_init)
+    return mlet.to(device=weight.device, dtype=weight.dtype)
+
+
+def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal"):
+    """Replace, in place, each ``nn.Embedding`` / ``nn.EmbeddingBag`` of ``model`` by its MLET form.
+
+    ``hidden_dim``: one ``k`` for all, a mapping ``{module name: k}``, or a
+    callable ``(name, module) -> k`` (0 or None keeps a module plain).
+    ``target``: which modules to consider: a regular expression the full module
+    name must match, a list of names (a name also matches as a dotted suffix), or a
+    predicate ``(name, module) -> bool``. ``proj_init`` as in ``MLETEmbeddingBag``.
+    New tables are drawn from numpy's global RNG (as DLRM's are: seed with
+    ``np.random.seed``) on the original module's device and dtype.
+    Returns ``model`` (the new module when ``model`` itself is an embedding).
+    Raises ``MLETError`` when nothing could be converted or a name given does not exist.
+    """
+    parse_proj_init(proj_init)
+    places = _places(model, (nn.Embedding, nn.EmbeddingBag))
+    names = [name for name, _ in places]
+    selected, k_of = _selector(target, names), _hidden(hidden_dim, names)
+    new, plain = {}, {}
+    for name, module in places:
+        if id(module) in new or id(module) in plain or not selected(name, module):
+            continue
+        k, explicit = k_of(name, module)
+        why = _why_plain(module, k, explicit, min_rows)
+        if why:
+            plain[id(module)] = f"{name or type(module).__name__} ({why})"
+        else:
+            new[id(module)] = _mlet_form(module, int(k), proj_init, name)
+    if not new:
+        found = f"{len(places)} embedding modules" if places else "no nn.Embedding or nn.EmbeddingBag"
+        left = f"; left plain: {', '.join(plain.values())}" if plain else ""
+        raise MLETError(f"to_mlet: nothing to convert in {type(model).__name__} ({found}{left})")
+    if plain:
+        warnings.warn(f"to_mlet left {len(plain)} embedding modules plain: {', '.join(plain.values())}",
+                      stacklevel=2)
+    return _replace(model, [(n, m) for n, m in places if id(m) in new], new)
+
+
+def _mlet_kinds():
+    """The MLET module classes; TorchRec's only once loaded (it can only be in use then)."""
+    torchrec = sys.modules.get("dlrm_mlet.torchrec")
+    return MLET_MODULES + ((torchrec.MLETEmbeddingBagCollection,) if torchrec else ())
+
+
+def fold_model(model):
+    """Fold every MLET module of ``model`` back into its plain class, in place; returns the model.
+
+    ``MLETEmbeddingBag`` becomes ``nn.EmbeddingBag``, ``MLETEmbedding``
+    ``nn.Embedding``, with the original options (mode, sparse, padding_idx), and
+    an unsharded ``MLETEmbeddingBagCollection`` a plain ``EmbeddingBagCollection``
+    (sharded models: ``dlrm_mlet.torchrec.fold_torchrec``).
+    All tables are folded (and checked finite) before any is swapped, so an
+    error leaves the model exactly as it was. A model with no MLET module is
+    returned unchanged; an MLET module itself is returned folded.
+    """
+    places = _places(model, _mlet_kinds())
+    folded = {}
+    for name, module in places:
+        if id(module) not in folded:
+            folded[id(module)] = module.fold(name or None)
+    return _replace(model, places, folded)

@@ -1,0 +1,80 @@
+"""``MLETEmbedding``: the MLET form of ``nn.Embedding``, for models built on lookups, not bags.
+
+Most CTR models outside DLRM (DeepFM, DCN, two-tower retrieval) look rows up
+with ``nn.Embedding`` and pool or interact them themselves. The MLET form is
+the same two layers as ``MLETEmbeddingBag``: an ``n x k`` table, then a
+``k -> d`` projection of each looked-up row, which folds exactly into one
+``n x d`` table because a lookup is linear in the table.
+"""
+
+import torch
+from torch import nn
+
+from .errors import MLETError
+from .folding import fold_weight
+from .table import init_projection_, uniform_table_
+
+
+class MLETEmbedding(nn.Module):
+    """Drop-in for ``nn.Embedding`` (``forward(input) -> (*input.shape, d)``), trained as two layers.
+
+    ``padding_idx`` behaves as in ``nn.Embedding``: that row of the table starts
+    at zero and gets no gradient, so it looks up zeros through training and
+    folds to a zero row. ``sparse`` gives the table sparse gradients, as
+    ``nn.Embedding(sparse=True)`` does; the projection's gradient is dense.
+    ``max_norm`` and ``scale_grad_by_freq`` are refused: neither has an exact
+    folded equivalent.
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, hidden_dim, padding_idx=None, sparse=False,
+                 proj_init="normal", _init=True):
+        super().__init__()
+        for name, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim),
+                            ("hidden_dim", hidden_dim)):
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise MLETError(f"MLETEmbedding: {name} must be a positive integer, got {value!r}")
+        n, d, k = int(num_embeddings), int(embedding_dim), int(hidden_dim)
+        self.table = nn.Embedding(n, k, padding_idx=padding_idx, sparse=sparse, _weight=torch.empty(n, k))
+        self.proj = nn.Linear(k, d, bias=False)
+        if _init:
+            uniform_table_(self.table.weight)
+            init_projection_(self.proj.weight, proj_init)
+        if self.table.padding_idx is not None:
+            with torch.no_grad():
+                self.table.weight[self.table.padding_idx].zero_()
+
+    @property
+    def num_embeddings(self):
+        return self.table.num_embeddings
+
+    @property
+    def embedding_dim(self):
+        return self.proj.out_features
+
+    @property
+    def hidden_dim(self):
+        return self.table.embedding_dim
+
+    @property
+    def padding_idx(self):
+        return self.table.padding_idx
+
+    @property
+    def sparse(self):
+        return self.table.sparse
+
+    def forward(self, input):
+        return self.proj(self.table(input))
+
+    def fold(self, name=None):
+        """The equivalent ``nn.Embedding(n, d)`` with the same options, dtype and device.
+
+        Finite-checked and blocked like ``MLETEmbeddingBag.fold``.
+        """
+        weight = fold_weight(self.table.weight, self.proj.weight, name or repr(self))
+        return nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx,
+                            sparse=self.sparse, _weight=weight)
+
+    def extra_repr(self):
+        pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        return f"{self.num_embeddings}, {self.embedding_dim}, hidden_dim={self.hidden_dim}{pad}"

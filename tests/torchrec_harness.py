@@ -1,0 +1,80 @@
+"""Run patched TorchRec ``dlrm_main.main`` under torchrun, then dump the trained MLET model's predictions.
+
+Used by test_torchrec.py, from DLRM's ``torchrec_dlrm`` folder:
+``torchrun --nproc_per_node=2 torchrec_harness.py OUT -- DLRM_MAIN_ARGS``.
+When the patched trainer, done training, calls ``dlrm_mlet.torchrec.fold_torchrec``,
+this first predicts one fixed batch with the trained model as it is sharded over
+the ranks (each rank its share of the batch, gathered), then folds as the trainer
+asked. Rank 0 saves the batch and the predictions, so the test can compare them
+with stock TorchRec DLRM loaded (strictly) with the folded file.
+"""
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torchrec import KeyedJaggedTensor
+from torchrec.datasets.criteo import DEFAULT_CAT_NAMES, DEFAULT_INT_NAMES
+
+import dlrm_mlet.torchrec as mlet_torchrec
+
+BATCH = 16  # the whole batch; each rank predicts BATCH / world of it
+out = sys.argv[1]
+argv = sys.argv[sys.argv.index("--") + 1:]
+sys.path.insert(0, os.getcwd())  # dlrm_main.py and its data helpers
+import dlrm_main  # noqa: E402
+
+pipelines = []
+
+
+class RecordedPipeline(dlrm_main.TrainPipelineSparseDist):
+    """The trainer's pipeline, kept so its rewritten forwards can be undone before predicting."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        pipelines.append(self)
+
+
+def fixed_batch(rows):
+    """One id per feature and sample, the same on every rank."""
+    g = torch.Generator().manual_seed(11)
+    dense = torch.randn(BATCH, len(DEFAULT_INT_NAMES), generator=g)
+    indices = torch.randint(0, rows, (len(DEFAULT_CAT_NAMES), BATCH), generator=g)
+    return dense, indices
+
+
+def kjt(indices):
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=DEFAULT_CAT_NAMES, values=indices.flatten(),
+        lengths=torch.ones(indices.numel(), dtype=torch.long),
+    )
+
+
+fold = mlet_torchrec.fold_torchrec
+folds = []
+
+
+def predict_then_fold(model, path=None):
+    for pipeline in pipelines:
+        pipeline.detach()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    rows = model.sparse_arch.embedding_bag_collection.embedding_bag_configs()[0].num_embeddings
+    dense, indices = fixed_batch(rows)
+    share = BATCH // world
+    part = slice(rank * share, (rank + 1) * share)
+    model.eval()
+    with torch.no_grad():
+        logits = model(dense[part], kjt(indices[:, part].contiguous()))
+    gathered = [torch.empty_like(logits) for _ in range(world)]
+    dist.all_gather(gathered, logits)
+    if rank == 0:
+        torch.save({"dense": dense, "indices": indices, "logits": torch.cat(gathered)}, out)
+    folds.append(path)
+    return fold(model, path)
+
+
+mlet_torchrec.fold_torchrec = predict_then_fold
+dlrm_main.TrainPipelineSparseDist = RecordedPipeline
+dlrm_main.main(argv)
+assert folds, "the patched trainer never folded"
