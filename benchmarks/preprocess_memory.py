@@ -4,12 +4,14 @@ Synthetic Terabyte-layout days (``dlrm-mlet synth --days 24``) at a few day
 sizes, each preprocessed in a fresh process (``--memory-map`` with the
 ``--mlperf-bin-loader`` files, the MLPerf path) so its peak RSS is its own (Linux: the high-water mark
 is reset after the imports, so it measures preprocessing, not torch's import).
-Twice per size: without ``--max-ind-range`` (the tables grow with the data,
-as real tables do) and with ``--max-ind-range=1000`` (tables capped), which
-separates what grows with the distinct values from what grows with the rows.
+Three times per size: without ``--max-ind-range`` (keys in dicts; the tables
+grow with the data, as real tables do), with ``--max-ind-range=1000`` (tables
+capped: what grows with the rows alone) and with ``--max-ind-range=4000000``
+(a cap above every table here, so the same tables as uncapped, numbered through
+the dense lookup a cap allows: 26 x 4M x 4 bytes allocated up front).
 
     python benchmarks/preprocess_memory.py                # 20k, 80k, 320k rows per day
-    python benchmarks/preprocess_memory.py --rows 5000 20000
+    python benchmarks/preprocess_memory.py --rows 5000 20000 --max-ind-range -1 1000
 """
 
 import argparse
@@ -49,6 +51,8 @@ CHILD = textwrap.dedent("""
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[20000, 80000, 320000], help="rows per day")
+    parser.add_argument("--max-ind-range", type=int, nargs="+", default=[-1, 1000, 4000000],
+                        help="DLRM's --max-ind-range values to run (-1: none)")
     args = parser.parse_args()
     from dlrm_mlet.synth import write_synthetic_days
 
@@ -57,7 +61,7 @@ def main():
         work = tempfile.mkdtemp(prefix="preprocess_memory.")
         try:
             write_synthetic_days(work, 24 * per_day, 24, progress=False)
-            for max_ind_range in (-1, 1000):
+            for max_ind_range in args.max_ind_range:
                 for name in os.listdir(work):  # a fresh run each time: only the raw days stay
                     if not (name.startswith("day_") and name[4:].isdigit()):
                         path = os.path.join(work, name)
@@ -70,13 +74,14 @@ def main():
                 row["lines_per_second"] = row["lines"] / row["seconds"]
                 row["extra_rss_bytes"] = row["peak_rss_bytes"] - row["baseline_rss_bytes"]
                 results.append(row)
-                print(f"{per_day:>7} rows/day, --max-ind-range={max_ind_range:>5}: peak RSS "
+                print(f"{per_day:>7} rows/day, --max-ind-range={max_ind_range:>7}: peak RSS "
                       f"{row['peak_rss_bytes'] / 2**20:.0f} MiB (+{row['extra_rss_bytes'] / 2**20:.0f} MiB "
                       f"over imports), {row['distinct_values']} distinct values, "
                       f"{row['lines_per_second']:.0f} lines/s", flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    command = "python benchmarks/preprocess_memory.py --rows " + " ".join(map(str, args.rows))
+    command = ("python benchmarks/preprocess_memory.py --rows " + " ".join(map(str, args.rows))
+               + " --max-ind-range " + " ".join(map(str, args.max_ind_range)))
     save("preprocess_memory", {"machine": machine(), "command": command, "results": results})
 
 

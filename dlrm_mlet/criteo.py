@@ -88,8 +88,7 @@ def preprocess_criteo(data_set, raw_path, processed_path="", max_ind_range=-1, s
         scratch, kept, tables = _parse(layout, work, max_ind_range, sub_sample_rate, quiet)
         finals = {}
         for j, table in enumerate(tables):
-            keys = np.fromiter(table, dtype=np.int64, count=len(table)).astype(np.int32)
-            finals[layout["fea_dict"][j]] = _staged(work, f"fea_dict_{j}.npz", unique=keys)
+            finals[layout["fea_dict"][j]] = _staged(work, f"fea_dict_{j}.npz", unique=table.keys())
         counts = np.array([len(t) for t in tables], dtype=np.int32)
         finals[layout["fea_count"]] = _staged(work, "fea_count.npz", counts=counts)
         finals[layout["day_count"]] = _staged(work, "day_count.npz", total_per_file=np.array(kept, dtype=np.int64))
@@ -227,7 +226,7 @@ def _parse(layout, work, max_ind_range, sub_sample_rate, quiet):
         parts = [(layout["inputs"][0], n) for n in day_sizes(total, layout["days"])]
     else:
         parts = [(p, count_lines(p) if os.path.isfile(p) else 0) for p in layout["inputs"]]
-    tables = [{} for _ in range(26)]
+    tables = [KeyTable(max_ind_range) for _ in range(26)]
     scratch, kept, handle, lines = [], [], None, None
     with progress_bar(sum(n for _, n in parts), "preprocess Criteo", quiet) as bar:
         try:
@@ -271,24 +270,74 @@ def _parse_day(lines, path, size, rows, tables, max_ind_range, sub_sample_rate, 
         if len(block):
             np.maximum(block[:, 1:14], 0, out=block[:, 1:14])  # DLRM clamps dense values at 0
             for j, table in enumerate(tables):
-                block[:, 14 + j] = _number_keys(table, block[:, 14 + j])
+                block[:, 14 + j] = table.number(block[:, 14 + j])
             rows.write(block.astype(np.int32).tobytes())
             n += len(block)
         bar.update(count)
     return n
 
 
-def _number_keys(table, keys):
-    """The indices of ``keys`` in ``table``, new keys numbered in order of first appearance.
+class KeyTable:
+    """One categorical feature's keys, numbered in order of first appearance.
 
-    The same as ``table.setdefault(key, len(table))`` row by row, with the
-    Python work done once per distinct key of the block instead of per row.
+    The numbering DLRM's ``convertDicts`` give, with memory that does not grow
+    with the row count, and less of it than DLRM's dicts at Terabyte scale.
+    Keys start in a dict (about 120 bytes per distinct value). With
+    ``--max-ind-range N`` keys lie in ``[0, N)``, so once a table holds more than
+    N/30 distinct values (where a dense int32 lookup of N entries, 4 bytes
+    each, becomes the smaller of the two) it moves to that lookup: at the
+    MLPerf setting (N = 40M) a large table costs at most 160 MB instead of
+    about 4.8 GB of dict. Without a cap keys span all of int32: dict it stays.
     """
-    unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")
-    ids = np.empty(len(unique), dtype=np.int64)
-    ids[order] = [table.setdefault(key, len(table)) for key in unique[order].tolist()]
-    return ids[inverse.reshape(-1)]
+
+    DENSE_BYTES_PER_KEY = 4
+    DICT_BYTES_PER_KEY = 120  # measured: benchmarks/preprocess_memory.py
+
+    def __init__(self, max_ind_range=-1):
+        self._cap = max_ind_range
+        self._lookup = None
+        self._dict = {}
+        self._keys = np.empty(1024, dtype=np.int32)  # key of each index, grown by doubling
+        self._count = 0
+
+    def __len__(self):
+        return self._count
+
+    def keys(self):
+        """The key of each index, in index order (``_fea_dict``'s ``unique``)."""
+        return self._keys[: self._count].copy()
+
+    def number(self, keys):
+        """The index of each key, new keys numbered in order of first appearance."""
+        unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        if self._lookup is not None:
+            ids = self._lookup[unique]
+            new = np.flatnonzero(ids < 0)
+        else:
+            ids = np.fromiter((self._dict.get(k, -1) for k in unique.tolist()), dtype=np.int64, count=len(unique))
+            new = np.flatnonzero(ids < 0)
+        new = new[np.argsort(first[new], kind="stable")]  # first appearance within the block
+        fresh = np.arange(self._count, self._count + len(new))
+        ids[new] = fresh
+        self._append(unique[new])
+        if self._lookup is not None:
+            self._lookup[unique[new]] = fresh
+        else:
+            self._dict.update(zip(unique[new].tolist(), fresh.tolist()))
+            if self._cap > 0 and self._count * self.DICT_BYTES_PER_KEY > self._cap * self.DENSE_BYTES_PER_KEY:
+                self._lookup = np.full(self._cap, -1, dtype=np.int32)
+                self._lookup[self._keys[: self._count]] = np.arange(self._count, dtype=np.int32)
+                self._dict = None
+        return ids[inverse.reshape(-1)]
+
+    def _append(self, keys):
+        need = self._count + len(keys)
+        if need > len(self._keys):
+            grown = np.empty(max(need, 2 * len(self._keys)), dtype=np.int32)
+            grown[: self._count] = self._keys[: self._count]
+            self._keys = grown
+        self._keys[self._count:need] = keys
+        self._count = need
 
 
 def first_pass_buckets(i, size, caps, fill, randomize):

@@ -298,3 +298,21 @@ def test_block_parser_reads_lines_as_the_line_parser_does(days_dir):
     too_big = "\t".join(edge[:1] + ["2147483648"] + edge[2:])
     assert parse_criteo_block(lines[:5] + [too_big], -1) == (None, 5)
     assert parse_criteo_block(lines[:2] + [lines[2][:-2] + "\tzz"], -1) == (None, 2)
+
+
+@pytest.mark.parametrize("cap", [-1, 50, 1000])
+def test_key_table_numbers_keys_as_dlrm_dicts_do_before_and_after_it_turns_dense(cap):
+    """DLRM numbers keys by first appearance (``convertDicts``); a capped table moves from a dict
+    to a dense lookup once that is smaller (here after cap/30 keys): the numbering must not notice."""
+    from dlrm_mlet.criteo import KeyTable
+
+    rng = np.random.default_rng(0)
+    high = cap if cap > 0 else 2**31
+    blocks = [rng.integers(-high if cap < 0 else 0, high, size=n) for n in (7, 300, 1, 2000)]
+    table, reference = KeyTable(cap), {}
+    for keys in blocks:
+        expected = [reference.setdefault(int(k), len(reference)) for k in keys]
+        assert table.number(keys).tolist() == expected
+    assert len(table) == len(reference) and table.keys().tolist() == list(reference)
+    if cap > 0:
+        assert table._lookup is not None  # it did turn dense, mid-way
