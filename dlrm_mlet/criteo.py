@@ -29,13 +29,14 @@ into place when everything is written, the file DLRM takes as "done" last.
 Memory. It does not grow with the line count: rows stream in blocks of
 16,384 through raw int32 scratch files (160 bytes a row on disk, one day's
 worth per day), appended to and read back with plain file reads. What does
-grow: the 26 key dictionaries (Python dicts, roughly 100-150 bytes per
-distinct value: the table sizes; inherent, DLRM keeps the same ones), and
-with ``--memory-map`` the rows of one day at a time: a bucket byte per row in
-the first pass, then DLRM's int64 permutation (8 bytes per row) in the
-second. The second pass reads the day's scratch file at random, through a
-mapping whose pages are dropped after every 4,096 rows: fast while that file
-(160 bytes per row) fits the page cache, disk-bound beyond.
+grow: the 26 key tables (``KeyTable``: a dict, about 120 bytes per distinct
+value, or with ``--max-ind-range N`` a dense N-entry int32 lookup once that is
+smaller: the table sizes, inherent), and with ``--memory-map`` the rows of one
+day at a time: a bucket byte per row in the first pass, then DLRM's int64
+permutation (8 bytes per row) in the second. The second pass reads the day's
+scratch file at random, through a mapping whose pages are dropped after every
+4,096 rows: fast while that file (160 bytes per row) fits the page cache,
+disk-bound beyond.
 """
 
 import mmap
