@@ -54,7 +54,7 @@ def machine():
 
 def dlrm_copies(work):
     """Stock and patched copies of the user's DLRM checkout (theirs stays untouched)."""
-    from dlrm_mlet.patching import patch_checkout
+    from dlrm_mlet.dlrm.patching import patch_checkout
 
     source = os.environ.get("DLRM_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dlrm-mlet", "dlrm")

@@ -5,10 +5,10 @@ k=256, d=16, batch 128, one index per bag), their projections and an SGD step,
 so the difference between the variants is not hidden under the MLPs:
 
 * ``sparse gradients`` -- the default: one sparse gradient per table, SGD steps it;
-* ``--mlet-fused-update`` -- rows handed straight to the SGD step (``dlrm_mlet.fused``);
+* ``--mlet-fused-update`` -- rows handed straight to the SGD step (``dlrm_mlet.core.fused``);
 * ``--mlet-fused-update=fbgemm`` -- fbgemm's CPU table-batched embedding with
   its fused exact SGD (what TorchRec uses) under the same batched projection
-  (``dlrm_mlet.tbe``). Needs ``fbgemm-gpu-cpu`` (the ``[torchrec]`` install);
+  (``dlrm_mlet.core.tbe``). Needs ``fbgemm-gpu-cpu`` (the ``[torchrec]`` install);
   recorded as missing otherwise.
 
     python benchmarks/embedding_update.py [--k 256] [--steps 300] [--reps 5]
@@ -24,8 +24,9 @@ from common import criteo_rows, machine, save
 
 
 def ours(rows, k, d, fused_update):
-    from dlrm_mlet import MLETEmbeddingBag, fused
-    from dlrm_mlet.table import grouped_forward
+    from dlrm_mlet import MLETEmbeddingBag
+    from dlrm_mlet.core import fused
+    from dlrm_mlet.core.grouped import grouped_forward
 
     tables = [MLETEmbeddingBag(n, d, k) for n in rows]
     optimizer = torch.optim.SGD([p for t in tables for p in t.parameters()], lr=0.01)
@@ -53,7 +54,7 @@ def main():
              torch.randn(len(rows), batch, args.d, generator=g)) for _ in range(32)]
     variants = {"sparse gradients (default)": ours(rows, args.k, args.d, ""),
                 "--mlet-fused-update": ours(rows, args.k, args.d, "torch")}
-    from dlrm_mlet import tbe
+    from dlrm_mlet.core import tbe
 
     why = tbe.available()
     missing = why and f"--mlet-fused-update=fbgemm not measured: {why}"
@@ -71,7 +72,7 @@ def main():
                 step(*data[i % len(data)])
             times[name].append((time.perf_counter() - start) / args.steps * 1000)
             print(f"rep {rep + 1}/{args.reps} {name:<30} {times[name][-1]:.3f} ms/step", flush=True)
-    from dlrm_mlet import fused
+    from dlrm_mlet.core import fused
 
     fused.disable()
     base = statistics.median(times["sparse gradients (default)"])

@@ -20,7 +20,7 @@ from common import REPO, machine, save
 
 CHILD = textwrap.dedent("""
     import json, resource, time, torch
-    from dlrm_mlet.folding import fold_weight
+    from dlrm_mlet.core.folding import fold_weight
     n, k, d = {n}, {k}, {d}
     a = torch.empty(n, k).uniform_(-1e-3, 1e-3)
     b = torch.randn(d, k) * 0.25

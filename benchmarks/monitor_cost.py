@@ -35,7 +35,7 @@ def main():
     _, patched_path = dlrm_copies(work)
     dlrm = import_script(patched_path, "patched_dlrm")
     from dlrm_mlet import dlrm_glue
-    from dlrm_mlet.monitor import Monitor
+    from dlrm_mlet.tools.monitor import Monitor
 
     rows = criteo_rows(0.01)
     dlrm_glue.config = dlrm_glue.Config(hidden_dim=256)

@@ -1,4 +1,4 @@
-"""Peak memory and speed of the Terabyte preprocessing (dlrm_mlet.criteo), by day size.
+"""Peak memory and speed of the Terabyte preprocessing (dlrm_mlet.dlrm.criteo), by day size.
 
 Synthetic Terabyte-layout days (``dlrm-mlet synth --days 24``) at a few day
 sizes, each preprocessed in a fresh process (``--memory-map`` with the
@@ -28,7 +28,7 @@ from common import REPO, machine, save
 CHILD = textwrap.dedent("""
     import json, time
     import numpy as np
-    from dlrm_mlet.criteo import preprocess_criteo
+    from dlrm_mlet.dlrm.criteo import preprocess_criteo
     raw, max_ind_range = {raw!r}, {max_ind_range}
     def status(field):
         with open("/proc/self/status") as handle:
@@ -54,7 +54,7 @@ def main():
     parser.add_argument("--max-ind-range", type=int, nargs="+", default=[-1, 1000, 4000000],
                         help="DLRM's --max-ind-range values to run (-1: none)")
     args = parser.parse_args()
-    from dlrm_mlet.synth import write_synthetic_days
+    from dlrm_mlet.tools.synth import write_synthetic_days
 
     results = []
     for per_day in args.rows:

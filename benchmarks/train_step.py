@@ -95,7 +95,8 @@ class Trainer:
         self.fused_update, self.device = fused_update, device
 
     def run(self, batches, steps):
-        from dlrm_mlet import dlrm_glue, fused
+        from dlrm_mlet import dlrm_glue
+        from dlrm_mlet.core import fused
 
         dlrm_glue.config = self.config  # patched DLRM's apply_emb asks the glue at every forward
         fused.enable(self.fused_update) if self.fused_update else fused.disable()
@@ -129,7 +130,7 @@ def main():
     scale = args.scale or (0.1 if args.full else 0.01)
     rounds = args.rounds or (30 if args.full else 20)
     configs = [c for c in CONFIGS if not args.only or c[0] in args.only.split(",")]
-    from dlrm_mlet import tbe
+    from dlrm_mlet.core import tbe
 
     if args.use_gpu or tbe.available():  # fbgemm's TBE option is CPU-only
         print("not measured:", ", ".join(c[0] for c in configs if c[3] == "fbgemm"),

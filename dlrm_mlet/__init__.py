@@ -12,12 +12,12 @@ __version__ = "0.1.0"
 # Resolved on first use (PEP 562): commands that need no torch, such as
 # `dlrm-mlet patch`, then start in a fraction of a second instead of seconds.
 _EXPORTS = {
-    "MLETEmbeddingBag": "table",
-    "MLETEmbedding": "embedding",
+    "MLETEmbeddingBag": "core.bag",
+    "MLETEmbedding": "core.embedding",
     "MLETError": "errors",
-    "to_mlet": "convert",
-    "fold_model": "convert",
-    "fold_state_dict": "folding",
+    "to_mlet": "core.convert",
+    "fold_model": "core.convert",
+    "fold_state_dict": "core.folding",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

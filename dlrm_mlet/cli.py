@@ -38,8 +38,10 @@ def _mib(nbytes):
 
 
 def cmd_fold(args):
-    from .checkpoint import TABLE_KEY, atomic_save, fold_checkpoint, load_dlrm_checkpoint
-    from .folding import mlet_prefixes, mlet_table_bytes
+    from .core.folding import TABLE_KEY
+    from .files import atomic_save, load_dlrm_checkpoint
+    from .dlrm.checkpoints import fold_checkpoint
+    from .core.folding import mlet_prefixes, mlet_table_bytes
     from .progress import progress_bar
 
     if os.path.exists(args.output) and os.path.samefile(args.input, args.output):
@@ -64,8 +66,8 @@ def cmd_fold(args):
 
 
 def cmd_verify(args):
-    from .checkpoint import load_dlrm_checkpoint
-    from .verify import verify_state_dict
+    from .files import load_dlrm_checkpoint
+    from .tools.verify import verify_state_dict
 
     ckpt = load_dlrm_checkpoint(args.input)
     folded = load_dlrm_checkpoint(args.against)["state_dict"] if args.against else None
@@ -93,14 +95,14 @@ def cmd_verify(args):
 
 
 def cmd_patch(args):
-    from .patching import patch_checkout
+    from .dlrm.patching import patch_checkout
 
     print(patch_checkout(args.dlrm_dir, reverse=args.reverse, check_only=args.check))
     return 0
 
 
 def cmd_run(args):
-    from .launcher import run_script
+    from .dlrm.launcher import run_script
 
     return run_script(args.script, args.dlrm_args)
 
@@ -116,7 +118,7 @@ def _positive_float(text):
 
 
 def cmd_synth(args):
-    from .synth import write_synthetic, write_synthetic_days
+    from .tools.synth import write_synthetic, write_synthetic_days
 
     options = {k: getattr(args, k) for k in ("seed", "scale", "rank") if getattr(args, k) is not None}
     if args.days:
@@ -135,7 +137,7 @@ def cmd_synth(args):
 
 
 def cmd_inspect(args):
-    from .inspection import format_report, inspect_checkpoint, plot_spectra
+    from .tools.inspection import format_report, inspect_checkpoint, plot_spectra
     from .progress import progress_bar
 
     with progress_bar(None, "inspect", quiet=args.quiet, unit=" tables") as bar:
@@ -167,7 +169,7 @@ def _default_dlrm_dir():
 
 
 def cmd_sweep(args):
-    from .sweep import run_sweep
+    from .tools.sweep import run_sweep
 
     rows = run_sweep(args.dlrm_dir, args.data_set, args.raw_data_file, args.out, args.d, args.k,
                      args.seeds, epochs=args.epochs, work=args.work, extra_args=args.dlrm_args,
@@ -178,7 +180,7 @@ def cmd_sweep(args):
 
 def cmd_report(args):
     from .progress import progress_bar
-    from .sweep import report
+    from .tools.sweep import report
 
     png = args.plot or os.path.splitext(args.results)[0] + ".png"
     with progress_bar(3, "report", quiet=args.quiet, unit=" stages") as bar:

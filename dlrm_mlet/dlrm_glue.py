@@ -33,12 +33,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import fused, tbe
-from .checkpoint import MLET_SUFFIX, atomic_save, fold_checkpoint, to_plain
+from .core import fused, tbe
+from .dlrm.checkpoints import MLET_SUFFIX, fold_checkpoint
+from .files import atomic_save, to_plain
 from .errors import MLETError
-from .convert import fold_model
-from .folding import first_non_finite, fold_state_dict, mlet_prefixes
-from .table import MLETEmbeddingBag, grouped_forward, parse_proj_init, uniform_table_
+from .core.convert import fold_model
+from .core.folding import first_non_finite, fold_state_dict, mlet_prefixes
+from .core.bag import MLETEmbeddingBag
+from .core.grouped import grouped_forward
+from .core.init import parse_proj_init, uniform_table_
 
 FORMAT_VERSION = 1
 DEFAULT_LOG_FREQ = 1024
@@ -221,7 +224,7 @@ def after_step(model, writer, step=None):
     if config.log_freq <= 0:
         return
     if monitor is None:
-        from .monitor import Monitor
+        from .tools.monitor import Monitor
 
         monitor = Monitor(config.log_freq)
     monitor.after_step(model, writer, step)
@@ -238,7 +241,7 @@ def make_data_and_loaders(args, dp):
     Avazu: our cached, memory-mapped dataset with DLRM's own batch format.
     Anything else goes to DLRM untouched.
     """
-    from . import data
+    from .dlrm import data
 
     try:
         if args.data_set == "avazu":
@@ -251,7 +254,7 @@ def make_data_and_loaders(args, dp):
                 data.preprocess_kaggle(args.raw_data_file, processed, args.max_ind_range,
                                        args.data_sub_sample_rate)
         elif args.data_set in ("kaggle", "terabyte") and (config.enabled or args.max_ind_range <= 0):
-            from . import criteo
+            from .dlrm import criteo
 
             criteo.ensure_preprocessed(args)
             if config.enabled and criteo.uses_bin_files(args):
@@ -304,7 +307,7 @@ def test_scores(scores, targets, step):
     import numpy as np
     import sklearn.metrics
 
-    from . import distributed
+    from .dlrm import distributed
 
     p = np.clip(np.asarray(scores, dtype=np.float64).reshape(-1), 1e-7, 1 - 1e-7)
     y = np.asarray(targets, dtype=np.float64).reshape(-1)
@@ -521,7 +524,7 @@ def save_model(ckpt, path, model):
     atomically. In distributed mode see ``distributed.py``: per-rank shards,
     and one complete folded checkpoint written by rank 0.
     """
-    from . import distributed
+    from .dlrm import distributed
 
     if not builds_tables():
         try:
@@ -599,7 +602,7 @@ def check_load(path):
     """
     if not config.enabled:
         return
-    from .checkpoint import check_safe_to_load
+    from .files import check_safe_to_load
 
     try:
         if check_safe_to_load(path):
@@ -629,8 +632,8 @@ def loaded(ckpt, model, path):
 
 
 def _loaded(ckpt, model, path):
-    from . import distributed
-    from .checkpoint import load_checkpoint
+    from .dlrm import distributed
+    from .files import load_checkpoint
 
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise MLETError("not a DLRM checkpoint (no 'state_dict' entry)")

@@ -70,7 +70,7 @@ def main():
     mlet_dir, base_dir, checkpoint, out = sys.argv[1:5]
     os.makedirs(out, exist_ok=True)
     tensorboard_panel(mlet_dir, base_dir, os.path.join(out, "tensorboard_scalars.png"))
-    from dlrm_mlet.inspection import inspect_checkpoint, plot_spectra
+    from dlrm_mlet.tools.inspection import inspect_checkpoint, plot_spectra
 
     info = inspect_checkpoint(checkpoint)
     info["path"] = os.path.basename(checkpoint)

@@ -86,8 +86,8 @@ $PY "$DLRM_DIR/dlrm_s_pytorch.py" $(arch "$D") "${common[@]}" \
 
 $PY - "$WORK" "$D" "$D4" "$K" <<'PYTHON'
 import json, re, sys
-from dlrm_mlet.checkpoint import load_checkpoint
-from dlrm_mlet.folding import mlet_table_bytes
+from dlrm_mlet.files import load_checkpoint
+from dlrm_mlet.core.folding import mlet_table_bytes
 
 work, d, d4, k = sys.argv[1:]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dlrm_mlet.patching import git_blob_id, parse_patch, patch_checkout, patch_path
+from dlrm_mlet.dlrm.patching import git_blob_id, parse_patch, patch_checkout, patch_path
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from conftest import run_dlrm  # noqa: F401 (fixtures come from conftest)
-from dlrm_mlet import MLETEmbeddingBag, MLETError, fused
-from dlrm_mlet.monitor import Monitor
-from dlrm_mlet.spectrum import singular_values
-from dlrm_mlet.table import grouped_forward
+from dlrm_mlet import MLETEmbeddingBag, MLETError
+from dlrm_mlet.core import fused
+from dlrm_mlet.tools.monitor import Monitor
+from dlrm_mlet.tools.spectrum import singular_values
+from dlrm_mlet.core.grouped import grouped_forward
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
 GPU = torch.device("cuda")

@@ -1,4 +1,4 @@
-"""Criteo-Kaggle and Avazu parsing and preprocessing (dlrm_mlet.data)."""
+"""Criteo-Kaggle and Avazu parsing and preprocessing (dlrm_mlet.dlrm.data)."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import pytest
 
 from conftest import SHARED_DATA
 from dlrm_mlet import MLETError
-from dlrm_mlet.data import (
+from dlrm_mlet.dlrm.data import (
     AVAZU_COLUMNS,
     AvazuDataset,
     avazu_split,

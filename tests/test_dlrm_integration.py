@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import import_script, run_dlrm  # noqa: F401 (fixtures come from conftest)
-from dlrm_mlet.folding import mlet_prefixes
+from dlrm_mlet.core.folding import mlet_prefixes
 
 D = 16
 ROWS = [1000, 2000, 500, 50]
@@ -93,7 +93,7 @@ def mlet_run(patched_dlrm, tmp_path_factory):
 
 
 def test_patch_applies_with_git_apply_to_a_fresh_checkout(dlrm_dir, tmp_path):
-    from dlrm_mlet.patching import patch_path
+    from dlrm_mlet.dlrm.patching import patch_path
 
     dest = tmp_path / "dlrm"
     shutil.copytree(dlrm_dir, dest)
@@ -258,7 +258,7 @@ def test_stock_dlrm_resumes_training_from_the_folded_file(patched_dlrm, stock_dl
 
 def final_tables(module):
     """The folded tables of the model a finished in-process run() left behind."""
-    from dlrm_mlet.table import MLETEmbeddingBag
+    from dlrm_mlet.core.bag import MLETEmbeddingBag
 
     return [t.fold().weight.detach() if isinstance(t, MLETEmbeddingBag) else t.weight.detach()
             for t in module.dlrm.emb_l]
@@ -289,7 +289,7 @@ def test_grouped_tables_train_like_one_module_per_table(patched_module, tmp_path
 @pytest.mark.parametrize("flag", ["--mlet-fused-update", "--mlet-fused-update=fbgemm"])
 def test_fused_update_trains_like_sparse_gradients(patched_module, tmp_path, monkeypatch, capsys, flag):
     """--mlet-fused-update[=fbgemm]: the same loss curve and tables as the default path, with DLRM's lr schedule."""
-    from dlrm_mlet import fused, tbe
+    from dlrm_mlet.core import fused, tbe
 
     if flag.endswith("fbgemm") and tbe.available():
         pytest.skip(tbe.available())
@@ -321,7 +321,7 @@ def test_resuming_from_dot_mlet_gives_the_uninterrupted_result(patched_module, t
     and only the restored weights and optimizer state can make them agree.
     With fbgemm the restored rows must land in its buffer, not beside it.
     """
-    from dlrm_mlet import fused, tbe
+    from dlrm_mlet.core import fused, tbe
 
     optimizer, *extra = optimizer.split()
     if extra and tbe.available():
@@ -429,7 +429,7 @@ def test_stock_dlrm_exports_the_folded_model_to_onnx_matching_pytorch(mlet_run, 
 
 
 def test_mlet_training_with_save_onnx_exports_a_folded_graph(patched_dlrm, stock_dlrm, tmp_path):
-    from dlrm_mlet.table import MLETEmbeddingBag
+    from dlrm_mlet.core.bag import MLETEmbeddingBag
 
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from dlrm_mlet import MLETEmbeddingBag, MLETError, fold_model, fold_state_dict
-from dlrm_mlet.folding import fold_weight, mlet_prefixes, mlet_table_bytes
+from dlrm_mlet.core.folding import fold_weight, mlet_prefixes, mlet_table_bytes
 
 
 class TinyDLRM(nn.Module):
@@ -143,7 +143,7 @@ def test_fold_extra_memory_is_bounded(dtype):
     """
     code = textwrap.dedent(f"""
         import resource, torch
-        from dlrm_mlet.folding import fold_weight
+        from dlrm_mlet.core.folding import fold_weight
         torch.set_num_threads(1)
         n, k, d = 2_000_000, 64, 16
         a = torch.empty(n, k, dtype=torch.{dtype}).uniform_()

@@ -5,8 +5,8 @@ import subprocess
 import pytest
 
 from dlrm_mlet import MLETError
-from dlrm_mlet import patching
-from dlrm_mlet.patching import apply_hunks, git_blob_id, parse_patch, patch_checkout
+from dlrm_mlet.dlrm import patching
+from dlrm_mlet.dlrm.patching import apply_hunks, git_blob_id, parse_patch, patch_checkout
 
 ORIGINAL = "".join(f"line {i}\n" for i in range(1, 41))
 

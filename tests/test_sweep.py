@@ -4,9 +4,9 @@ import csv
 
 import pytest
 
-from dlrm_mlet import sweep
+from dlrm_mlet.tools import sweep
 from dlrm_mlet.cli import main
-from dlrm_mlet.synth import write_synthetic
+from dlrm_mlet.tools.synth import write_synthetic
 
 MIB = 2**20
 

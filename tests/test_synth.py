@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from dlrm_mlet import synth
+from dlrm_mlet.tools import synth
 from dlrm_mlet.cli import main
 from dlrm_mlet.errors import MLETError
 

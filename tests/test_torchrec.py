@@ -32,9 +32,9 @@ from torchrec.distributed.planner.enumerators import EmbeddingEnumerator  # noqa
 from torchrec.models.dlrm import DLRM  # noqa: E402
 from torchrec.modules.embedding_configs import PoolingType  # noqa: E402
 
-from dlrm_mlet.checkpoint import load_checkpoint  # noqa: E402
+from dlrm_mlet.files import load_checkpoint  # noqa: E402
 from dlrm_mlet.errors import MLETError  # noqa: E402
-from dlrm_mlet.torchrec import (  # noqa: E402
+from dlrm_mlet.torchrec.collection import (
     MLETEmbeddingBagCollection,
     fold_torchrec,
     mlet_dlrm,

@@ -47,10 +47,9 @@ import zipfile
 
 import numpy as np
 
-from .data import (_lines, _open_text, _save_npz, count_lines, day_sizes, parse_criteo_block,
-                   parse_criteo_line)
-from .errors import MLETError
-from .progress import progress_bar
+from .data import _lines, _open_text, _save_npz, count_lines, day_sizes, parse_criteo_block, parse_criteo_line
+from ..errors import MLETError
+from ..progress import progress_bar
 
 BLOCK = 1 << 14  # rows per streamed block
 FIELDS = 40  # y, 13 dense, 26 categorical: one int32 scratch row, the .bin row layout

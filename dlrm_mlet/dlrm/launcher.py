@@ -33,8 +33,8 @@ import types
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from . import dlrm_glue
-from .errors import MLETError
+from .. import dlrm_glue
+from ..errors import MLETError
 from .patching import is_patched_source
 
 

@@ -19,10 +19,11 @@ from collections import OrderedDict
 import torch
 import torch.distributed as dist
 
-from .checkpoint import fold_param_state, to_plain
-from .errors import MLETError
-from .folding import FOLD_BLOCK_BYTES, fold_weight
-from .table import MLETEmbeddingBag
+from .checkpoints import fold_param_state
+from ..files import to_plain
+from ..errors import MLETError
+from ..core.folding import FOLD_BLOCK_BYTES, fold_weight
+from ..core.bag import MLETEmbeddingBag
 
 
 def is_distributed():

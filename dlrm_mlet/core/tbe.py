@@ -27,7 +27,7 @@ optimizer group that holds the first of them (DLRM puts them in one group).
 import torch
 
 from . import fused
-from .errors import MLETError
+from ..errors import MLETError
 
 
 def available():

@@ -12,9 +12,9 @@ import re
 import numpy as np
 import torch
 
-from .checkpoint import load_dlrm_checkpoint
-from .errors import MLETError
-from .folding import PROJ_KEY, TABLE_KEY, mlet_prefixes
+from ..files import load_dlrm_checkpoint
+from ..errors import MLETError
+from ..core.folding import PROJ_KEY, TABLE_KEY, mlet_prefixes
 from .spectrum import effective_rank, singular_values
 
 STOCK_KEYS = ("nepochs", "nbatches", "nbatches_test", "state_dict", "test_acc", "epoch", "iter",

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 
-from .errors import MLETError
+from ..errors import MLETError
 
 PINNED_COMMIT = "090956ee2319ddd349a42232958aefccfe3f7b0a"
 PATCH_NAME = "dlrm-mlet.patch"

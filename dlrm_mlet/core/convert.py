@@ -28,8 +28,9 @@ from collections.abc import Mapping
 from torch import nn
 
 from .embedding import MLETEmbedding
-from .errors import MLETError
-from .table import MLETEmbeddingBag, parse_proj_init
+from ..errors import MLETError
+from .bag import MLETEmbeddingBag
+from .init import parse_proj_init
 
 MLET_MODULES = (MLETEmbeddingBag, MLETEmbedding)
 

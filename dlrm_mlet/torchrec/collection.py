@@ -28,10 +28,10 @@ from torchrec.models.dlrm import DLRM
 from torchrec.modules.embedding_configs import PoolingType
 from torchrec.modules.embedding_modules import get_embedding_names_by_table
 
-from .checkpoint import atomic_save
-from .errors import MLETError
-from .folding import FOLD_BLOCK_BYTES, fold_weight
-from .table import init_projection_, parse_proj_init, uniform_table_
+from ..files import atomic_save
+from ..errors import MLETError
+from ..core.folding import FOLD_BLOCK_BYTES, fold_weight
+from ..core.init import init_projection_, parse_proj_init, uniform_table_
 
 FOLDABLE_POOLINGS = (PoolingType.SUM, PoolingType.MEAN)
 

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .folding import FOLD_BLOCK_BYTES
+from ..core.folding import FOLD_BLOCK_BYTES
 
 
 def effective_rank(singular_values):

@@ -10,9 +10,9 @@ the same two layers as ``MLETEmbeddingBag``: an ``n x k`` table, then a
 import torch
 from torch import nn
 
-from .errors import MLETError
+from ..errors import MLETError
 from .folding import fold_weight
-from .table import init_projection_, uniform_table_
+from .init import init_projection_, uniform_table_
 
 
 class MLETEmbedding(nn.Module):

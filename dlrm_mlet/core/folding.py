@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 import torch
 
-from .errors import MLETError
+from ..errors import MLETError
 
 # Bytes of scratch a fold may use per row block, beyond the input and output
 # tables. Chosen far below the 64 MiB promise so BLAS workspace fits too.

@@ -74,8 +74,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .errors import MLETError
-from .progress import progress_bar
+from ..errors import MLETError
+from ..progress import progress_bar
 
 # Criteo-Kaggle (Display Advertising Challenge) table sizes, C1..C26.
 CRITEO_TABLE_SIZES = (
@@ -557,7 +557,7 @@ def write_synthetic_days(out_dir, rows, days, force=False, **options):
     line by line; the day files are renamed into place last, ``day_0`` last of
     all, so a ``day_0`` that exists belongs to a finished set.
     """
-    from .data import day_sizes
+    from ..dlrm.data import day_sizes
 
     out_dir = os.fspath(out_dir)
     if not 1 <= days <= 255 or rows < days:

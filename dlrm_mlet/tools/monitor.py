@@ -19,7 +19,7 @@ indices of the tracked tables at every step (one ``index_add_``).
 import torch
 
 from .spectrum import effective_rank, singular_values
-from .table import MLETEmbeddingBag
+from ..core.bag import MLETEmbeddingBag
 
 TOP_SINGULAR = 3
 ROWS_PER_GROUP = 64

@@ -1,8 +1,6 @@
-"""Reading and writing DLRM checkpoint dicts safely, and folding them.
+"""Reading and writing the files dlrm-mlet touches, safely.
 
-A DLRM checkpoint is the dict ``dlrm_s_pytorch.py`` saves: ``state_dict``,
-``opt_state_dict`` and bookkeeping (``nepochs``, ``iter``, ``test_acc``, ...).
-Rules kept here for every file dlrm-mlet touches:
+Rules kept here for every file:
 
 * reading goes through ``torch.load(weights_only=True)``: a checkpoint is data
   and never runs code; numpy scalars (which stock DLRM writes) are allowed as
@@ -23,9 +21,6 @@ import numpy as np
 import torch
 
 from .errors import MLETError
-from .folding import PROJ_KEY, TABLE_KEY, _prefix, fold_state_dict, mlet_prefixes
-
-MLET_SUFFIX = ".mlet"
 
 # What a stock DLRM checkpoint may hold besides tensors: numpy scalars for
 # train_loss/test_acc. Rebuilding a numpy scalar from its dtype and bytes runs
@@ -211,99 +206,3 @@ def to_plain(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_plain(value) for value in obj)
     return obj
-
-
-def is_mlet_checkpoint(ckpt):
-    return bool(mlet_prefixes(ckpt["state_dict"]))
-
-
-def param_groups_by_name(ckpt):
-    """Names of the parameters behind each optimizer group's indices.
-
-    Our ``.mlet`` files record them. For other files, assume DLRM's
-    single-process layout: one group over ``parameters()``, which is the order
-    of the state dict (DLRM registers no buffers).
-    """
-    recorded = ckpt.get("mlet", {}).get("param_groups")
-    if recorded is not None:
-        return [list(names) for names in recorded]
-    return [list(ckpt["state_dict"].keys())]
-
-
-def fold_checkpoint(ckpt, progress=None):
-    """Return the stock DLRM checkpoint equivalent to an MLET one.
-
-    ``state_dict`` is folded, ``opt_state_dict`` renumbered for the folded
-    parameter list (see ``fold_optimizer_state``), numpy scalars become
-    Python numbers and our ``mlet`` record is dropped, leaving exactly the keys
-    stock DLRM writes.
-    """
-    state_dict = ckpt["state_dict"]
-    if not mlet_prefixes(state_dict):
-        raise MLETError("the checkpoint has no MLET tables (is it already folded?)")
-    folded = {key: to_plain(value) for key, value in ckpt.items() if key not in ("mlet", "state_dict")}
-    folded["state_dict"] = fold_state_dict(state_dict, progress)
-    if ckpt.get("opt_state_dict") is not None:
-        folded["opt_state_dict"] = fold_optimizer_state(
-            ckpt["opt_state_dict"], param_groups_by_name(ckpt), state_dict
-        )
-    return {key: folded[key] for key in ckpt if key in folded}
-
-
-def fold_optimizer_state(opt_state, group_names, state_dict):
-    """Renumber an optimizer state dict for the folded parameter list.
-
-    Each table's ``table.weight`` becomes the folded ``weight`` in its place
-    and its ``proj.weight`` disappears, so later indices shift down. The
-    optimizer's per-parameter state of other parameters is carried over as is.
-    For a folded table only an estimate exists: Adagrad's ``sum`` and
-    RWSAdagrad's row ``momentum`` are accumulated squared gradients, and if
-    gradient components are roughly isotropic, a folded row's per-component
-    accumulator is the MLET row's accumulator total divided by
-    ``||proj||_F^2``. Rows never updated stay exactly zero. SGD momentum cannot
-    be mapped and restarts from zero.
-    """
-    groups = opt_state["param_groups"]
-    counts = [len(group["params"]) for group in groups]
-    if counts != [len(names) for names in group_names]:
-        raise MLETError(
-            f"optimizer state has {counts} parameters per group but the model has "
-            f"{[len(names) for names in group_names]}; cannot renumber it for the folded model"
-        )
-    prefixes = set(mlet_prefixes(state_dict))
-    new_state, new_groups, index = {}, [], 0
-    for group, names in zip(groups, group_names):
-        new_ids = []
-        for old_id, name in zip(group["params"], names):
-            if _prefix(name, PROJ_KEY) in prefixes:
-                continue
-            state = opt_state["state"].get(old_id)
-            table = _prefix(name, TABLE_KEY)
-            if table in prefixes and state is not None:
-                state = fold_param_state(state, state_dict[table + PROJ_KEY])
-            if state is not None:
-                new_state[index] = to_plain(state)
-            new_ids.append(index)
-            index += 1
-        new_groups.append({**to_plain({k: v for k, v in group.items() if k != "params"}), "params": new_ids})
-    return {"state": new_state, "param_groups": new_groups}
-
-
-def fold_param_state(state, proj_weight):
-    """Estimate the optimizer state of a folded table (see fold_optimizer_state)."""
-    k = proj_weight.shape[1]
-    d = proj_weight.shape[0]
-    scale = float(proj_weight.detach().double().pow(2).sum())
-    scale = scale if scale > 0 else 1.0
-    folded = {}
-    for key, value in state.items():
-        if key == "sum" and torch.is_tensor(value) and value.dim() == 2:
-            per_row = value.sum(dim=1, keepdim=True) / scale
-            folded[key] = per_row.expand(-1, d).contiguous()
-        elif key == "momentum" and torch.is_tensor(value) and value.dim() == 1:
-            folded[key] = value * (k / scale)
-        elif key == "step":
-            folded[key] = value
-        # Anything else (SGD momentum_buffer, unknown optimizers' state) has no
-        # folded counterpart; the optimizer re-creates it from zero.
-    return folded

@@ -28,7 +28,7 @@ its gradient would never be.
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from .errors import MLETError
+from ..errors import MLETError
 
 BACKENDS = ("torch", "fbgemm")
 

@@ -27,8 +27,8 @@ import tempfile
 
 import numpy as np
 
-from .errors import MLETError
-from .progress import progress_bar
+from ..errors import MLETError
+from ..progress import progress_bar
 
 KAGGLE_DAYS = 7
 KAGGLE_PROCESSED = "kaggleAdDisplayChallenge_processed.npz"

@@ -19,10 +19,11 @@ import subprocess
 import sys
 import time
 
-from .checkpoint import MLET_SUFFIX, load_checkpoint
-from .errors import MLETError
-from .folding import mlet_table_bytes
-from .patching import patch_checkout
+from ..dlrm.checkpoints import MLET_SUFFIX
+from ..files import load_checkpoint
+from ..errors import MLETError
+from ..core.folding import mlet_table_bytes
+from ..dlrm.patching import patch_checkout
 
 FIELDS = [
     "dataset", "d", "k", "seed", "epochs", "test_auc", "test_accuracy", "test_log_loss",
@@ -118,7 +119,7 @@ def run_one(script, data_set, data_args, d, k, seed, epochs, work, extra_args, l
 def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, epochs=1, work=None,
               extra_args=(), quiet=False):
     """Train every missing (d, k, seed) and append it to ``out_csv``; returns all rows."""
-    from .progress import progress_bar
+    from ..progress import progress_bar
 
     if data_set not in DENSE_FEATURES:
         raise MLETError(f"--data-set must be one of {', '.join(DENSE_FEATURES)}, got {data_set!r}")

@@ -1,0 +1,129 @@
+"""The MLET table: an ``n x k`` embedding bag followed by a ``k -> d`` projection.
+
+The training form and its folded inference form live in one class (as RepVGG
+keeps a block and its equivalent kernel together), so the two can never drift.
+"""
+
+import torch
+from torch import nn
+
+from ..errors import MLETError
+from .folding import fold_weight
+from .init import init_projection_, uniform_table_
+
+FOLDABLE_MODES = ("sum", "mean")
+
+
+class MLETEmbeddingBag(nn.Module):
+    """Drop-in for ``nn.EmbeddingBag`` as DLRM calls it, trained as two layers.
+
+    ``table`` (``n x k``, sparse gradients when ``sparse``) pools the bag, then
+    ``proj`` (``k -> d``, no bias, no activation) maps it to the model width.
+    Pooling and projection are both linear, so ``fold()`` turns the pair into
+    one ``n x d`` table with the same outputs for sum and mean bags, weighted or
+    not. Max pooling is not linear and is refused.
+    """
+
+    def __init__(
+        self,
+        num_embeddings,
+        embedding_dim,
+        hidden_dim,
+        mode="sum",
+        sparse=True,
+        proj_init="normal",
+        padding_idx=None,
+        include_last_offset=False,
+        _init=True,
+    ):
+        super().__init__()
+        for name, value in (
+            ("num_embeddings", num_embeddings),
+            ("embedding_dim", embedding_dim),
+            ("hidden_dim", hidden_dim),
+        ):
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise MLETError(f"MLETEmbeddingBag: {name} must be a positive integer, got {value!r}")
+        if mode not in FOLDABLE_MODES:
+            raise MLETError(
+                f"MLETEmbeddingBag: mode={mode!r} is not supported; folding is exact "
+                f"only for {' and '.join(FOLDABLE_MODES)} pooling"
+            )
+        n, d, k = int(num_embeddings), int(embedding_dim), int(hidden_dim)
+        # padding_idx and include_last_offset are nn.EmbeddingBag's own: the padding row is
+        # left out of every bag (and of the gradient), so it folds to a row left out too.
+        self.table = nn.EmbeddingBag(n, k, mode=mode, sparse=sparse, padding_idx=padding_idx,
+                                     include_last_offset=include_last_offset, _weight=torch.empty(n, k))
+        self.proj = nn.Linear(k, d, bias=False)
+        if _init:
+            uniform_table_(self.table.weight)
+            init_projection_(self.proj.weight, proj_init)
+            if padding_idx is not None:
+                with torch.no_grad():
+                    self.table.weight[self.table.padding_idx].zero_()
+
+    @classmethod
+    def from_weights(cls, table_weight, proj_weight, mode="sum", sparse=True):
+        """Rebuild a table from saved ``table.weight`` (n x k) and ``proj.weight`` (d x k)."""
+        n, k = table_weight.shape
+        d, k2 = proj_weight.shape
+        if k != k2:
+            raise MLETError(
+                f"table.weight is {n}x{k} but proj.weight is {d}x{k2}: hidden widths differ"
+            )
+        bag = cls(n, d, k, mode=mode, sparse=sparse, _init=False)
+        with torch.no_grad():
+            # Shares storage with the given tensors: verifying a 10M-row table
+            # must not need a second copy of it.
+            bag.table.weight = nn.Parameter(table_weight.detach())
+            bag.proj.weight = nn.Parameter(proj_weight.detach().to(table_weight.dtype))
+        return bag
+
+    @property
+    def num_embeddings(self):
+        return self.table.num_embeddings
+
+    @property
+    def embedding_dim(self):
+        return self.proj.out_features
+
+    @property
+    def hidden_dim(self):
+        return self.table.embedding_dim
+
+    @property
+    def mode(self):
+        return self.table.mode
+
+    @property
+    def sparse(self):
+        return self.table.sparse
+
+    def forward(self, input, offsets=None, per_sample_weights=None):
+        # Pool first on the k-wide rows, then project the (batch, k) result:
+        # the n x d product is never formed during training.
+        return self.proj(self.table(input, offsets, per_sample_weights=per_sample_weights))
+
+    def fold(self, name=None):
+        """Return the equivalent plain ``nn.EmbeddingBag(n, d)``, same dtype and device.
+
+        The product is formed in row blocks with bounded extra memory and checked
+        to be finite first, so a diverged run fails here, naming the table,
+        instead of producing a model that predicts NaN.
+        """
+        weight = fold_weight(self.table.weight, self.proj.weight, name or repr(self))
+        return nn.EmbeddingBag(
+            self.num_embeddings,
+            self.embedding_dim,
+            mode=self.mode,
+            sparse=self.sparse,
+            padding_idx=self.table.padding_idx,
+            include_last_offset=self.table.include_last_offset,
+            _weight=weight,
+        )
+
+    def extra_repr(self):
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, hidden_dim={self.hidden_dim}, "
+            f"mode={self.mode!r}"
+        )

@@ -1,0 +1,1 @@
+"""The facebookresearch/dlrm integration: options, tables, data, checkpoints, resume, distributed."""

@@ -1,0 +1,1 @@
+"""Tools around training: synthetic data, sweeps and reports, inspection, verification, spectra, monitoring."""
