@@ -18,15 +18,9 @@ RESULTS = os.path.join(HERE, "results")
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-# Criteo-Kaggle's 26 table sizes (the bench architecture's tables).
-CRITEO_TABLE_SIZES = (
-    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
-    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
-)
-
-
-def criteo_rows(scale):
-    return [max(4, int(n * scale)) for n in CRITEO_TABLE_SIZES]
+from dlrm_mlet.files import atomic_write_text  # noqa: E402
+# The bench architecture's tables: Criteo-Kaggle's 26 sizes times a scale, scaled as synth scales them.
+from dlrm_mlet.tools.synth_model import table_sizes as criteo_rows  # noqa: E402,F401
 
 
 def machine():
@@ -56,8 +50,9 @@ def dlrm_copies(work):
     """Stock and patched copies of the user's DLRM checkout (theirs stays untouched)."""
     from dlrm_mlet.dlrm.patching import patch_checkout
 
-    source = os.environ.get("DLRM_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dlrm-mlet", "dlrm")
+    from dlrm_mlet.dlrm.script import default_dlrm_dir
+
+    source = default_dlrm_dir()
     if not os.path.isfile(os.path.join(source, "dlrm_s_pytorch.py")):
         sys.exit(f"benchmarks need a DLRM checkout at the pinned commit: set DLRM_DIR (looked in {source})")
     stock, patched = os.path.join(work, "stock"), os.path.join(work, "patched")
@@ -70,20 +65,15 @@ def dlrm_copies(work):
 
 def import_script(path, name):
     """Import a DLRM script (stock or patched copy) as a module, with its folder on the path."""
-    import importlib.util
+    from dlrm_mlet.dlrm.script import import_dlrm_script
 
-    sys.path.insert(0, os.path.dirname(path))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.path.pop(0)
-    return module
+    return import_dlrm_script(path, name)
 
 
 def bench_model(dlrm, rows, d):
     """``dlrm.DLRM_Net`` on the bench architecture (``13-512-256-64-d``, top ``512-256-1``).
 
-    Patched DLRM builds MLET tables when ``dlrm_glue.config`` asks for them.
+    Patched DLRM builds MLET tables when the glue's config asks for them (``dlrm_glue.use_config``).
     """
     import numpy as np
 
@@ -129,9 +119,7 @@ def run_measured(cmd, cwd, env=None):
 def save(name, payload):
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.json")
-    with open(path + ".tmp", "w") as handle:
-        json.dump(payload, handle, indent=1)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, json.dumps(payload, indent=1))
     write_results_md()
     return path
 
@@ -153,9 +141,7 @@ def write_results_md():
             parts += render(data) + [""]
         elif missing:
             parts += missing + [""]
-    with open(os.path.join(HERE, "RESULTS.md.tmp"), "w") as handle:
-        handle.write("\n".join(parts))
-    os.replace(os.path.join(HERE, "RESULTS.md.tmp"), os.path.join(HERE, "RESULTS.md"))
+    atomic_write_text(os.path.join(HERE, "RESULTS.md"), "\n".join(parts))
 
 
 def machine_lines(m, command):

@@ -29,10 +29,10 @@ def ours(rows, k, d, fused_update):
     from dlrm_mlet.core.grouped import grouped_forward
 
     tables = [MLETEmbeddingBag(n, d, k) for n in rows]
+    fused.use(tables, fused_update or None)
     optimizer = torch.optim.SGD([p for t in tables for p in t.parameters()], lr=0.01)
 
     def step(indices, offsets, upstream):
-        fused.enable(fused_update) if fused_update else fused.disable()
         out = torch.stack(grouped_forward(tables, indices, [offsets] * len(rows), [None] * len(rows)))
         optimizer.zero_grad()
         (out * upstream).sum().backward()
@@ -72,9 +72,6 @@ def main():
                 step(*data[i % len(data)])
             times[name].append((time.perf_counter() - start) / args.steps * 1000)
             print(f"rep {rep + 1}/{args.reps} {name:<30} {times[name][-1]:.3f} ms/step", flush=True)
-    from dlrm_mlet.core import fused
-
-    fused.disable()
     base = statistics.median(times["sparse gradients (default)"])
     results = [{"name": name, "ms_per_step_median": statistics.median(t), "min": min(t), "max": max(t),
                 "ratio_to_default": statistics.median(t) / base} for name, t in times.items()]

@@ -45,12 +45,12 @@ def main():
     patched = import_script(patched_path, "patched_dlrm")
     from dlrm_mlet import dlrm_glue, fold_model
 
-    dlrm_glue.config = dlrm_glue.Config(hidden_dim=args.k)
+    dlrm_glue.use_config(dlrm_glue.Config(hidden_dim=args.k))
     mlet = bench_model(patched, rows, args.d)
     fold_model(mlet)
     folded = bench_model(stock, rows, args.d)
     folded.load_state_dict(mlet.state_dict(), strict=True)
-    dlrm_glue.config = dlrm_glue.Config()
+    dlrm_glue.reset()
     models = {f"baseline d={args.d}": bench_model(stock, rows, args.d),
               f"folded MLET d={args.d} k={args.k}": folded,
               f"baseline d={4 * args.d}": bench_model(stock, rows, 4 * args.d)}

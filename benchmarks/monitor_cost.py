@@ -38,7 +38,7 @@ def main():
     from dlrm_mlet.tools.monitor import Monitor
 
     rows = criteo_rows(0.01)
-    dlrm_glue.config = dlrm_glue.Config(hidden_dim=256)
+    dlrm_glue.use_config(dlrm_glue.Config(hidden_dim=256))
     model = bench_model(dlrm, rows, 16)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     batches = bench_batches(rows)

@@ -63,7 +63,7 @@ def main():
     batches = bench_batches(rows)
     runs = {}
     for name, k in (("baseline", 0), ("mlet", args.k)):
-        dlrm_glue.config = dlrm_glue.Config(hidden_dim=k)
+        dlrm_glue.use_config(dlrm_glue.Config(hidden_dim=k))
         model = bench_model(dlrm, rows, args.d)
         ms, _ = run(model, batches, args.steps, profiled=False)
         _, per_op = run(model, batches, args.steps, profiled=True)

@@ -88,18 +88,16 @@ class Trainer:
 
         module = patched if k else stock
         self.config = dlrm_glue.Config(hidden_dim=k, fused_update=fused_update)  # monitor off: see monitor_cost
-        dlrm_glue.config = self.config
+        dlrm_glue.use_config(self.config)  # create_emb also sets the fused update on the tables it builds
         self.model = bench_model(module, rows, d).to(device)
-        dlrm_glue.config = dlrm_glue.Config()
+        dlrm_glue.reset()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
         self.fused_update, self.device = fused_update, device
 
     def run(self, batches, steps):
         from dlrm_mlet import dlrm_glue
-        from dlrm_mlet.core import fused
 
-        dlrm_glue.config = self.config  # patched DLRM's apply_emb asks the glue at every forward
-        fused.enable(self.fused_update) if self.fused_update else fused.disable()
+        dlrm_glue.use_config(self.config)  # patched DLRM's apply_emb asks the glue at every forward
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -111,7 +109,6 @@ class Trainer:
             self.optimizer.step()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        fused.disable()
         return (time.perf_counter() - start) / steps * 1000
 
 

@@ -164,8 +164,9 @@ def _int_list(text):
 
 
 def _default_dlrm_dir():
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.environ.get("DLRM_DIR") or os.path.join(cache, "dlrm-mlet", "dlrm")
+    from .dlrm.script import default_dlrm_dir
+
+    return default_dlrm_dir()
 
 
 def cmd_sweep(args):
@@ -179,6 +180,7 @@ def cmd_sweep(args):
 
 
 def cmd_report(args):
+    from .files import atomic_write_text
     from .progress import progress_bar
     from .tools.sweep import report
 
@@ -186,9 +188,7 @@ def cmd_report(args):
     with progress_bar(3, "report", quiet=args.quiet, unit=" stages") as bar:
         text = report(args.results, png, args.oracle, args.title, progress=bar.update)
     if args.markdown:
-        with open(args.markdown + ".tmp", "w") as handle:
-            handle.write(text + "\n")
-        os.replace(args.markdown + ".tmp", args.markdown)
+        atomic_write_text(args.markdown, text + "\n")
     print(text)
     print(f"\nplot: {png}")
     return 0

@@ -7,7 +7,11 @@ Rules kept here for every file:
   plain values, nothing else;
 * writing holds only tensors and plain Python values, so stock DLRM on
   torch >= 2.6 loads it without ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``;
-* writing is atomic: a crash or a full disk leaves the previous file intact.
+* writing is atomic: a crash or a full disk leaves the previous file intact
+  (``atomic_write`` and its kin, used for every file the project writes).
+
+torch is imported where it is used: ``dlrm-mlet patch`` and ``synth`` write
+through here and start without it.
 """
 
 import os
@@ -18,7 +22,6 @@ import socket
 import tempfile
 
 import numpy as np
-import torch
 
 from .errors import MLETError
 
@@ -34,6 +37,8 @@ _NUMPY_SCALAR_GLOBALS = [np.dtype, _NUMPY_CORE.multiarray.scalar] + [
 def load_checkpoint(path):
     """Load a checkpoint file on the CPU, refusing anything that is not data."""
     path = os.fspath(path)
+    import torch
+
     if not os.path.isfile(path):
         raise MLETError(f"{path}: no such file")
     try:
@@ -63,6 +68,8 @@ def check_safe_to_load(path):
     clear line. Returns whether the file holds numpy scalars, which weights-only
     loading refuses unless allowed as ``load_checkpoint`` does.
     """
+    import torch
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MLETError(f"{path}: no such file")
@@ -97,42 +104,122 @@ def _first_line(error):
     return text[0] if text else "no detail"
 
 
-def atomic_save(obj, path):
-    """``torch.save`` that never leaves a half-written file at ``path``.
+# --------------------------------------------------------------------------- atomic writes
+#
+# Every file dlrm-mlet writes goes through one of these, so a crash, a kill or a
+# full disk never leaves a half-written file under a name a reader trusts:
+# ``atomic_write`` (one file, any writer), ``atomic_save`` / ``atomic_write_text`` (its two
+# common cases) and ``StagedFiles`` (several files, or a folder, renamed into place together).
+# The temporary copy lies in a hidden folder beside the target, ``.NAME.HOST-PID.XXXX.tmp``,
+# named after its writer, so a later write of the same name can remove what a killed one left.
 
-    Writes into a fresh temporary folder beside ``path`` under the same file
-    name (torch names the archive after the file, so the bytes equal a plain
-    ``torch.save(obj, path)``), fsyncs, then renames over ``path``.
+
+def atomic_write(path, write):
+    """Call ``write(tmp)``, then rename ``tmp`` over ``path``: never a half-written ``path``.
+
+    ``tmp`` has the file name of ``path`` (torch names its archive after the
+    file, so the bytes equal a direct write) inside a fresh hidden folder
+    beside it; it is fsynced before the rename. A function taking a writer,
+    not a ``with`` block: the failed writer's frames (torch's file still open
+    on a full disk among them) must not stay referenced from the error.
+    An ``MLETError`` from ``write`` passes through; any other failure is one
+    line, ``cannot write PATH: reason; any previous file there is unchanged``.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    name = os.path.basename(path)
-    _remove_stale_tmp_dirs(directory, name)
-    try:
-        tmpdir = tempfile.mkdtemp(prefix=f".{name}.{_WRITER}.", suffix=".tmp", dir=directory)
-    except OSError as error:
-        raise MLETError(f"cannot write {path}: {error.strerror or error}") from None
-    tmp = os.path.join(tmpdir, name)
+    directory, name = os.path.split(os.path.abspath(path))
+    folder = _fresh_tmp_dir(directory, name, f"cannot write {path}")
+    tmp = os.path.join(folder, name)
     failure = None
     try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        write(tmp)
+        _fsync_tree(tmp)
         os.replace(tmp, path)
         _fsync_dir(directory)
+    except MLETError:
+        raise
     except Exception as error:  # OSError, torch's RuntimeError on a full disk, pickling errors
         failure = _write_error(error, directory)
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
     if failure is not None:
         # Raised outside the except block: chaining the original error would keep
-        # torch's frames, and with them its open file on that disk, alive.
+        # the writer's frames, and with them its open file on that disk, alive.
         raise MLETError(f"cannot write {path}: {failure}; any previous file there is unchanged")
+
+
+def atomic_save(obj, path):
+    """``torch.save(obj, path)``, atomically; the bytes equal a plain ``torch.save``."""
+    import torch
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_text(path, text):
+    """Write ``text`` to ``path`` as UTF-8, line ends as given, atomically (see ``atomic_write``)."""
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+
+    atomic_write(path, write)
+
+
+class StagedFiles:
+    """Outputs written together: first into a hidden folder beside them, then renamed into place.
+
+    For a set of files a reader takes as complete once one of them exists
+    (DLRM's processed files, synth's ``train.txt``, a cache folder): everything
+    is written under ``path(name)``, then ``publish`` renames it into place in
+    the order given, that file last. Leaving the block removes the folder and
+    whatever is still in it. An ``OSError`` inside the block becomes one
+    line, ``FAILURE: reason; PROMISE`` (e.g. ``cannot write DIR: No space left
+    on device; nothing was written``); an ``MLETError`` passes through.
+    """
+
+    def __init__(self, directory, label, failure, promise="nothing was written"):
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.label, self.failure, self.promise = label, failure, promise
+        self.folder = None
+
+    def __enter__(self):
+        self.folder = _fresh_tmp_dir(self.directory, self.label, self.failure, self.promise)
+        return self
+
+    def path(self, name):
+        return os.path.join(self.folder, name)
+
+    def publish(self, moves):
+        """Rename each ``(staged path, final path)`` in order; a folder replaces a folder whole."""
+        directories = []
+        for i, (staged, final) in enumerate(moves):
+            _fsync_tree(staged)
+            if os.path.isdir(staged) and os.path.isdir(final) and not os.path.islink(final):
+                os.replace(final, self.path(f".replaced-{i}"))  # removed with the folder
+            os.replace(staged, final)
+            directories.append(os.path.dirname(os.path.abspath(final)))
+        for directory in dict.fromkeys(directories):
+            _fsync_dir(directory)
+
+    def __exit__(self, kind, error, traceback):
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if isinstance(error, OSError):
+            reason = _write_error(error, self.directory)
+            raise MLETError(f"{self.failure}: {reason}; {self.promise}") from None
+        return False
 
 
 # Who writes: a temporary folder names its writer, so a later save of the same file can tell
 # the folder of a write that was killed (SIGKILL skips all cleanup) from one still under way.
 _WRITER = f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _fresh_tmp_dir(directory, name, failure, promise=None):
+    """A new hidden folder for a write of ``name`` in ``directory``, after removing killed writes' folders."""
+    _remove_stale_tmp_dirs(directory, name)
+    try:
+        return tempfile.mkdtemp(prefix=f".{name}.{_WRITER}.", suffix=".tmp", dir=directory)
+    except OSError as error:
+        raise MLETError(f"{failure}: {error.strerror or error}" + (f"; {promise}" if promise else "")) from None
 
 
 def _remove_stale_tmp_dirs(directory, name):
@@ -177,6 +264,22 @@ def _write_error(error, directory):
     return _first_line(error)
 
 
+def _fsync_tree(path):
+    """fsync a written file, or every file of a written folder (and the folders)."""
+    if os.path.isdir(path):
+        for root, _, names in os.walk(path):
+            for name in names:
+                if not os.path.islink(os.path.join(root, name)):
+                    _fsync_tree(os.path.join(root, name))
+            _fsync_dir(root)
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(directory):
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -192,6 +295,8 @@ def _fsync_dir(directory):
 
 def to_plain(obj):
     """Replace numpy scalars and arrays by Python numbers and tensors, recursively."""
+    import torch
+
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

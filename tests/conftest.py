@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dlrm_mlet.dlrm.patching import git_blob_id, parse_patch, patch_checkout, patch_path
+from dlrm_mlet.dlrm.script import default_dlrm_dir, import_dlrm_script
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
@@ -20,10 +21,7 @@ def _seed():
 
 
 def dlrm_checkout_dir():
-    if os.environ.get("DLRM_DIR"):
-        return os.environ["DLRM_DIR"]
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "dlrm-mlet", "dlrm")
+    return default_dlrm_dir()
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +65,7 @@ def patched_module(patched_dlrm):
     from dlrm_mlet import dlrm_glue
 
     yield import_script(patched_dlrm, "patched_dlrm_s_pytorch")
-    dlrm_glue.config = dlrm_glue.Config()
+    dlrm_glue.reset()
 
 
 @pytest.fixture(scope="session")
@@ -91,13 +89,4 @@ def run_dlrm(dlrm, args, cwd, launcher=False, check=True, env=None):
 
 def import_script(dlrm, name):
     """Import a DLRM checkout's dlrm_s_pytorch.py in this process under ``name``."""
-    import importlib.util
-
-    sys.path.insert(0, dlrm)
-    try:
-        spec = importlib.util.spec_from_file_location(name, os.path.join(dlrm, "dlrm_s_pytorch.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(dlrm)
+    return import_dlrm_script(dlrm, name)

@@ -263,7 +263,7 @@ def test_fold_model_folds_an_unsharded_torchrec_model_like_fold_torchrec():
     pytest.importorskip("torchrec")
     from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 
-    from dlrm_mlet.torchrec.collection import fold_torchrec, mlet_dlrm
+    from dlrm_mlet.torchrec import fold_torchrec, mlet_dlrm
 
     configs = [EmbeddingBagConfig(name=f"t{i}", embedding_dim=D, num_embeddings=n, feature_names=[f"f{i}"])
                for i, n in enumerate((30, 70))]

@@ -69,18 +69,15 @@ def test_fused_update_on_the_gpu_is_sgd_on_sparse_gradients():
     tables, indices, offsets, weights, upstream = tables_and_batch("sum", False, False)
     tables = [t.to(GPU) for t in tables]
     twins = copy.deepcopy(tables)
+    fused.use(twins)
     optimizers = [torch.optim.SGD([p for t in ts for p in t.parameters()], lr=0.5) for ts in (tables, twins)]
-    try:
-        for step in range(3):
-            for ts, opt, fuse in ((tables, optimizers[0], False), (twins, optimizers[1], True)):
-                fused.enable() if fuse else fused.disable()
-                out = grouped_forward(ts, on(GPU, indices), on(GPU, offsets), weights)
-                opt.zero_grad()
-                sum((o * u).sum() for o, u in zip(out, on(GPU, upstream))).backward()
-                opt.step()
-                assert fused.pending_rows() == 0
-    finally:
-        fused.disable()
+    for step in range(3):
+        for ts, opt, fuse in ((tables, optimizers[0], False), (twins, optimizers[1], True)):
+            out = grouped_forward(ts, on(GPU, indices), on(GPU, offsets), weights)
+            opt.zero_grad()
+            sum((o * u).sum() for o, u in zip(out, on(GPU, upstream))).backward()
+            opt.step()
+            assert fused.pending_rows(ts) == 0
     for a, b in zip(tables, twins):
         for pa, pb in zip(a.parameters(), b.parameters()):
             assert torch.allclose(pa, pb, atol=1e-5)

@@ -268,7 +268,7 @@ def final_tables(module):
 def test_grouped_tables_train_like_one_module_per_table(patched_module, tmp_path, monkeypatch, capsys,
                                                         optimizer):
     """The speed path (one autograd node for all MLET tables) changes no result."""
-    from dlrm_mlet import dlrm_glue
+    from dlrm_mlet.dlrm import tables as dlrm_tables
 
     monkeypatch.chdir(tmp_path)
     sys.argv = ["dlrm_s_pytorch.py"] + BASE + MLET + [f"--optimizer={optimizer}", "--nepochs=2",
@@ -277,7 +277,7 @@ def test_grouped_tables_train_like_one_module_per_table(patched_module, tmp_path
     grouped = final_tables(patched_module)
     grouped_losses = re.findall(r"loss (\d+\.\d+)", capsys.readouterr().out)
     with monkeypatch.context() as m:
-        m.setattr(dlrm_glue, "grouped_forward", lambda tables, indices, offsets, weights: [
+        m.setattr(dlrm_tables, "grouped_forward", lambda tables, indices, offsets, weights: [
             t(i, o, per_sample_weights=w) for t, i, o, w in zip(tables, indices, offsets, weights)])
         patched_module.run()
     modules_losses = re.findall(r"loss (\d+\.\d+)", capsys.readouterr().out)
@@ -290,6 +290,7 @@ def test_grouped_tables_train_like_one_module_per_table(patched_module, tmp_path
 def test_fused_update_trains_like_sparse_gradients(patched_module, tmp_path, monkeypatch, capsys, flag):
     """--mlet-fused-update[=fbgemm]: the same loss curve and tables as the default path, with DLRM's lr schedule."""
     from dlrm_mlet.core import fused, tbe
+    from dlrm_mlet.core.bag import MLETEmbeddingBag
 
     if flag.endswith("fbgemm") and tbe.available():
         pytest.skip(tbe.available())
@@ -301,11 +302,9 @@ def test_fused_update_trains_like_sparse_gradients(patched_module, tmp_path, mon
     default = final_tables(patched_module)
     default_losses = re.findall(r"loss (\d+\.\d+)", capsys.readouterr().out)
     sys.argv = argv + [flag]
-    try:
-        patched_module.run()
-        assert fused.backend() == ("fbgemm" if flag.endswith("fbgemm") else "torch")
-    finally:
-        fused.disable()
+    patched_module.run()
+    assert {fused.backend_of(t) for t in patched_module.dlrm.emb_l if isinstance(t, MLETEmbeddingBag)} == {
+        "fbgemm" if flag.endswith("fbgemm") else "torch"}
     fused_losses = re.findall(r"loss (\d+\.\d+)", capsys.readouterr().out)
     assert len(default_losses) == 8 and fused_losses == default_losses
     for a, b in zip(default, final_tables(patched_module)):
@@ -321,24 +320,21 @@ def test_resuming_from_dot_mlet_gives_the_uninterrupted_result(patched_module, t
     and only the restored weights and optimizer state can make them agree.
     With fbgemm the restored rows must land in its buffer, not beside it.
     """
-    from dlrm_mlet.core import fused, tbe
+    from dlrm_mlet.core import tbe
 
     optimizer, *extra = optimizer.split()
     if extra and tbe.available():
         pytest.skip(tbe.available())
     monkeypatch.chdir(tmp_path)
     args = BASE + MLET + extra + [f"--optimizer={optimizer}", "--nepochs=2"]
-    try:
-        sys.argv = ["dlrm_s_pytorch.py"] + args
-        patched_module.run()
-        uninterrupted = final_tables(patched_module)
-        path = tmp_path / "m.pt"
-        sys.argv = ["dlrm_s_pytorch.py"] + args[:-1] + ["--nepochs=1", f"--save-model={path}"]
-        patched_module.run()
-        sys.argv = ["dlrm_s_pytorch.py"] + args + [f"--load-model={path}.mlet"]
-        patched_module.run()
-    finally:
-        fused.disable()
+    sys.argv = ["dlrm_s_pytorch.py"] + args
+    patched_module.run()
+    uninterrupted = final_tables(patched_module)
+    path = tmp_path / "m.pt"
+    sys.argv = ["dlrm_s_pytorch.py"] + args[:-1] + ["--nepochs=1", f"--save-model={path}"]
+    patched_module.run()
+    sys.argv = ["dlrm_s_pytorch.py"] + args + [f"--load-model={path}.mlet"]
+    patched_module.run()
     out = capsys.readouterr().out
     assert "Saved at: epoch = 1/1, batch = 0/16" in out  # end of epoch 0 = start of epoch 1
     assert out.split("Loading saved model")[-1].count("Finished training it 16/16 of epoch 1") == 1

@@ -48,21 +48,19 @@ def test_grouped_tables_on_two_gpus_train_like_the_cpu(fuse):
     tables, indices, offsets, upstream = tables_and_batch()
     where = devices(len(tables))
     twins = [copy.deepcopy(t).to(d) for t, d in zip(tables, where)]
+    if fuse:
+        fused.use(twins)
     opts = [torch.optim.SGD([p for t in ts for p in t.parameters()], lr=0.5) for ts in (tables, twins)]
-    try:
-        for _ in range(3):
-            for ts, opt, on_gpus in ((tables, opts[0], False), (twins, opts[1], True)):
-                fused.enable() if (fuse and on_gpus) else fused.disable()
-                move = (lambda xs: [x.to(d) for x, d in zip(xs, where)]) if on_gpus else (lambda xs: xs)
-                out = grouped_forward(ts, move(indices), move(offsets), [None] * len(ts))
-                if on_gpus:
-                    assert [o.device for o in out] == where  # each answer on its table's device
-                opt.zero_grad()
-                sum((o * u).sum() for o, u in zip(out, move(upstream))).backward()
-                opt.step()
-                assert fused.pending_rows() == 0
-    finally:
-        fused.disable()
+    for _ in range(3):
+        for ts, opt, on_gpus in ((tables, opts[0], False), (twins, opts[1], True)):
+            move = (lambda xs: [x.to(d) for x, d in zip(xs, where)]) if on_gpus else (lambda xs: xs)
+            out = grouped_forward(ts, move(indices), move(offsets), [None] * len(ts))
+            if on_gpus:
+                assert [o.device for o in out] == where  # each answer on its table's device
+            opt.zero_grad()
+            sum((o * u).sum() for o, u in zip(out, move(upstream))).backward()
+            opt.step()
+            assert fused.pending_rows(ts) == 0
     for a, b in zip(tables, twins):
         for pa, pb in zip(a.parameters(), b.parameters()):
             assert torch.allclose(pa, pb.cpu(), atol=1e-5)

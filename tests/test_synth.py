@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from dlrm_mlet.tools import synth
+from dlrm_mlet.tools import synth, synth_model
 from dlrm_mlet.cli import main
 from dlrm_mlet.errors import MLETError
 
@@ -107,24 +107,24 @@ def test_written_categories_decode_to_ids_within_the_table(data):
     _, info, rows, _, _ = data
     for f in (0, 2, 8):
         values = np.array([int(r[14 + f], 16) for r in rows if r[14 + f]], dtype=np.uint64)
-        ids = synth.unmix_ids(values, synth._mix_keys(0, f))
+        ids = synth_model.unmix_ids(values, synth_model._mix_keys(0, f))
         assert ids.max() < info["table_sizes"][f]
 
 
 def test_id_mixing_is_unique_and_invertible():
     rng = np.random.default_rng(1)
     for feature in (0, 7, 25):
-        keys = synth._mix_keys(123, feature)
+        keys = synth_model._mix_keys(123, feature)
         ids = np.concatenate([np.arange(300_000), rng.integers(0, 2**31 - 2, 100_000)]).astype(np.uint64)
         ids = np.sort(ids)
         ids = ids[np.r_[True, np.diff(ids) != 0]]
-        mixed = synth.mix_ids(ids, keys)
+        mixed = synth_model.mix_ids(ids, keys)
         assert (np.diff(np.sort(mixed)) != 0).all()
         assert mixed.min() >= 1 and mixed.max() < 2**31 - 1  # never "00000000" (= missing in DLRM)
-        np.testing.assert_array_equal(synth.unmix_ids(mixed, keys), ids)
+        np.testing.assert_array_equal(synth_model.unmix_ids(mixed, keys), ids)
     edge = np.array([0, 2**31 - 3], dtype=np.uint64)
-    np.testing.assert_array_equal(synth.unmix_ids(synth.mix_ids(edge, keys), keys), edge)
-    assert not np.array_equal(synth.mix_ids(ids[:100], synth._mix_keys(123, 1)), mixed[:100])
+    np.testing.assert_array_equal(synth_model.unmix_ids(synth_model.mix_ids(edge, keys), keys), edge)
+    assert not np.array_equal(synth_model.mix_ids(ids[:100], synth_model._mix_keys(123, 1)), mixed[:100])
 
 
 def test_an_interrupted_run_leaves_no_train_txt(tmp_path, monkeypatch):
@@ -166,13 +166,13 @@ def test_memory_does_not_grow_with_rows(tmp_path, monkeypatch):
 
 
 def test_table_sizes():
-    assert synth.table_sizes(1) == list(synth.CRITEO_TABLE_SIZES)
-    small = synth.table_sizes(0.01)
+    assert synth_model.table_sizes(1) == list(synth_model.CRITEO_TABLE_SIZES)
+    small = synth_model.table_sizes(0.01)
     assert small[2] == 101313 and small[8] == 3 and min(small) == 3
-    assert synth.table_sizes(1e-9) == [min(n, 4) for n in synth.CRITEO_TABLE_SIZES]
+    assert synth_model.table_sizes(1e-9) == [min(n, 4) for n in synth_model.CRITEO_TABLE_SIZES]
     for bad in (0, -1, float("nan"), 1000):
         with pytest.raises(MLETError, match="--scale"):
-            synth.table_sizes(bad)
+            synth_model.table_sizes(bad)
 
 
 def test_cli_writes_and_refuses_to_overwrite(tmp_path, capsys):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dlrm_mlet import MLETEmbeddingBag, MLETError
-from dlrm_mlet import table as table_module
+from dlrm_mlet.core import init as init_module
 from dlrm_mlet.tools.verify import random_bags
 
 
@@ -63,7 +63,7 @@ def test_table_init_is_dlrms_draw_from_numpys_global_rng(monkeypatch):
     bound = np.sqrt(1 / n)
     expected = np.random.uniform(low=-bound, high=bound, size=(n, k)).astype(np.float32)
     # Small draw blocks: the chunked draw must continue the same stream.
-    monkeypatch.setattr(table_module, "_INIT_CHUNK_ELEMS", 100)
+    monkeypatch.setattr(init_module, "_INIT_CHUNK_ELEMS", 100)
     np.random.seed(7)
     bag = MLETEmbeddingBag(n, 4, k)
     assert np.array_equal(bag.table.weight.detach().numpy(), expected)
@@ -195,32 +195,29 @@ def test_fused_update_is_sgd_on_sparse_gradients(mode, weighted, one_hot, backen
     tables = [MLETEmbeddingBag(n, 4, 16, mode=mode) for n in (50, 70, 9)]
     tables.insert(1, torch.nn.EmbeddingBag(30, 4, mode=mode, sparse=True))
     twins = copy.deepcopy(tables)
+    assert fused.use(twins, backend) == 3  # the MLET tables; the plain one keeps its sparse gradient
     initial = tables[0].table.weight.detach().clone()
     optimizers = [torch.optim.SGD([p for t in ts for p in t.parameters()], lr=0.5) for ts in (tables, twins)]
     params = [p for t in twins for p in t.parameters()]
     g = torch.Generator().manual_seed(5)
     per_bag = 1 if one_hot else None
-    try:
-        for step in range(4):
-            size = 8 if per_bag else 20
-            indices = [torch.randint(0, t.num_embeddings, (size,), generator=g) for t in tables]  # repeats rows
-            offsets = [torch.arange(8) if per_bag else torch.tensor([0, 2, 2, 5, 9, 12, 15, 19])] * len(tables)
-            weights = [torch.rand(size, generator=g) if weighted else None for _ in tables]
-            upstream = [torch.randn(8, 4, generator=g) for _ in tables]
-            for ts, opt, on in ((tables, optimizers[0], False), (twins, optimizers[1], True)):
-                fused.enable(backend) if on else fused.disable()
-                out = grouped_forward(ts, indices, offsets, weights)
-                opt.zero_grad()
-                sum((o * u).sum() for o, u in zip(out, upstream)).backward()
-                if on:
-                    assert all(t.table.weight.grad is None for t in ts if isinstance(t, MLETEmbeddingBag))
-                    assert fused.pending_rows() == 3 * (size if backend == "torch" else 8)
-                for group in opt.param_groups:
-                    group["lr"] = 0.5 / (step + 1)  # a scheduler changing lr between steps
-                opt.step()
-                assert fused.pending_rows() == 0
-    finally:
-        fused.disable()
+    for step in range(4):
+        size = 8 if per_bag else 20
+        indices = [torch.randint(0, t.num_embeddings, (size,), generator=g) for t in tables]  # repeats rows
+        offsets = [torch.arange(8) if per_bag else torch.tensor([0, 2, 2, 5, 9, 12, 15, 19])] * len(tables)
+        weights = [torch.rand(size, generator=g) if weighted else None for _ in tables]
+        upstream = [torch.randn(8, 4, generator=g) for _ in tables]
+        for ts, opt, on in ((tables, optimizers[0], False), (twins, optimizers[1], True)):
+            out = grouped_forward(ts, indices, offsets, weights)
+            opt.zero_grad()
+            sum((o * u).sum() for o, u in zip(out, upstream)).backward()
+            if on:
+                assert all(t.table.weight.grad is None for t in ts if isinstance(t, MLETEmbeddingBag))
+                assert fused.pending_rows(ts) == 3 * (size if backend == "torch" else 8)
+            for group in opt.param_groups:
+                group["lr"] = 0.5 / (step + 1)  # a scheduler changing lr between steps
+            opt.step()
+            assert fused.pending_rows(ts) == 0
     for a, b in zip(tables, twins):
         for pa, pb in zip(a.parameters(), b.parameters()):
             assert torch.allclose(pa, pb, atol=1e-6)
@@ -239,21 +236,18 @@ def test_fused_update_with_two_backwards_before_a_step_applies_both(backend):
     needs(backend)
     tables = [MLETEmbeddingBag(n, 4, 16) for n in (50, 70, 9)]
     twins = copy.deepcopy(tables)
+    fused.use(twins, backend)
     optimizers = [torch.optim.SGD([p for t in ts for p in t.parameters()], lr=0.5) for ts in (tables, twins)]
     g = torch.Generator().manual_seed(7)
-    try:
-        for step in range(3):
-            passes = [([torch.randint(0, t.num_embeddings, (8,), generator=g) for t in tables],
-                       [torch.randn(8, 4, generator=g) for _ in tables]) for _ in range(2)]
-            for ts, opt, on in ((tables, optimizers[0], False), (twins, optimizers[1], True)):
-                fused.enable(backend) if on else fused.disable()
-                opt.zero_grad()
-                for indices, upstream in passes:  # one-hot bags: the rows are views of one buffer
-                    out = grouped_forward(ts, indices, [torch.arange(8)] * 3, [None] * 3)
-                    sum((o * u).sum() for o, u in zip(out, upstream)).backward()
-                opt.step()
-    finally:
-        fused.disable()
+    for step in range(3):
+        passes = [([torch.randint(0, t.num_embeddings, (8,), generator=g) for t in tables],
+                   [torch.randn(8, 4, generator=g) for _ in tables]) for _ in range(2)]
+        for ts, opt, on in ((tables, optimizers[0], False), (twins, optimizers[1], True)):
+            opt.zero_grad()
+            for indices, upstream in passes:  # one-hot bags: the rows are views of one buffer
+                out = grouped_forward(ts, indices, [torch.arange(8)] * 3, [None] * 3)
+                sum((o * u).sum() for o, u in zip(out, upstream)).backward()
+            opt.step()
     for a, b in zip(tables, twins):
         for pa, pb in zip(a.parameters(), b.parameters()):
             assert torch.allclose(pa, pb, atol=1e-6)
@@ -268,21 +262,18 @@ def test_fbgemm_tables_keep_their_state_dict_and_load_into_the_tbe():
     model = torch.nn.ModuleList([MLETEmbeddingBag(n, 4, 16) for n in (50, 70)])
     keys = list(model.state_dict())
     indices, offsets = [torch.tensor([1, 2, 3])] * 2, [torch.tensor([0, 1, 2])] * 2
-    fused.enable("fbgemm")
-    try:
-        grouped_forward(list(model), indices, offsets, [None] * 2)
-        assert list(model.state_dict()) == keys  # the TBE is no submodule
-        group = model[0]._tbe_group
-        assert model[1].table.weight.untyped_storage().data_ptr() == group.tbe.weights_host.untyped_storage().data_ptr()
-        new = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
-        model.load_state_dict(new)  # e.g. DLRM resuming from PATH.mlet
-        expected = [t(i, o) for t, i, o in zip(model, indices, offsets)]
-        got = grouped_forward(list(model), indices, offsets, [None] * 2)
-        assert all(torch.allclose(e, o, atol=1e-6) for e, o in zip(expected, got))
-        with pytest.raises(RuntimeError, match="idx < num_rows"):  # out of range fails, as in nn.EmbeddingBag
-            grouped_forward(list(model), [torch.tensor([1, 2, 70])] * 2, offsets, [None] * 2)
-    finally:
-        fused.disable()
+    fused.use(model, "fbgemm")
+    grouped_forward(list(model), indices, offsets, [None] * 2)
+    assert list(model.state_dict()) == keys  # the TBE is no submodule
+    group = model[0]._tbe_group
+    assert model[1].table.weight.untyped_storage().data_ptr() == group.tbe.weights_host.untyped_storage().data_ptr()
+    new = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+    model.load_state_dict(new)  # e.g. DLRM resuming from PATH.mlet
+    expected = [t(i, o) for t, i, o in zip(model, indices, offsets)]
+    got = grouped_forward(list(model), indices, offsets, [None] * 2)
+    assert all(torch.allclose(e, o, atol=1e-6) for e, o in zip(expected, got))
+    with pytest.raises(RuntimeError, match="idx < num_rows"):  # out of range fails, as in nn.EmbeddingBag
+        grouped_forward(list(model), [torch.tensor([1, 2, 70])] * 2, offsets, [None] * 2)
 
 
 def test_fused_update_refuses_other_optimizers():
@@ -291,11 +282,53 @@ def test_fused_update_refuses_other_optimizers():
 
     tables = [MLETEmbeddingBag(10, 4, 16) for _ in range(2)]
     opt = torch.optim.SGD([p for t in tables for p in t.parameters()], lr=0.1, momentum=0.9)
-    fused.enable()
-    try:
-        out = grouped_forward(tables, [torch.tensor([1, 2])] * 2, [torch.tensor([0, 1])] * 2, [None] * 2)
-        sum(o.sum() for o in out).backward()
-        with pytest.raises(MLETError, match="plain SGD"):
+    fused.use(tables)
+    out = grouped_forward(tables, [torch.tensor([1, 2])] * 2, [torch.tensor([0, 1])] * 2, [None] * 2)
+    sum(o.sum() for o in out).backward()
+    with pytest.raises(MLETError, match="plain SGD"):
+        opt.step()
+
+
+@pytest.mark.parametrize("backend", ["torch", "fbgemm"])
+def test_a_fused_and_a_plain_model_train_side_by_side_in_one_process(backend):
+    """The fused-update choice is each model's: interleaved steps, each model equal to its own reference."""
+    import copy
+
+    from dlrm_mlet.core import fused
+    from dlrm_mlet.core.grouped import grouped_forward
+
+    needs(backend)
+    fast = torch.nn.ModuleList([MLETEmbeddingBag(n, 4, 16) for n in (50, 70, 9)])
+    plain = torch.nn.ModuleList([MLETEmbeddingBag(n, 4, 8) for n in (40, 60)])
+    references = copy.deepcopy(fast), copy.deepcopy(plain)  # both trained with sparse gradients
+    initial = fast[0].table.weight.detach().clone()
+    assert fused.use(fast, backend) == 3
+    assert fused.backend_of(plain[0]) is None and fused.backend_of(references[0][0]) is None
+    models = (fast, plain) + references
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.5) for m in models]
+    g = torch.Generator().manual_seed(11)
+    for step in range(4):
+        batches = [([torch.randint(0, t.num_embeddings, (8,), generator=g) for t in m],
+                    [torch.randn(8, 4, generator=g) for _ in m]) for m in (fast, plain)]
+        batches += batches
+        for opt in optimizers:
+            opt.zero_grad()
+        # Both models' backwards run before either steps: rows wait on their own tables.
+        for m, (indices, upstream) in zip(models, batches):
+            out = grouped_forward(list(m), indices, [torch.arange(8)] * len(m), [None] * len(m))
+            sum((o * u).sum() for o, u in zip(out, upstream)).backward()
+        assert all(t.table.weight.grad is None for t in fast)
+        assert all(t.table.weight.grad.is_sparse for m in models[1:] for t in m)
+        assert fused.pending_rows(fast) == 3 * 8  # one-hot bags: 8 rows a table
+        assert fused.pending_rows(plain) == 0
+        for opt in reversed(optimizers):  # the plain model steps first: it must not apply the fast one's rows
+            for group in opt.param_groups:
+                group["lr"] = 0.5 / (step + 1)
             opt.step()
-    finally:
-        fused.disable()
+            if opt is optimizers[1]:
+                assert fused.pending_rows(fast) > 0
+        assert fused.pending_rows(fast) == 0
+    for model, reference in zip((fast, plain), references):
+        for a, b in zip(model.parameters(), reference.parameters()):
+            assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.allclose(fast[0].table.weight, initial)  # the fused steps did move the rows

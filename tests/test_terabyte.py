@@ -18,7 +18,8 @@ import pytest
 
 from conftest import import_script, run_dlrm  # noqa: F401
 from dlrm_mlet import MLETError
-from dlrm_mlet.dlrm.criteo import criteo_layout, first_pass_buckets, preprocess_criteo
+from dlrm_mlet.dlrm.criteo import criteo_layout, preprocess_criteo
+from dlrm_mlet.dlrm.criteo_shuffle import first_pass_buckets
 from dlrm_mlet.tools.synth import write_synthetic_days
 
 DAYS, PER_DAY = 24, 300
@@ -202,17 +203,17 @@ def test_a_malformed_line_in_a_day_file_is_named_and_nothing_is_written(days_dir
 
 def test_a_failure_while_writing_leaves_no_final_file(days_dir, tmp_path, monkeypatch):
     """A crash after the scratch is written (here: in the last reordered day) renames nothing."""
-    from dlrm_mlet.dlrm import criteo
+    from dlrm_mlet.dlrm import criteo_shuffle
 
     raw = copy_days(days_dir, tmp_path / "data")
-    real = criteo._write_npz
+    real = criteo_shuffle._write_npz
 
     def failing(path, members):
         if path.endswith("reordered_23.npz"):
             raise OSError(28, "No space left on device")
         return real(path, members)
 
-    monkeypatch.setattr(criteo, "_write_npz", failing)
+    monkeypatch.setattr(criteo_shuffle, "_write_npz", failing)
     with pytest.raises(MLETError, match="No space left on device; nothing was written"):
         preprocess_criteo("terabyte", raw, memory_map=True, bins=True, quiet=True)
     assert sorted(os.listdir(tmp_path / "data")) == sorted(f"day_{i}" for i in range(DAYS))
@@ -304,7 +305,7 @@ def test_block_parser_reads_lines_as_the_line_parser_does(days_dir):
 def test_key_table_numbers_keys_as_dlrm_dicts_do_before_and_after_it_turns_dense(cap):
     """DLRM numbers keys by first appearance (``convertDicts``); a capped table moves from a dict
     to a dense lookup once that is smaller (here after cap/30 keys): the numbering must not notice."""
-    from dlrm_mlet.dlrm.criteo import KeyTable
+    from dlrm_mlet.dlrm.criteo_parse import KeyTable
 
     rng = np.random.default_rng(0)
     high = cap if cap > 0 else 2**31

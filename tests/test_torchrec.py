@@ -34,7 +34,7 @@ from torchrec.modules.embedding_configs import PoolingType  # noqa: E402
 
 from dlrm_mlet.files import load_checkpoint  # noqa: E402
 from dlrm_mlet.errors import MLETError  # noqa: E402
-from dlrm_mlet.torchrec.collection import (
+from dlrm_mlet.torchrec import (  # noqa: E402
     MLETEmbeddingBagCollection,
     fold_torchrec,
     mlet_dlrm,
@@ -50,7 +50,11 @@ PLANS = {  # run name -> each table's sharding type
     "row_wise": ["row_wise"] * 3,
     "column_wise": ["column_wise"] * 3,
     "mixed": ["data_parallel", "column_wise", "table_wise"],
+    "per_table": ["table_wise"] * 3,
 }
+# Each run's hidden_dim (K unless given here): per_table keeps t1 plain (d-wide, no
+# projection) and trains t0 and t2 at two different widths in one collection.
+HIDDEN = {"per_table": [K, 0, 2 * K]}
 WORLD, STEPS, BATCH, EVAL_BATCH = 2, 300, 16, 24
 WORKER_DEADLINE_S = 400
 
@@ -133,6 +137,51 @@ def test_fold_is_exact_for_weighted_bags_and_a_table_shared_by_two_features():
     assert out.keys() == plain.keys() == ["a", "b", "c"]
     assert out.values().shape == (2, 3 * D)
     assert torch.allclose(out.values(), plain.values(), atol=1e-6)
+
+
+def test_per_table_widths_and_min_rows_keep_some_tables_plain_and_fold_exactly():
+    """A k per table (0: plain) and min_rows, the forms of --mlet-hidden-dim and --mlet-min-rows."""
+    np.random.seed(5)
+    model = mlet_dlrm(tables(), [K, 0, 2 * K], DENSE_IN, DENSE_LAYERS, OVER_LAYERS, min_rows=40)
+    mlet = model.sparse_arch.embedding_bag_collection
+    # t1 has k = 0; t2 has 30 rows, below min_rows: both stay plain, d-wide, without projection.
+    assert mlet.hidden_dims == {"t0": K, "t1": 0, "t2": 0} and mlet.hidden_dim == K
+    assert list(mlet.proj) == ["t0"]
+    assert [mlet.ebc.embedding_bags[c.name].weight.shape[1] for c in tables()] == [K, D, D]
+    plain_before = mlet.ebc.embedding_bags["t1"].weight.detach().clone()
+    dense, kjt, _ = make_batch(64, seed=2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        expected = model(dense, kjt)
+        folded = mlet.fold()
+        assert torch.allclose(folded(kjt).values(), mlet(kjt).values(), atol=1e-6)
+        state = fold_torchrec(model)
+        assert set(state) == set(stock_dlrm().state_dict())
+        # The fold leaves plain tables as they are, bit for bit.
+        key = "sparse_arch.embedding_bag_collection.embedding_bags.t1.weight"
+        assert torch.equal(state[key], mlet.ebc.embedding_bags["t1"].weight)
+        assert not torch.equal(state[key], plain_before)  # (it was trained, i.e. perturbed)
+        stock = stock_dlrm()
+        stock.load_state_dict(state, strict=True)
+        diff = (stock(dense, kjt) - expected).abs().max().item()
+    assert diff <= 1e-5
+    # A mapping by table name: the tables it does not name stay plain.
+    by_name = MLETEmbeddingBagCollection(tables(), {"t2": K})
+    assert by_name.hidden_dims == {"t0": 0, "t1": 0, "t2": K}
+
+
+def test_bad_per_table_widths_are_refused_with_one_line():
+    with pytest.raises(MLETError, match="hidden_dim lists 2 values for 3 tables"):
+        MLETEmbeddingBagCollection(tables(), [K, K])
+    with pytest.raises(MLETError, match="hidden_dim of table 't1' must be an integer >= 0, got -1"):
+        MLETEmbeddingBagCollection(tables(), [K, -1, K])
+    with pytest.raises(MLETError, match="hidden_dim names no table called 'nope'"):
+        MLETEmbeddingBagCollection(tables(), {"nope": K})
+    with pytest.raises(MLETError, match="min_rows must be an integer >= 0"):
+        MLETEmbeddingBagCollection(tables(), K, min_rows=-1)
+    with pytest.raises(MLETError, match="table 't1': hidden_dim 4 is below its embedding_dim"):
+        MLETEmbeddingBagCollection(tables(), [K, 4, 0])
 
 
 def test_mlet_init_follows_dlrm_and_mlet_defaults():
@@ -288,7 +337,7 @@ def _train_fold_worker(rank, port, out_dir):
         np.random.seed(0)
         torch.manual_seed(0)
         model = DLRMTrain(
-            mlet_dlrm(tables(), K, DENSE_IN, DENSE_LAYERS, OVER_LAYERS, table_device="meta")
+            mlet_dlrm(tables(), HIDDEN.get(run, K), DENSE_IN, DENSE_LAYERS, OVER_LAYERS, table_device="meta")
         )
         apply_optimizer_in_backward(torch.optim.SGD, sparse_parameters(model), {"lr": 0.5})
         plan = _plan(model, run)
@@ -368,7 +417,8 @@ def test_dmp_training_folds_into_stock_dlrm_with_same_predictions(distributed_ru
     result = load_checkpoint(os.path.join(distributed_runs, f"{run}.result.pt"))
     state = load_checkpoint(os.path.join(distributed_runs, f"{run}.pt"))
 
-    for config, wanted in zip(tables(), PLANS[run]):
+    widths = [k or D for k in HIDDEN.get(run, [K] * len(ROWS))]
+    for config, wanted, width in zip(tables(), PLANS[run], widths):
         kind, shards = result["plan"][config.name]
         assert kind == wanted
         if kind == "row_wise":
@@ -380,7 +430,7 @@ def test_dmp_training_folds_into_stock_dlrm_with_same_predictions(distributed_ru
         elif kind == "data_parallel":
             assert shards == []  # replicated: each rank holds the whole n x k table
         else:
-            assert len(shards) == 1 and shards[0][1] == [config.num_embeddings, K]
+            assert len(shards) == 1 and shards[0][1] == [config.num_embeddings, width]
     if run == "table_wise":  # some table lives on rank 1 and was sent over
         assert {shards[0][0] for _, shards in result["plan"].values()} == {0, 1}
 
@@ -413,30 +463,37 @@ def test_dlrm_integration_torchrec_main_trains_mlet_and_writes_a_stock_dlrm_stat
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
     if "lo" in {name for _, name in socket.if_nameindex()}:
         env["GLOO_SOCKET_IFNAME"] = "lo"
-    n, d, k = 200, 8, 32
+    d, k = 8, 32
+    # DLRM's forms of --mlet-hidden-dim: one K per table, 0 keeps a table plain; and
+    # --mlet-min-rows, which keeps the 40-row tables plain too.
+    rows = [40 if i % 4 == 0 else 200 for i in range(len(DEFAULT_CAT_NAMES))]
+    dims = [0 if i % 3 == 0 else (k if i % 2 else 2 * k) for i in range(len(DEFAULT_CAT_NAMES))]
+    trained = sum(1 for n, kk in zip(rows, dims) if kk and n >= 100)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(WORLD),
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
         os.path.join(os.path.dirname(__file__), "torchrec_harness.py"), dumped, "--",
-        "--num_embeddings", str(n), "--embedding_dim", str(d),
+        "--num_embeddings_per_feature", ",".join(map(str, rows)), "--embedding_dim", str(d),
         "--dense_arch_layer_sizes", f"16,{d}", "--over_arch_layer_sizes", "16,1",
         "--batch_size", "32", "--limit_train_batches", "30", "--limit_val_batches", "2",
         "--limit_test_batches", "2", "--learning_rate", "0.1", "--seed", "0",
-        "--mlet-hidden-dim", str(k), "--mlet-folded-path", folded,
+        "--mlet-hidden-dim", "-".join(map(str, dims)), "--mlet-min-rows", "100",
+        "--mlet_proj_init", "xavier", "--mlet-folded-path", folded,
     ]
     proc = subprocess.run(cmd, cwd=script_dir, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "AUROC over test set" in proc.stdout
+    assert f"MLET: {trained} of {len(rows)} tables trained as n x {k}-{2 * k} -> {d}" in proc.stdout
 
     state = load_checkpoint(folded)
     configs = [
         EmbeddingBagConfig(name=f"t_{f}", embedding_dim=d, num_embeddings=n, feature_names=[f])
-        for f in DEFAULT_CAT_NAMES
+        for f, n in zip(DEFAULT_CAT_NAMES, rows)
     ]
     stock = DLRM(EmbeddingBagCollection(tables=configs), len(DEFAULT_INT_NAMES), [16, d], [16, 1])
     stock.load_state_dict(state, strict=True)
     assert all(state[f"sparse_arch.embedding_bag_collection.embedding_bags.t_{f}.weight"].shape == (n, d)
-               for f in DEFAULT_CAT_NAMES)
+               for f, n in zip(DEFAULT_CAT_NAMES, rows))
     # The trained MLET model, sharded over the 2 ranks, predicted this batch just before the fold
     # (tests/torchrec_harness.py); the folded tables in stock DLRM must predict the same.
     batch = load_checkpoint(dumped)

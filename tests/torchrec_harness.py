@@ -2,7 +2,7 @@
 
 Used by test_torchrec.py, from DLRM's ``torchrec_dlrm`` folder:
 ``torchrun --nproc_per_node=2 torchrec_harness.py OUT -- DLRM_MAIN_ARGS``.
-When the patched trainer, done training, calls ``dlrm_mlet.torchrec.fold_torchrec``,
+When the patched trainer, done training, folds (``dlrm_mlet.torchrec.trainer.fold_torchrec``),
 this first predicts one fixed batch with the trained model as it is sharded over
 the ranks (each rank its share of the batch, gathered), then folds as the trainer
 asked. Rank 0 saves the batch and the predictions, so the test can compare them
@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torchrec import KeyedJaggedTensor
 from torchrec.datasets.criteo import DEFAULT_CAT_NAMES, DEFAULT_INT_NAMES
 
-import dlrm_mlet.torchrec as mlet_torchrec
+import dlrm_mlet.torchrec.trainer as mlet_trainer
 
 BATCH = 16  # the whole batch; each rank predicts BATCH / world of it
 out = sys.argv[1]
@@ -37,7 +37,7 @@ class RecordedPipeline(dlrm_main.TrainPipelineSparseDist):
 
 
 def fixed_batch(rows):
-    """One id per feature and sample, the same on every rank."""
+    """One id per feature and sample (below ``rows``, the smallest table), the same on every rank."""
     g = torch.Generator().manual_seed(11)
     dense = torch.randn(BATCH, len(DEFAULT_INT_NAMES), generator=g)
     indices = torch.randint(0, rows, (len(DEFAULT_CAT_NAMES), BATCH), generator=g)
@@ -51,7 +51,7 @@ def kjt(indices):
     )
 
 
-fold = mlet_torchrec.fold_torchrec
+fold = mlet_trainer.fold_torchrec
 folds = []
 
 
@@ -59,7 +59,7 @@ def predict_then_fold(model, path=None):
     for pipeline in pipelines:
         pipeline.detach()
     rank, world = dist.get_rank(), dist.get_world_size()
-    rows = model.sparse_arch.embedding_bag_collection.embedding_bag_configs()[0].num_embeddings
+    rows = min(c.num_embeddings for c in model.sparse_arch.embedding_bag_collection.embedding_bag_configs())
     dense, indices = fixed_batch(rows)
     share = BATCH // world
     part = slice(rank * share, (rank + 1) * share)
@@ -74,7 +74,7 @@ def predict_then_fold(model, path=None):
     return fold(model, path)
 
 
-mlet_torchrec.fold_torchrec = predict_then_fold
+mlet_trainer.fold_torchrec = predict_then_fold
 dlrm_main.TrainPipelineSparseDist = RecordedPipeline
 dlrm_main.main(argv)
 assert folds, "the patched trainer never folded"

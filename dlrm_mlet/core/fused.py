@@ -10,8 +10,8 @@ hands each table's gradient rows to ``add``, and the next ``step()`` of the
 optimizer that holds the table applies them with one ``index_add_`` per table,
 at that step's learning rate (so DLRM's scheduler is honoured).
 
-``enable("fbgemm")`` (``--mlet-fused-update=fbgemm``) hands the same step to
-fbgemm's table-batched embedding instead (``tbe.py``): it pools the k-wide
+``use(tables, "fbgemm")`` (``--mlet-fused-update=fbgemm``) hands the same step
+to fbgemm's table-batched embedding instead (``tbe.py``): it pools the k-wide
 rows and applies the update in its own fused kernels, as TorchRec does.
 
 Either way the math is plain SGD applied at the same point of the iteration
@@ -20,48 +20,53 @@ the table, so loss curves match the default path to float tolerance (only
 the summation order of repeated rows differs). Momentum, weight decay and
 Adagrad need the gradient itself, so they are refused, not approximated.
 
-``enable()`` and ``disable()`` install and remove the one global optimizer
-hook; rows recorded for a table no optimizer steps are never applied, just as
-its gradient would never be.
+The choice belongs to each table (``use`` sets it, the grouped engine reads
+it), and the rows waiting for a step hang on the table's own weight: two
+models, one fused and one not, train side by side in one process, and rows
+die with their model. One optimizer step pre-hook, installed by the first
+``use``, applies the waiting rows of the parameters the stepping optimizer
+holds; rows recorded for a table no optimizer steps are never applied, just
+as its gradient would never be.
 """
 
 import torch
+from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from ..errors import MLETError
+from .bag import MLETEmbeddingBag
 
 BACKENDS = ("torch", "fbgemm")
 
-_pending = {}  # id(param) -> (param, [(row count, apply(lr)), ...]); the param ref pins the id
+_ATTR = "fused_update"  # on an MLETEmbeddingBag: None (sparse gradients), "torch" or "fbgemm"
+_ROWS = "_mlet_pending"  # on a table's weight: [(row count, apply(lr)), ...] until its optimizer steps
 _hook = None
-_backend = None
+_waiting = 0  # parameters with rows waiting (may overcount rows of dropped models: then just no fast path)
 
 
-def enable(backend="torch"):
-    global _hook, _backend
-    if backend not in BACKENDS:
+def use(tables, backend="torch"):
+    """Set how the MLET tables in ``tables`` (a module, or a list of modules) are updated.
+
+    ``"torch"`` or ``"fbgemm"``: rows go to the next optimizer step; None: sparse
+    gradients, the default. Other modules are left alone. Returns how many
+    tables were set.
+    """
+    global _hook
+    if backend is not None and backend not in BACKENDS:
         raise MLETError(f"fused update backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    _backend = backend
-    if _hook is None:
+    count = 0
+    for table in _modules(tables):
+        if isinstance(table, MLETEmbeddingBag):
+            setattr(table, _ATTR, backend)
+            count += 1
+    if backend is not None and _hook is None:
         _hook = register_optimizer_step_pre_hook(_apply)
+    return count
 
 
-def disable():
-    global _hook, _backend
-    if _hook is not None:
-        _hook.remove()
-        _hook = None
-    _backend = None
-    _pending.clear()
-
-
-def enabled():
-    return _hook is not None
-
-
-def backend():
-    """``"torch"`` or ``"fbgemm"`` while enabled, else None."""
-    return _backend
+def backend_of(table):
+    """``"torch"`` or ``"fbgemm"`` when ``use`` set it for this table, else None."""
+    return getattr(table, _ATTR, None)
 
 
 def add(param, indices, rows):
@@ -73,26 +78,40 @@ def add(param, indices, rows):
 
 def defer(param, rows, apply):
     """Run ``apply(lr)`` at the next step of the optimizer holding ``param``, with its group's lr."""
-    _pending.setdefault(id(param), (param, []))[1].append((rows, apply))
+    global _waiting
+    entries = getattr(param, _ROWS, None)
+    if entries is None:
+        entries = []
+        setattr(param, _ROWS, entries)
+        _waiting += 1
+    entries.append((rows, apply))
 
 
-def pending_rows():
-    """How many gradient rows wait for a step (tests and debugging)."""
-    return sum(rows for _, entries in _pending.values() for rows, _ in entries)
+def pending_rows(tables):
+    """How many gradient rows of ``tables`` (a module, or a list of modules) wait for a step."""
+    return sum(rows for m in _modules(tables) for p in m.parameters(recurse=False)
+               for rows, _ in getattr(p, _ROWS, ()))
+
+
+def _modules(tables):
+    return tables.modules() if isinstance(tables, nn.Module) else (m for t in tables for m in t.modules())
 
 
 def _apply(optimizer, args, kwargs):
-    if not _pending:
+    global _waiting
+    if not _waiting:
         return
     for group in optimizer.param_groups:
         for param in group["params"]:
-            entry = _pending.pop(id(param), None)
-            if entry is None:
+            entries = getattr(param, _ROWS, None)
+            if entries is None:
                 continue
+            delattr(param, _ROWS)
+            _waiting -= 1
             if (type(optimizer) is not torch.optim.SGD or group.get("momentum") or group.get("weight_decay")
                     or group.get("maximize")):
                 raise MLETError("--mlet-fused-update applies plain SGD steps to the MLET tables; this "
                                 f"optimizer is {type(optimizer).__name__} with momentum/weight decay/maximize")
             with torch.no_grad():
-                for _, apply in entry[1]:
+                for _, apply in entries:
                     apply(group["lr"])

@@ -86,13 +86,14 @@ class _Grouped(torch.autograd.Function):
 def grouped_forward(tables, indices, offsets, weights):
     """Outputs of a list of tables (DLRM's ``emb_l``) for one batch: a list of ``(batch, d)``.
 
-    MLET tables with the same widths, mode and device share one ``_Grouped``
-    node per such group; the others (plain tables, dense gradients, 2-D inputs,
-    trainable per-sample weights, padding rows, ``include_last_offset``, a group of one)
-    are called one by one.
-    With ``fused.enable()`` (``--mlet-fused-update``) grouped tables get no
-    gradient: their rows go to the optimizer's next step instead; with
-    ``fused.enable("fbgemm")`` fbgemm's TBE pools them and applies that step.
+    MLET tables with the same widths, mode, device and update share one
+    ``_Grouped`` node per such group; the others (plain tables, dense gradients,
+    2-D inputs, trainable per-sample weights, padding rows, ``include_last_offset``,
+    a group of one) are called one by one.
+    Grouped tables that ``fused.use`` set (``--mlet-fused-update``) get no
+    gradient: their rows go to the optimizer's next step instead; for those set
+    to ``"fbgemm"`` fbgemm's TBE pools them and applies that step. The setting
+    is each table's, so models with and without it live side by side.
     """
     def groupable(t, i, o, w):
         return (isinstance(t, MLETEmbeddingBag) and t.sparse and i.dim() == 1 and o is not None
@@ -106,20 +107,20 @@ def grouped_forward(tables, indices, offsets, weights):
             if groupable(*args):
                 t = tables[j]
                 key = (t.hidden_dim, t.embedding_dim, t.mode, t.table.weight.device,
-                       t.table.weight.dtype, offsets[j].numel(), weights[j] is None)
+                       t.table.weight.dtype, offsets[j].numel(), weights[j] is None, fused.backend_of(t))
                 groups.setdefault(key, []).append(j)
-    for (_, _, mode, *_), members in groups.items():
+    for (_, _, mode, *_, backend), members in groups.items():
         if len(members) < 2:
             continue
         members_indices, members_offsets = [indices[j] for j in members], [offsets[j] for j in members]
         members_weights = [weights[j] for j in members]
         projs = [tables[j].proj.weight for j in members]
         # fbgemm would accept weights with mean pooling; _Grouped raises nn.EmbeddingBag's error for it
-        if fused.backend() == "fbgemm" and not (mode == "mean" and members_weights[0] is not None):
+        if backend == "fbgemm" and not (mode == "mean" and members_weights[0] is not None):
             group = tbe.group_for([tables[j] for j in members])
             grouped = tbe.Grouped.apply(group, members_indices, members_offsets, members_weights, *projs)
         else:
-            grouped = _Grouped.apply(mode, fused.enabled(), members_indices, members_offsets, members_weights,
+            grouped = _Grouped.apply(mode, backend is not None, members_indices, members_offsets, members_weights,
                                      *[tables[j].table.weight for j in members], *projs)
         for j, out in zip(members, grouped.unbind(0)):
             outputs[j] = out

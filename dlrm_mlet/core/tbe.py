@@ -101,7 +101,7 @@ def group_for(tables):
 
 
 class Grouped(torch.autograd.Function):
-    """``_Grouped`` (table.py) with fbgemm doing the pooling and the table update."""
+    """``_Grouped`` (grouped.py) with fbgemm doing the pooling and the table update."""
 
     @staticmethod
     def forward(ctx, group, indices, offsets, weights, *projs):

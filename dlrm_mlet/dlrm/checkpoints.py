@@ -17,17 +17,41 @@ def is_mlet_checkpoint(ckpt):
     return bool(mlet_prefixes(ckpt["state_dict"]))
 
 
+# DLRM's distributed optimizer groups, by the module holding the parameter.
+_DISTRIBUTED_GROUPS = ("emb_l.", "bot_l.", "top_l.")
+
+
+def optimizer_group_names(names, groups):
+    """Which of DLRM's optimizer groups each parameter is in: ``names`` split, in order.
+
+    The one statement of DLRM's layout (``run()``, where it builds the
+    optimizer): a single process has one group over ``parameters()``;
+    distributed mode (``groups`` 3) has the tables' parameters, then the bottom
+    MLP's, then the top MLP's (pooling weights are in none). ``names`` are
+    parameter names in registration order (``named_parameters()``, or a state
+    dict's keys: DLRM registers no buffers).
+    """
+    names = list(names)
+    if groups == 1:
+        return [names]
+    return [[name for name in names if name.startswith(prefix)] for prefix in _DISTRIBUTED_GROUPS]
+
+
+def param_group_names(model, opt_state):
+    """Parameter names behind the optimizer's indices, group by group (recorded in ``PATH.mlet``)."""
+    return optimizer_group_names((name for name, _ in model.named_parameters()), len(opt_state["param_groups"]))
+
+
 def param_groups_by_name(ckpt):
     """Names of the parameters behind each optimizer group's indices.
 
     Our ``.mlet`` files record them. For other files, assume DLRM's
-    single-process layout: one group over ``parameters()``, which is the order
-    of the state dict (DLRM registers no buffers).
+    single-process layout.
     """
     recorded = ckpt.get("mlet", {}).get("param_groups")
     if recorded is not None:
         return [list(names) for names in recorded]
-    return [list(ckpt["state_dict"].keys())]
+    return optimizer_group_names(ckpt["state_dict"].keys(), 1)
 
 
 def fold_checkpoint(ckpt, progress=None):

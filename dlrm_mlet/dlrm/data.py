@@ -22,12 +22,11 @@ as ``log(x + 1)``), and the MLET authors' random 80/10/10 split with seed 123.
 import json
 import os
 import re
-import shutil
-import tempfile
 
 import numpy as np
 
 from ..errors import MLETError
+from ..files import StagedFiles, atomic_write
 from ..progress import progress_bar
 
 KAGGLE_DAYS = 7
@@ -220,20 +219,17 @@ def preprocess_kaggle(raw_path, processed_path="", max_ind_range=-1, sub_sample_
 
 
 def _save_npz(path, **arrays):
-    """``np.savez_compressed`` through a temporary file and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp.npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    """``np.savez_compressed`` to exactly ``path``, atomically.
+
+    Through an open file: given a name, numpy would append ``.npz`` to one
+    that lacks it, and DLRM's ``--processed-data-file`` may be any name.
+    """
+
+    def write(tmp):
+        with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as error:
-        raise MLETError(f"cannot write {path}: {error.strerror or error}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(path, write)
 
 
 # --------------------------------------------------------------------------- Avazu
@@ -278,11 +274,12 @@ def avazu_split(total, seed=AVAZU_SPLIT_SEED):
 
 
 def preprocess_avazu(csv_path, cache_dir, quiet=False):
-    """Stream an Avazu CSV into ``cache_dir`` (renamed into place when complete)."""
+    """Stream an Avazu CSV into ``cache_dir`` (renamed into place, whole, when complete)."""
     total = count_lines(csv_path) if os.path.isfile(csv_path) else 0
-    parent = os.path.dirname(os.path.abspath(cache_dir))
-    work = tempfile.mkdtemp(prefix=f".{os.path.basename(cache_dir)}.", suffix=".tmp", dir=parent)
-    try:
+    parent, name = os.path.split(os.path.abspath(cache_dir))
+    with StagedFiles(parent, name, f"cannot write {cache_dir}") as stage:
+        work = stage.path(name)
+        os.mkdir(work)
         with _open_text(csv_path) as handle:
             numbered = _lines(handle, csv_path)
             first = next(numbered, (1, ""))[1]
@@ -319,11 +316,7 @@ def preprocess_avazu(csv_path, cache_dir, quiet=False):
         with open(os.path.join(work, "meta.json"), "w") as handle:
             json.dump({"rows": rows, "counts": counts, "columns": AVAZU_CATEGORICAL,
                        "source": os.path.abspath(csv_path), "split_seed": AVAZU_SPLIT_SEED}, handle)
-        if os.path.exists(cache_dir):
-            shutil.rmtree(cache_dir)
-        os.replace(work, cache_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        stage.publish([(work, cache_dir)])  # an older cache there is replaced whole
     return cache_dir
 
 

@@ -7,7 +7,8 @@ last writer wins and the other ranks' tables are lost. Our save path instead:
 
 * each rank writes its own unfolded shard (``PATH.mlet`` from rank 0,
   ``PATH.mlet.rank<r>`` from the others), to resume with as many ranks;
-* every rank folds its own tables and streams them to rank 0 in row blocks;
+* every rank folds its own tables and streams them to rank 0 in row blocks
+  (``core/gather.py``, the stream TorchRec's fold uses too);
   rank 0 writes one folded checkpoint with global table numbering and
   single-process keys, which a single-process stock DLRM loads. Rank 0 never
   holds more than the folded tables (and their optimizer state) plus one
@@ -19,10 +20,11 @@ from collections import OrderedDict
 import torch
 import torch.distributed as dist
 
-from .checkpoints import fold_param_state
+from .checkpoints import fold_param_state, optimizer_group_names
 from ..files import to_plain
 from ..errors import MLETError
-from ..core.folding import FOLD_BLOCK_BYTES, fold_weight
+from ..core.folding import fold_weight
+from ..core.gather import comm_device, stream_to_rank0
 from ..core.bag import MLETEmbeddingBag
 
 
@@ -36,15 +38,13 @@ def shard_path(mlet_path, rank):
 
 
 def optimizer_groups(model):
-    """The parameters behind DLRM's three distributed optimizer groups, in order."""
-    return [
-        [p for table in model.emb_l for p in table.parameters()],
-        list(model.bot_l.parameters()),
-        list(model.top_l.parameters()),
-    ]
+    """The parameters behind DLRM's three distributed optimizer groups, in order (``optimizer_group_names``)."""
+    params = dict(model.named_parameters())
+    return [[params[name] for name in names] for names in optimizer_group_names(params, 3)]
 
 
 def state_by_param(model, opt_state):
+    """A distributed optimizer state's per-parameter entries, keyed by ``id`` of the model's parameter."""
     by_param = {}
     for group, params in zip(opt_state["param_groups"], optimizer_groups(model)):
         for index, param in zip(group["params"], params):
@@ -83,30 +83,6 @@ def _payload(model, local, by_param):
     return tensors, scalars
 
 
-def _rows_per_block(tensor_shape):
-    width = 1
-    for size in tensor_shape[1:]:
-        width *= size
-    return max(1, FOLD_BLOCK_BYTES // (4 * width))
-
-
-def _send(tensor, device):
-    rows = tensor.shape[0]
-    step = _rows_per_block(tensor.shape)
-    for start in range(0, rows, step):
-        dist.send(tensor[start:start + step].contiguous().to(device), dst=0)
-
-
-def _recv(shape, dtype, src, device):
-    out = torch.empty(shape, dtype=dtype)
-    step = _rows_per_block(shape)
-    for start in range(0, shape[0], step):
-        block = torch.empty((min(step, shape[0] - start), *shape[1:]), dtype=dtype, device=device)
-        dist.recv(block, src=src)
-        out[start:start + block.shape[0]] = block.cpu()
-    return out
-
-
 def _gather_table(model, owner, local, by_param, device):
     """One global table from its owner to rank 0 (None elsewhere); errors travel too."""
     rank = dist.get_rank()
@@ -124,10 +100,11 @@ def _gather_table(model, owner, local, by_param, device):
             return header[0] | {"data": {k: v.cpu() for k, v in tensors.items()}}
         dist.send_object_list(header, dst=0)
         for key in tensors:
-            _send(tensors[key], device)
+            stream_to_rank0(tensors[key], owner, None, device=device)
         return None
     dist.recv_object_list(header, src=owner)
-    data = {key: _recv(shape, dtype, owner, device) for key, shape, dtype in header[0]["tensors"]}
+    data = {key: stream_to_rank0(None, owner, torch.empty(shape, dtype=dtype), device=device)
+            for key, shape, dtype in header[0]["tensors"]}
     return header[0] | {"data": data}
 
 
@@ -137,8 +114,7 @@ def gather_folded_checkpoint(ckpt, model):
     Raises MLETError on every rank when any table cannot be folded.
     """
     rank = dist.get_rank()
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
-        else torch.device("cpu")
+    device = comm_device()
     opt_state = ckpt.get("opt_state_dict")
     by_param = state_by_param(model, opt_state) if opt_state is not None else {}
     tables = [_gather_table(model, owner, local, by_param, device) for owner, local in _owners(model)]

@@ -25,7 +25,6 @@ arguments; a test holds them to that.
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 import types
@@ -36,6 +35,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from .. import dlrm_glue
 from ..errors import MLETError
 from .patching import is_patched_source
+from .script import import_dlrm_script
 
 
 class _MLETParser(argparse.ArgumentParser):
@@ -113,20 +113,8 @@ def _sklearn_view(sklearn):
     return view
 
 
-def load_script(script):
-    """Import DLRM's script as a module named ``dlrm_s_pytorch``."""
-    directory = os.path.dirname(script)
-    if directory not in sys.path:
-        sys.path.insert(0, directory)  # its own imports: dlrm_data_pytorch, tricks, ...
-    spec = importlib.util.spec_from_file_location("dlrm_s_pytorch", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dlrm_s_pytorch"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def install_hooks(module):
-    dlrm_glue.can_resume = False
+    dlrm_glue.session.can_resume = False
     module.argparse = _argparse_view()
     module.torch = _TorchView(module)
     module.dp = _DataView(module.dp)
@@ -163,7 +151,8 @@ def run_script(script, dlrm_args):
     if "class DLRM_Net" not in source or "def run()" not in source:
         raise MLETError(f"{script}: not DLRM's dlrm_s_pytorch.py (no DLRM_Net or run())")
     sys.argv = [script] + list(dlrm_args)
-    module = load_script(script)
+    # Its folder stays on sys.path, as when DLRM runs as ``python dlrm_s_pytorch.py``.
+    module = import_dlrm_script(script, "dlrm_s_pytorch", keep_path=True)
     if not is_patched_source(source):
         install_hooks(module)  # a patched script already calls the glue itself
     module.run()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from ..errors import MLETError
+from ..files import atomic_write
 
 PINNED_COMMIT = "090956ee2319ddd349a42232958aefccfe3f7b0a"
 PATCH_NAME = "dlrm-mlet.patch"
@@ -138,18 +139,14 @@ def patch_checkout(dlrm_dir, reverse=False, check_only=False):
 
 
 def _replace_file(path, data):
-    tmp = f"{path}.dlrm-mlet-tmp"
-    try:
+    """Replace a DLRM file atomically, keeping its permissions."""
+
+    def write(tmp):
         with open(tmp, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.chmod(tmp, os.stat(path).st_mode)
-        os.replace(tmp, path)
-    except OSError as error:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise MLETError(f"cannot write {path}: {error.strerror or error}") from None
+
+    atomic_write(path, write)
 
 
 def is_patched_source(text):

@@ -6,13 +6,12 @@ rank and singular-value spectrum; totals; and whether an unpatched DLRM can
 load the file as it is.
 """
 
-import os
 import re
 
 import numpy as np
 import torch
 
-from ..files import load_dlrm_checkpoint
+from ..files import atomic_write, load_dlrm_checkpoint
 from ..errors import MLETError
 from ..core.folding import PROJ_KEY, TABLE_KEY, mlet_prefixes
 from .spectrum import effective_rank, singular_values
@@ -159,13 +158,7 @@ def plot_spectra(info, out_path):
     right.legend(fontsize=8)
     fig.suptitle(f"{info['path']} ({info['kind']})", fontsize=10)
     fig.tight_layout()
-    tmp = f"{out_path}.tmp.png"
-    try:
-        fig.savefig(tmp, dpi=150)
-        os.replace(tmp, out_path)  # never a half-drawn PNG under the asked name
-    except OSError as error:
-        raise MLETError(f"cannot write {out_path}: {error.strerror or error}") from None
+    try:  # never a half-drawn PNG under the asked name; PNG whatever the name's extension
+        atomic_write(out_path, lambda tmp: fig.savefig(tmp, dpi=150, format="png"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -11,6 +11,7 @@ gives at equal AUC.
 """
 
 import csv
+import io
 import json
 import os
 import re
@@ -20,7 +21,7 @@ import sys
 import time
 
 from ..dlrm.checkpoints import MLET_SUFFIX
-from ..files import load_checkpoint
+from ..files import StagedFiles, atomic_write, atomic_write_text, load_checkpoint
 from ..errors import MLETError
 from ..core.folding import mlet_table_bytes
 from ..dlrm.patching import patch_checkout
@@ -54,13 +55,12 @@ def read_rows(path):
 
 
 def write_rows(path, rows):
-    """Rewrite the whole CSV through a temporary file: never a torn row."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    """Rewrite the whole CSV atomically: never a torn row."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def patched_copy(dlrm_dir, work):
@@ -69,9 +69,10 @@ def patched_copy(dlrm_dir, work):
     if not os.path.isfile(os.path.join(dest, "dlrm_s_pytorch.py")):
         if not os.path.isfile(os.path.join(dlrm_dir, "dlrm_s_pytorch.py")):
             raise MLETError(f"{dlrm_dir}: not a DLRM checkout (no dlrm_s_pytorch.py); set --dlrm-dir or DLRM_DIR")
-        shutil.copytree(dlrm_dir, dest + ".tmp", dirs_exist_ok=True)
-        patch_checkout(dest + ".tmp")
-        os.replace(dest + ".tmp", dest)
+        with StagedFiles(work, "dlrm-patched", f"cannot write {dest}") as stage:
+            shutil.copytree(dlrm_dir, stage.path("dlrm-patched"))
+            patch_checkout(stage.path("dlrm-patched"))
+            stage.publish([(stage.path("dlrm-patched"), dest)])
     return os.path.join(dest, "dlrm_s_pytorch.py")
 
 
@@ -249,10 +250,10 @@ def plot(summary, out_png, oracle=None, title=None):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = out_png + ".tmp.png"
-    fig.savefig(tmp, dpi=150)
-    plt.close(fig)
-    os.replace(tmp, out_png)
+    try:  # never a half-drawn PNG under the asked name; PNG whatever the name's extension
+        atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=150, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def report(csv_path, out_png=None, oracle_path=None, title=None, progress=None):

@@ -1,5 +1,11 @@
-"""MLET inside TorchRec: a sharded collection that folds into a stock ``EmbeddingBagCollection``."""
+"""MLET inside TorchRec: a sharded collection that folds into a stock ``EmbeddingBagCollection``.
 
-from .collection import MLETEmbeddingBagCollection, fold_torchrec, mlet_dlrm, sparse_parameters
+``collection``: the layer (k-wide tables in a standard collection, projections
+beside it); ``fold``: a trained model, sharded or not, as a stock state dict;
+``trainer``: the hooks DLRM's patched TorchRec trainer calls.
+"""
+
+from .collection import MLETEmbeddingBagCollection, mlet_dlrm, sparse_parameters
+from .fold import fold_torchrec
 
 __all__ = ["MLETEmbeddingBagCollection", "fold_torchrec", "mlet_dlrm", "sparse_parameters"]

@@ -1,0 +1,100 @@
+"""The table options MLET takes on a command line, parsed once for every trainer.
+
+DLRM's ``dlrm_s_pytorch.py`` and its TorchRec trainer (``torchrec_dlrm/dlrm_main.py``)
+both take ``--mlet-hidden-dim`` (one K, or one per table), ``--mlet-min-rows`` and
+``--mlet-proj-init``. They are registered and parsed here so the two trainers
+accept the same forms and refuse the same mistakes with the same one-line
+message. Values are registered as strings and parsed after argparse, so a bad
+value gets an ``MLETError`` naming the flag rather than a page of usage text.
+"""
+
+from collections import namedtuple
+
+from ..errors import MLETError
+from .init import parse_proj_init
+
+TableOptions = namedtuple("TableOptions", "dims min_rows proj_init")
+TableOptions.__doc__ = """Parsed table options: ``dims`` from ``parse_hidden_dims``; MLET is on when ``max(dims) > 0``."""
+
+_FLAGS = (  # flag, default, metavar, help
+    ("--mlet-hidden-dim", "0", "K",
+     "train each table as n x K then K -> d (K >> d); 0 = off (default); "
+     "K1-K2-...: one K per table (0 keeps that table plain)"),
+    ("--mlet-min-rows", "0", "N", "tables with fewer than N rows stay plain (default 0: all tables)"),
+    ("--mlet-proj-init", "normal", "INIT",
+     "projection init: normal (N(0, 0.25^2)), normal-<std>, xavier, orthogonal"),
+)
+
+
+def add_table_arguments(parser, underscores=False, **kwargs):
+    """Register the three table options on ``parser`` (or an argument group).
+
+    ``underscores`` also accepts ``--mlet_hidden_dim`` etc., the spelling of
+    the TorchRec trainer's own flags; the ``args`` attribute is the same.
+    ``kwargs`` go to each ``add_argument`` (a trainer's ``type``, say).
+    """
+    for flag, default, metavar, text in _FLAGS:
+        names = ("--" + flag[2:].replace("-", "_"), flag) if underscores else (flag,)
+        parser.add_argument(*names, dest=flag[2:].replace("-", "_"), default=default,
+                            metavar=metavar, help=text, **kwargs)
+
+
+def parse_int(raw, flag, minimum=0):
+    """``raw`` as an integer >= ``minimum``; MLETError naming ``flag`` otherwise."""
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise MLETError(f"{flag}: expected an integer >= {minimum}, got {raw!r}") from None
+    if value < minimum:
+        raise MLETError(f"{flag}: expected an integer >= {minimum}, got {raw!r}")
+    return value
+
+
+def parse_hidden_dims(raw):
+    """``K`` or ``K1-K2-...`` (one per table, like ``--arch-embedding-size``) as a tuple of ints."""
+    text = str(raw).strip()
+    try:
+        values = tuple(int(v) for v in text.split("-")) if "-" in text.strip("-") else (int(text),)
+    except ValueError:
+        values = (-1,)
+    if min(values) < 0:
+        raise MLETError(
+            f"--mlet-hidden-dim: expected an integer >= 0 or a dash-separated list of them, got {raw!r}"
+        )
+    return values
+
+
+def parse_proj_init_option(text):
+    """``--mlet-proj-init``: core's init names, with the flag named in the error."""
+    try:
+        return parse_proj_init(str(text).strip())
+    except MLETError as error:
+        raise MLETError(f"--mlet-proj-init: {error}") from None
+
+
+def parse_table_options(args):
+    """The three options from an argparse namespace, checked together.
+
+    ``--mlet-min-rows`` and ``--mlet-proj-init`` do nothing with MLET off, so
+    giving them without a K > 0 is refused rather than silently ignored.
+    """
+    dims = parse_hidden_dims(args.mlet_hidden_dim)
+    min_rows = parse_int(args.mlet_min_rows, "--mlet-min-rows", 0)
+    proj_init = parse_proj_init_option(args.mlet_proj_init)
+    if max(dims) == 0:
+        for flag, value, default in (("--mlet-min-rows", min_rows, 0), ("--mlet-proj-init", proj_init, "normal")):
+            if value != default:
+                raise MLETError(f"{flag} has no effect without --mlet-hidden-dim K (K > 0)")
+    return TableOptions(dims, min_rows, proj_init)
+
+
+def check_table_count(dims, tables, what="--mlet-hidden-dim"):
+    """A per-table list must give one K per table; one K applies to all."""
+    if len(dims) > 1 and len(dims) != tables:
+        raise MLETError(f"{what} lists {len(dims)} values for {tables} tables")
+
+
+def hidden_dim_for(index, rows, dims, min_rows):
+    """Table ``index``'s K: its own (or the one K for all), 0 (plain) below ``min_rows`` rows."""
+    k = dims[index] if len(dims) > 1 else dims[0]
+    return k if k > 0 and rows >= min_rows else 0

@@ -1,0 +1,115 @@
+"""The ``--mlet-*`` options on DLRM's command line: registered, parsed, checked against DLRM's.
+
+DLRM builds its parser inside ``run()`` and has no plugin hook, so the patch
+calls ``add_arguments`` on it and ``configure`` right after ``parse_args``;
+everything MLET decides later reads the ``Config`` made here.
+"""
+
+from ..core import fused, tbe
+from ..core.options import add_table_arguments, parse_int, parse_table_options
+from ..errors import MLETError
+from .session import Config, fail, session
+
+DEFAULT_LOG_FREQ = 1024
+
+
+def add_arguments(parser):
+    """Register the ``--mlet-*`` options on DLRM's parser.
+
+    The table options (``--mlet-hidden-dim``, ``--mlet-min-rows``,
+    ``--mlet-proj-init``) are the core's, shared with the TorchRec trainer.
+    Values are parsed in ``configure`` rather than by argparse ``type=``, so a
+    bad value gets our one-line error instead of DLRM's 60-line usage text.
+    """
+    group = parser.add_argument_group("MLET (dlrm-mlet)")
+    add_table_arguments(group)
+    group.add_argument(
+        "--mlet-log-freq", default=None, metavar="N",
+        help="log effective rank etc. to TensorBoard every N steps (default %d with MLET, "
+        "0 = off; also works without MLET, for a baseline)" % DEFAULT_LOG_FREQ,
+    )
+    group.add_argument(
+        "--mlet-metrics-json", default="", metavar="PATH",
+        help="write test AUC, log loss and accuracy to PATH at every test (needs --mlperf-logging)",
+    )
+    group.add_argument(
+        "--mlet-fused-update", nargs="?", const="torch", default="", metavar="fbgemm",
+        help="apply SGD to the k-wide table rows without building sparse gradient tensors (same "
+        "math and loss curve; needs --optimizer=sgd); =fbgemm: pool and update them with fbgemm's "
+        "table-batched embedding, as TorchRec does (CPU, single process; needs fbgemm-gpu-cpu)",
+    )
+    group.add_argument(
+        "--mlet-allow-narrow", action="store_true", default=False,
+        help="allow K below --arch-sparse-feature-size (a bottleneck, not MLET)",
+    )
+
+
+def parse_config(args):
+    """Check our options against DLRM's; raises MLETError naming the flag."""
+    dims, min_rows, proj_init = parse_table_options(args)
+    hidden = max(dims)
+    per_table = dims if len(dims) > 1 else ()
+    if args.mlet_log_freq is None:
+        args.mlet_log_freq = DEFAULT_LOG_FREQ if hidden > 0 else 0
+    log_freq = parse_int(args.mlet_log_freq, "--mlet-log-freq", 0)
+    metrics_json = args.mlet_metrics_json
+    if metrics_json and not getattr(args, "mlperf_logging", False):
+        raise MLETError("--mlet-metrics-json needs --mlperf-logging (DLRM keeps test scores only then)")
+    fused_update = getattr(args, "mlet_fused_update", "") or ""
+    if fused_update not in ("",) + fused.BACKENDS:
+        raise MLETError(f"--mlet-fused-update: expected no value or fbgemm, got {fused_update!r}")
+    if hidden == 0:
+        if fused_update:
+            raise MLETError("--mlet-fused-update has no effect without --mlet-hidden-dim K (K > 0)")
+        return Config(log_freq=log_freq, metrics_json=metrics_json)
+    _check_against_dlrm(args, dims, fused_update)
+    inference_only = bool(getattr(args, "inference_only", False))
+    grad_accum = int(getattr(args, "mlperf_grad_accum_iter", 1) or 1) if getattr(args, "mlperf_logging", False) else 1
+    return Config(hidden, per_table, min_rows, proj_init, inference_only, log_freq, metrics_json, fused_update,
+                  grad_accum)
+
+
+def _check_against_dlrm(args, dims, fused_update):
+    """The DLRM options MLET cannot be combined with (or only with care), each refused naming the flags."""
+    d = args.arch_sparse_feature_size
+    narrow = min(k for k in dims if k > 0)
+    if narrow < d and not args.mlet_allow_narrow:
+        raise MLETError(
+            f"--mlet-hidden-dim={narrow} is below --arch-sparse-feature-size={d}; MLET needs "
+            "K >> d (pass --mlet-allow-narrow to train a bottleneck anyway)"
+        )
+    for flag in ("qr_flag", "md_flag"):
+        if getattr(args, flag, False):
+            raise MLETError(
+                f"--mlet-hidden-dim cannot be combined with --{flag.replace('_', '-')}: "
+                "both replace the embedding tables"
+            )
+    inference_only = bool(getattr(args, "inference_only", False))
+    if getattr(args, "quantize_emb_with_bit", 32) in (4, 8) and not inference_only:
+        raise MLETError(
+            "--quantize-emb-with-bit quantizes tables for inference; with --mlet-hidden-dim "
+            "train first, then quantize the folded checkpoint with --inference-only"
+        )
+    if fused_update and getattr(args, "optimizer", "sgd") != "sgd":
+        raise MLETError(f"--mlet-fused-update applies plain SGD steps; it cannot be combined with "
+                        f"--optimizer={args.optimizer}")
+    if fused_update == "fbgemm":
+        if getattr(args, "use_gpu", False):
+            raise MLETError("--mlet-fused-update=fbgemm runs fbgemm's CPU kernels; drop it with --use-gpu "
+                            "(plain --mlet-fused-update works on the GPU)")
+        why = tbe.available()
+        if why:
+            raise MLETError(f"--mlet-fused-update=fbgemm: {why}")
+
+
+def configure(args):
+    """Validate and remember our options, before DLRM does any work.
+
+    A new run starts from a clean session (no monitor, no resume state); the
+    fused-update choice is not set here but on the tables ``create_emb`` builds.
+    """
+    try:
+        config = parse_config(args)
+    except MLETError as error:
+        fail(str(error))
+    return session.start(config)

@@ -1,0 +1,112 @@
+"""Resuming MLET training where it stopped: the fixes DLRM's resume path needs.
+
+A resumed stock DLRM run does not continue the interrupted one: it loops
+forever after a finished epoch, skips batches in every epoch, restarts its
+learning-rate schedule and RWSAdagrad's accumulators, and draws other random
+data. Each function here fixes one of those for resumed MLET runs; with MLET
+off each keeps stock behaviour, byte for byte.
+"""
+
+import warnings
+
+import torch
+
+from .session import builds_tables, session
+
+
+def epoch_after_skip(k):
+    """Stock DLRM skips a finished epoch with ``continue`` but never advances ``k``.
+
+    A checkpoint saved after the first epoch therefore makes a resumed run
+    loop forever. When resuming MLET training we advance; with MLET off the
+    stock behaviour is kept, byte for byte.
+    """
+    return k + 1 if builds_tables() else k
+
+
+def skip_batch(k, j, skip_upto_epoch, skip_upto_batch):
+    """Whether to skip batch ``j`` of epoch ``k`` when resuming.
+
+    Stock DLRM skips the first ``skip_upto_batch`` batches of *every* epoch, so
+    a resumed multi-epoch run silently trains on less data. Resuming MLET
+    training skips them in the saved epoch only, and after the last skipped
+    batch puts back the numpy RNG state saved with the checkpoint, so the next
+    batch is drawn as in the uninterrupted run (see ``numpy_rng_state``).
+    """
+    if builds_tables():
+        skip = k == skip_upto_epoch and j < skip_upto_batch
+        if skip and j == skip_upto_batch - 1 and session.resume_rng is not None:
+            set_numpy_rng_state(session.resume_rng)
+            session.resume_rng = None
+        return skip
+    return j < skip_upto_batch
+
+
+def resume_schedule(lr_scheduler, ckpt):
+    """Move DLRM's learning-rate scheduler to the step the resumed checkpoint was saved at.
+
+    DLRM does not save its scheduler, so a resumed run would restart warm-up and
+    decay from step 0 (the MLPerf schedule warms up over thousands of steps).
+    Here it is stepped once per optimizer step the saved run took, as the
+    uninterrupted run stepped it, so every later step gets the same rate.
+    Resumed MLET runs only (stock kept as is).
+    """
+    if not builds_tables():
+        return
+    grad_accum = session.config.grad_accum
+    per_epoch = ckpt["nbatches"] // grad_accum
+    steps = ckpt["epoch"] * per_epoch + ckpt["iter"] // grad_accum
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: "lr_scheduler.step() before optimizer.step()"
+        for _ in range(steps):
+            lr_scheduler.step()
+
+
+def start_resume(ckpt):
+    """A checkpoint is resuming MLET training: hold its RNG state, keep RWSAdagrad's accumulators."""
+    global _rowwise_hook
+    session.resume_rng = ckpt.get("mlet", {}).get("numpy_rng")
+    if _rowwise_hook is None:
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        _rowwise_hook = register_optimizer_step_pre_hook(_keep_loaded_rowwise_state)
+
+
+def numpy_rng_state():
+    """numpy's global RNG state as plain values, saved in ``PATH.mlet``.
+
+    DLRM's random data draws each batch from the global numpy RNG, reseeding
+    only at batch 0, and its test loader does the same: after a mid-epoch test
+    the next training batch comes from the state the test left. A resumed run
+    regenerates the skipped batches instead, so without this state it would
+    train on other data than the uninterrupted run.
+    """
+    import numpy as np
+
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
+
+
+def set_numpy_rng_state(state):
+    import numpy as np
+
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["pos"], state["has_gauss"], state["cached_gaussian"]))
+
+
+def _keep_loaded_rowwise_state(optimizer, args, kwargs):
+    """Step pre-hook: keep the accumulators a resumed DLRM ``RWSAdagrad`` loaded.
+
+    RWSAdagrad zeroes every ``momentum``/``sum`` on its first ``step`` because
+    its ``momentum_initialized`` flag is an attribute, not optimizer state, and
+    so is False again after ``load_state_dict``; a resumed run would restart
+    Adagrad's accumulation from zero. Resumed MLET runs only (stock kept as is).
+    """
+    if (builds_tables() and getattr(optimizer, "momentum_initialized", True) is False
+            and any("momentum" in s or "sum" in s for s in optimizer.state.values())):
+        optimizer.momentum_initialized = True
+
+
+# Installed once per process, at the first resumed MLET run; a no-op for any other optimizer.
+_rowwise_hook = None

@@ -1,0 +1,229 @@
+"""What ``--save-model``, ``--load-model`` and ``--save-onnx`` do with MLET tables.
+
+The rule: a file DLRM writes is a stock DLRM checkpoint (folded), and the
+unfolded training state goes beside it in ``PATH.mlet``; a file DLRM loads is
+adapted to the model loading it, or refused in one line naming what differs.
+The checkpoint dicts themselves (folding, optimizer renumbering) are
+``checkpoints.py``'s; the distributed shards ``distributed.py``'s.
+"""
+
+import sys
+
+from ..core.convert import fold_model
+from ..core.bag import MLETEmbeddingBag
+from ..core.folding import first_non_finite, fold_state_dict, mlet_prefixes
+from ..errors import MLETError
+from ..files import atomic_save, to_plain
+from .checkpoints import MLET_SUFFIX, fold_checkpoint, param_group_names
+from .resume import numpy_rng_state, start_resume
+from .session import builds_tables, fail, session
+from .tables import has_mlet_tables
+
+FORMAT_VERSION = 1
+
+
+def save_model(ckpt, path, model):
+    """DLRM's ``torch.save(model_metrics_dict, args.save_model)``, made safe and folded.
+
+    Without MLET: the same bytes DLRM writes, only atomically. With it:
+    ``PATH.mlet`` holds the unfolded training checkpoint (to resume MLET
+    training) and ``PATH`` the folded stock checkpoint, each written
+    atomically. In distributed mode see ``distributed.py``: per-rank shards,
+    and one complete folded checkpoint written by rank 0.
+    """
+    from . import distributed
+
+    if not builds_tables():
+        try:
+            atomic_save(ckpt, path)
+        except MLETError as error:
+            fail(f"--save-model: {error}")
+        return
+    config = session.config
+    record = {
+        "format": FORMAT_VERSION,
+        "hidden_dim": "-".join(map(str, config.per_table)) if config.per_table else config.hidden_dim,
+        "min_rows": config.min_rows,
+        "proj_init": config.proj_init,
+        "numpy_rng": numpy_rng_state(),
+    }
+    if ckpt.get("opt_state_dict") is not None:
+        record["param_groups"] = param_group_names(model, ckpt["opt_state_dict"])
+    try:
+        # Everything is checked and folded before anything is written: a diverged
+        # run must not replace the last good checkpoint (nor any rank its shard).
+        if distributed.is_distributed():
+            rank = distributed.dist.get_rank()
+            record.update(world_size=distributed.dist.get_world_size(), rank=rank,
+                          local_emb_indices=list(model.local_emb_indices))
+            training = dict(to_plain(ckpt), mlet=record)
+            bad = first_non_finite(training["state_dict"])
+            verdicts = [None] * distributed.dist.get_world_size()
+            distributed.dist.all_gather_object(verdicts, bad and (_global_name(bad[0], model), bad[1], rank))
+            bad = next((v for v in verdicts if v), None)
+            if bad:
+                _fail_together(diverged(ckpt, path, f"{bad[0]} row {bad[1]} on rank {bad[2]}"), distributed.dist)
+            folded = distributed.gather_folded_checkpoint(training, model)
+            atomic_save(training, distributed.shard_path(path + MLET_SUFFIX, rank))
+            if rank == 0:
+                atomic_save(folded, path)
+            distributed.dist.barrier()
+        else:
+            training = dict(to_plain(ckpt), mlet=record)
+            bad = first_non_finite(training["state_dict"])
+            if bad:
+                fail(diverged(ckpt, path, f"{bad[0]} row {bad[1]}"))
+            folded = fold_checkpoint(training)
+            atomic_save(training, path + MLET_SUFFIX)
+            atomic_save(folded, path)
+    except MLETError as error:
+        fail(f"--save-model: {error}")
+    print(f"MLET: wrote folded stock checkpoint {path} and MLET checkpoint {path}{MLET_SUFFIX}")
+
+
+def diverged(ckpt, path, where):
+    """The line a save stops DLRM with when a parameter is NaN or inf: what, when, what to change."""
+    epoch, it = ckpt.get("epoch", 0), ckpt.get("iter", 0)
+    groups = (ckpt.get("opt_state_dict") or {}).get("param_groups") or [{}]
+    lr = f" (now {groups[0]['lr']:g})" if "lr" in groups[0] else ""
+    return (f"--save-model: training diverged: {where} is not finite (nan or inf) at epoch {epoch}, "
+            f"iter {it} (step {ckpt.get('nbatches', 0) * epoch + it}); nothing was saved, {path} and "
+            f"{path}{MLET_SUFFIX} keep the last good checkpoint; lower --learning-rate{lr}, or K "
+            "(--mlet-hidden-dim)")
+
+
+def _fail_together(message, dist):
+    """Stop every rank with the same line, each printing it before any exits.
+
+    torchrun stops the other ranks as soon as one exits, so with ``fail``
+    (whose message Python prints only on the way out) a slower rank could be
+    killed before saying why. Written to stderr directly: DLRM's ``print``
+    prints on rank 0 only.
+    """
+    sys.stderr.write(f"ERROR: {message}\n")
+    sys.stderr.flush()
+    dist.barrier()
+    sys.exit(1)
+
+
+def _global_name(key, model):
+    """A distributed state-dict key with DLRM's global table number (keys count per rank)."""
+    head, dot, rest = key.partition(".")
+    if head in ("emb_l", "v_W_l") and rest.split(".")[0].isdigit():
+        local, _, tail = rest.partition(".")
+        return f"{head}.{model.local_emb_indices[int(local)]}" + (f".{tail}" if tail else "")
+    return key.replace(".module.", ".", 1)
+
+
+def check_load(path):
+    """Before DLRM's own ``torch.load`` of ``--load-model``: refuse unsafe files in one line.
+
+    DLRM loads with weights-only unpickling, which also refuses such files but
+    with a traceback; and stock DLRM's numpy scalars fail there too. With MLET
+    off this does nothing (stock behaviour).
+    """
+    if not session.config.enabled:
+        return
+    from ..files import check_safe_to_load
+
+    try:
+        if check_safe_to_load(path):
+            raise MLETError(
+                "it holds numpy scalars, which torch >= 2.6 refuses to load by default; use a "
+                "checkpoint dlrm-mlet wrote (plain numbers), or set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 "
+                "only if you trust the file"
+            )
+    except MLETError as error:
+        message = str(error)
+        fail(f"--load-model={path}: {message[len(path) + 2:] if message.startswith(path) else message}")
+
+
+def loaded(ckpt, model, path):
+    """Adapt a checkpoint DLRM just loaded to the model it will load into.
+
+    * MLET model, MLET checkpoint: checked table by table (shapes named).
+    * MLET model, folded checkpoint: refused; resuming needs ``PATH.mlet``.
+    * plain model (``--inference-only``, or MLET off), MLET checkpoint: folded
+      here, state and optimizer, so DLRM loads a stock checkpoint.
+    * plain model, plain checkpoint: returned untouched (stock behaviour).
+    """
+    try:
+        return _loaded(ckpt, model, path)
+    except MLETError as error:
+        fail(f"--load-model={path}: {error}")
+
+
+def _loaded(ckpt, model, path):
+    from . import distributed
+    from ..files import load_checkpoint
+
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise MLETError("not a DLRM checkpoint (no 'state_dict' entry)")
+    saved_world = ckpt.get("mlet", {}).get("world_size", 1)
+    world = distributed.dist.get_world_size() if distributed.is_distributed() else 1
+    if saved_world != world:
+        raise MLETError(
+            f"saved by {saved_world} ranks, loaded by {world}; resume with "
+            f"--nproc_per_node={saved_world}, or load the folded checkpoint instead"
+        )
+    if world > 1 and distributed.dist.get_rank() > 0:
+        ckpt = load_checkpoint(distributed.shard_path(path, distributed.dist.get_rank()))
+    state = ckpt["state_dict"]
+    ckpt_is_mlet = bool(mlet_prefixes(state))
+    if has_mlet_tables(model):
+        if not session.can_resume:
+            raise MLETError(
+                "dlrm-mlet run cannot resume MLET training: DLRM's resume loop needs the patch "
+                "(it skips batches in every epoch and never leaves a skipped epoch); "
+                "run the patched script (dlrm-mlet patch DLRM_DIR) to resume"
+            )
+        if not ckpt_is_mlet:
+            raise MLETError(
+                f"this is a folded (stock) checkpoint and cannot resume MLET training; "
+                f"load {path}{MLET_SUFFIX} instead, or add --inference-only"
+            )
+        check_shapes(state, model.state_dict())
+        if ckpt.get("iter", 0) >= ckpt.get("nbatches", float("inf")):
+            # Saved at the end of an epoch: resume at the start of the next one.
+            ckpt = dict(ckpt, epoch=ckpt["epoch"] + 1, iter=0)
+        start_resume(ckpt)
+        return ckpt
+    if ckpt_is_mlet:
+        if world > 1:
+            raise MLETError("an MLET shard cannot be folded on load; load the folded checkpoint")
+        print(f"MLET: folding the MLET checkpoint {path} into plain tables on load")
+        ckpt = fold_checkpoint(ckpt) if ckpt.get("opt_state_dict") is not None else dict(
+            ckpt, state_dict=fold_state_dict(state))
+        check_shapes(ckpt["state_dict"], model.state_dict())
+    return ckpt
+
+
+def check_shapes(saved, expected):
+    """Refuse a checkpoint of another architecture, naming what differs."""
+    problems = []
+    for key in expected:
+        if key not in saved:
+            problems.append(f"{key} missing")
+        elif tuple(saved[key].shape) != tuple(expected[key].shape):
+            problems.append(
+                f"{key} is {'x'.join(map(str, saved[key].shape))} in the file, "
+                f"{'x'.join(map(str, expected[key].shape))} in this model"
+            )
+    problems += [f"{key} unexpected" for key in saved if key not in expected]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise MLETError(
+            "checkpoint does not match this model's architecture: " + "; ".join(problems[:3]) + more
+        )
+
+
+def for_export(model):
+    """Fold MLET tables before ``--save-onnx`` so the exported graph is stock."""
+    count = sum(isinstance(m, MLETEmbeddingBag) for m in model.emb_l)
+    try:
+        model = fold_model(model)
+    except MLETError as error:
+        fail(f"--save-onnx: {error}")
+    if count:
+        print(f"MLET: folded {count} tables for ONNX export")
+    return model

@@ -1,0 +1,81 @@
+"""The state of one DLRM run as the glue sees it, kept in one object.
+
+DLRM calls the glue as plain functions, so what ``configure`` parsed (and what
+later calls remember: the monitor, the numpy RNG of a checkpoint being
+resumed) must live somewhere between calls. It lives here, in ``session``,
+and every module reads it as ``session.config``: nothing does
+``from ... import config``, so a new run's config is never shadowed by a
+stale copy.
+"""
+
+import sys
+from dataclasses import dataclass
+
+
+@dataclass
+class Config:
+    """What the ``--mlet-*`` options (and the DLRM options they depend on) asked for."""
+
+    hidden_dim: int = 0  # the largest k (0: MLET off)
+    per_table: tuple = ()  # one k per table when given as a dash-separated list (0: plain)
+    min_rows: int = 0
+    proj_init: str = "normal"
+    inference_only: bool = False
+    log_freq: int = 0
+    metrics_json: str = ""
+    fused_update: str = ""  # "" (off), "torch" or "fbgemm"
+    grad_accum: int = 1  # batches per optimizer step (DLRM's --mlperf-grad-accum-iter)
+
+    @property
+    def enabled(self):
+        return self.hidden_dim > 0
+
+
+class Session:
+    """One process's glue state: the current run's config and what it carries between calls."""
+
+    def __init__(self):
+        self.config = Config()
+        self.monitor = None  # tools.monitor.Monitor, made at the first logged step
+        self.resume_rng = None  # numpy RNG state of the checkpoint being resumed, until its skip loop ends
+        # False under ``dlrm-mlet run``: without the patch's two lines in DLRM's resume
+        # loop (epoch_after_skip, skip_batch) resuming would skip or repeat data.
+        self.can_resume = True
+
+    def start(self, config):
+        """A new run: its config, and nothing left over from the last one (``can_resume`` stays)."""
+        self.config = config
+        self.monitor = None
+        self.resume_rng = None
+        return config
+
+
+session = Session()
+
+
+def use_config(config):
+    """Make ``config`` the current run's (what ``configure`` does after parsing); returns it.
+
+    For code that builds DLRM models without DLRM's parser (benchmarks, tests).
+    """
+    return session.start(config)
+
+
+def reset():
+    """Back to MLET off, as a process that never ran DLRM."""
+    return session.start(Config())
+
+
+def builds_tables():
+    """Whether ``create_emb`` should build MLET tables (training with MLET).
+
+    ``--inference-only`` runs build DLRM's plain tables: a saved MLET
+    checkpoint is folded on load, so inference, quantization and ONNX export
+    all see a stock model.
+    """
+    return session.config.enabled and not session.config.inference_only
+
+
+def fail(message):
+    """Stop DLRM with one line, as DLRM's own checks do (``sys.exit("ERROR: ...")``)."""
+    sys.exit(f"ERROR: {message}")

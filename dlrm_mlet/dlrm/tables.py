@@ -1,0 +1,84 @@
+"""DLRM's embedding tables with MLET: which tables, built how, called how.
+
+``create_emb`` replaces ``DLRM_Net.create_emb`` when MLET trains (QR and MD
+tables are refused earlier, in ``options``), and ``apply_emb`` its
+``apply_emb``. The tables are the core's ``MLETEmbeddingBag``; plain ones
+keep DLRM's own class and init, so a table left plain is the one stock DLRM
+would build.
+"""
+
+import torch
+from torch import nn
+
+from ..core import fused
+from ..core.bag import MLETEmbeddingBag
+from ..core.grouped import grouped_forward
+from ..core.init import uniform_table_
+from ..core.options import check_table_count, hidden_dim_for
+from ..errors import MLETError
+from .session import fail, session
+
+
+def make_table(n, d, index):
+    """Table ``index``: MLET when it has a k and enough rows, else plain with DLRM's own init."""
+    config = session.config
+    k = hidden_dim_for(index, n, config.per_table or (config.hidden_dim,), config.min_rows)
+    if k:
+        return MLETEmbeddingBag(n, d, k, mode="sum", sparse=True, proj_init=config.proj_init)
+    table = nn.EmbeddingBag(n, d, mode="sum", sparse=True, _weight=torch.empty(n, d))
+    uniform_table_(table.weight)
+    return table
+
+
+def create_emb(net, m, ln, weighted_pooling=None):
+    """``DLRM_Net.create_emb`` for MLET runs.
+
+    Keeps DLRM's contract: in distributed mode only this rank's tables
+    (``net.local_emb_indices``), and one pooling-weight vector per table.
+    ``--mlet-fused-update`` is set on the tables built here, so it holds for
+    this model only (``fused.use``), not for every model in the process.
+    """
+    config = session.config
+    try:
+        check_table_count(config.per_table or (config.hidden_dim,), ln.size)
+    except MLETError as error:
+        fail(str(error))
+    emb_l, v_W_l = nn.ModuleList(), []
+    local = getattr(net, "local_emb_indices", None)
+    if local is not None and config.fused_update == "fbgemm":
+        fail("--mlet-fused-update=fbgemm is single-process only; in DLRM's distributed mode use "
+             "--mlet-fused-update")
+    for i in range(ln.size):
+        if local is not None and i not in local:
+            continue
+        n = int(ln[i])
+        emb_l.append(make_table(n, int(m), i))
+        v_W_l.append(None if weighted_pooling is None else torch.ones(n, dtype=torch.float32))
+    if config.fused_update:
+        fused.use(emb_l, config.fused_update)
+    mlet = [t for t in emb_l if isinstance(t, MLETEmbeddingBag)]
+    train_bytes = sum(p.numel() * p.element_size() for p in emb_l.parameters())
+    folded_bytes = sum(t.num_embeddings * int(m) * 4 for t in emb_l)
+    widths = "-".join(map(str, sorted({t.hidden_dim for t in mlet}))) or "-"
+    print(
+        f"MLET: {len(mlet)} of {len(emb_l)} tables trained as n x {widths} -> {m}; "
+        f"embedding bytes {train_bytes / 2**20:.1f} MiB training, "
+        f"{folded_bytes / 2**20:.1f} MiB once folded",
+        flush=True,
+    )
+    return emb_l, v_W_l
+
+
+def apply_emb(lS_o, lS_i, emb_l, v_W_l):
+    """``DLRM_Net.apply_emb`` for MLET training: same outputs, MLET tables grouped.
+
+    One autograd node for all MLET tables (batched projections, sparse
+    gradients built directly) instead of two per table: see
+    ``core.grouped.grouped_forward``. DLRM's pooling-weight lookup is kept as is.
+    """
+    weights = [None if w is None else w.gather(0, i) for w, i in zip(v_W_l, lS_i)]
+    return grouped_forward(list(emb_l), list(lS_i), list(lS_o), weights)
+
+
+def has_mlet_tables(model):
+    return any(isinstance(m, MLETEmbeddingBag) for m in model.modules())

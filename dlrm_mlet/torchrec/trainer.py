@@ -1,0 +1,87 @@
+"""The MLET hooks of DLRM's TorchRec trainer (``torchrec_dlrm/dlrm_main.py``, patched).
+
+The patch adds one line per hook and everything else lives here, so the
+patch stays small. The table options are DLRM's own (``core/options.py``
+registers and parses them for both trainers): ``--mlet-hidden-dim`` is one K
+or a dash-separated list with one K per table (0 keeps a table plain), with
+``--mlet-min-rows`` and ``--mlet-proj-init``. Bad values stop the trainer with
+one line, as ``dlrm_s_pytorch.py`` does.
+"""
+
+import sys
+
+import torch.distributed as dist
+from torchrec import EmbeddingBagCollection
+
+from ..errors import MLETError
+from ..core.options import add_table_arguments, check_table_count, parse_table_options
+from .collection import MLETEmbeddingBagCollection, sparse_parameters
+from .fold import fold_torchrec
+
+__all__ = ["add_arguments", "collection_factory", "sparse_parameters", "fold_after_training"]
+
+
+class _AsTyped:
+    """An option's text kept as typed, for core's parser to read later.
+
+    ``dlrm_main`` turns every option whose text is comma-separated integers
+    into a list (``"32"`` would arrive as ``[32]``); it leaves non-strings alone.
+    """
+
+    def __init__(self, text):
+        self.text = text
+
+    def __str__(self):
+        return self.text
+
+    def __repr__(self):
+        return repr(self.text)
+
+
+def add_arguments(parser):
+    """Register the ``--mlet-*`` options (also spelt with underscores, like the trainer's own)."""
+    group = parser.add_argument_group("MLET (dlrm-mlet)")
+    add_table_arguments(group, underscores=True, type=_AsTyped)
+    group.add_argument(
+        "--mlet_folded_path", "--mlet-folded-path", default="dlrm_mlet_folded.pt",
+        help="where rank 0 writes the folded, stock DLRM state dict after MLET training",
+    )
+
+
+def _options(args):
+    try:
+        return parse_table_options(args)
+    except MLETError as error:
+        sys.exit(f"ERROR: {error}")
+
+
+def collection_factory(args, dense_device):
+    """What the trainer builds its embedding collection with: ``EmbeddingBagCollection``
+    itself with MLET off, else an ``MLETEmbeddingBagCollection`` maker of the same call."""
+    options = _options(args)
+    if max(options.dims) == 0:
+        return EmbeddingBagCollection
+
+    def make(tables, device=None):
+        try:
+            check_table_count(options.dims, len(tables))  # named by its flag here
+            ebc = MLETEmbeddingBagCollection(
+                tables, options.dims, proj_init=options.proj_init, min_rows=options.min_rows,
+                device=device, dense_device=dense_device,
+            )
+        except MLETError as error:
+            sys.exit(f"ERROR: {error}")
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            trained = [k for k in ebc.hidden_dims.values() if k]
+            widths = "-".join(map(str, sorted(set(trained)))) or "-"
+            dims = "-".join(sorted({str(c.embedding_dim) for c in tables}))
+            print(f"MLET: {len(trained)} of {len(tables)} tables trained as n x {widths} -> {dims}", flush=True)
+        return ebc
+
+    return make
+
+
+def fold_after_training(model, args):
+    """With MLET on, fold ``model`` (every rank calls it) and have rank 0 write the stock file."""
+    if max(_options(args).dims) > 0:
+        fold_torchrec(model, args.mlet_folded_path)
