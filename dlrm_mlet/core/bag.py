@@ -8,13 +8,12 @@ import torch
 from torch import nn
 
 from ..errors import MLETError
-from .folding import fold_weight
-from .init import init_projection_, uniform_table_
+from .pair import TwoLayer, check_sizes
 
 FOLDABLE_MODES = ("sum", "mean")
 
 
-class MLETEmbeddingBag(nn.Module):
+class MLETEmbeddingBag(TwoLayer):
     """Drop-in for ``nn.EmbeddingBag`` as DLRM calls it, trained as two layers.
 
     ``table`` (``n x k``, sparse gradients when ``sparse``) pools the bag, then
@@ -37,30 +36,18 @@ class MLETEmbeddingBag(nn.Module):
         _init=True,
     ):
         super().__init__()
-        for name, value in (
-            ("num_embeddings", num_embeddings),
-            ("embedding_dim", embedding_dim),
-            ("hidden_dim", hidden_dim),
-        ):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise MLETError(f"MLETEmbeddingBag: {name} must be a positive integer, got {value!r}")
+        n, d, k = check_sizes("MLETEmbeddingBag", num_embeddings=num_embeddings, embedding_dim=embedding_dim,
+                              hidden_dim=hidden_dim)
         if mode not in FOLDABLE_MODES:
             raise MLETError(
                 f"MLETEmbeddingBag: mode={mode!r} is not supported; folding is exact "
                 f"only for {' and '.join(FOLDABLE_MODES)} pooling"
             )
-        n, d, k = int(num_embeddings), int(embedding_dim), int(hidden_dim)
         # padding_idx and include_last_offset are nn.EmbeddingBag's own: the padding row is
         # left out of every bag (and of the gradient), so it folds to a row left out too.
-        self.table = nn.EmbeddingBag(n, k, mode=mode, sparse=sparse, padding_idx=padding_idx,
-                                     include_last_offset=include_last_offset, _weight=torch.empty(n, k))
-        self.proj = nn.Linear(k, d, bias=False)
-        if _init:
-            uniform_table_(self.table.weight)
-            init_projection_(self.proj.weight, proj_init)
-            if padding_idx is not None:
-                with torch.no_grad():
-                    self.table.weight[self.table.padding_idx].zero_()
+        table = nn.EmbeddingBag(n, k, mode=mode, sparse=sparse, padding_idx=padding_idx,
+                                include_last_offset=include_last_offset, _weight=torch.empty(n, k))
+        self._attach(table, d, proj_init, _init)
 
     @classmethod
     def from_weights(cls, table_weight, proj_weight, mode="sum", sparse=True):
@@ -80,24 +67,8 @@ class MLETEmbeddingBag(nn.Module):
         return bag
 
     @property
-    def num_embeddings(self):
-        return self.table.num_embeddings
-
-    @property
-    def embedding_dim(self):
-        return self.proj.out_features
-
-    @property
-    def hidden_dim(self):
-        return self.table.embedding_dim
-
-    @property
     def mode(self):
         return self.table.mode
-
-    @property
-    def sparse(self):
-        return self.table.sparse
 
     def forward(self, input, offsets=None, per_sample_weights=None):
         # Pool first on the k-wide rows, then project the (batch, k) result:
@@ -105,21 +76,15 @@ class MLETEmbeddingBag(nn.Module):
         return self.proj(self.table(input, offsets, per_sample_weights=per_sample_weights))
 
     def fold(self, name=None):
-        """Return the equivalent plain ``nn.EmbeddingBag(n, d)``, same dtype and device.
-
-        The product is formed in row blocks with bounded extra memory and checked
-        to be finite first, so a diverged run fails here, naming the table,
-        instead of producing a model that predicts NaN.
-        """
-        weight = fold_weight(self.table.weight, self.proj.weight, name or repr(self))
+        """Return the equivalent plain ``nn.EmbeddingBag(n, d)``: same options, dtype and device."""
         return nn.EmbeddingBag(
             self.num_embeddings,
             self.embedding_dim,
             mode=self.mode,
             sparse=self.sparse,
-            padding_idx=self.table.padding_idx,
+            padding_idx=self.padding_idx,
             include_last_offset=self.table.include_last_offset,
-            _weight=weight,
+            _weight=self.folded_weight(name),
         )
 
     def extra_repr(self):

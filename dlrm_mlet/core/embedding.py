@@ -10,12 +10,10 @@ the same two layers as ``MLETEmbeddingBag``: an ``n x k`` table, then a
 import torch
 from torch import nn
 
-from ..errors import MLETError
-from .folding import fold_weight
-from .init import init_projection_, uniform_table_
+from .pair import TwoLayer, check_sizes
 
 
-class MLETEmbedding(nn.Module):
+class MLETEmbedding(TwoLayer):
     """Drop-in for ``nn.Embedding`` (``forward(input) -> (*input.shape, d)``), trained as two layers.
 
     ``padding_idx`` behaves as in ``nn.Embedding``: that row of the table starts
@@ -29,39 +27,10 @@ class MLETEmbedding(nn.Module):
     def __init__(self, num_embeddings, embedding_dim, hidden_dim, padding_idx=None, sparse=False,
                  proj_init="normal", _init=True):
         super().__init__()
-        for name, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim),
-                            ("hidden_dim", hidden_dim)):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise MLETError(f"MLETEmbedding: {name} must be a positive integer, got {value!r}")
-        n, d, k = int(num_embeddings), int(embedding_dim), int(hidden_dim)
-        self.table = nn.Embedding(n, k, padding_idx=padding_idx, sparse=sparse, _weight=torch.empty(n, k))
-        self.proj = nn.Linear(k, d, bias=False)
-        if _init:
-            uniform_table_(self.table.weight)
-            init_projection_(self.proj.weight, proj_init)
-        if self.table.padding_idx is not None:
-            with torch.no_grad():
-                self.table.weight[self.table.padding_idx].zero_()
-
-    @property
-    def num_embeddings(self):
-        return self.table.num_embeddings
-
-    @property
-    def embedding_dim(self):
-        return self.proj.out_features
-
-    @property
-    def hidden_dim(self):
-        return self.table.embedding_dim
-
-    @property
-    def padding_idx(self):
-        return self.table.padding_idx
-
-    @property
-    def sparse(self):
-        return self.table.sparse
+        n, d, k = check_sizes("MLETEmbedding", num_embeddings=num_embeddings, embedding_dim=embedding_dim,
+                              hidden_dim=hidden_dim)
+        table = nn.Embedding(n, k, padding_idx=padding_idx, sparse=sparse, _weight=torch.empty(n, k))
+        self._attach(table, d, proj_init, _init)
 
     def forward(self, input):
         return self.proj(self.table(input))
@@ -71,9 +40,8 @@ class MLETEmbedding(nn.Module):
 
         Finite-checked and blocked like ``MLETEmbeddingBag.fold``.
         """
-        weight = fold_weight(self.table.weight, self.proj.weight, name or repr(self))
         return nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx,
-                            sparse=self.sparse, _weight=weight)
+                            sparse=self.sparse, _weight=self.folded_weight(name))
 
     def extra_repr(self):
         pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
