@@ -38,10 +38,9 @@ def _mib(nbytes):
 
 
 def cmd_fold(args):
-    from .core.folding import TABLE_KEY
-    from .files import atomic_save, load_dlrm_checkpoint
+    from .core.folding import TABLE_KEY, mlet_prefixes, mlet_table_bytes
     from .dlrm.checkpoints import fold_checkpoint
-    from .core.folding import mlet_prefixes, mlet_table_bytes
+    from .files import atomic_save, load_dlrm_checkpoint
     from .progress import progress_bar
 
     if os.path.exists(args.output) and os.path.samefile(args.input, args.output):
@@ -137,8 +136,8 @@ def cmd_synth(args):
 
 
 def cmd_inspect(args):
-    from .tools.inspection import format_report, inspect_checkpoint, plot_spectra
     from .progress import progress_bar
+    from .tools.inspection import format_report, inspect_checkpoint, plot_spectra
 
     with progress_bar(None, "inspect", quiet=args.quiet, unit=" tables") as bar:
         info = inspect_checkpoint(args.checkpoint, progress=lambda name: bar.update())

@@ -27,12 +27,13 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from .embedding import MLETEmbedding
 from ..errors import MLETError
 from .bag import MLETEmbeddingBag
+from .embedding import MLETEmbedding
 from .init import parse_proj_init
+from .pair import TwoLayer
 
-MLET_MODULES = (MLETEmbeddingBag, MLETEmbedding)
+MLET_MODULES = (TwoLayer,)  # MLETEmbeddingBag, MLETEmbedding
 
 
 def _places(model, kinds):

@@ -21,6 +21,11 @@ def check_sizes(kind, **sizes):
     return [int(value) for value in sizes.values()]
 
 
+def is_mlet(module):
+    """Whether ``module`` is an MLET form (the one rule; ``folding.mlet_prefixes`` is its state-dict twin)."""
+    return isinstance(module, TwoLayer)
+
+
 class TwoLayer(nn.Module):
     """Base of the MLET forms: ``table`` (``n x k``) then ``proj`` (``k -> d``, no bias)."""
 

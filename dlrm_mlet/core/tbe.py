@@ -26,8 +26,8 @@ optimizer group that holds the first of them (DLRM puts them in one group).
 
 import torch
 
-from . import fused
 from ..errors import MLETError
+from . import fused
 
 
 def available():
@@ -46,8 +46,14 @@ class TBEGroup:
     def __init__(self, tables):
         from fbgemm_gpu.split_embedding_configs import EmbOptimType
         from fbgemm_gpu.split_table_batched_embeddings_ops_common import (
-            BoundsCheckMode, ComputeDevice, EmbeddingLocation, PoolingMode)
-        from fbgemm_gpu.split_table_batched_embeddings_ops_training import SplitTableBatchedEmbeddingBagsCodegen
+            BoundsCheckMode,
+            ComputeDevice,
+            EmbeddingLocation,
+            PoolingMode,
+        )
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+            SplitTableBatchedEmbeddingBagsCodegen,
+        )
 
         self.tables = list(tables)
         self.tbe = SplitTableBatchedEmbeddingBagsCodegen(

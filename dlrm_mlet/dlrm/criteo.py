@@ -47,9 +47,9 @@ import os
 
 import numpy as np
 
+from ..files import StagedFiles
 from .criteo_parse import parse_days
 from .criteo_shuffle import bins_from_reordered, shuffle_days, write_processed
-from ..files import StagedFiles
 
 WORK_LABEL = "dlrm-mlet-criteo"  # the hidden work folder: .dlrm-mlet-criteo.HOST-PID.XXXX.tmp
 

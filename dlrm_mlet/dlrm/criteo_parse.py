@@ -11,9 +11,16 @@ import os
 
 import numpy as np
 
-from .data import _lines, _open_text, count_lines, day_sizes, parse_criteo_block, parse_criteo_line
 from ..errors import MLETError
 from ..progress import progress_bar
+from .data import (
+    _lines,
+    _open_text,
+    count_lines,
+    day_sizes,
+    parse_criteo_block,
+    parse_criteo_line,
+)
 
 BLOCK = 1 << 14  # rows per streamed block
 FIELDS = 40  # y, 13 dense, 26 categorical: one int32 scratch row, the .bin row layout

@@ -14,8 +14,8 @@ import zipfile
 
 import numpy as np
 
-from .criteo_parse import BLOCK, FIELDS, scratch_blocks
 from ..errors import MLETError
+from .criteo_parse import BLOCK, FIELDS, scratch_blocks
 
 
 def first_pass_buckets(i, size, caps, fill, randomize):

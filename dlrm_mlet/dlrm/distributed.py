@@ -20,12 +20,12 @@ from collections import OrderedDict
 import torch
 import torch.distributed as dist
 
-from .checkpoints import fold_param_state, optimizer_group_names
-from ..files import to_plain
-from ..errors import MLETError
+from ..core.bag import MLETEmbeddingBag
 from ..core.folding import fold_weight
 from ..core.gather import comm_device, stream_to_rank0
-from ..core.bag import MLETEmbeddingBag
+from ..errors import MLETError
+from ..files import to_plain
+from .checkpoints import fold_param_state, optimizer_group_names
 
 
 def is_distributed():

@@ -10,8 +10,8 @@ The checkpoint dicts themselves (folding, optimizer renumbering) are
 import sys
 
 from ..core.convert import fold_model
-from ..core.bag import MLETEmbeddingBag
 from ..core.folding import first_non_finite, fold_state_dict, mlet_prefixes
+from ..core.pair import is_mlet
 from ..errors import MLETError
 from ..files import atomic_save, to_plain
 from .checkpoints import MLET_SUFFIX, fold_checkpoint, param_group_names
@@ -154,8 +154,8 @@ def loaded(ckpt, model, path):
 
 
 def _loaded(ckpt, model, path):
-    from . import distributed
     from ..files import load_checkpoint
+    from . import distributed
 
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise MLETError("not a DLRM checkpoint (no 'state_dict' entry)")
@@ -219,7 +219,7 @@ def check_shapes(saved, expected):
 
 def for_export(model):
     """Fold MLET tables before ``--save-onnx`` so the exported graph is stock."""
-    count = sum(isinstance(m, MLETEmbeddingBag) for m in model.emb_l)
+    count = sum(is_mlet(m) for m in model.emb_l)
     try:
         model = fold_model(model)
     except MLETError as error:

@@ -15,6 +15,7 @@ from ..core.bag import MLETEmbeddingBag
 from ..core.grouped import grouped_forward
 from ..core.init import uniform_table_
 from ..core.options import check_table_count, hidden_dim_for
+from ..core.pair import is_mlet
 from ..errors import MLETError
 from .session import fail, session
 
@@ -56,7 +57,7 @@ def create_emb(net, m, ln, weighted_pooling=None):
         v_W_l.append(None if weighted_pooling is None else torch.ones(n, dtype=torch.float32))
     if config.fused_update:
         fused.use(emb_l, config.fused_update)
-    mlet = [t for t in emb_l if isinstance(t, MLETEmbeddingBag)]
+    mlet = [t for t in emb_l if is_mlet(t)]
     train_bytes = sum(p.numel() * p.element_size() for p in emb_l.parameters())
     folded_bytes = sum(t.num_embeddings * int(m) * 4 for t in emb_l)
     widths = "-".join(map(str, sorted({t.hidden_dim for t in mlet}))) or "-"
@@ -81,4 +82,4 @@ def apply_emb(lS_o, lS_i, emb_l, v_W_l):
 
 
 def has_mlet_tables(model):
-    return any(isinstance(m, MLETEmbeddingBag) for m in model.modules())
+    return any(is_mlet(m) for m in model.modules())

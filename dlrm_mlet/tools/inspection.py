@@ -11,9 +11,9 @@ import re
 import numpy as np
 import torch
 
-from ..files import atomic_write, load_dlrm_checkpoint
-from ..errors import MLETError
 from ..core.folding import PROJ_KEY, TABLE_KEY, mlet_prefixes
+from ..errors import MLETError
+from ..files import atomic_write, load_dlrm_checkpoint
 from .spectrum import effective_rank, singular_values
 
 STOCK_KEYS = ("nepochs", "nbatches", "nbatches_test", "state_dict", "test_acc", "epoch", "iter",

@@ -18,15 +18,15 @@ indices of the tracked tables at every step (one ``index_add_``).
 
 import torch
 
+from ..core.pair import is_mlet
 from .spectrum import effective_rank, singular_values
-from ..core.bag import MLETEmbeddingBag
 
 TOP_SINGULAR = 3
 ROWS_PER_GROUP = 64
 
 
 def _factors(table):
-    if isinstance(table, MLETEmbeddingBag):
+    if is_mlet(table):
         return table.table.weight, table.proj.weight
     return table.weight, None
 

@@ -20,11 +20,11 @@ import subprocess
 import sys
 import time
 
-from ..dlrm.checkpoints import MLET_SUFFIX
-from ..files import StagedFiles, atomic_write, atomic_write_text, load_checkpoint
-from ..errors import MLETError
 from ..core.folding import mlet_table_bytes
+from ..dlrm.checkpoints import MLET_SUFFIX
 from ..dlrm.patching import patch_checkout
+from ..errors import MLETError
+from ..files import StagedFiles, atomic_write, atomic_write_text, load_checkpoint
 
 FIELDS = [
     "dataset", "d", "k", "seed", "epochs", "test_auc", "test_accuracy", "test_log_loss",

@@ -38,9 +38,26 @@ from ..errors import MLETError
 from ..files import StagedFiles
 from ..progress import progress_bar
 from .synth_model import (
-    BIAS_STD, CALIBRATION_START, DEFAULT_RANK, DEFAULT_SCALE, DENSE_STD, INTERACTION_STD, MAX_RANK, MISSING,
-    NCAT, NDENSE, NOISE_STD, TARGET_CTR, ZIPF_EXPONENT, click_probability, generate_rows, global_bias,
-    make_model, mix_ids, sigmoid, table_sizes,
+    BIAS_STD,
+    CALIBRATION_START,
+    DEFAULT_RANK,
+    DEFAULT_SCALE,
+    DENSE_STD,
+    INTERACTION_STD,
+    MAX_RANK,
+    MISSING,
+    NCAT,
+    NDENSE,
+    NOISE_STD,
+    TARGET_CTR,
+    ZIPF_EXPONENT,
+    click_probability,
+    generate_rows,
+    global_bias,
+    make_model,
+    mix_ids,
+    sigmoid,
+    table_sizes,
 )
 
 BLOCK_ROWS = 20_000

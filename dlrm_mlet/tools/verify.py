@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import MLETError
 from ..core.folding import PROJ_KEY, TABLE_KEY, fold_weight, mlet_prefixes
+from ..errors import MLETError
 
 DEFAULT_TOLERANCE = 1e-5
 

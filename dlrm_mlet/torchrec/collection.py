@@ -26,10 +26,10 @@ from torchrec.models.dlrm import DLRM
 from torchrec.modules.embedding_configs import PoolingType
 from torchrec.modules.embedding_modules import get_embedding_names_by_table
 
-from ..errors import MLETError
 from ..core.folding import fold_weight
 from ..core.init import init_projection_, parse_proj_init, uniform_table_
 from ..core.options import check_table_count, hidden_dim_for
+from ..errors import MLETError
 
 FOLDABLE_POOLINGS = (PoolingType.SUM, PoolingType.MEAN)
 

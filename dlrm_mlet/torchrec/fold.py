@@ -16,10 +16,10 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.tensor import DTensor
 from torchrec.distributed import DistributedModelParallel
 
-from ..files import atomic_save
-from ..errors import MLETError
 from ..core.folding import fold_weight
 from ..core.gather import comm_device, stream_to_rank0
+from ..errors import MLETError
+from ..files import atomic_save
 from .collection import MLETEmbeddingBagCollection
 
 

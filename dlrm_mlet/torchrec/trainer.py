@@ -13,8 +13,8 @@ import sys
 import torch.distributed as dist
 from torchrec import EmbeddingBagCollection
 
-from ..errors import MLETError
 from ..core.options import add_table_arguments, check_table_count, parse_table_options
+from ..errors import MLETError
 from .collection import MLETEmbeddingBagCollection, sparse_parameters
 from .fold import fold_torchrec
 
