@@ -16,8 +16,11 @@ trap 'rm -rf "$tmp"' EXIT
 python -m venv "$tmp/venv"
 git clone -q "$PWD" "$tmp/clone"
 echo "== fresh venv $tmp/venv, clean clone $tmp/clone: run_scripts/quickstart.sh with ROWS=20000"
+touch "$tmp/started"
 (cd "$tmp/clone" && env -u PYTHONPATH -u VIRTUAL_ENV PATH="$tmp/venv/bin:$PATH" DLRM_DIR="$DLRM_DIR" \
   ROWS=20000 WORK="$tmp/run" run_scripts/quickstart.sh > "$tmp/quickstart.log" 2>&1) || {
   tail -40 "$tmp/quickstart.log"; echo "fresh-machine quickstart FAILED"; exit 1; }
+changed=$(find "$DLRM_DIR" -newer "$tmp/started" | head -3)
+if [ -n "$changed" ]; then echo "fresh-machine quickstart FAILED: it wrote into DLRM_DIR: $changed"; exit 1; fi
 sed -n '/^model /,/^oracle/p' "$tmp/quickstart.log"
 echo "fresh-machine quickstart passed"

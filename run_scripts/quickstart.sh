@@ -11,7 +11,7 @@
 # Settings (environment): DLRM_DIR (default ${XDG_CACHE_HOME:-~/.cache}/dlrm-mlet/dlrm,
 # cloned at the pinned commit if absent and the internet is reachable), PYTHON (python),
 # WORK (./quickstart-run), ROWS (200000), D (4), K (256), SEED (0), EPOCHS (1).
-# The user's checkout is never modified: a patched copy is made under WORK.
+# The user's checkout is never written to: patched and unpatched copies are made under WORK.
 set -euo pipefail
 
 PINNED=090956ee2319ddd349a42232958aefccfe3f7b0a
@@ -45,9 +45,12 @@ PYTHON=$PY "$HERE/install.sh" dlrm
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 
-echo "== patched working copy: $WORK/dlrm-patched (your checkout stays as it is)"
-rm -rf "$WORK/dlrm-patched"
+# Working copies: DLRM writes into its own folder (dlrm.log with --mlperf-logging), so even
+# the unpatched runs use a copy and your checkout stays exactly as it is.
+echo "== working copies: $WORK/dlrm-patched (patched) and $WORK/dlrm-stock (unpatched)"
+rm -rf "$WORK/dlrm-patched" "$WORK/dlrm-stock"
 cp -r "$DLRM_DIR" "$WORK/dlrm-patched"
+cp -r "$DLRM_DIR" "$WORK/dlrm-stock"
 $PY -m dlrm_mlet patch "$WORK/dlrm-patched"
 
 DATA=$WORK/data
@@ -79,9 +82,9 @@ echo "== MLET: d=$D, k=$K"
 # shellcheck disable=SC2046
 patched $(arch "$D") "${common[@]}" --mlet-hidden-dim="$K" --save-model="$WORK/mlet_d${D}_k$K.pt" \
   --tensor-board-filename="tb/mlet_d${D}_k$K" | tee "$WORK/mlet.log"
-echo "== unpatched DLRM ($DLRM_DIR) loads the folded MLET model"
+echo "== unpatched DLRM (a copy of $DLRM_DIR) loads the folded MLET model"
 # shellcheck disable=SC2046
-$PY "$DLRM_DIR/dlrm_s_pytorch.py" $(arch "$D") "${common[@]}" \
+$PY "$WORK/dlrm-stock/dlrm_s_pytorch.py" $(arch "$D") "${common[@]}" \
   --load-model="$WORK/mlet_d${D}_k$K.pt" --inference-only | tee "$WORK/stock_load.log"
 
 $PY - "$WORK" "$D" "$D4" "$K" <<'PYTHON'
