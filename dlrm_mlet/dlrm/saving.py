@@ -49,15 +49,16 @@ def save_model(ckpt, path, model):
     }
     if ckpt.get("opt_state_dict") is not None:
         record["param_groups"] = param_group_names(model, ckpt["opt_state_dict"])
+    if distributed.is_distributed():
+        record.update(world_size=distributed.dist.get_world_size(), rank=distributed.dist.get_rank(),
+                      local_emb_indices=list(model.local_emb_indices))
+    training = dict(to_plain(ckpt), mlet=record)
+    bad = first_non_finite(training["state_dict"])
     try:
         # Everything is checked and folded before anything is written: a diverged
         # run must not replace the last good checkpoint (nor any rank its shard).
         if distributed.is_distributed():
             rank = distributed.dist.get_rank()
-            record.update(world_size=distributed.dist.get_world_size(), rank=rank,
-                          local_emb_indices=list(model.local_emb_indices))
-            training = dict(to_plain(ckpt), mlet=record)
-            bad = first_non_finite(training["state_dict"])
             verdicts = [None] * distributed.dist.get_world_size()
             distributed.dist.all_gather_object(verdicts, bad and (_global_name(bad[0], model), bad[1], rank))
             bad = next((v for v in verdicts if v), None)
@@ -69,8 +70,6 @@ def save_model(ckpt, path, model):
                 atomic_save(folded, path)
             distributed.dist.barrier()
         else:
-            training = dict(to_plain(ckpt), mlet=record)
-            bad = first_non_finite(training["state_dict"])
             if bad:
                 fail(diverged(ckpt, path, f"{bad[0]} row {bad[1]}"))
             folded = fold_checkpoint(training)
@@ -108,7 +107,7 @@ def _fail_together(message, dist):
 
 def _global_name(key, model):
     """A distributed state-dict key with DLRM's global table number (keys count per rank)."""
-    head, dot, rest = key.partition(".")
+    head, _, rest = key.partition(".")
     if head in ("emb_l", "v_W_l") and rest.split(".")[0].isdigit():
         local, _, tail = rest.partition(".")
         return f"{head}.{model.local_emb_indices[int(local)]}" + (f".{tail}" if tail else "")
