@@ -152,6 +152,16 @@ def cmd_inspect(args):
     return 0
 
 
+def _float_list(text):
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}")
+    return values
+
+
 def _int_list(text):
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -172,8 +182,8 @@ def cmd_sweep(args):
     from .tools.sweep import run_sweep
 
     rows = run_sweep(args.dlrm_dir, args.data_set, args.raw_data_file, args.out, args.d, args.k,
-                     args.seeds, epochs=args.epochs, work=args.work, extra_args=args.dlrm_args,
-                     quiet=args.quiet)
+                     args.seeds, lrs=args.lrs, epochs=args.epochs, work=args.work, extra_args=args.dlrm_args,
+                     quiet=args.quiet, jobs=args.jobs)
     print(f"{len(rows)} runs in {args.out}; see them with: dlrm-mlet report {args.out}")
     return 0
 
@@ -181,11 +191,11 @@ def cmd_sweep(args):
 def cmd_report(args):
     from .files import atomic_write_text
     from .progress import progress_bar
-    from .tools.sweep import report
+    from .tools.report import report
 
     png = args.plot or os.path.splitext(args.results)[0] + ".png"
     with progress_bar(3, "report", quiet=args.quiet, unit=" stages") as bar:
-        text = report(args.results, png, args.oracle, args.title, progress=bar.update)
+        text = report(args.results, png, args.oracle, args.title, progress=bar.update, single_lr=args.single_lr)
     if args.markdown:
         atomic_write_text(args.markdown, text + "\n")
     print(text)
@@ -271,19 +281,28 @@ def build_parser():
     p.add_argument("--k", type=_int_list, default=[64, 128, 256, 512], help="MLET hidden widths (64,128,256,512)")
     p.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0],
                    help="numpy seeds, comma-separated (0)")
+    from .tools.sweep import DEFAULT_LRS  # torch-free, like everything --help needs
+
+    p.add_argument("--lrs", type=_float_list, default=DEFAULT_LRS,
+                   help="learning rates, comma-separated; each arm's is chosen on the validation split "
+                        f"({','.join(map(str, DEFAULT_LRS))})")
     p.add_argument("--epochs", type=_positive_int, default=1)
+    p.add_argument("--jobs", type=_positive_int, default=1, help="DLRM runs at once, sharing the cores (1)")
     p.add_argument("--work", help="folder for the patched DLRM copy and logs (default: next to --out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("dlrm_args", nargs=argparse.REMAINDER, metavar="-- DLRM_ARGS",
                    help="more DLRM arguments for every run, after --")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("report", help="markdown table, AUC-vs-size plot and iso-AUC savings of a sweep")
+    p = sub.add_parser("report", help="tables (lr chosen on validation), AUC-vs-size plot and iso-AUC savings "
+                                      "of a sweep")
     p.add_argument("results", help="the sweep's CSV")
     p.add_argument("--plot", metavar="OUT.png", help="plot file (default: RESULTS.png)")
-    p.add_argument("--markdown", metavar="OUT.md", help="also write the table to this file")
+    p.add_argument("--markdown", metavar="OUT.md", help="also write the report's markdown to this file")
     p.add_argument("--oracle", metavar="synth.json", help="show the oracle AUC of a synthetic dataset")
     p.add_argument("--title", help="plot title")
+    p.add_argument("--single-lr", type=float, default=0.1,
+                   help="the one learning rate to compare the tuned figures against")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_report)
     return parser

@@ -21,7 +21,7 @@ resume (not inference)  resume   ``resume_schedule(lr_scheduler, ld_model)``
 ``--save-onnx``         saving   ``for_export(dlrm)``
 resume skip loop        resume   ``epoch_after_skip(k)``, ``skip_batch(...)``
 after optimizer step    metrics  ``after_step(dlrm, writer, step)``
-test scores (mlperf)    metrics  ``test_scores(scores, targets, step)``
+test scores (mlperf)    metrics  ``test_scores(scores, targets, step, forward)``
 ======================  =======  ======================================================
 
 With ``--mlet-hidden-dim`` absent or 0, every function returns DLRM's own

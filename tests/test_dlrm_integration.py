@@ -240,6 +240,8 @@ def test_mlet_trains_on_the_real_avazu_sample(patched_dlrm, stock_dlrm, avazu_sa
     assert "Preprocessing" in proc.stdout and "Finished training it 57/57" in proc.stdout
     metrics = json.load(open(tmp_path / "metrics.json"))
     assert metrics["samples"] == 899 and 0.5 < metrics["auc"] < 1  # the test tenth of 8,999 rows
+    assert metrics["validation"]["samples"] == 900 and metrics["validation"]["auc"] != metrics["auc"]
+    assert sum(b["samples"] for b in metrics["buckets"]["test"]) == 899
     state = torch.load(tmp_path / "avazu.pt", weights_only=True)["state_dict"]
     assert sum(k.startswith("emb_l.") for k in state) == 21 and state["bot_l.0.weight"].shape == (32, 1)
 

@@ -77,6 +77,11 @@ def test_half_patched_or_edited_checkouts_are_refused_untouched(tmp_path, monkey
     with pytest.raises(MLETError, match="other.py differs from DLRM commit 090956ee.*nothing was changed"):
         patch_checkout(str(checkout))
     assert (checkout / "dlrm_s_pytorch.py").read_text() == ORIGINAL
+    (checkout / "other.py").write_text("import dlrm_mlet.dlrm_glue as mlet  # an older dlrm-mlet's patch\n")
+    with pytest.raises(MLETError, match=r"other.py holds another dlrm-mlet version's patch; put DLRM's file "
+                                        r"back \(git checkout other.py\) and patch again"):
+        patch_checkout(str(checkout))
+    assert not patching.is_patched_checkout(str(checkout))
     (checkout / "other.py").unlink()
     with pytest.raises(MLETError, match="other.py is missing"):
         patch_checkout(str(checkout))

@@ -1,68 +1,43 @@
-"""The paper's experiment: the sweep against real DLRM, and the report (table, plot, iso-AUC)."""
+"""The paper's experiment: the sweep against real DLRM (the report's tests are in test_report.py)."""
 
 import csv
+import os
 
-import pytest
-
-from dlrm_mlet.tools import sweep
 from dlrm_mlet.cli import main
+from dlrm_mlet.dlrm.evaluation import BUCKETS
 from dlrm_mlet.tools.synth import write_synthetic
 
-MIB = 2**20
 
-
-def row(d, k, seed, auc):
-    return {"dataset": "kaggle", "d": d, "k": k, "seed": seed, "epochs": 1, "test_auc": auc,
-            "test_accuracy": 0.75, "test_log_loss": 0.5, "train_seconds": 10, "train_ms_per_it": 2.0,
-            "inference_embedding_bytes": d * MIB // 4, "training_embedding_bytes": (k or d) * MIB // 4}
-
-
-@pytest.fixture
-def results(tmp_path):
-    path = tmp_path / "r.csv"
-    sweep.write_rows(path, [
-        row(4, 0, 0, 0.70), row(4, 0, 1, 0.70), row(16, 0, 0, 0.72), row(16, 0, 1, 0.72),
-        row(4, 64, 0, 0.73), row(4, 64, 1, 0.71),  # mean 0.72: matches baseline d=16 at 4x smaller
-        row(16, 64, 0, 0.715), row(16, 64, 1, 0.715),  # below baseline d=16: MLET does not help there
-    ])
-    return path
-
-
-def test_report_gives_the_table_the_plot_and_the_iso_auc_saving(results, tmp_path, capsys):
-    png, md = tmp_path / "p.png", tmp_path / "t.md"
-    assert main(["report", str(results), "--plot", str(png), "--markdown", str(md), "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert "| kaggle | MLET | 4 | 64 | 1.000 | 16.000 | 0.7200 ± 0.0141 |" in out
-    assert "| kaggle | baseline | 16 | - | 4.000 | 4.000 | 0.7200 ± 0.0000 |" in out
-    assert ("baseline d=16 (AUC 0.7200, 4.00 MiB) is matched at the smallest by MLET d=4 k=64 "
-            "(AUC 0.7200, 1.00 MiB): 4.0x smaller at inference") in out
-    assert "at d=16 no k beats the baseline (best MLET AUC 0.7150 with k=64, baseline 0.7200)" in out
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and md.read_text() in out + "\n"
-    assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []
-
-
-def test_report_refuses_a_file_that_is_not_a_sweep(tmp_path, capsys):
-    other = tmp_path / "other.csv"
-    other.write_text("a,b\n1,2\n")
-    assert main(["report", str(other), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not a sweep results file (columns a, b)" in err
-
-
-def test_sweep_trains_patched_dlrm_and_resumes_without_rerunning(dlrm_dir, tmp_path, capsys):
+def test_sweep_tunes_records_divergence_and_resumes_without_rerunning(dlrm_dir, tmp_path, capsys):
     write_synthetic(tmp_path / "data", 3000, seed=1, progress=False)
     out = tmp_path / "r.csv"
     argv = ["sweep", "--raw-data-file", str(tmp_path / "data" / "train.txt"), "--out", str(out),
-            "--dlrm-dir", dlrm_dir, "--d", "4", "--k", "32", "--quiet"]
+            "--dlrm-dir", dlrm_dir, "--d", "4", "--k", "32", "--lrs", "0.1,1000", "--jobs", "2", "--quiet"]
     assert main(argv) == 0
-    rows = list(csv.DictReader(open(out)))
-    assert [(r["d"], r["k"], r["seed"]) for r in rows] == [("4", "0", "0"), ("4", "32", "0")]
-    base, mlet = rows
-    assert 0 < float(mlet["test_auc"]) < 1 and 0 < float(mlet["test_log_loss"])
+    rows = {(r["k"], r["lr"]): r for r in csv.DictReader(open(out))}
+    assert sorted(rows) == [("0", "0.1"), ("0", "1000.0"), ("32", "0.1"), ("32", "1000.0")]
+    base, mlet = rows["0", "0.1"], rows["32", "0.1"]
+    for r in (base, mlet):
+        assert r["status"] == "ok" and 0.5 < float(r["val_auc"]) < 1 and 0.5 < float(r["test_auc"]) < 1
+        assert sum(int(r[f"test_{b[0]}_samples"]) for b in BUCKETS) == 214  # every test sample in one bucket
     assert base["inference_embedding_bytes"] == mlet["inference_embedding_bytes"]  # folded: stock size
     trained = int(mlet["training_embedding_bytes"]) / int(mlet["inference_embedding_bytes"])
     assert 8 <= trained < 8.5  # k/d = 8, plus the projections
-    assert "d=4 k=32 seed=0: AUC" in capsys.readouterr().out
+    blown = rows["32", "1000.0"]  # an lr no model survives: recorded, with why, and no metrics
+    assert blown["status"] == "diverged" and blown["note"] and blown["test_auc"] in ("", "0.5")
+    assert "d=4 k=32 lr=1000.0 seed=0: diverged" in capsys.readouterr().out
+    assert not os.path.exists(tmp_path / "r_work" / "runs" / "d4_k32_lr0.1_s0_e1" / "model.pt")  # sizes kept
+    before = open(out).read()
     assert main(argv) == 0  # everything done: nothing runs again, the rows stay
-    assert list(csv.DictReader(open(out))) == rows
-    assert "d=4 k=" not in capsys.readouterr().out
+    assert open(out).read() == before and "d=4 k=" not in capsys.readouterr().out
+    assert main(["report", str(out), "--quiet"]) == 0
+    report = capsys.readouterr().out
+    assert "d=4 k=32 lr=1000" in report.split("Diverged runs")[1]
+
+
+def test_sweep_takes_learning_rates_only_from_lrs(tmp_path, capsys):
+    raw = tmp_path / "train.txt"
+    raw.write_text("")
+    assert main(["sweep", "--raw-data-file", str(raw), "--out", str(tmp_path / "r.csv"),
+                 "--dlrm-dir", str(tmp_path), "--", "--learning-rate=0.3"]) == 2
+    assert "give learning rates with --lrs" in capsys.readouterr().err

@@ -338,7 +338,7 @@ class AvazuDataset:
         self.counts = np.array(meta["counts"], dtype=np.int64)
         self.m_den = 1
         self.n_emb = len(self.counts)
-        self.max_ind_range = max_ind_range
+        self.cache_dir, self.max_ind_range = cache_dir, max_ind_range
         load = lambda name: np.load(os.path.join(cache_dir, name), mmap_mode="r")  # noqa: E731
         self.x_cat, self.x_int, self.y = load("X_cat.npy"), load("X_int.npy"), load("y.npy")
         self.rows = load(f"{split}_idx.npy")

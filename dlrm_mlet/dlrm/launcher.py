@@ -14,7 +14,7 @@ calls the patch would add at the same places, then call its ``run()``:
   glue's ``make_data_and_loaders`` (our preprocessing, Avazu);
 * a global optimizer step hook calls the glue's ``after_step`` (TensorBoard);
 * its ``sklearn`` is swapped for a view whose ``roc_auc_score`` first hands the
-  test scores to the glue's ``test_scores``.
+  test scores, and a forward for the validation split, to the glue's ``test_scores``.
 
 Not hooked, because DLRM's loop has no seam to hold: the resume fix of
 ``epoch_after_skip``/``skip_batch``. So resuming MLET training is refused here
@@ -97,16 +97,22 @@ class _DataView(types.ModuleType):
         return dlrm_glue.make_data_and_loaders(args, self._dp)
 
 
-def _sklearn_view(sklearn):
-    """sklearn for DLRM's test metrics: AUC also hands the scores to the glue."""
+def _sklearn_view(module):
+    """sklearn for DLRM's test metrics: AUC also hands the scores (and a forward) to the glue."""
     import sklearn.metrics as metrics
 
+    def forward(batch):  # what the patch passes: dlrm_wrap with run()'s use_gpu and device
+        use_gpu = module.args.use_gpu and torch.cuda.is_available()
+        ext_dist = module.ext_dist
+        device = torch.device("cuda", ext_dist.my_local_rank if ext_dist.my_size > 1 else 0) if use_gpu else "cpu"
+        return module.dlrm_wrap(*batch[:3], use_gpu, device, module.ndevices)
+
     def roc_auc_score(y_true, y_score, *args, **kwargs):
-        dlrm_glue.test_scores(y_score, y_true, None)
+        dlrm_glue.test_scores(y_score, y_true, None, forward)
         return metrics.roc_auc_score(y_true, y_score, *args, **kwargs)
 
     view = types.ModuleType("sklearn")
-    view.__dict__.update(vars(sklearn))
+    view.__dict__.update(vars(module.sklearn))
     view.metrics = types.ModuleType("sklearn.metrics")
     view.metrics.__dict__.update(vars(metrics))
     view.metrics.roc_auc_score = roc_auc_score
@@ -118,7 +124,7 @@ def install_hooks(module):
     module.argparse = _argparse_view()
     module.torch = _TorchView(module)
     module.dp = _DataView(module.dp)
-    module.sklearn = _sklearn_view(module.sklearn)
+    module.sklearn = _sklearn_view(module)
     original = module.DLRM_Net.create_emb
 
     def create_emb(self, m, ln, weighted_pooling=None):

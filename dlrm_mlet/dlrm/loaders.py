@@ -46,7 +46,19 @@ def make_data_and_loaders(args, dp):
                 _count_bin_samples(dp)
     except MLETError as error:
         fail(str(error))
-    return dp.make_criteo_data_and_loaders(args)
+    return _scored(args, dp, dp.make_criteo_data_and_loaders(args))
+
+
+def _scored(args, dp, loaders):
+    """Remember what ``--mlet-metrics-json`` needs to score validation and buckets later."""
+    from .session import Scoring
+
+    if session.config.metrics_json:
+        train_data, _, _, test_ld = loaders
+        mir = args.max_ind_range
+        sizes = [int(n) if mir <= 0 else min(int(n), mir) for n in train_data.counts]  # DLRM's ln_emb rule
+        session.scoring = Scoring(args, dp, train_data, test_ld, sizes)
+    return loaders
 
 
 def _count_bin_samples(dp):
@@ -76,5 +88,5 @@ def _avazu_loaders(args, dp, data):
     loader = lambda dataset, batch, workers: torch.utils.data.DataLoader(  # noqa: E731
         dataset, batch_size=batch, shuffle=False, num_workers=workers,
         collate_fn=dp.collate_wrapper_criteo_offset, pin_memory=False, drop_last=False)
-    return (train, loader(train, args.mini_batch_size, args.num_workers),
-            test, loader(test, args.test_mini_batch_size, args.test_num_workers))
+    return _scored(args, dp, (train, loader(train, args.mini_batch_size, args.num_workers),
+                              test, loader(test, args.test_mini_batch_size, args.test_num_workers)))

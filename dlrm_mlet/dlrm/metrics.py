@@ -4,6 +4,8 @@ The MLET papers report test log loss, which DLRM does not print, and the
 effective rank of the trained tables shows whether k was worth its cost.
 """
 
+import sys
+
 from ..errors import MLETError
 from ..files import atomic_write_text
 from .session import fail, session
@@ -21,35 +23,76 @@ def after_step(model, writer, step=None):
     session.monitor.after_step(model, writer, step)
 
 
-def test_scores(scores, targets, step):
-    """DLRM's test predictions (``--mlperf-logging``): log loss, and a metrics file.
+def test_scores(scores, targets, step, forward=None):
+    """DLRM's test predictions (``--mlperf-logging``): log loss, validation, buckets, a file.
 
     DLRM prints AUC and accuracy but not the test log loss, which the MLET
-    papers report; sweeps read all three from ``--mlet-metrics-json``.
+    papers report; sweeps read all three from ``--mlet-metrics-json``, with
+    the same metrics on the validation split (scored here with ``forward``,
+    DLRM's own ``dlrm_wrap`` on one batch) to choose hyper-parameters on, and
+    the test metrics by frequency bucket (``evaluation.py``).
     """
     path = session.config.metrics_json
     if not path:
         return
     import json
 
-    import numpy as np
-    import sklearn.metrics
+    from . import distributed, evaluation
 
-    from . import distributed
-
-    p = np.clip(np.asarray(scores, dtype=np.float64).reshape(-1), 1e-7, 1 - 1e-7)
-    y = np.asarray(targets, dtype=np.float64).reshape(-1)
-    metrics = {
-        "step": None if step is None else int(step),
-        "samples": int(y.size),
-        "auc": float(sklearn.metrics.roc_auc_score(y, p)) if 0 < y.sum() < y.size else None,
-        "log_loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
-        "accuracy": float(np.mean(np.round(p) == y)),
-    }
+    metrics = {"step": None if step is None else int(step), **evaluation.binary_metrics(scores, targets)}
     print(f"MLET: test log loss {metrics['log_loss']:.6f}", flush=True)
+    data = session.scoring
+    if forward is not None and data is not None:
+        if data.validation is None:
+            data.validation = evaluation.validation_loader(data.args, data.dp, data.test_ld) or ()
+        if data.validation:
+            metrics["validation"] = evaluation.binary_metrics(*_score(forward, data.validation))
+            print(f"MLET: validation AUC {metrics['validation']['auc']}, "
+                  f"log loss {metrics['validation']['log_loss']:.6f}", flush=True)
     if distributed.is_distributed() and distributed.dist.get_rank() != 0:
         return
+    if data is not None:
+        metrics["buckets"] = _buckets(data, scores, targets)
     try:
         atomic_write_text(path, json.dumps(metrics, indent=1) + "\n")
     except MLETError as error:  # "cannot write PATH: reason; ..."
         fail(f"--mlet-metrics-json: {error}")
+
+
+def _score(forward, loader):
+    """Scores and targets of a whole split, gathered across ranks as DLRM's ``inference`` does."""
+    import numpy as np
+    import torch
+
+    from . import distributed
+
+    ext_dist = sys.modules.get("extend_distributed") if distributed.is_distributed() else None
+    ranks = ext_dist.my_size if ext_dist is not None else 1
+    scores, targets = [], []
+    with torch.no_grad():
+        for batch in loader:
+            if ranks > 1 and batch[0].size(0) % ranks:
+                continue  # DLRM skips these too: its distributed forward splits the batch evenly
+            z = forward(batch)
+            if ranks > 1:
+                z = ext_dist.all_gather(z, ext_dist.get_split_lengths(batch[0].size(0))[1])
+            scores.append(z.detach().cpu().numpy())
+            targets.append(batch[3].detach().cpu().numpy())
+    return np.concatenate(scores), np.concatenate(targets)
+
+
+def _buckets(data, scores, targets):
+    """Test metrics by frequency bucket; the counts and each sample's bucket computed once."""
+    from . import evaluation
+
+    if data.rarest is None:
+        counts = evaluation.train_counts(data.train_data, data.table_sizes, data.args.max_ind_range)
+        data.rarest = () if counts is None else evaluation.rarest_counts(data.test_ld, counts)
+    if not len(data.rarest):
+        return {"rule": evaluation.BUCKET_RULE, "note": "not computed for this data loader", "test": []}
+    # DLRM's inference stops after ``nbatches`` test batches (and skips uneven ones in
+    # distributed mode): both cut the tail, so the first len(scores) samples are the scored ones.
+    n = len(scores)
+    if len(data.rarest) < n:
+        raise MLETError(f"{n} test scores but only {len(data.rarest)} test samples to bucket")
+    return {"rule": evaluation.BUCKET_RULE, "test": evaluation.bucket_metrics(scores, targets, data.rarest[:n])}

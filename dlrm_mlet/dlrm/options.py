@@ -30,7 +30,8 @@ def add_arguments(parser):
     )
     group.add_argument(
         "--mlet-metrics-json", default="", metavar="PATH",
-        help="write test AUC, log loss and accuracy to PATH at every test (needs --mlperf-logging)",
+        help="write test AUC, log loss and accuracy, the same on the validation split, and test metrics by "
+        "training-frequency bucket to PATH at every test (needs --mlperf-logging)",
     )
     group.add_argument(
         "--mlet-fused-update", nargs="?", const="torch", default="", metavar="fbgemm",

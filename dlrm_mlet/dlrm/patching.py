@@ -87,6 +87,9 @@ def checkout_state(dlrm_dir, files):
             states.add("pinned")
         elif blob == f.new_blob:
             states.add("patched")
+        elif is_patched_source(open(path, encoding="utf-8", errors="replace").read()):
+            return (f"{f.path} holds another dlrm-mlet version's patch; put DLRM's file back "
+                    f"(git checkout {f.path}) and patch again")
         else:
             return f"{f.path} differs from DLRM commit {PINNED_COMMIT[:8]} (git blob {blob[:12]})"
     if len(states) > 1:
@@ -147,6 +150,12 @@ def _replace_file(path, data):
         os.chmod(tmp, os.stat(path).st_mode)
 
     atomic_write(path, write)
+
+
+def is_patched_checkout(dlrm_dir):
+    """Whether ``dlrm_dir`` holds exactly this version's patched files."""
+    with open(patch_path(), encoding="utf-8") as handle:
+        return checkout_state(dlrm_dir, parse_patch(handle.read())) == "patched"
 
 
 def is_patched_source(text):

@@ -9,7 +9,7 @@ stale copy.
 """
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -31,6 +31,19 @@ class Config:
         return self.hidden_dim > 0
 
 
+@dataclass
+class Scoring:
+    """What ``--mlet-metrics-json`` scores beyond DLRM's test split, built at the first test."""
+
+    args: object
+    dp: object
+    train_data: object
+    test_ld: object
+    table_sizes: list = field(default_factory=list)
+    validation: object = None  # the validation loader, () when the loader has no such split
+    rarest: object = None  # per test sample, the training count of its rarest value; () if unknown
+
+
 class Session:
     """One process's glue state: the current run's config and what it carries between calls."""
 
@@ -38,6 +51,7 @@ class Session:
         self.config = Config()
         self.monitor = None  # tools.monitor.Monitor, made at the first logged step
         self.resume_rng = None  # numpy RNG state of the checkpoint being resumed, until its skip loop ends
+        self.scoring = None  # Scoring, when --mlet-metrics-json asks for it
         # False under ``dlrm-mlet run``: without the patch's two lines in DLRM's resume
         # loop (epoch_after_skip, skip_batch) resuming would skip or repeat data.
         self.can_resume = True
@@ -47,6 +61,7 @@ class Session:
         self.config = config
         self.monitor = None
         self.resume_rng = None
+        self.scoring = None
         return config
 
 

@@ -1,0 +1,329 @@
+"""``dlrm-mlet report``: a sweep's CSV as the tables, plot and size savings a paper needs.
+
+Every figure is per (dataset, epochs): 1-epoch and 3-epoch runs are different experiments.
+Each model's learning rate is chosen on the validation split, and only that lr's test
+metrics are reported, so the test split never picks a hyper-parameter. A diverged run is
+never averaged in: it makes its lr ineligible. The figures at one fixed lr sit beside the
+tuned ones, so a reader sees how much of a gap is tuning.
+"""
+
+import json
+import math
+
+from ..dlrm.evaluation import BUCKET_RULE, BUCKETS
+from ..errors import MLETError
+from ..files import atomic_write
+from .sweep import BUCKET_FIELDS, read_rows
+
+MIB = 2**20
+LR_RULE = ("Each (dataset, epochs, d, k) is reported at its best lr: among the lrs where no seed diverged, the one "
+           "with the highest mean validation AUC. The figures are that lr's test metrics, mean ± sd (ddof=1) over "
+           "seeds; diverged runs are never averaged in.")
+ISO_RULE = ("Rule: (a) each baseline width d_b is compared against its reference, the best baseline (highest mean "
+            "test AUC) among widths <= d_b, so a wider baseline that is worse than a narrower one earns no extra "
+            "credit; (b) an MLET model (any k) matches the reference when its mean test AUC exceeds the reference's "
+            "by at least one standard error of the difference, se = sqrt(sd_m^2/n_m + sd_b^2/n_b) over seeds (one "
+            "seed per arm: se = 0, i.e. >=); (c) the saving is the reference's inference embedding bytes over those "
+            "of the smallest matching MLET model (ties on size: highest AUC). At the single lr, a model with a "
+            "diverged seed there is left out.")
+
+
+def _num(value):
+    return math.nan if value in ("", None) else float(value)
+
+
+def _mean_sd(values):
+    import numpy as np
+
+    v = [x for x in values if not math.isnan(x)]
+    if not v:
+        return math.nan, math.nan, 0
+    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)
+
+
+def _stats(runs):
+    col = lambda field: [_num(r[field]) for r in runs]  # noqa: E731
+    auc, auc_sd, n = _mean_sd(col("test_auc"))
+    loss, loss_sd, _ = _mean_sd(col("test_log_loss"))
+    stats = {"auc": auc, "auc_sd": auc_sd, "n": n, "loss": loss, "loss_sd": loss_sd,
+             "val_auc": _mean_sd(col("val_auc"))[0], "ms_per_it": _mean_sd(col("train_ms_per_it"))[0]}
+    stats.update({f[len("test_"):]: _mean_sd(col(f))[0] for f in BUCKET_FIELDS})
+    return stats
+
+
+def _bytes(runs, field):
+    return next((int(r[field]) for r in runs if r[field] not in ("", None)), None)
+
+
+def summarize(rows, single_lr=0.1):
+    """One arm per (dataset, epochs, d, k): every lr's seeds, the lr chosen on validation, the single lr.
+
+    Sorted by dataset, epochs, then baselines before MLET, MLET by k, each by d.
+    """
+    groups = {}
+    for r in rows:
+        key = (r["dataset"], int(r["epochs"]), int(r["d"]), int(r["k"]))
+        groups.setdefault(key, {}).setdefault(float(r["lr"]), []).append(r)
+    arms = []
+    order = lambda g: (g[0][0], g[0][1], g[0][3] > 0, g[0][3], g[0][2])  # noqa: E731
+    for (dataset, epochs, d, k), by_lr in sorted(groups.items(), key=order):
+        lrs = {}
+        for lr, runs in sorted(by_lr.items()):
+            runs.sort(key=lambda r: int(r["seed"]))
+            diverged = sum(r["status"] != "ok" for r in runs)
+            lrs[lr] = {"runs": runs, "diverged": diverged, "stats": None if diverged else _stats(runs)}
+        eligible = [lr for lr, e in lrs.items() if e["stats"] and not math.isnan(e["stats"]["val_auc"])]
+        best = max(eligible, key=lambda lr: lrs[lr]["stats"]["val_auc"], default=None)
+        every = [r for e in lrs.values() for r in e["runs"]]
+        arms.append({
+            "dataset": dataset, "epochs": epochs, "d": d, "k": k, "lrs": lrs, "best": best,
+            "tuned": lrs[best]["stats"] if best is not None else None,
+            "why_none": "all lrs diverged" if all(e["diverged"] for e in lrs.values()) else "no validation AUC",
+            "single": next((e for lr, e in lrs.items() if math.isclose(lr, single_lr)), None),
+            "inference_bytes": _bytes(every, "inference_embedding_bytes"),
+            "training_bytes": _bytes(every, "training_embedding_bytes"),
+        })
+    return arms
+
+
+def tuned(arm):
+    s = arm["tuned"]
+    return s if s and not math.isnan(s["auc"]) else None
+
+
+def at_single_lr(arm):
+    s = arm["single"] and arm["single"]["stats"]
+    return s if s and not math.isnan(s["auc"]) else None
+
+
+def _groups(arms):
+    out = {}
+    for a in arms:
+        out.setdefault((a["dataset"], a["epochs"]), []).append(a)
+    return list(out.items())
+
+
+def _f(x, spec=".4f"):
+    return "-" if x is None or math.isnan(x) else format(x, spec)
+
+
+def _pm(mean, sd):
+    return "-" if math.isnan(mean) else f"{mean:.4f} ± {sd:.4f}"
+
+
+def _mib(n):
+    return "-" if n is None else f"{n / MIB:.3f}"
+
+
+def _model(arm):
+    return ("MLET", str(arm["k"])) if arm["k"] else ("baseline", "-")
+
+
+def tuned_table(arms, single_lr, oracle=None):
+    lines = [f"| dataset | epochs | model | d | k | best lr | val AUC (mean) | test AUC (mean ± sd) | test log loss "
+             f"(mean ± sd) | test AUC at lr {single_lr:g} | seeds | inference emb MiB | training emb MiB | "
+             "train ms/it |", "|" + "---|" * 14]
+    for a in arms:
+        e, s = a["single"], a["tuned"]
+        single = "-" if e is None else (f"diverged ({e['diverged']}/{len(e['runs'])})" if e["diverged"]
+                                        else _pm(e["stats"]["auc"], e["stats"]["auc_sd"]))
+        cells = ([a["why_none"], "-", "-", "-", single, "-", "-"] if s is None else
+                 [f"{a['best']:g}", _f(s["val_auc"]), _pm(s["auc"], s["auc_sd"]), _pm(s["loss"], s["loss_sd"]),
+                  single, str(len(a["lrs"][a["best"]]["runs"])), _f(s["ms_per_it"], ".2f")])
+        model, k = _model(a)
+        lines.append("| " + " | ".join([a["dataset"], str(a["epochs"]), model, str(a["d"]), k, *cells[:-1],
+                                        _mib(a["inference_bytes"]), _mib(a["training_bytes"]), cells[-1]]) + " |")
+    if oracle:
+        lines.append(f"\nOracle (true click probabilities): AUC {oracle['oracle_auc']:.4f}, "
+                     f"log loss {oracle['oracle_log_loss']:.4f}")
+    return "\n".join(lines)
+
+
+def _who(m, ms, gap, se):
+    return (f"MLET d={m['d']} k={m['k']} (AUC {ms['auc']:.4f}, {_mib(m['inference_bytes'])} MiB; "
+            f"gap {gap:+.4f}, se {se:.4f})")
+
+
+def iso_auc(arms, pick):
+    """Per baseline width d_b, the smallest MLET model that matches the baseline frontier.
+
+    The reference of d_b is the best baseline of width <= d_b (a worse, wider baseline earns no
+    credit); an MLET model matches when its mean test AUC leads the reference's by at least
+    se = sqrt(sd_m^2/n_m + sd_b^2/n_b), so seed noise is not counted as a win; the saving is
+    reference bytes / bytes of the smallest match (ties: highest AUC). ``pick(arm)`` gives the
+    figures compared (``tuned`` or ``at_single_lr``), None for an arm left out.
+    """
+    lines = []
+    for (dataset, epochs), group in _groups(arms):
+        where = f"{dataset}, epochs {epochs}"
+        ok = [(a, pick(a)) for a in group if pick(a) and a["inference_bytes"]]
+        base = sorted(((a, s) for a, s in ok if a["k"] == 0), key=lambda b: b[0]["d"])
+        mlet = [(a, s) for a, s in ok if a["k"]]
+        ref = None
+        for b, bs in base:
+            if ref is None or bs["auc"] > ref[1]["auc"]:
+                ref = (b, bs)
+            r, rs = ref
+            head = (f"{where}: baseline d={b['d']}: reference baseline d={r['d']} (AUC {rs['auc']:.4f}, "
+                    f"{_mib(r['inference_bytes'])} MiB)")
+            se_of = lambda ms: math.sqrt(ms["auc_sd"] ** 2 / ms["n"] + rs["auc_sd"] ** 2 / rs["n"])  # noqa: E731
+            scored = [(m, ms, ms["auc"] - rs["auc"], se_of(ms)) for m, ms in mlet]
+            match = [x for x in scored if x[2] >= x[3] - 1e-12]  # the tolerance: float means of equal AUCs
+            if not match:
+                close = max(scored, key=lambda x: x[1]["auc"], default=None)
+                closest = f" (closest: {_who(*close)})" if close else ""
+                lines.append(f"{head}: no MLET model tried matches it{closest}")
+                continue
+            m, ms, gap, se = min(match, key=lambda x: (x[0]["inference_bytes"], -x[1]["auc"]))
+            ratio = r["inference_bytes"] / m["inference_bytes"]
+            saving = f"{ratio:.1f}x smaller" if ratio > 1 else (
+                "same size: no saving" if ratio == 1 else f"{1 / ratio:.1f}x larger: no saving")
+            lines.append(f"{head}: matched by {_who(m, ms, gap, se)}: {saving}")
+        for d in sorted({a["d"] for a, _ in mlet}):
+            bs = next((s for b, s in base if b["d"] == d), None)
+            m, ms = max(((a, s) for a, s in mlet if a["d"] == d), key=lambda m: m[1]["auc"])
+            if bs is not None and ms["auc"] <= bs["auc"]:
+                lines.append(f"{where}: at d={d} no k beats the baseline (best MLET AUC {ms['auc']:.4f} "
+                             f"with k={m['k']}, baseline {bs['auc']:.4f})")
+    return "\n".join(f"- {line}" for line in lines) or "- no baseline without a diverged seed to compare against"
+
+
+def lr_tables(arms):
+    """Mean validation AUC per lr, the chosen one in bold: the tuning record and the divergence map."""
+    out = []
+    for (dataset, epochs), group in _groups(arms):
+        lrs = sorted({lr for a in group for lr in a["lrs"]})
+        lines = [f"### {dataset}, epochs {epochs}", "",
+                 "| model | d | k | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|" + "---|" * (3 + len(lrs))]
+        diverged = []
+        for a in group:
+            cells = []
+            for lr in lrs:
+                e = a["lrs"].get(lr)
+                if e is None:
+                    cells.append("-")
+                elif e["diverged"]:
+                    cells.append(f"div {e['diverged']}/{len(e['runs'])}")
+                    diverged += [f"- d={a['d']} k={a['k']} lr={lr:g} seed={r['seed']}: {r['note'] or 'no note'}"
+                                 for r in e["runs"] if r["status"] != "ok"]
+                else:
+                    v = _f(e["stats"]["val_auc"])
+                    cells.append(f"**{v}**" if lr == a["best"] else v)
+            lines.append("| " + " | ".join([_model(a)[0], str(a["d"]), _model(a)[1], *cells]) + " |")
+        lines += ["", "Diverged runs:" + ("\n" + "\n".join(diverged) if diverged else " none")]
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def rare_items(arms):
+    """Test metrics per training-frequency bucket, at each model's best lr, against the baseline of its d."""
+    if not any(r[f] not in ("", None) for a in arms for e in a["lrs"].values() for r in e["runs"]
+               for f in BUCKET_FIELDS):
+        return "no rare-item buckets in this CSV"
+    out = [f"Buckets: {BUCKET_RULE}; mean over seeds at the best lr; AUC vs baseline = MLET minus the "
+           "baseline of the same d."]
+    for (dataset, epochs), group in _groups(arms):
+        lines = [f"### {dataset}, epochs {epochs}", "",
+                 "| model | d | k | lr | bucket | samples | test AUC | test log loss | AUC vs baseline |",
+                 "|" + "---|" * 9]
+        for d in sorted({a["d"] for a in group if a["k"] == 0}):
+            same = sorted((a for a in group if a["d"] == d and a["tuned"]), key=lambda a: a["k"])
+            base = next((a["tuned"] for a in same if a["k"] == 0), None)
+            for a in same:
+                s = a["tuned"]
+                for slug, label, *_ in BUCKETS:
+                    n, auc = s[f"{slug}_samples"], s[f"{slug}_auc"]
+                    delta = "-" if a["k"] == 0 or base is None else _f(auc - base[f"{slug}_auc"], "+.4f")
+                    lines.append("| " + " | ".join([
+                        _model(a)[0], str(d), _model(a)[1], f"{a['best']:g}", label,
+                        _f(n, ".0f" if n == round(n) else ".1f") if not math.isnan(n) else "-",
+                        _f(auc), _f(s[f"{slug}_log_loss"]), delta]) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def plot(arms, out_png, single_lr, oracle=None, title=None):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker  # noqa: F401 (used as matplotlib.ticker)
+    except ImportError:
+        raise MLETError("the report's plot needs matplotlib: pip install 'dlrm-mlet[plot]'") from None
+    groups = _groups(arms)
+    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.8), squeeze=False)
+    for ax, ((dataset, epochs), group) in zip(axes[0], groups):
+        ks = sorted({a["k"] for a in group})
+        for i, k in enumerate(ks):
+            colour, name = ("black", "baseline") if k == 0 else (f"C{i}", f"MLET k={k}")
+            line = sorted((a for a in group if a["k"] == k and a["inference_bytes"]),
+                          key=lambda a: a["inference_bytes"])
+            pts = [(a, tuned(a)) for a in line if tuned(a)]
+            if pts:
+                ax.errorbar([a["inference_bytes"] / MIB for a, _ in pts], [s["auc"] for _, s in pts],
+                            yerr=[s["auc_sd"] for _, s in pts], marker="o" if k else "s", capsize=3,
+                            lw=2.5 if k == 0 else 1.5, color=colour, label=f"{name} (tuned lr)")
+            for a, s in pts if k == ks[0] else ():  # label each d once
+                ax.annotate(f"d={a['d']}", (a["inference_bytes"] / MIB, s["auc"]), fontsize=7,
+                            textcoords="offset points", xytext=(-8, -14))
+            one = [(a, at_single_lr(a)) for a in line if at_single_lr(a)]
+            if one:
+                ax.plot([a["inference_bytes"] / MIB for a, _ in one], [s["auc"] for _, s in one], ls="--",
+                        lw=0.8, marker=".", color=colour, label=f"{name} (lr {single_lr:g})")
+        if oracle:
+            ax.axhline(oracle["oracle_auc"], color="gray", ls="--", lw=1, label="oracle AUC")
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        where = f"{dataset}, epochs {epochs}"
+        ax.set(xlabel="inference embedding size (MiB, log scale)", ylabel="test AUC",
+               title=(f"{title} ({where})" if len(groups) > 1 else title) if title else f"{where}: AUC vs size")
+        ax.grid(True, alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:  # tuned curves first: matplotlib lists error bars after plain lines
+            order = sorted(range(len(labels)), key=lambda i: f"(lr {single_lr:g})" in labels[i])
+            ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8)
+    fig.tight_layout()
+    try:  # never a half-drawn PNG under the asked name; PNG whatever the name's extension
+        atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=150, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def _oracle(path):
+    try:
+        with open(path) as handle:
+            oracle = json.load(handle)
+        return {key: float(oracle[key]) for key in ("oracle_auc", "oracle_log_loss")}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise MLETError(f"{path}: not a synthetic dataset's oracle JSON ({type(error).__name__}: {error})") from None
+
+
+def report(csv_path, out_png=None, oracle_path=None, title=None, progress=None, single_lr=0.1):
+    """The markdown (tuned table, iso-AUC at tuned and single lr, lr table, rare items); writes the plot.
+
+    ``progress()`` is called after each of the three stages (read, summarise, plot).
+    """
+    progress = progress or (lambda: None)
+    rows = read_rows(csv_path)
+    if not rows:
+        raise MLETError(f"{csv_path}: no sweep results")
+    oracle = _oracle(oracle_path) if oracle_path else None
+    progress()
+    try:
+        arms = summarize(rows, single_lr)
+    except ValueError as error:
+        raise MLETError(f"{csv_path}: not a readable sweep results file ({error})") from None
+    text = "\n\n".join([
+        "## Test metrics at the learning rate chosen on validation", LR_RULE, tuned_table(arms, single_lr, oracle),
+        "## Iso-AUC size reduction", ISO_RULE,
+        "### At each model's tuned lr", iso_auc(arms, tuned),
+        f"### At the single lr {single_lr:g} (no tuning)", iso_auc(arms, at_single_lr),
+        "## Validation AUC per learning rate (bold: chosen; div i/n: i of n seeds diverged)", lr_tables(arms),
+        "## Rare items: test metrics by training frequency", rare_items(arms),
+    ])
+    progress()
+    if out_png:
+        plot(arms, out_png, single_lr, oracle, title)
+    progress()
+    return text
