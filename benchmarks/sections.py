@@ -154,13 +154,31 @@ def preprocess_memory(data):
     return lines
 
 
+def whole_run(data):
+    lines = ["## Whole DLRM runs: stock against patched (`benchmarks/whole_run.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"])
+    lines += ["", f"Real `dlrm_s_pytorch.py` runs: random data, bench architecture at d=16, 26 tables at "
+              f"{data['scale']} x Criteo-Kaggle's sizes ({sum(data['tables']):,} rows), batch 128, "
+              f"{data['batches']} batches, SGD lr 0.1; speed is DLRM's own `--print-time` ms/it (first print, "
+              f"the warm-up, left out). {data['reps']} repetitions, configurations interleaved; each ratio is "
+              "against the stock run of the same repetition, median (min-max) over repetitions. In-process: "
+              "`train_step.py`'s ratio for the same configuration (the component view).", "",
+              "| run | ms/it median | / stock d=16, median (min-max) | in-process ratio | peak RSS MiB |",
+              "|---|---|---|---|---|"]
+    for r in data["results"]:
+        inproc = f"{r['in_process_ratio']:.2f}" if r.get("in_process_ratio") else "-"
+        lines.append(f"| {r['name']} | {r['ms_per_it_median']:.2f} | {r['ratio_median']:.2f} "
+                     f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | {inproc} | {mib(r['peak_rss_bytes'])} |")
+    return lines
+
+
 NO_GPU = ["## Training step time on one GPU", "",
           "Not measured: the machines these results come from have no GPU, and none was lent to the "
           "session that ran them. `python benchmarks/train_step.py --use-gpu` runs the same benchmark on "
           "one GPU (DLRM's `--use-gpu`) and fills this section."]
 
 # (result name, how it reads, what to write while it is missing: None = nothing)
-SECTIONS = [("train_step", train_step, None), ("train_step_full", train_step, None),
+SECTIONS = [("whole_run", whole_run, None), ("train_step", train_step, None), ("train_step_full", train_step, None),
             ("profile_step", profile_step, None), ("embedding_update", embedding_update, None),
             ("train_step_gpu", train_step, NO_GPU), ("train_step_gpu_full", train_step, None), ("inference", inference, None), ("fold", fold, None),
             ("monitor_cost", monitor_cost, None), ("preprocess_memory", preprocess_memory, None)]

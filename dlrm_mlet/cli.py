@@ -183,7 +183,7 @@ def cmd_sweep(args):
 
     rows = run_sweep(args.dlrm_dir, args.data_set, args.raw_data_file, args.out, args.d, args.k,
                      args.seeds, lrs=args.lrs, epochs=args.epochs, work=args.work, extra_args=args.dlrm_args,
-                     quiet=args.quiet, jobs=args.jobs)
+                     quiet=args.quiet, jobs=args.jobs, baseline=not args.no_baseline)
     print(f"{len(rows)} runs in {args.out}; see them with: dlrm-mlet report {args.out}")
     return 0
 
@@ -288,10 +288,12 @@ def build_parser():
                         f"({','.join(map(str, DEFAULT_LRS))})")
     p.add_argument("--epochs", type=_positive_int, default=1)
     p.add_argument("--jobs", type=_positive_int, default=1, help="DLRM runs at once, sharing the cores (1)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="only the MLET arms (to compare an MLET option against baselines in another CSV)")
     p.add_argument("--work", help="folder for the patched DLRM copy and logs (default: next to --out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("dlrm_args", nargs=argparse.REMAINDER, metavar="-- DLRM_ARGS",
-                   help="more DLRM arguments for every run, after --")
+                   help="more DLRM arguments for every run, after -- (--mlet-* ones for the MLET runs only)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="tables (lr chosen on validation), AUC-vs-size plot and iso-AUC savings "

@@ -198,3 +198,11 @@ def test_report_refuses_a_csv_from_before_the_lr_column_in_one_line(tmp_path, ca
         sweep.read_rows(old)
     assert main(["report", str(old), "--quiet"]) == 2
     assert capsys.readouterr().err == f"dlrm-mlet: error: {error.value}\n"
+
+
+def test_a_best_lr_at_the_edge_of_the_grid_is_flagged(tmp_path):
+    rows = [row(lr=lr, val_auc=v) for lr, v in ((0.1, 0.70), (0.2, 0.71), (0.4, 0.72))]  # rising to the end
+    rows += [row(d=8, lr=lr, val_auc=v) for lr, v in ((0.1, 0.70), (0.2, 0.72), (0.4, 0.71))]  # inside
+    text = report(write(tmp_path, rows))
+    assert "| kaggle | 1 | baseline | 4 | - | 0.4 (edge) |" in text
+    assert "| kaggle | 1 | baseline | 8 | - | 0.2 |" in text

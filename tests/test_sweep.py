@@ -12,7 +12,8 @@ def test_sweep_tunes_records_divergence_and_resumes_without_rerunning(dlrm_dir, 
     write_synthetic(tmp_path / "data", 3000, seed=1, progress=False)
     out = tmp_path / "r.csv"
     argv = ["sweep", "--raw-data-file", str(tmp_path / "data" / "train.txt"), "--out", str(out),
-            "--dlrm-dir", dlrm_dir, "--d", "4", "--k", "32", "--lrs", "0.1,1000", "--jobs", "2", "--quiet"]
+            "--dlrm-dir", dlrm_dir, "--d", "4", "--k", "32", "--lrs", "0.1,1000", "--jobs", "2", "--quiet",
+            "--", "--mlet-proj-init=xavier"]  # an MLET option: the baselines leave it out (DLRM would refuse it)
     assert main(argv) == 0
     rows = {(r["k"], r["lr"]): r for r in csv.DictReader(open(out))}
     assert sorted(rows) == [("0", "0.1"), ("0", "1000.0"), ("32", "0.1"), ("32", "1000.0")]

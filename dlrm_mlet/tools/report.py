@@ -18,7 +18,8 @@ from .sweep import BUCKET_FIELDS, read_rows
 MIB = 2**20
 LR_RULE = ("Each (dataset, epochs, d, k) is reported at its best lr: among the lrs where no seed diverged, the one "
            "with the highest mean validation AUC. The figures are that lr's test metrics, mean ± sd (ddof=1) over "
-           "seeds; diverged runs are never averaged in.")
+           "seeds; diverged runs are never averaged in. (edge): the chosen lr is the smallest or largest tried, so the "
+           "optimum may lie outside the grid.")
 ISO_RULE = ("Rule: (a) each baseline width d_b is compared against its reference, the best baseline (highest mean "
             "test AUC) among widths <= d_b, so a wider baseline that is worse than a narrower one earns no extra "
             "credit; (b) an MLET model (any k) matches the reference when its mean test AUC exceeds the reference's "
@@ -128,7 +129,7 @@ def tuned_table(arms, single_lr, oracle=None):
         single = "-" if e is None else (f"diverged ({e['diverged']}/{len(e['runs'])})" if e["diverged"]
                                         else _pm(e["stats"]["auc"], e["stats"]["auc_sd"]))
         cells = ([a["why_none"], "-", "-", "-", single, "-", "-"] if s is None else
-                 [f"{a['best']:g}", _f(s["val_auc"]), _pm(s["auc"], s["auc_sd"]), _pm(s["loss"], s["loss_sd"]),
+                 [f"{a['best']:g}" + (" (edge)" if _at_edge(a) else ""), _f(s["val_auc"]), _pm(s["auc"], s["auc_sd"]), _pm(s["loss"], s["loss_sd"]),
                   single, str(len(a["lrs"][a["best"]]["runs"])), _f(s["ms_per_it"], ".2f")])
         model, k = _model(a)
         lines.append("| " + " | ".join([a["dataset"], str(a["epochs"]), model, str(a["d"]), k, *cells[:-1],
@@ -137,6 +138,12 @@ def tuned_table(arms, single_lr, oracle=None):
         lines.append(f"\nOracle (true click probabilities): AUC {oracle['oracle_auc']:.4f}, "
                      f"log loss {oracle['oracle_log_loss']:.4f}")
     return "\n".join(lines)
+
+
+def _at_edge(arm):
+    """The chosen lr is the smallest or largest tried: the optimum may lie outside the grid."""
+    tried = sorted(arm["lrs"])
+    return len(tried) >= 3 and arm["best"] in (tried[0], tried[-1])
 
 
 def _who(m, ms, gap, se):

@@ -119,7 +119,7 @@ def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_arg
         f"--numpy-rand-seed={seed}", f"--nepochs={epochs}", f"--mlet-metrics-json={metrics}",
         f"--save-model={model}",
         f"--tensor-board-filename={os.path.join(work, 'tb', f'd{d}_k{k}_lr{lr}_s{seed}')}",
-    ] + ([f"--mlet-hidden-dim={k}"] if k else []) + list(extra_args)
+    ] + ([f"--mlet-hidden-dim={k}"] if k else []) + [a for a in extra_args if k or not a.startswith("--mlet-")]
     start = time.perf_counter()
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     with open(log, "w") as out:
@@ -162,8 +162,12 @@ def _chance_or_worse(row):
 
 
 def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.1,), epochs=1, work=None,
-              extra_args=(), quiet=False, jobs=1):
+              extra_args=(), quiet=False, jobs=1, baseline=True):
     """Train every missing (d, k, lr, seed) and append it to ``out_csv``; returns all rows.
+
+    ``extra_args`` go to every run, except ``--mlet-*`` ones, which the
+    baseline (``k = 0``) runs leave out. ``baseline=False`` trains only the
+    MLET arms (to compare an MLET option against baselines in another CSV).
 
     ``jobs`` runs at once, each with ``cores / jobs`` threads: at batch 128 a
     DLRM step is mostly single-threaded Python, so two runs on two cores
@@ -186,7 +190,7 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
     rows = read_rows(out_csv)
     key = lambda r: (r["dataset"], int(r["d"]), int(r["k"]), float(r["lr"]), int(r["seed"]), int(r["epochs"]))  # noqa: E731
     done = {key(r) for r in rows}
-    plan = [(d, k, lr, s) for s in seeds for lr in lrs for d in ds for k in [0] + list(ks)
+    plan = [(d, k, lr, s) for s in seeds for lr in lrs for d in ds for k in [0] * baseline + list(ks)
             if (data_set, d, k, float(lr), s, epochs) not in done]
     data_args = [f"--raw-data-file={os.path.abspath(raw_data_file)}"]
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
