@@ -7,6 +7,7 @@ init would draw next). Then patched DLRM trains MLET on each data path, and
 unpatched stock DLRM loads the folded checkpoint and prints the same AUC.
 """
 
+import json
 import os
 import re
 import shutil
@@ -266,14 +267,19 @@ def test_mlet_trains_and_stock_dlrm_scores_the_folded_checkpoint_the_same(
     processed = str(tmp_path / "data" / ("kaggleAdDisplayChallenge_processed.npz" if kaggle
                                          else "terabyte_processed.npz"))
     data = [f"--data-set={data_set}", f"--raw-data-file={raw}", f"--processed-data-file={processed}"]
-    model = str(tmp_path / "model.pt")
+    model, metrics = str(tmp_path / "model.pt"), tmp_path / "metrics.json"
+    mlet = ["--mlet-hidden-dim=64", f"--save-model={model}", f"--mlet-metrics-json={metrics}"]
     if launcher:  # dlrm-mlet run on a stock checkout routes the same glue
-        trained = run_dlrm(stock_dlrm, MODEL + data + flags + ["--mlet-hidden-dim=64", f"--save-model={model}"],
-                           tmp_path, launcher=True)
+        trained = run_dlrm(stock_dlrm, MODEL + data + flags + mlet, tmp_path, launcher=True)
     else:
-        trained = run_dlrm(patched_dlrm, MODEL + data + flags + ["--mlet-hidden-dim=64", f"--save-model={model}"],
-                           tmp_path)
+        trained = run_dlrm(patched_dlrm, MODEL + data + flags + mlet, tmp_path)
     assert "Preprocessing" in trained.stdout and "(dlrm-mlet" in trained.stdout
+    # Every loader has its validation twin and its training counts (the buckets cover every test score).
+    scored = json.load(open(metrics))
+    assert scored["validation"]["samples"] > 0 and 0 < scored["validation"]["auc"] < 1
+    assert sum(b["samples"] for b in scored["buckets"]["test"]) == scored["samples"] > 0
+    seen = [b["samples"] for b in scored["buckets"]["test"][1:]]
+    assert sum(seen) > 0  # not every sample "unseen": the training counts were found and read
     if "--mlperf-bin-loader" in flags:
         assert os.path.getsize(processed.replace(".npz", "_train.bin")) == 23 * PER_DAY * 160
         # Stock DLRM cannot run --mlperf-bin-loader at this commit (CriteoBinDataset has no
