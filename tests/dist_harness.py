@@ -30,3 +30,7 @@ with torch.no_grad():
     z = script.ext_dist.all_gather(z, lengths)
 if script.ext_dist.my_rank == 0:
     torch.save({"dense": dense, "offsets": offsets, "indices": indices, "pred": z}, out)
+# Leave the gloo group cleanly: a process that exits with it alive can abort in gloo's
+# teardown ("terminate called without an active exception") on a loaded machine.
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()

@@ -260,10 +260,11 @@ def plot(arms, out_png, single_lr, oracle=None, title=None):
         raise MLETError("the report's plot needs matplotlib: pip install 'dlrm-mlet[plot]'") from None
     groups = _groups(arms)
     fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.8), squeeze=False)
+    every_k = sorted({a["k"] for a in arms})  # one colour per k in every panel
     for ax, ((dataset, epochs), group) in zip(axes[0], groups):
         ks = sorted({a["k"] for a in group})
-        for i, k in enumerate(ks):
-            colour, name = ("black", "baseline") if k == 0 else (f"C{i}", f"MLET k={k}")
+        for k in ks:
+            colour, name = ("black", "baseline") if k == 0 else (f"C{every_k.index(k)}", f"MLET k={k}")
             line = sorted((a for a in group if a["k"] == k and a["inference_bytes"]),
                           key=lambda a: a["inference_bytes"])
             pts = [(a, tuned(a)) for a in line if tuned(a)]

@@ -20,7 +20,7 @@ sweep() {  # RAW_FILE OUT.csv [sweep options]
 sweep "$DATA/synth/train.txt" synthetic_tuned.csv "${GRID[@]}"
 # The projection-init scale: xavier's std sqrt(2/(d+k)) instead of the authors' 0.25 makes the
 # folded table's effective step about 2x the table's instead of k/16 x; the widths that diverge.
-sweep "$DATA/synth/train.txt" synthetic_tuned_xavier.csv --d 16,64 --k 256 --lrs 0.1,0.2,0.4,0.8,1.6 \
+sweep "$DATA/synth/train.txt" synthetic_tuned_xavier.csv --d 4,16,64 --k 256 --lrs 0.1,0.2,0.4,0.8,1.6 \
   --seeds 0,1,2 --jobs 2 --quiet --no-baseline -- --mlet-proj-init=xavier
 if [ -f "$SHARED/criteo/train_examples.txt" ]; then
   mkdir -p "$DATA/criteo" && cp "$SHARED/criteo/train_examples.txt" "$DATA/criteo/train.txt"
@@ -29,13 +29,15 @@ fi
 if [ -f "$SHARED/avazu/train" ]; then
   mkdir -p "$DATA/avazu" && cat "$SHARED/avazu/train" "$SHARED/avazu/test" > "$DATA/avazu/train.csv"
   sweep "$DATA/avazu/train.csv" avazu_sample_10k_tuned.csv --data-set avazu "${GRID[@]}"
+  # The baseline's best lr was the grid's largest (1.6) at d=4 and 16: one more doubling, for every arm.
+  sweep "$DATA/avazu/train.csv" avazu_sample_10k_tuned.csv --data-set avazu "${GRID[@]}" --lrs 3.2
 fi
 # Three epochs, a subset: the narrow and the middle width, the baseline and k=256.
 sweep "$DATA/synth/train.txt" synthetic_tuned.csv --epochs 3 \
-  --d 4,16 --k 256 --lrs 0.1,0.2,0.4,0.8 --seeds 0,1 --jobs 2 --quiet
+  --d 4,16 --k 256 --lrs 0.05,0.1,0.2,0.4,0.8 --seeds 0,1 --jobs 2 --quiet
 
 python -m dlrm_mlet report synthetic_tuned.csv --oracle "$DATA/synth/synth.json" --markdown synthetic_tuned.md \
-  --title "Embedded default (200k rows, scale 0.002, rank 32), tuned lr" --quiet >/dev/null
+  --title "Embedded default, 200k rows" --quiet >/dev/null
 cp "$DATA/synth/synth.json" synthetic_tuned_synth.json
 for name in synthetic_tuned_xavier criteo_sample_10k_tuned avazu_sample_10k_tuned; do
   [ -f "$name.csv" ] && python -m dlrm_mlet report "$name.csv" --markdown "$name.md" --quiet >/dev/null
