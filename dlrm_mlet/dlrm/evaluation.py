@@ -116,10 +116,9 @@ def rarest_counts(loader, counts):
         per_table = []
         for j, table in enumerate(counts):
             idx, off = np.asarray(indices[j], dtype=np.int64), np.asarray(offsets[j], dtype=np.int64)
-            seen = table[idx]
-            bag_min = np.full(len(off), np.iinfo(np.int64).max)
+            bag_min = np.full(len(off), np.iinfo(np.int64).max)  # an empty bag has no rarest value
             nonempty = off < len(idx)
-            bag_min[nonempty] = np.minimum.reduceat(seen, off[nonempty]) if len(idx) else bag_min[nonempty]
+            bag_min[nonempty] = np.minimum.reduceat(table[idx], off[nonempty])
             per_table.append(bag_min)
         out.append(np.min(per_table, axis=0))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)

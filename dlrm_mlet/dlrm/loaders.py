@@ -55,9 +55,7 @@ def _scored(args, dp, loaders):
 
     if session.config.metrics_json:
         train_data, _, _, test_ld = loaders
-        mir = args.max_ind_range
-        sizes = [int(n) if mir <= 0 else min(int(n), mir) for n in train_data.counts]  # DLRM's ln_emb rule
-        session.scoring = Scoring(args, dp, train_data, test_ld, sizes)
+        session.scoring = Scoring(args, dp, train_data, test_ld)
     return loaders
 
 

@@ -86,7 +86,9 @@ def _buckets(data, scores, targets):
     from . import evaluation
 
     if data.rarest is None:
-        counts = evaluation.train_counts(data.train_data, data.table_sizes, data.args.max_ind_range)
+        mir = data.args.max_ind_range
+        sizes = [int(n) if mir <= 0 else min(int(n), mir) for n in data.train_data.counts]  # DLRM's ln_emb rule
+        counts = evaluation.train_counts(data.train_data, sizes, mir)
         data.rarest = () if counts is None else evaluation.rarest_counts(data.test_ld, counts)
     if not len(data.rarest):
         return {"rule": evaluation.BUCKET_RULE, "note": "not computed for this data loader", "test": []}

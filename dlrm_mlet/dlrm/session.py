@@ -9,7 +9,7 @@ stale copy.
 """
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -39,7 +39,6 @@ class Scoring:
     dp: object
     train_data: object
     test_ld: object
-    table_sizes: list = field(default_factory=list)
     validation: object = None  # the validation loader, () when the loader has no such split
     rarest: object = None  # per test sample, the training count of its rarest value; () if unknown
 
