@@ -77,11 +77,14 @@ def assert_same_run(reference, resumed, metrics_ref, metrics_res):
     ["--optimizer=rwsadagrad", "--mlet-hidden-dim=64"],
     ["--optimizer=rwsadagrad", "--mlet-hidden-dim=64-0-128-64", "--mlet-min-rows=100"],
     ["--optimizer=adagrad", "--mlet-hidden-dim=64-0-128-64", "--mlet-min-rows=100"],
+    ["--optimizer=rwsadagrad", "--mlet-hidden-dim=64", "--mlet-table-dtype=fp16"],
+    ["--optimizer=adagrad", "--mlet-hidden-dim=64", "--mlet-table-dtype=bf16"],
     # The MLPerf kind of schedule, warm-up running across the save point: DLRM does not save
     # its scheduler, so the resumed run must step it to where the saved run was.
     ["--optimizer=sgd", "--mlet-hidden-dim=64", "--lr-num-warmup-steps=12", "--lr-decay-start-step=14",
      "--lr-num-decay-steps=12"],
 ], ids=["sgd", "adagrad", "rwsadagrad", "rwsadagrad-k-list-min-rows", "adagrad-k-list-min-rows",
+        "rwsadagrad-fp16", "adagrad-bf16",
         "sgd-warmup-decay"])
 def test_mid_epoch_resume_reaches_the_uninterrupted_losses_metrics_and_weights(
     patched_module, tmp_path, monkeypatch, capsys, flags

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import MLETError
+from . import half
 from .pair import TwoLayer, check_sizes
 
 FOLDABLE_MODES = ("sum", "mean")
@@ -20,7 +21,9 @@ class MLETEmbeddingBag(TwoLayer):
     ``proj`` (``k -> d``, no bias, no activation) maps it to the model width.
     Pooling and projection are both linear, so ``fold()`` turns the pair into
     one ``n x d`` table with the same outputs for sum and mean bags, weighted or
-    not. Max pooling is not linear and is refused.
+    not. Max pooling is not linear and is refused. ``table_dtype`` (``"fp16"``,
+    ``"bf16"`` or a torch dtype) stores the table in half precision; the
+    projection stays float32 and the table is updated by ``half.py``.
     """
 
     def __init__(
@@ -33,6 +36,7 @@ class MLETEmbeddingBag(TwoLayer):
         proj_init="normal",
         padding_idx=None,
         include_last_offset=False,
+        table_dtype=None,
         _init=True,
     ):
         super().__init__()
@@ -46,7 +50,8 @@ class MLETEmbeddingBag(TwoLayer):
         # padding_idx and include_last_offset are nn.EmbeddingBag's own: the padding row is
         # left out of every bag (and of the gradient), so it folds to a row left out too.
         table = nn.EmbeddingBag(n, k, mode=mode, sparse=sparse, padding_idx=padding_idx,
-                                include_last_offset=include_last_offset, _weight=torch.empty(n, k))
+                                include_last_offset=include_last_offset,
+                                _weight=torch.empty(n, k, dtype=half.table_dtype(table_dtype)))
         self._attach(table, d, proj_init, _init)
 
     @classmethod
@@ -63,7 +68,9 @@ class MLETEmbeddingBag(TwoLayer):
             # Shares storage with the given tensors: verifying a 10M-row table
             # must not need a second copy of it.
             bag.table.weight = nn.Parameter(table_weight.detach())
-            bag.proj.weight = nn.Parameter(proj_weight.detach().to(table_weight.dtype))
+            # A half table keeps its float32 projection (--mlet-table-dtype); otherwise one dtype.
+            proj_dtype = proj_weight.dtype if half.is_half(table_weight) else table_weight.dtype
+            bag.proj.weight = nn.Parameter(proj_weight.detach().to(proj_dtype))
         return bag
 
     @property
@@ -73,6 +80,11 @@ class MLETEmbeddingBag(TwoLayer):
     def forward(self, input, offsets=None, per_sample_weights=None):
         # Pool first on the k-wide rows, then project the (batch, k) result:
         # the n x d product is never formed during training.
+        weight = self.table.weight
+        if half.is_half(weight):  # float32 pooling, stochastically rounded updates
+            pooled = half.pool(weight, input, offsets, per_sample_weights, self.mode, self.padding_idx,
+                               self.table.include_last_offset)
+            return self.proj(pooled.to(self.proj.weight.dtype))
         return self.proj(self.table(input, offsets, per_sample_weights=per_sample_weights))
 
     def fold(self, name=None):
@@ -88,7 +100,8 @@ class MLETEmbeddingBag(TwoLayer):
         )
 
     def extra_repr(self):
+        dtype = "" if self.table.weight.dtype == self.proj.weight.dtype else f", table_dtype={self.table.weight.dtype}"
         return (
             f"{self.num_embeddings}, {self.embedding_dim}, hidden_dim={self.hidden_dim}, "
-            f"mode={self.mode!r}"
+            f"mode={self.mode!r}{dtype}"
         )

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from torch import nn
 
 from ..errors import MLETError
+from . import half
 from .bag import MLETEmbeddingBag
 from .embedding import MLETEmbedding
 from .init import parse_proj_init
@@ -97,22 +98,24 @@ def _why_plain(module, k, explicit, min_rows):
     return None
 
 
-def _mlet_form(module, k, proj_init, name):
+def _mlet_form(module, k, proj_init, name, table_dtype):
     if k < module.embedding_dim:
         raise MLETError(f"to_mlet: hidden_dim {k} for {name!r} is below its embedding_dim "
                         f"{module.embedding_dim}; MLET needs k >> d")
     weight = module.weight
+    dtype = weight.dtype if table_dtype is None else half.table_dtype(table_dtype)
     if isinstance(module, nn.EmbeddingBag):
         mlet = MLETEmbeddingBag(module.num_embeddings, module.embedding_dim, k, mode=module.mode,
                                 sparse=module.sparse, proj_init=proj_init, padding_idx=module.padding_idx,
-                                include_last_offset=module.include_last_offset)
+                                include_last_offset=module.include_last_offset, table_dtype=dtype)
     else:
         mlet = MLETEmbedding(module.num_embeddings, module.embedding_dim, k, padding_idx=module.padding_idx,
-                             sparse=module.sparse, proj_init=proj_init)
-    return mlet.to(device=weight.device, dtype=weight.dtype)
+                             sparse=module.sparse, proj_init=proj_init, table_dtype=dtype)
+    mlet.proj.to(dtype=weight.dtype)  # the projection computes in the model's own dtype
+    return mlet.to(device=weight.device)
 
 
-def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal"):
+def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal", table_dtype=None):
     """Replace, in place, each ``nn.Embedding`` / ``nn.EmbeddingBag`` of ``model`` by its MLET form.
 
     ``hidden_dim``: one ``k`` for all, a mapping ``{module name: k}``, or a
@@ -120,12 +123,18 @@ def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal"):
     ``target``: which modules to consider: a regular expression the full module
     name must match, a list of names (a name also matches as a dotted suffix), or a
     predicate ``(name, module) -> bool``. ``proj_init`` as in ``MLETEmbeddingBag``.
+    ``table_dtype`` (``"fp16"``, ``"bf16"``, ``"fp32"`` or a torch dtype; None:
+    the module's own) stores the k-wide tables so; the projections keep the
+    module's dtype. Half tables are updated with stochastic rounding at the
+    step of the optimizer holding them: SGD, Adagrad or DLRM's RWSAdagrad (``half.py``).
     New tables are drawn from numpy's global RNG (as DLRM's are: seed with
     ``np.random.seed``) on the original module's device and dtype.
     Returns ``model`` (the new module when ``model`` itself is an embedding).
     Raises ``MLETError`` when nothing could be converted or a name given does not exist.
     """
     parse_proj_init(proj_init)
+    if table_dtype is not None:
+        half.table_dtype(table_dtype)
     places = _places(model, (nn.Embedding, nn.EmbeddingBag))
     names = [name for name, _ in places]
     selected, k_of = _selector(target, names), _hidden(hidden_dim, names)
@@ -138,7 +147,7 @@ def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal"):
         if why:
             plain[id(module)] = f"{name or type(module).__name__} ({why})"
         else:
-            new[id(module)] = _mlet_form(module, int(k), proj_init, name)
+            new[id(module)] = _mlet_form(module, int(k), proj_init, name, table_dtype)
     if not new:
         found = f"{len(places)} embedding modules" if places else "no nn.Embedding or nn.EmbeddingBag"
         left = f"; left plain: {', '.join(plain.values())}" if plain else ""

@@ -10,6 +10,7 @@ the same two layers as ``MLETEmbeddingBag``: an ``n x k`` table, then a
 import torch
 from torch import nn
 
+from . import half
 from .pair import TwoLayer, check_sizes
 
 
@@ -21,18 +22,22 @@ class MLETEmbedding(TwoLayer):
     folds to a zero row. ``sparse`` gives the table sparse gradients, as
     ``nn.Embedding(sparse=True)`` does; the projection's gradient is dense.
     ``max_norm`` and ``scale_grad_by_freq`` are refused: neither has an exact
-    folded equivalent.
+    folded equivalent. ``table_dtype`` as in ``MLETEmbeddingBag``.
     """
 
     def __init__(self, num_embeddings, embedding_dim, hidden_dim, padding_idx=None, sparse=False,
-                 proj_init="normal", _init=True):
+                 proj_init="normal", table_dtype=None, _init=True):
         super().__init__()
         n, d, k = check_sizes("MLETEmbedding", num_embeddings=num_embeddings, embedding_dim=embedding_dim,
                               hidden_dim=hidden_dim)
-        table = nn.Embedding(n, k, padding_idx=padding_idx, sparse=sparse, _weight=torch.empty(n, k))
+        table = nn.Embedding(n, k, padding_idx=padding_idx, sparse=sparse,
+                             _weight=torch.empty(n, k, dtype=half.table_dtype(table_dtype)))
         self._attach(table, d, proj_init, _init)
 
     def forward(self, input):
+        weight = self.table.weight
+        if half.is_half(weight):  # float32 rows, stochastically rounded updates (half.py)
+            return self.proj(half.lookup(weight, input, self.padding_idx).to(self.proj.weight.dtype))
         return self.proj(self.table(input))
 
     def fold(self, name=None):

@@ -26,7 +26,9 @@ def fold_weight(table_weight, proj_weight, name, block_bytes=FOLD_BLOCK_BYTES):
 
     Computed block by block straight into the result, so the scratch memory is
     bounded by ``block_bytes`` whatever ``n``. Keeps the table's dtype and
-    device; half-precision tables are multiplied in float32 and rounded once.
+    device, or the projection's where it is wider: a half-precision table with a
+    float32 projection (``--mlet-table-dtype``) folds to a float32 table, as
+    stock DLRM trains it. Half-precision products are computed in float32.
     """
     a = table_weight.detach()
     b = proj_weight.detach().to(device=a.device)
@@ -37,15 +39,16 @@ def fold_weight(table_weight, proj_weight, name, block_bytes=FOLD_BLOCK_BYTES):
         )
     n, k = a.shape
     d = b.shape[0]
-    compute = a.dtype if a.dtype in (torch.float32, torch.float64) else torch.float32
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32
     bt = b.to(compute).t().contiguous()
-    out = torch.empty(n, d, dtype=a.dtype, device=a.device)
+    out = torch.empty(n, d, dtype=dtype, device=a.device)
     rows = max(1, block_bytes // (4 * (k + d) + 1))
     with torch.no_grad():
         for start in range(0, n, rows):
             stop = min(n, start + rows)
             block = out[start:stop]
-            if compute == a.dtype:
+            if compute == a.dtype == dtype:
                 torch.mm(a[start:stop], bt, out=block)
             else:
                 block.copy_(a[start:stop].to(compute) @ bt)
@@ -112,8 +115,8 @@ def mlet_table_bytes(state_dict):
     now = folded = 0
     for p in mlet_prefixes(state_dict):
         table, proj = state_dict[p + TABLE_KEY], state_dict[p + PROJ_KEY]
-        now += (table.numel() + proj.numel()) * table.element_size()
-        folded += table.shape[0] * proj.shape[0] * table.element_size()
+        now += table.numel() * table.element_size() + proj.numel() * proj.element_size()
+        folded += table.shape[0] * proj.shape[0] * torch.promote_types(table.dtype, proj.dtype).itemsize
     return now, folded
 
 

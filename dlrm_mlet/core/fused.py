@@ -34,12 +34,13 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from ..errors import MLETError
+from . import half
 from .bag import MLETEmbeddingBag
 
 BACKENDS = ("torch", "fbgemm")
 
 _ATTR = "fused_update"  # on an MLETEmbeddingBag: None (sparse gradients), "torch" or "fbgemm"
-_ROWS = "_mlet_pending"  # on a table's weight: [(row count, apply(lr)), ...] until its optimizer steps
+_ROWS = "_mlet_pending"  # on a table's weight: [(row count, apply(optimizer, group)), ...] until its optimizer steps
 _hook = None
 _waiting = 0  # parameters with rows waiting (may overcount rows of dropped models: then just no fast path)
 
@@ -51,7 +52,6 @@ def use(tables, backend="torch"):
     gradients, the default. Other modules are left alone. Returns how many
     tables were set.
     """
-    global _hook
     if backend is not None and backend not in BACKENDS:
         raise MLETError(f"fused update backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     count = 0
@@ -59,8 +59,6 @@ def use(tables, backend="torch"):
         if isinstance(table, MLETEmbeddingBag):
             setattr(table, _ATTR, backend)
             count += 1
-    if backend is not None and _hook is None:
-        _hook = register_optimizer_step_pre_hook(_apply)
     return count
 
 
@@ -70,15 +68,38 @@ def backend_of(table):
 
 
 def add(param, indices, rows):
-    """Record the gradient of ``param`` at ``indices`` (repeats add up), for the next step."""
-    def apply(lr):
-        param.index_add_(0, indices, rows.to(param.dtype), alpha=-lr)
+    """Record the gradient of ``param`` at ``indices`` (repeats add up), for the next step.
+
+    Half-precision tables take their own rule (``half.add``: the optimizer's
+    update in float32, stochastically rounded).
+    """
+    if half.is_half(param):
+        half.add(param, indices, rows)
+        return
+
+    def apply(optimizer, group):
+        check_plain_sgd(optimizer, group)
+        param.index_add_(0, indices, rows.to(param.dtype), alpha=-group["lr"])
     defer(param, indices.numel(), apply)
 
 
+def check_plain_sgd(optimizer, group):
+    """The fp32 fused paths apply plain SGD steps: refuse any optimizer they would misapply."""
+    if (type(optimizer) is not torch.optim.SGD or group.get("momentum") or group.get("weight_decay")
+            or group.get("maximize")):
+        raise MLETError("--mlet-fused-update applies plain SGD steps to the MLET tables; this "
+                        f"optimizer is {type(optimizer).__name__} with momentum/weight decay/maximize")
+
+
 def defer(param, rows, apply):
-    """Run ``apply(lr)`` at the next step of the optimizer holding ``param``, with its group's lr."""
-    global _waiting
+    """Run ``apply(optimizer, group)`` at the next step of the optimizer holding ``param``.
+
+    ``group`` is the param group holding it at that step, so its lr is the
+    scheduler's for that step.
+    """
+    global _waiting, _hook
+    if _hook is None:
+        _hook = register_optimizer_step_pre_hook(_apply)
     entries = getattr(param, _ROWS, None)
     if entries is None:
         entries = []
@@ -108,10 +129,6 @@ def _apply(optimizer, args, kwargs):
                 continue
             delattr(param, _ROWS)
             _waiting -= 1
-            if (type(optimizer) is not torch.optim.SGD or group.get("momentum") or group.get("weight_decay")
-                    or group.get("maximize")):
-                raise MLETError("--mlet-fused-update applies plain SGD steps to the MLET tables; this "
-                                f"optimizer is {type(optimizer).__name__} with momentum/weight decay/maximize")
             with torch.no_grad():
                 for _, apply in entries:
-                    apply(group["lr"])
+                    apply(optimizer, group)

@@ -8,7 +8,7 @@ run together here (batched projections, sparse gradients built directly).
 import torch
 from torch import nn
 
-from . import fused, tbe
+from . import fused, half, tbe
 from .bag import MLETEmbeddingBag
 
 
@@ -42,10 +42,19 @@ class _Grouped(torch.autograd.Function):
         one_hot = _one_hot(indices, offsets)
         with torch.no_grad():
             first = tables[0]
-            pooled = first.new_empty(count, offsets[0].numel(), first.shape[1])
+            halved = half.is_half(first)  # pooled in float32 from rows gathered as float32
+            pooled = torch.empty(count, offsets[0].numel(), first.shape[1], device=first.device,
+                                 dtype=torch.float32 if halved else first.dtype)
             for t, (i, a, o, w) in enumerate(zip(indices, tables, offsets, weights)):
                 if w is None and one_hot:
-                    torch.index_select(a, 0, i, out=pooled[t])  # a one-row bag is its row
+                    if halved:
+                        pooled[t] = a.index_select(0, i)
+                    else:
+                        torch.index_select(a, 0, i, out=pooled[t])  # a one-row bag is its row
+                elif halved:
+                    pooled[t] = nn.functional.embedding_bag(torch.arange(i.numel(), device=i.device),
+                                                            a.index_select(0, i).float(), o, mode=mode,
+                                                            per_sample_weights=w)
                 else:
                     pooled[t] = nn.functional.embedding_bag(i, a, o, mode=mode, per_sample_weights=w)
             proj = torch.stack(projs)
@@ -53,7 +62,7 @@ class _Grouped(torch.autograd.Function):
         ctx.mode, ctx.indices, ctx.offsets, ctx.weights = mode, indices, offsets, weights
         ctx.one_hot = one_hot
         ctx.shapes = [a.shape for a in tables]
-        ctx.tables = tables if fuse else None
+        ctx.tables = tables if fuse or halved else None
         ctx.save_for_backward(pooled, proj)
         return out
 
@@ -75,7 +84,7 @@ class _Grouped(torch.autograd.Function):
                 rows = rows.index_select(0, bag_of)
             if w is not None:
                 rows = rows * w.unsqueeze(1)
-            if ctx.tables is not None:  # --mlet-fused-update: the optimizer's step applies the rows
+            if ctx.tables is not None:  # --mlet-fused-update or a half table: the optimizer's step applies the rows
                 fused.add(ctx.tables[t], idx, rows)
                 grad_tables.append(None)
             else:
@@ -90,13 +99,15 @@ def grouped_forward(tables, indices, offsets, weights):
     ``_Grouped`` node per such group; the others (plain tables, dense gradients,
     2-D inputs, trainable per-sample weights, padding rows, ``include_last_offset``,
     a group of one) are called one by one.
-    Grouped tables that ``fused.use`` set (``--mlet-fused-update``) get no
+    Half-precision tables (``--mlet-table-dtype``) always take ``half.py``'s
+    update. Grouped tables that ``fused.use`` set (``--mlet-fused-update``) get no
     gradient: their rows go to the optimizer's next step instead; for those set
     to ``"fbgemm"`` fbgemm's TBE pools them and applies that step. The setting
     is each table's, so models with and without it live side by side.
     """
     def groupable(t, i, o, w):
-        return (isinstance(t, MLETEmbeddingBag) and t.sparse and i.dim() == 1 and o is not None
+        return (isinstance(t, MLETEmbeddingBag) and (t.sparse or half.is_half(t.table.weight))
+                and i.dim() == 1 and o is not None
                 and t.table.padding_idx is None and not t.table.include_last_offset
                 and not (w is not None and w.requires_grad))
 

@@ -1,8 +1,8 @@
 """The table options MLET takes on a command line, parsed once for every trainer.
 
 DLRM's ``dlrm_s_pytorch.py`` and its TorchRec trainer (``torchrec_dlrm/dlrm_main.py``)
-both take ``--mlet-hidden-dim`` (one K, or one per table), ``--mlet-min-rows`` and
-``--mlet-proj-init``. They are registered and parsed here so the two trainers
+both take ``--mlet-hidden-dim`` (one K, or one per table), ``--mlet-min-rows``,
+``--mlet-proj-init`` and ``--mlet-table-dtype``. They are registered and parsed here so the two trainers
 accept the same forms and refuse the same mistakes with the same one-line
 message. Values are registered as strings and parsed after argparse, so a bad
 value gets an ``MLETError`` naming the flag rather than a page of usage text.
@@ -11,9 +11,10 @@ value gets an ``MLETError`` naming the flag rather than a page of usage text.
 from collections import namedtuple
 
 from ..errors import MLETError
+from .half import TABLE_DTYPES
 from .init import parse_proj_init
 
-TableOptions = namedtuple("TableOptions", "dims min_rows proj_init")
+TableOptions = namedtuple("TableOptions", "dims min_rows proj_init table_dtype")
 TableOptions.__doc__ = """Parsed table options: ``dims`` from ``parse_hidden_dims``; MLET is on when ``max(dims) > 0``."""
 
 _FLAGS = (  # flag, default, metavar, help
@@ -23,11 +24,14 @@ _FLAGS = (  # flag, default, metavar, help
     ("--mlet-min-rows", "0", "N", "tables with fewer than N rows stay plain (default 0: all tables)"),
     ("--mlet-proj-init", "normal", "INIT",
      "projection init: normal (N(0, 0.25^2)), normal-<std>, xavier, orthogonal"),
+    ("--mlet-table-dtype", "fp32", "DTYPE",
+     "storage of the n x K tables: fp32 (default), fp16 or bf16 (half the bytes; updated with "
+     "stochastic rounding; projection, pooling math and the folded table stay fp32)"),
 )
 
 
 def add_table_arguments(parser, underscores=False, **kwargs):
-    """Register the three table options on ``parser`` (or an argument group).
+    """Register the table options on ``parser`` (or an argument group).
 
     ``underscores`` also accepts ``--mlet_hidden_dim`` etc., the spelling of
     the TorchRec trainer's own flags; the ``args`` attribute is the same.
@@ -72,20 +76,31 @@ def parse_proj_init_option(text):
         raise MLETError(f"--mlet-proj-init: {error}") from None
 
 
-def parse_table_options(args):
-    """The three options from an argparse namespace, checked together.
+def parse_table_dtype_option(text):
+    """``--mlet-table-dtype``: one of ``TABLE_DTYPES``' names."""
+    name = str(text).strip().lower()
+    if name not in TABLE_DTYPES:
+        raise MLETError(f"--mlet-table-dtype: expected one of {', '.join(TABLE_DTYPES)}, got {text!r}")
+    return name
 
-    ``--mlet-min-rows`` and ``--mlet-proj-init`` do nothing with MLET off, so
-    giving them without a K > 0 is refused rather than silently ignored.
+
+def parse_table_options(args):
+    """The table options from an argparse namespace, checked together.
+
+    ``--mlet-min-rows``, ``--mlet-proj-init`` and ``--mlet-table-dtype`` do
+    nothing with MLET off, so giving them without a K > 0 is refused rather
+    than silently ignored.
     """
     dims = parse_hidden_dims(args.mlet_hidden_dim)
     min_rows = parse_int(args.mlet_min_rows, "--mlet-min-rows", 0)
     proj_init = parse_proj_init_option(args.mlet_proj_init)
+    table_dtype = parse_table_dtype_option(getattr(args, "mlet_table_dtype", "fp32"))
     if max(dims) == 0:
-        for flag, value, default in (("--mlet-min-rows", min_rows, 0), ("--mlet-proj-init", proj_init, "normal")):
+        for flag, value, default in (("--mlet-min-rows", min_rows, 0), ("--mlet-proj-init", proj_init, "normal"),
+                                     ("--mlet-table-dtype", table_dtype, "fp32")):
             if value != default:
                 raise MLETError(f"{flag} has no effect without --mlet-hidden-dim K (K > 0)")
-    return TableOptions(dims, min_rows, proj_init)
+    return TableOptions(dims, min_rows, proj_init, table_dtype)
 
 
 def check_table_count(dims, tables, what="--mlet-hidden-dim"):

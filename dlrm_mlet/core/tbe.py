@@ -133,7 +133,9 @@ class Grouped(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grad_proj = torch.bmm(grad_out.transpose(1, 2), stacked).unbind(0)
         group, pooled = ctx.group, ctx.pooled
-        fused.defer(group.tables[0].table.weight, stacked.shape[0] * stacked.shape[1],
-                    lambda lr: group.update(pooled, grad_out, proj, lr))
+        def apply(optimizer, param_group):
+            fused.check_plain_sgd(optimizer, param_group)
+            group.update(pooled, grad_out, proj, param_group["lr"])
+        fused.defer(group.tables[0].table.weight, stacked.shape[0] * stacked.shape[1], apply)
         ctx.pooled = None
         return (None, None, None, None, *grad_proj)

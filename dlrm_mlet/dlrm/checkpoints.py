@@ -7,6 +7,7 @@ A DLRM checkpoint is the dict ``dlrm_s_pytorch.py`` saves: ``state_dict``,
 import torch
 
 from ..core.folding import PROJ_KEY, TABLE_KEY, _prefix, fold_state_dict, mlet_prefixes
+from ..core.half import float32_state
 from ..errors import MLETError
 from ..files import to_plain
 
@@ -114,13 +115,17 @@ def fold_optimizer_state(opt_state, group_names, state_dict):
 
 
 def fold_param_state(state, proj_weight):
-    """Estimate the optimizer state of a folded table (see fold_optimizer_state)."""
+    """Estimate the optimizer state of a folded table (see fold_optimizer_state).
+
+    A half-precision table's float32 accumulators are read as the optimizer
+    holds a float32 table's (``half.float32_state``).
+    """
     k = proj_weight.shape[1]
     d = proj_weight.shape[0]
     scale = float(proj_weight.detach().double().pow(2).sum())
     scale = scale if scale > 0 else 1.0
     folded = {}
-    for key, value in state.items():
+    for key, value in float32_state(state).items():
         if key == "sum" and torch.is_tensor(value) and value.dim() == 2:
             per_row = value.sum(dim=1, keepdim=True) / scale
             folded[key] = per_row.expand(-1, d).contiguous()

@@ -17,7 +17,7 @@ def add_arguments(parser):
     """Register the ``--mlet-*`` options on DLRM's parser.
 
     The table options (``--mlet-hidden-dim``, ``--mlet-min-rows``,
-    ``--mlet-proj-init``) are the core's, shared with the TorchRec trainer.
+    ``--mlet-proj-init``, ``--mlet-table-dtype``) are the core's, shared with the TorchRec trainer.
     Values are parsed in ``configure`` rather than by argparse ``type=``, so a
     bad value gets our one-line error instead of DLRM's 60-line usage text.
     """
@@ -47,7 +47,7 @@ def add_arguments(parser):
 
 def parse_config(args):
     """Check our options against DLRM's; raises MLETError naming the flag."""
-    dims, min_rows, proj_init = parse_table_options(args)
+    dims, min_rows, proj_init, table_dtype = parse_table_options(args)
     hidden = max(dims)
     per_table = dims if len(dims) > 1 else ()
     if args.mlet_log_freq is None:
@@ -63,14 +63,14 @@ def parse_config(args):
         if fused_update:
             raise MLETError("--mlet-fused-update has no effect without --mlet-hidden-dim K (K > 0)")
         return Config(log_freq=log_freq, metrics_json=metrics_json)
-    _check_against_dlrm(args, dims, fused_update)
+    _check_against_dlrm(args, dims, fused_update, table_dtype)
     inference_only = bool(getattr(args, "inference_only", False))
     grad_accum = int(getattr(args, "mlperf_grad_accum_iter", 1) or 1) if getattr(args, "mlperf_logging", False) else 1
     return Config(hidden, per_table, min_rows, proj_init, inference_only, log_freq, metrics_json, fused_update,
-                  grad_accum)
+                  grad_accum, table_dtype)
 
 
-def _check_against_dlrm(args, dims, fused_update):
+def _check_against_dlrm(args, dims, fused_update, table_dtype):
     """The DLRM options MLET cannot be combined with (or only with care), each refused naming the flags."""
     d = args.arch_sparse_feature_size
     narrow = min(k for k in dims if k > 0)
@@ -95,6 +95,9 @@ def _check_against_dlrm(args, dims, fused_update):
         raise MLETError(f"--mlet-fused-update applies plain SGD steps; it cannot be combined with "
                         f"--optimizer={args.optimizer}")
     if fused_update == "fbgemm":
+        if table_dtype != "fp32":
+            raise MLETError(f"--mlet-fused-update=fbgemm trains fp32 tables; drop it with "
+                            f"--mlet-table-dtype={table_dtype} (half tables have their own update)")
         if getattr(args, "use_gpu", False):
             raise MLETError("--mlet-fused-update=fbgemm runs fbgemm's CPU kernels; drop it with --use-gpu "
                             "(plain --mlet-fused-update works on the GPU)")

@@ -45,6 +45,7 @@ def save_model(ckpt, path, model):
         "hidden_dim": "-".join(map(str, config.per_table)) if config.per_table else config.hidden_dim,
         "min_rows": config.min_rows,
         "proj_init": config.proj_init,
+        "table_dtype": config.table_dtype,
         "numpy_rng": numpy_rng_state(),
     }
     if ckpt.get("opt_state_dict") is not None:
@@ -181,7 +182,7 @@ def _loaded(ckpt, model, path):
                 f"this is a folded (stock) checkpoint and cannot resume MLET training; "
                 f"load {path}{MLET_SUFFIX} instead, or add --inference-only"
             )
-        check_shapes(state, model.state_dict())
+        check_shapes(state, model.state_dict(), dtypes=True)
         if ckpt.get("iter", 0) >= ckpt.get("nbatches", float("inf")):
             # Saved at the end of an epoch: resume at the start of the next one.
             ckpt = dict(ckpt, epoch=ckpt["epoch"] + 1, iter=0)
@@ -197,8 +198,12 @@ def _loaded(ckpt, model, path):
     return ckpt
 
 
-def check_shapes(saved, expected):
-    """Refuse a checkpoint of another architecture, naming what differs."""
+def check_shapes(saved, expected, dtypes=False):
+    """Refuse a checkpoint of another architecture, naming what differs.
+
+    With ``dtypes`` (resuming) the dtypes must match too: ``load_state_dict``
+    would silently cast an fp16 table into an fp32 run's (``--mlet-table-dtype``).
+    """
     problems = []
     for key in expected:
         if key not in saved:
@@ -208,6 +213,9 @@ def check_shapes(saved, expected):
                 f"{key} is {'x'.join(map(str, saved[key].shape))} in the file, "
                 f"{'x'.join(map(str, expected[key].shape))} in this model"
             )
+        elif dtypes and saved[key].dtype != expected[key].dtype:
+            problems.append(f"{key} is {saved[key].dtype} in the file, {expected[key].dtype} in this model "
+                            "(resume with the --mlet-table-dtype it was trained with)")
     problems += [f"{key} unexpected" for key in saved if key not in expected]
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""

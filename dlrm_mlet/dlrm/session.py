@@ -25,6 +25,7 @@ class Config:
     metrics_json: str = ""
     fused_update: str = ""  # "" (off), "torch" or "fbgemm"
     grad_accum: int = 1  # batches per optimizer step (DLRM's --mlperf-grad-accum-iter)
+    table_dtype: str = "fp32"  # storage of the k-wide tables: fp32, fp16 or bf16
 
     @property
     def enabled(self):

@@ -25,7 +25,8 @@ def make_table(n, d, index):
     config = session.config
     k = hidden_dim_for(index, n, config.per_table or (config.hidden_dim,), config.min_rows)
     if k:
-        return MLETEmbeddingBag(n, d, k, mode="sum", sparse=True, proj_init=config.proj_init)
+        return MLETEmbeddingBag(n, d, k, mode="sum", sparse=True, proj_init=config.proj_init,
+                                table_dtype=config.table_dtype)
     table = nn.EmbeddingBag(n, d, mode="sum", sparse=True, _weight=torch.empty(n, d))
     uniform_table_(table.weight)
     return table
@@ -61,8 +62,9 @@ def create_emb(net, m, ln, weighted_pooling=None):
     train_bytes = sum(p.numel() * p.element_size() for p in emb_l.parameters())
     folded_bytes = sum(t.num_embeddings * int(m) * 4 for t in emb_l)
     widths = "-".join(map(str, sorted({t.hidden_dim for t in mlet}))) or "-"
+    dtype = "" if config.table_dtype == "fp32" else f" ({config.table_dtype})"
     print(
-        f"MLET: {len(mlet)} of {len(emb_l)} tables trained as n x {widths} -> {m}; "
+        f"MLET: {len(mlet)} of {len(emb_l)} tables trained as n x {widths}{dtype} -> {m}; "
         f"embedding bytes {train_bytes / 2**20:.1f} MiB training, "
         f"{folded_bytes / 2**20:.1f} MiB once folded",
         flush=True,

@@ -1,0 +1,279 @@
+"""Half-precision k-wide tables (``--mlet-table-dtype fp16|bf16``), updated with stochastic rounding.
+
+MLET's training price is the ``n x k`` tables. Storing them in fp16 or bf16
+halves it; everything else (the projection, the pooled activations' math,
+the optimizer's accumulators and the folded table) stays float32.
+
+Why the tables get their own update path: torch's optimizers round each
+update to the nearest half value, and an update smaller than half a step of
+the row's precision (common for rare rows, late in training, with Adagrad's
+shrinking steps) is dropped, so those rows silently stop learning.
+Stochastic rounding rounds up or down with probabilities that make the
+stored value right on average, as fbgemm does for its fp16 tables. So the
+rows of a half table are gathered as float32 (``HalfRows``), their gradient
+rows wait on the weight like ``--mlet-fused-update``'s (``fused.defer``),
+and the next step of the optimizer that holds the table applies that
+optimizer's rule (SGD, Adagrad, DLRM's row-wise RWSAdagrad) in float32 to
+the touched rows and rounds the result stochastically (``step``).
+
+The optimizer state of a half table lives in the optimizer's own state dict,
+so DLRM's checkpoint carries it and a resumed run continues exactly: the
+float32 accumulators under ``mlet_sum`` / ``mlet_momentum``, the rounding
+generator's state under ``mlet_rng``. Each is stored as its raw bytes viewed
+in the table's own dtype (a float32 ``(n,)`` accumulator is an fp16 ``(2n,)``
+tensor), because ``Optimizer.load_state_dict`` casts every state tensor but
+``step`` to its parameter's dtype, which would round the accumulators (and
+break the generator's bytes) on every resume; a cast to the dtype a tensor
+already has changes nothing. ``float32_state`` reads them back.
+"""
+
+import zlib
+
+import torch
+
+from ..errors import MLETError
+
+TABLE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+HALF = (torch.float16, torch.bfloat16)
+
+
+def table_dtype(value):
+    """A table dtype given as a name (``"fp16"``), a floating torch dtype or None (float32)."""
+    if value is None:
+        return torch.float32
+    if isinstance(value, torch.dtype):
+        if not value.is_floating_point:
+            raise MLETError(f"table dtype must be a floating-point dtype, got {value}")
+        return value
+    name = str(value).strip().lower()
+    if name not in TABLE_DTYPES:
+        raise MLETError(f"table dtype must be one of {', '.join(TABLE_DTYPES)}, got {value!r}")
+    return TABLE_DTYPES[name]
+
+
+def dtype_name(dtype):
+    """``torch.float16 -> "fp16"`` (the names the options take)."""
+    return next(name for name, value in TABLE_DTYPES.items() if value == dtype)
+
+
+def is_half(tensor):
+    return tensor.dtype in HALF
+
+
+def stochastic_round(x, dtype, generator=None):
+    """``x`` (float32) rounded to ``dtype`` up or down at random, so that ``E[result] == x``.
+
+    Between the two ``dtype`` neighbours ``lo <= |x| <= hi`` it picks ``hi``
+    with probability ``(|x| - lo) / (hi - lo)``: exact for representable
+    values, unbiased for the rest, subnormals included. The neighbours are
+    found from the round-to-nearest result and its bit pattern's successor,
+    so one rule serves fp16 and bf16. NaN stays NaN; beyond the largest
+    finite value the result is that value or inf.
+    """
+    magnitude = x.abs()
+    near = magnitude.to(dtype)
+    bits = near.view(torch.int16)
+    above = near.float() > magnitude
+    lo = torch.where(above, bits - 1, bits).view(dtype)
+    hi = torch.where(above, bits, bits + 1).view(dtype)
+    lo32 = lo.float()
+    chance = (magnitude - lo32) / (hi.float() - lo32)
+    u = torch.rand(x.shape, generator=generator, device=x.device)
+    out = torch.where(u < chance, hi, lo)
+    return torch.where(x < 0, -out, out)
+
+
+# --- the forward: rows gathered as float32 ------------------------------------
+
+class HalfRows(torch.autograd.Function):
+    """``weight[indices]`` as float32; the gradient rows go to the table's next step (``add``).
+
+    Rows equal to ``padding_idx`` get no update, as in ``nn.Embedding``.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, indices, padding_idx=None):
+        ctx.weight, ctx.padding_idx = weight, padding_idx
+        ctx.save_for_backward(indices)
+        return weight.index_select(0, indices).float()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.needs_input_grad[0]:
+            (indices,) = ctx.saved_tensors
+            if ctx.padding_idx is not None:
+                keep = indices != ctx.padding_idx
+                indices, grad = indices[keep], grad[keep]
+            add(ctx.weight, indices, grad)
+        return None, None, None
+
+
+def lookup(weight, input, padding_idx=None):
+    """``nn.Embedding``'s lookup of a half table: ``(*input.shape, k)`` float32 rows."""
+    rows = HalfRows.apply(weight, input.reshape(-1), padding_idx)
+    return rows.view(*input.shape, weight.shape[1])
+
+
+def pool(weight, input, offsets=None, per_sample_weights=None, mode="sum", padding_idx=None,
+         include_last_offset=False):
+    """``nn.EmbeddingBag``'s pooling of a half table, in float32.
+
+    The bag's rows are gathered as float32 first and pooled by
+    ``embedding_bag`` over that small block (its rows in input order), so every
+    option means what it means in ``nn.EmbeddingBag``: a padding entry points
+    at an extra zero row that is that block's padding row (left out of sums
+    and of means' counts), 2-D input is bags of equal length.
+    """
+    if input.dim() == 2:
+        bags, length = input.shape
+        offsets = torch.arange(0, bags * length, max(length, 1), device=input.device)[:bags]
+        input = input.reshape(-1)
+        per_sample_weights = None if per_sample_weights is None else per_sample_weights.reshape(-1)
+        include_last_offset = False
+    rows = HalfRows.apply(weight, input, padding_idx)
+    positions = torch.arange(input.numel(), device=input.device)
+    pad = None
+    if padding_idx is not None:
+        pad = input.numel()
+        rows = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
+        positions = torch.where(input == padding_idx, pad, positions)
+    return torch.nn.functional.embedding_bag(
+        positions, rows, offsets, mode=mode, per_sample_weights=per_sample_weights,
+        include_last_offset=include_last_offset, padding_idx=pad,
+    )
+
+
+# --- the update: the optimizer's rule in float32, rounded stochastically ----------
+
+_PENDING = "_mlet_half_rows"  # on a half table's weight: [(indices, float32 rows), ...] until its step
+
+
+def add(param, indices, rows):
+    """Record gradient rows of a half table for the next step of the optimizer that holds it.
+
+    Every call defers the same step; the first to run takes all rows recorded
+    by then (gradient accumulation, a table called twice), sums repeated rows
+    and updates once, as a torch optimizer does with an accumulated sparse
+    gradient; the later ones find nothing left.
+    """
+    from . import fused
+
+    pending = getattr(param, _PENDING, None)
+    if pending is None:
+        pending = []
+        setattr(param, _PENDING, pending)
+    pending.append((indices, rows.float()))
+    fused.defer(param, indices.numel(), lambda optimizer, group: step(param, optimizer, group))
+
+
+def step(param, optimizer, group):
+    """Apply the rows recorded for ``param`` with ``optimizer``'s rule and ``group``'s settings."""
+    entries = getattr(param, _PENDING, None)
+    if not entries:
+        return
+    delattr(param, _PENDING)
+    indices = torch.cat([i for i, _ in entries])
+    grads = torch.cat([g for _, g in entries])
+    rows, inverse = torch.unique(indices, return_inverse=True)
+    grad = grads.new_zeros(rows.numel(), grads.shape[1]).index_add_(0, inverse, grads)
+    state = optimizer.state[param]
+    updated = _rule(optimizer, group, param)(param, state, group, optimizer.defaults, rows, grad)
+    generator = _generator(param, state)
+    param.index_copy_(0, rows, stochastic_round(updated, param.dtype, generator))
+    state["mlet_rng"] = generator.get_state().view(param.dtype)
+
+
+def _rule(optimizer, group, param):
+    kind = type(optimizer)
+    rule = _RULES.get(kind.__name__ if kind.__name__ == "RWSAdagrad" else kind)
+    if rule is None:
+        raise MLETError(
+            f"{dtype_name(param.dtype)} MLET tables are updated by dlrm-mlet's stochastic-rounding "
+            f"rules for SGD, Adagrad and DLRM's RWSAdagrad, not {kind.__name__}; use one of those "
+            "or --mlet-table-dtype=fp32"
+        )
+    for option in ("momentum", "weight_decay", "maximize", "nesterov"):
+        if group.get(option):
+            raise MLETError(f"{dtype_name(param.dtype)} MLET tables: {kind.__name__} with {option} "
+                            "is not supported (it needs dense state per element); use --mlet-table-dtype=fp32")
+    return rule
+
+
+def _option(group, defaults, key, default):
+    return group.get(key, defaults.get(key, default))
+
+
+def _sgd(param, state, group, defaults, rows, grad):
+    return param.index_select(0, rows).float() - group["lr"] * grad
+
+
+def _adagrad(param, state, group, defaults, rows, grad):
+    """``torch.optim.Adagrad`` on a sparse gradient: per-element sums of squares."""
+    state.pop("sum", None)  # torch's own accumulator, in the table's dtype: never used for this table
+    total = _float32(state, "mlet_sum", param, param.shape,
+                     _option(group, defaults, "initial_accumulator_value", 0.0))
+    count = state.setdefault("step", torch.tensor(0.0))
+    count += 1
+    lr = group["lr"] / (1 + (float(count) - 1) * _option(group, defaults, "lr_decay", 0.0))
+    total.index_add_(0, rows, grad * grad)
+    std = total.index_select(0, rows).sqrt_().add_(_option(group, defaults, "eps", 1e-10))
+    return param.index_select(0, rows).float() - lr * grad / std
+
+
+def _rowwise_adagrad(param, state, group, defaults, rows, grad):
+    """DLRM's ``RWSAdagrad``: one accumulator per row, the mean of the row's squared gradient."""
+    total = _float32(state, "mlet_momentum", param, param.shape[:1],
+                     _option(group, defaults, "initial_accumulator_value", 0.0))
+    state["step"] = state.get("step", 0) + 1
+    lr = group["lr"] / (1 + (state["step"] - 1) * _option(group, defaults, "lr_decay", 0.0))
+    total.index_add_(0, rows, grad.pow(2).mean(dim=1))
+    std = total.index_select(0, rows).sqrt_().add_(_option(group, defaults, "eps", 1e-10))
+    return param.index_select(0, rows).float() - lr * grad / std.unsqueeze(1)
+
+
+_RULES = {torch.optim.SGD: _sgd, torch.optim.Adagrad: _adagrad, "RWSAdagrad": _rowwise_adagrad}
+
+
+def _float32(state, key, param, shape, initial):
+    """A float32 accumulator kept in ``state[key]`` as bytes in ``param``'s dtype (module docstring)."""
+    stored = state.get(key)
+    if stored is None:
+        stored = torch.full(tuple(shape), float(initial), dtype=torch.float32, device=param.device)
+        state[key] = stored.view(param.dtype)
+        return stored
+    return stored.view(torch.float32)
+
+
+def float32_state(state):
+    """A half table's optimizer state as the optimizer itself would hold it for a float32 table.
+
+    ``mlet_sum`` becomes Adagrad's ``sum``, ``mlet_momentum`` RWSAdagrad's
+    ``momentum`` (float32 views, no copy); the rounding generator is dropped.
+    Other state is passed through.
+    """
+    names = {"mlet_sum": "sum", "mlet_momentum": "momentum"}
+    out = {}
+    for key, value in state.items():
+        if key in names:
+            out[names[key]] = value.view(torch.float32)
+        elif key != "mlet_rng":
+            out[key] = value
+    return out
+
+
+def _generator(param, state):
+    """The table's rounding generator: restored from its state, else seeded from the table itself.
+
+    Seeded from the table's first rows (no draw from a global RNG, so a run's
+    other random numbers are the same as with fp32 tables) and saved in the
+    optimizer state after every step, so a resumed run rounds as the
+    uninterrupted one did.
+    """
+    generator = torch.Generator(device=param.device)
+    saved = state.get("mlet_rng")
+    if saved is None:
+        head = param.detach()[:4].float().cpu().numpy().tobytes()
+        generator.manual_seed(zlib.crc32(head) ^ (param.shape[0] << 8) ^ param.shape[1])
+    else:
+        generator.set_state(saved.cpu().view(torch.uint8))
+    return generator
