@@ -203,6 +203,13 @@ def cmd_report(args):
     return 0
 
 
+def cmd_plan(args):
+    from .tools.plan import plan_command
+
+    print(plan_command(args))
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad option is one line (the usage text stays behind --help)."""
 
@@ -307,6 +314,28 @@ def build_parser():
                    help="the one learning rate to compare the tuned figures against")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_report)
+
+    from .core.budget import DEFAULT_RULE, OPTIMIZERS, RULE_HELP  # torch-free, like everything --help needs
+
+    p = sub.add_parser("plan", help="the k per table that fits a training-memory budget, without training")
+    p.add_argument("--budget", "--mlet-memory-budget", dest="budget", required=True, metavar="SIZE",
+                   help="memory for the embedding tables while training: 24GiB, 500MB, 1.5GiB, or bytes")
+    p.add_argument("--mlet-hidden-dim", required=True, metavar="K", help="the largest k a table may get")
+    p.add_argument("--arch-sparse-feature-size", metavar="D", help="the model's width d (not with --tables)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--arch-embedding-size", metavar="N1-N2-...", help="table sizes, as DLRM takes them")
+    source.add_argument("--processed-data-file", metavar="PATH",
+                        help="DLRM's processed Criteo .npz or _fea_count.npz, or an Avazu cache folder")
+    source.add_argument("--tables", metavar="TABLES.json",
+                        help='TorchRec tables: [{"name": ..., "num_embeddings": N, "embedding_dim": D}, ...]')
+    p.add_argument("--optimizer", default="sgd", help=f"DLRM's optimizer: {', '.join(OPTIMIZERS)} (sgd)")
+    p.add_argument("--mlet-table-dtype", default="fp32", metavar="DTYPE", help="fp32 (default), fp16 or bf16")
+    p.add_argument("--mlet-min-rows", default="0", metavar="N", help="tables with fewer than N rows stay plain")
+    p.add_argument("--rule", default=DEFAULT_RULE,
+                   help=f"{RULE_HELP} (default {DEFAULT_RULE})")
+    p.add_argument("--max-ind-range", default="-1", metavar="R", help="table sizes capped at R, as DLRM caps them")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_plan)
     return parser
 
 

@@ -504,6 +504,17 @@ def test_launcher_on_a_patched_checkout_does_not_hook_twice(patched_dlrm, tmp_pa
          "--mlet-fused-update applies plain SGD steps; it cannot be combined with --optimizer=adagrad"),
         (MLET + ["--mlet-fused-update=cuda"], "--mlet-fused-update: expected no value or fbgemm, got 'cuda'"),
         (MLET + ["--mlet-fused-update=fbgemm", "--use-gpu"], "--mlet-fused-update=fbgemm runs fbgemm's CPU kernels"),
+        (MLET + ["--mlet-table-dtype=fp8"], "--mlet-table-dtype: expected one of fp32, fp16, bf16, got 'fp8'"),
+        (["--mlet-table-dtype=fp16"], "--mlet-table-dtype has no effect without --mlet-hidden-dim"),
+        (MLET + ["--mlet-table-dtype=bf16", "--mlet-fused-update=fbgemm"],
+         "--mlet-fused-update=fbgemm trains fp32 tables; drop it with --mlet-table-dtype=bf16"),
+        (MLET + ["--mlet-memory-budget=lots"], "--mlet-memory-budget: expected a size such as 24GiB or 500MB, got 'lots'"),
+        (["--mlet-memory-budget=1GiB"], "--mlet-memory-budget has no effect without --mlet-hidden-dim"),
+        (["--mlet-hidden-dim=64-0-128-64", "--mlet-memory-budget=1GiB"],
+         "--mlet-memory-budget picks the K per table; give one --mlet-hidden-dim K as its cap, not a list"),
+        (MLET + ["--mlet-budget-rule=rare"], "--mlet-budget-rule has no effect without --mlet-memory-budget"),
+        (MLET + ["--mlet-memory-budget=1GiB", "--mlet-budget-rule=most"],
+         "--mlet-budget-rule: expected one of uniform, rare, got 'most'"),
     ],
 )
 def test_bad_options_are_refused_before_any_work(patched_module, capsys, flags, message):
@@ -524,6 +535,51 @@ def test_a_bad_option_is_one_line_on_stderr(patched_dlrm, stock_dlrm, tmp_path, 
     assert proc.stderr.strip().splitlines() == [
         "ERROR: --mlet-hidden-dim: expected an integer >= 0 or a dash-separated list of them, got '-1'"]
     assert "Using CPU" not in proc.stdout
+
+
+def training_bytes(ckpt):
+    """What the saved run held for its tables: weights in their dtype and the optimizer's state of them."""
+    state = ckpt["state_dict"]
+    names = [name for group in ckpt["mlet"]["param_groups"] for name in group]
+    tables = {i for i, name in enumerate(names) if name.startswith("emb_l.")}
+    weights = sum(v.numel() * v.element_size() for k, v in state.items() if k.startswith("emb_l."))
+    optimizer = sum(v.numel() * v.element_size() for i, s in ckpt["opt_state_dict"]["state"].items() if i in tables
+                    for k, v in s.items() if torch.is_tensor(v) and v.dim() > 0)
+    return weights + optimizer
+
+
+@pytest.mark.parametrize("flags", [["--optimizer=rwsadagrad", "--mlet-table-dtype=fp16"],
+                                   ["--optimizer=adagrad", "--mlet-budget-rule=rare"]])
+def test_a_memory_budget_plans_a_k_per_table_that_fits(patched_module, tmp_path, monkeypatch, capsys, flags):
+    """The plan is printed, the tables are built as planned, and what training held fits the budget."""
+    monkeypatch.chdir(tmp_path)
+    budget = 3 * 2**20
+    sys.argv = ["dlrm_s_pytorch.py"] + BASE + flags + [
+        "--mlet-hidden-dim=256", f"--mlet-memory-budget={budget}", f"--save-model={tmp_path}/m.pt"]
+    patched_module.run()
+    out = capsys.readouterr().out
+    planned = re.search(r"--mlet-hidden-dim=([\d-]+)", out).group(1)
+    ks = [int(k) for k in planned.split("-")] if "-" in planned else [int(planned)] * len(ROWS)
+    assert "MLET: --mlet-memory-budget plan" in out and f"of 3 MiB budget" in out
+    ckpt = torch.load(tmp_path / "m.pt.mlet", weights_only=True)
+    for i, (n, k) in enumerate(zip(ROWS, ks)):
+        key = f"emb_l.{i}.table.weight" if k else f"emb_l.{i}.weight"
+        assert ckpt["state_dict"][key].shape == (n, k or D)
+    assert max(ks) <= 256 and all(k == 0 or k >= D for k in ks) and any(ks)
+    used = training_bytes(ckpt)
+    assert 0.5 * budget < used <= budget, (used, budget, ks)
+    if "--mlet-budget-rule=rare" in flags:  # random data: the largest table is served first
+        assert ks[ROWS.index(max(ROWS))] == max(ks)
+
+
+def test_a_budget_too_small_for_any_mlet_table_is_one_line(patched_dlrm, tmp_path):
+    plain = sum(ROWS) * D * 4
+    proc = run_dlrm(patched_dlrm, BASE + ["--mlet-hidden-dim=64", f"--mlet-memory-budget={plain + 1000}"],
+                    tmp_path, check=False)
+    assert proc.returncode != 0
+    (line,) = proc.stderr.strip().splitlines()
+    assert re.fullmatch(r"ERROR: --mlet-memory-budget 222.85 KiB fits no uniform k: the tables take 221.88 KiB "
+                        r"plain, and k=16 on all 4 MLET tables needs 4 KiB more \(the rare rule .*\)", line), line
 
 
 def test_one_k_per_table(patched_module, tmp_path, monkeypatch, capsys):

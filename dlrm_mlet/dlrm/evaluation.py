@@ -108,6 +108,18 @@ def train_counts(dataset, table_sizes, max_ind_range=-1):
     return counts
 
 
+RARE_COUNTS = next((lo, hi) for slug, _, lo, hi in BUCKETS if slug == "1_10")  # a "rare" row's training count
+
+
+def rare_rows(counts):
+    """Per table, how many embedding rows occur ``RARE_COUNTS`` times (1..10) in training.
+
+    The score ``--mlet-memory-budget``'s ``rare`` rule ranks tables by.
+    """
+    lo, hi = RARE_COUNTS
+    return [int(((np.asarray(c) >= lo) & (np.asarray(c) <= hi)).sum()) for c in counts]
+
+
 def rarest_counts(loader, counts):
     """Per sample of ``loader`` (in its order), the training count of its rarest value."""
     out = []

@@ -50,12 +50,15 @@ def make_data_and_loaders(args, dp):
 
 
 def _scored(args, dp, loaders):
-    """Remember what ``--mlet-metrics-json`` needs to score validation and buckets later."""
+    """Remember what ``--mlet-metrics-json`` needs to score validation and buckets later,
+    and what ``--mlet-memory-budget`` counts rare rows in."""
     from .session import Scoring
 
+    train_data, _, _, test_ld = loaders
     if session.config.metrics_json:
-        train_data, _, _, test_ld = loaders
         session.scoring = Scoring(args, dp, train_data, test_ld)
+    if session.config.memory_budget:
+        session.training = (train_data, args.max_ind_range)
     return loaders
 
 

@@ -5,7 +5,7 @@ calls ``add_arguments`` on it and ``configure`` right after ``parse_args``;
 everything MLET decides later reads the ``Config`` made here.
 """
 
-from ..core import fused, tbe
+from ..core import budget, fused, tbe
 from ..core.options import add_table_arguments, parse_int, parse_table_options
 from ..errors import MLETError
 from .session import Config, fail, session
@@ -40,6 +40,16 @@ def add_arguments(parser):
         "table-batched embedding, as TorchRec does (CPU, single process; needs fbgemm-gpu-cpu)",
     )
     group.add_argument(
+        "--mlet-memory-budget", default="", metavar="SIZE",
+        help="pick a K per table (at most --mlet-hidden-dim, at least d, else plain) so that training "
+        "embedding bytes (tables in their dtype, projections, optimizer state) fit in SIZE, e.g. 24GiB; "
+        "prints the plan first (dlrm-mlet plan prints it without training)",
+    )
+    group.add_argument(
+        "--mlet-budget-rule", default=budget.DEFAULT_RULE, metavar="RULE",
+        help=f"which tables the budget gives the large K: {budget.RULE_HELP} (default %(default)s)",
+    )
+    group.add_argument(
         "--mlet-allow-narrow", action="store_true", default=False,
         help="allow K below --arch-sparse-feature-size (a bottleneck, not MLET)",
     )
@@ -59,15 +69,24 @@ def parse_config(args):
     fused_update = getattr(args, "mlet_fused_update", "") or ""
     if fused_update not in ("",) + fused.BACKENDS:
         raise MLETError(f"--mlet-fused-update: expected no value or fbgemm, got {fused_update!r}")
+    memory_budget = budget.parse_size(args.mlet_memory_budget) if args.mlet_memory_budget else 0
+    rule = budget.rule_name(args.mlet_budget_rule, "--mlet-budget-rule")
     if hidden == 0:
-        if fused_update:
-            raise MLETError("--mlet-fused-update has no effect without --mlet-hidden-dim K (K > 0)")
+        for flag, given in (("--mlet-fused-update", fused_update), ("--mlet-memory-budget", memory_budget),
+                            ("--mlet-budget-rule", rule != budget.DEFAULT_RULE)):
+            if given:
+                raise MLETError(f"{flag} has no effect without --mlet-hidden-dim K (K > 0)")
         return Config(log_freq=log_freq, metrics_json=metrics_json)
+    if memory_budget and per_table:
+        raise MLETError("--mlet-memory-budget picks the K per table; give one --mlet-hidden-dim K as its cap, "
+                        "not a list")
+    if rule != budget.DEFAULT_RULE and not memory_budget:
+        raise MLETError("--mlet-budget-rule has no effect without --mlet-memory-budget")
     _check_against_dlrm(args, dims, fused_update, table_dtype)
     inference_only = bool(getattr(args, "inference_only", False))
     grad_accum = int(getattr(args, "mlperf_grad_accum_iter", 1) or 1) if getattr(args, "mlperf_logging", False) else 1
     return Config(hidden, per_table, min_rows, proj_init, inference_only, log_freq, metrics_json, fused_update,
-                  grad_accum, table_dtype)
+                  grad_accum, table_dtype, memory_budget, rule, getattr(args, "optimizer", "sgd"))
 
 
 def _check_against_dlrm(args, dims, fused_update, table_dtype):

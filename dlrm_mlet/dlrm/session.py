@@ -26,6 +26,9 @@ class Config:
     fused_update: str = ""  # "" (off), "torch" or "fbgemm"
     grad_accum: int = 1  # batches per optimizer step (DLRM's --mlperf-grad-accum-iter)
     table_dtype: str = "fp32"  # storage of the k-wide tables: fp32, fp16 or bf16
+    memory_budget: int = 0  # bytes of training embedding memory to plan the K per table for (0: off)
+    budget_rule: str = "uniform"  # which tables the budget gives the large K (core.budget.RULES)
+    optimizer: str = "sgd"  # DLRM's --optimizer: what the budget counts as optimizer state
 
     @property
     def enabled(self):
@@ -52,6 +55,7 @@ class Session:
         self.monitor = None  # tools.monitor.Monitor, made at the first logged step
         self.resume_rng = None  # numpy RNG state of the checkpoint being resumed, until its skip loop ends
         self.scoring = None  # Scoring, when --mlet-metrics-json asks for it
+        self.training = None  # (train dataset, --max-ind-range), for --mlet-memory-budget's rare rule
         # False under ``dlrm-mlet run``: without the patch's two lines in DLRM's resume
         # loop (epoch_after_skip, skip_batch) resuming would skip or repeat data.
         self.can_resume = True
@@ -62,6 +66,7 @@ class Session:
         self.monitor = None
         self.resume_rng = None
         self.scoring = None
+        self.training = None
         return config
 
 

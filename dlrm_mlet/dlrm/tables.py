@@ -20,10 +20,10 @@ from ..errors import MLETError
 from .session import fail, session
 
 
-def make_table(n, d, index):
-    """Table ``index``: MLET when it has a k and enough rows, else plain with DLRM's own init."""
+def make_table(n, d, index, dims):
+    """Table ``index``: MLET when ``dims`` give it a k and it has enough rows, else plain with DLRM's own init."""
     config = session.config
-    k = hidden_dim_for(index, n, config.per_table or (config.hidden_dim,), config.min_rows)
+    k = hidden_dim_for(index, n, dims, config.min_rows)
     if k:
         return MLETEmbeddingBag(n, d, k, mode="sum", sparse=True, proj_init=config.proj_init,
                                 table_dtype=config.table_dtype)
@@ -41,8 +41,11 @@ def create_emb(net, m, ln, weighted_pooling=None):
     this model only (``fused.use``), not for every model in the process.
     """
     config = session.config
+    dims = config.per_table or (config.hidden_dim,)
     try:
-        check_table_count(config.per_table or (config.hidden_dim,), ln.size)
+        check_table_count(dims, ln.size)
+        if config.memory_budget:
+            dims = planned_dims([int(n) for n in ln], int(m))
     except MLETError as error:
         fail(str(error))
     emb_l, v_W_l = nn.ModuleList(), []
@@ -54,7 +57,7 @@ def create_emb(net, m, ln, weighted_pooling=None):
         if local is not None and i not in local:
             continue
         n = int(ln[i])
-        emb_l.append(make_table(n, int(m), i))
+        emb_l.append(make_table(n, int(m), i, dims))
         v_W_l.append(None if weighted_pooling is None else torch.ones(n, dtype=torch.float32))
     if config.fused_update:
         fused.use(emb_l, config.fused_update)
@@ -70,6 +73,30 @@ def create_emb(net, m, ln, weighted_pooling=None):
         flush=True,
     )
     return emb_l, v_W_l
+
+
+def planned_dims(rows, d):
+    """``--mlet-memory-budget``: a K per table from ``core.budget``, printed before training.
+
+    Every rank plans from all tables' sizes, so in distributed mode they agree.
+    The ``rare`` rule counts rare rows in the training split when the loader
+    can say (``evaluation.train_counts``), else it ranks tables by size.
+    """
+    from ..core.budget import format_plan, plan_hidden_dims
+    from . import evaluation
+
+    config = session.config
+    rare, note = None, ""
+    if config.budget_rule == "rare":
+        train_data, max_ind_range = session.training or (None, -1)
+        counts = None if train_data is None else evaluation.train_counts(train_data, rows, max_ind_range)
+        rare = None if counts is None else evaluation.rare_rows(counts)
+        note = " (tables ordered by rows: this data loader cannot count rare rows)" if rare is None else ""
+    plan = plan_hidden_dims(rows, d, config.hidden_dim, config.memory_budget, table_dtype=config.table_dtype,
+                            optimizer=config.optimizer, rule=config.budget_rule, min_rows=config.min_rows,
+                            rare=rare)
+    print(f"MLET: --mlet-memory-budget plan{note}:\n{format_plan(plan)}", flush=True)
+    return plan.hidden_dims
 
 
 def apply_emb(lS_o, lS_i, emb_l, v_W_l):
