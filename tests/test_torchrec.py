@@ -269,6 +269,34 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def init_gloo(rank, port):
+    """Join the WORLD-rank gloo group on loopback, one thread per rank (in a spawned worker)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if "lo" in {name for _, name in socket.if_nameindex()}:
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # gloo's pairs on loopback too
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120)
+    )
+    torch.set_num_threads(1)
+
+
+def run_gloo_workers(worker, out_dir):
+    """Spawn WORLD processes running ``worker(rank, port, out_dir)``; fail past the deadline."""
+    context = mp.start_processes(
+        worker, args=(_free_port(), out_dir), nprocs=WORLD, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + WORKER_DEADLINE_S
+    try:
+        while not context.join(timeout=5):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the {WORLD} gloo workers did not finish in {WORKER_DEADLINE_S} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    return out_dir
+
+
 def _shards(parameter_sharding):
     spec = parameter_sharding.sharding_spec
     return spec.shards if spec is not None else []
@@ -326,13 +354,7 @@ def _train_fold_worker(rank, port, out_dir):
     from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
     from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if "lo" in {name for _, name in socket.if_nameindex()}:
-        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # gloo's pairs on loopback too
-    dist.init_process_group(
-        "gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120)
-    )
-    torch.set_num_threads(1)
+    init_gloo(rank, port)
     for run in PLANS:
         np.random.seed(0)
         torch.manual_seed(0)
@@ -396,20 +418,7 @@ def _train_fold_worker(rank, port, out_dir):
 
 @pytest.fixture(scope="module")
 def distributed_runs(tmp_path_factory):
-    out_dir = str(tmp_path_factory.mktemp("torchrec_dmp"))
-    context = mp.start_processes(
-        _train_fold_worker, args=(_free_port(), out_dir), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + WORKER_DEADLINE_S
-    try:
-        while not context.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the {WORLD} gloo workers did not finish in {WORKER_DEADLINE_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-    return out_dir
+    return run_gloo_workers(_train_fold_worker, str(tmp_path_factory.mktemp("torchrec_dmp")))
 
 
 @pytest.mark.parametrize("run", PLANS)
@@ -452,8 +461,12 @@ def test_dmp_training_folds_into_stock_dlrm_with_same_predictions(distributed_ru
 
 # --- DLRM's own TorchRec trainer, patched -----------------------------------
 
-def test_dlrm_integration_torchrec_main_trains_mlet_and_writes_a_stock_dlrm_state_dict(patched_dlrm, tmp_path):
-    """DLRM's own TorchRec trainer, patched by `dlrm-mlet patch` like dlrm_s_pytorch.py."""
+@pytest.mark.parametrize("table_dtype", ["fp32", "fp16"])
+def test_dlrm_integration_torchrec_main_trains_mlet_and_writes_a_stock_dlrm_state_dict(
+    patched_dlrm, tmp_path, table_dtype
+):
+    """DLRM's own TorchRec trainer, patched by `dlrm-mlet patch` like dlrm_s_pytorch.py;
+    with ``--mlet-table-dtype fp16`` too (fbgemm stores the k-wide tables in fp16)."""
     from torchrec.datasets.criteo import DEFAULT_CAT_NAMES, DEFAULT_INT_NAMES
 
     script_dir = os.path.join(patched_dlrm, "torchrec_dlrm")
@@ -478,12 +491,13 @@ def test_dlrm_integration_torchrec_main_trains_mlet_and_writes_a_stock_dlrm_stat
         "--batch_size", "32", "--limit_train_batches", "30", "--limit_val_batches", "2",
         "--limit_test_batches", "2", "--learning_rate", "0.1", "--seed", "0",
         "--mlet-hidden-dim", "-".join(map(str, dims)), "--mlet-min-rows", "100",
-        "--mlet_proj_init", "xavier", "--mlet-folded-path", folded,
+        "--mlet_proj_init", "xavier", "--mlet-folded-path", folded, "--mlet-table-dtype", table_dtype,
     ]
     proc = subprocess.run(cmd, cwd=script_dir, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "AUROC over test set" in proc.stdout
-    assert f"MLET: {trained} of {len(rows)} tables trained as n x {k}-{2 * k} -> {d}" in proc.stdout
+    stored = "" if table_dtype == "fp32" else f" ({table_dtype} tables)"
+    assert f"MLET: {trained} of {len(rows)} tables trained as n x {k}-{2 * k} -> {d}{stored}\n" in proc.stdout
 
     state = load_checkpoint(folded)
     configs = [

@@ -9,7 +9,8 @@ update to the nearest half value, and an update smaller than half a step of
 the row's precision (common for rare rows, late in training, with Adagrad's
 shrinking steps) is dropped, so those rows silently stop learning.
 Stochastic rounding rounds up or down with probabilities that make the
-stored value right on average, as fbgemm does for its fp16 tables. So the
+stored value right on average, as fbgemm's CUDA kernels do for their fp16
+tables (its CPU kernels round to nearest: ``torchrec/collection.py`` warns). So the
 rows of a half table are gathered as float32 (``HalfRows``), their gradient
 rows wait on the weight like ``--mlet-fused-update``'s (``fused.defer``),
 and the next step of the optimizer that holds the table applies that

@@ -10,6 +10,13 @@ asks of an embedding collection, so every DLRM variant takes it unchanged.
 
 A table given no k (0), or with fewer than ``min_rows`` rows, stays plain: it
 sits d-wide in the same collection without a projection, and folds to itself.
+``table_dtype`` stores the k-wide tables in fp16 or bf16 (``core/half.py``): it
+goes into their configs' ``data_type``, so fbgemm's kernels store them at half
+width and the planner counts half the bytes; projections, pooled outputs and
+the folded tables stay float32. fbgemm updates them in its fused backward
+with its ``stochastic_rounding`` on (TorchRec's default), which its CUDA
+kernels honour and its CPU kernels do not (``_check_table_dtype``).
+
 Tables and projections start as the core layers do (``core/init.py``) and fold
 with ``core/folding.fold_weight``; folding a whole model, sharded or not, is
 ``fold.fold_torchrec``.
@@ -17,21 +24,24 @@ with ``core/folding.fold_weight``; folding a whole model, sharded or not, is
 
 import dataclasses
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedTensor
 from torchrec.models.dlrm import DLRM
-from torchrec.modules.embedding_configs import PoolingType
+from torchrec.modules.embedding_configs import DataType, PoolingType
 from torchrec.modules.embedding_modules import get_embedding_names_by_table
 
 from ..core.folding import fold_weight
+from ..core.half import table_dtype as parse_table_dtype
 from ..core.init import init_projection_, parse_proj_init, uniform_table_
 from ..core.options import check_table_count, hidden_dim_for
 from ..errors import MLETError
 
 FOLDABLE_POOLINGS = (PoolingType.SUM, PoolingType.MEAN)
+DATA_TYPES = {torch.float32: DataType.FP32, torch.float16: DataType.FP16, torch.bfloat16: DataType.BF16}
 
 
 class _Projection(nn.Module):
@@ -90,6 +100,34 @@ def _hidden_dims(hidden_dim, tables, min_rows):
     return {c.name: hidden_dim_for(i, c.num_embeddings, dims, min_rows) for i, c in enumerate(tables)}
 
 
+def _check_table_dtype(dtype, device, dense_device):
+    """Refuse the half formats TorchRec cannot train where the model will run; warn on fp16 on the CPU.
+
+    The model runs where its dense part does (DMP's device), else where the
+    tables are, else on torch's default device. Measured with fbgemm-gpu-cpu
+    1.8 and torchrec 1.8: fbgemm's CPU table kernels have no bf16 forward, and
+    an unsharded ``EmbeddingBagCollection`` stores every non-fp32 table as
+    fp16; so bf16 trains only sharded by DMP on a GPU. fbgemm's CPU kernels
+    take fp16 tables but ignore ``stochastic_rounding``: they round each
+    update to nearest, so updates below half an fp16 step are lost.
+    """
+    if dtype == torch.float32:
+        return
+    runs_on = next(
+        (d.type for d in (dense_device, device) if d is not None and d.type != "meta"),
+        torch.get_default_device().type,
+    )
+    if dtype == torch.bfloat16 and runs_on == "cpu":
+        raise MLETError("table_dtype bf16 is not trainable on the CPU: fbgemm's CPU embedding kernels have "
+                        "no bf16 tables; use fp16 or fp32")
+    if dtype == torch.bfloat16 and (device is None or device.type != "meta"):
+        raise MLETError("table_dtype bf16 needs device='meta' and DistributedModelParallel: an unsharded "
+                        "EmbeddingBagCollection stores bf16 tables as fp16")
+    if runs_on == "cpu":
+        warnings.warn("table_dtype fp16 on the CPU: table updates round to nearest (fbgemm's CPU kernels "
+                      "ignore stochastic_rounding), so updates below half an fp16 step are lost", stacklevel=3)
+
+
 class MLETEmbeddingBagCollection(nn.Module):
     """Stands in for ``EmbeddingBagCollection`` in a TorchRec model, trained as MLET.
 
@@ -97,7 +135,9 @@ class MLETEmbeddingBagCollection(nn.Module):
     (``hidden_dim``: one k, a sequence in table order or a mapping by table
     name; a table with k = 0 or fewer than ``min_rows`` rows keeps its own
     width d and no projection); ``proj[table]`` maps each pooled k-vector to
-    the table's ``embedding_dim`` (d). ``embedding_bag_configs()`` and the
+    the table's ``embedding_dim`` (d). ``table_dtype`` (``"fp32"``, ``"fp16"``,
+    ``"bf16"`` or a torch dtype; None: fp32) is the k-wide tables' storage;
+    plain tables keep their own config's. ``embedding_bag_configs()`` and the
     output are those of the d-wide collection it folds into, feature for
     feature, so DLRM sees no difference. Build the tables on ``device="meta"``
     for DMP (TorchRec then initialises the shards with the same
@@ -115,9 +155,11 @@ class MLETEmbeddingBagCollection(nn.Module):
         dense_device=None,
         allow_narrow=False,
         min_rows=0,
+        table_dtype=None,
     ):
         super().__init__()
         proj_init = parse_proj_init(proj_init)
+        dtype = parse_table_dtype(table_dtype)
         tables = list(tables)
         if not tables:
             raise MLETError("MLETEmbeddingBagCollection needs at least one table")
@@ -142,12 +184,16 @@ class MLETEmbeddingBagCollection(nn.Module):
                 config.feature_names = [config.name]  # as EmbeddingBagCollection does
         device = torch.device(device) if device is not None else None
         dense_device = torch.device(dense_device) if dense_device is not None else None
+        if any(widths.values()):
+            _check_table_dtype(dtype, device, dense_device)
+        self.table_dtype = dtype
         self._configs = tables
         self._is_weighted = is_weighted
         # init_fn is dropped so a wide config computes its own default, with
         # the same bounds (they depend on n only); plain tables keep theirs.
+        # data_type is what fbgemm's kernels and the planner read.
         wide = [
-            dataclasses.replace(c, embedding_dim=widths[c.name], init_fn=None)
+            dataclasses.replace(c, embedding_dim=widths[c.name], init_fn=None, data_type=DATA_TYPES[dtype])
             if widths[c.name] else dataclasses.replace(c)
             for c in tables
         ]
@@ -184,10 +230,11 @@ class MLETEmbeddingBagCollection(nn.Module):
 
     def forward(self, features):
         # Under DMP self.ebc is sharded and returns a lazy KeyedTensor; to_dict
-        # waits for it, as DLRM's SparseArch does.
+        # waits for it, as DLRM's SparseArch does. A half table's pooled output
+        # is projected in the projection's dtype (float32).
         pooled = self.ebc(features).to_dict()
         out = [
-            self.proj[table](pooled[name]) if table in self.proj else pooled[name]
+            self.proj[table](pooled[name].to(self.proj[table].weight.dtype)) if table in self.proj else pooled[name]
             for name, table in self._outputs
         ]
         return KeyedTensor(
@@ -200,7 +247,9 @@ class MLETEmbeddingBagCollection(nn.Module):
         """The equivalent plain d-wide ``EmbeddingBagCollection`` (unsharded models only).
 
         ``name`` (where it sits in a model, for ``fold_model``) prefixes the table
-        names in errors. Plain tables are copied as they are.
+        names in errors. Plain tables are copied as they are. Built from
+        ``embedding_bag_configs()``, so half k-wide tables fold (in float32)
+        into float32 tables unless those configs say otherwise.
         """
         if type(self.ebc) is not EmbeddingBagCollection:
             raise MLETError(
@@ -236,16 +285,18 @@ def mlet_dlrm(
     dense_device=None,
     table_device=None,
     min_rows=0,
+    table_dtype=None,
 ):
     """A stock ``torchrec.models.dlrm.DLRM`` whose tables train as MLET.
 
     ``tables`` are the d-wide configs of the model you will deploy; pass
     ``table_device=torch.device("meta")`` when DMP will shard the tables.
-    ``hidden_dim`` and ``min_rows`` are as for ``MLETEmbeddingBagCollection``.
+    ``hidden_dim``, ``min_rows`` and ``table_dtype`` are as for
+    ``MLETEmbeddingBagCollection``.
     """
     ebc = MLETEmbeddingBagCollection(
         tables, hidden_dim, proj_init=proj_init, device=table_device, dense_device=dense_device,
-        min_rows=min_rows,
+        min_rows=min_rows, table_dtype=table_dtype,
     )
     return DLRM(
         embedding_bag_collection=ebc,

@@ -56,7 +56,8 @@ def fold_torchrec(model, path=None):
     (table-wise, row-wise, column-wise, data-parallel and mixed plans). The
     result has the keys and shapes of the same model built with plain d-wide
     ``EmbeddingBagCollection``s, on the CPU, and loads into it with
-    ``strict=True``. Distributed, every rank must call this: each rank folds
+    ``strict=True``; fp16 or bf16 k-wide tables fold in float32 into float32
+    tables. Distributed, every rank must call this: each rank folds
     its own shards (a column shard into a partial product, since ``A @ B.T``
     is the sum of its column blocks' products) and sends the folded rows to
     rank 0 in chunks, so rank 0 holds the folded tables plus one folded local
@@ -118,13 +119,15 @@ def _gather_folded(weight, proj, name, rank):
     (or takes it as is, for a plain table) and streams it to rank 0, which
     adds it into place. Adding into zeros is exact, so row and table shards
     arrive bit for bit; column shards of an MLET table add up their partial
-    products.
+    products. A folded table has ``fold_weight``'s dtype, the wider of table
+    and projection (float32 for an fp16 table), so every rank knows it.
     """
     rows, cols = weight.size()
     width = cols if proj is None else proj.shape[0]
+    dtype = weight.dtype if proj is None else torch.promote_types(weight.dtype, proj.dtype)
     local = {tuple(s.metadata.shard_offsets): s.tensor for s in weight.local_shards()}
     device = comm_device()
-    table = torch.zeros(rows, width, dtype=weight.dtype) if rank == 0 else None
+    table = torch.zeros(rows, width, dtype=dtype) if rank == 0 else None
     for meta in weight.metadata().shards_metadata:
         owner = meta.placement.rank()
         (r0, c0), (nr, nc) = meta.shard_offsets, meta.shard_sizes

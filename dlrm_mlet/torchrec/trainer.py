@@ -4,8 +4,8 @@ The patch adds one line per hook and everything else lives here, so the
 patch stays small. The table options are DLRM's own (``core/options.py``
 registers and parses them for both trainers): ``--mlet-hidden-dim`` is one K
 or a dash-separated list with one K per table (0 keeps a table plain), with
-``--mlet-min-rows`` and ``--mlet-proj-init``. Bad values stop the trainer with
-one line, as ``dlrm_s_pytorch.py`` does.
+``--mlet-min-rows``, ``--mlet-proj-init`` and ``--mlet-table-dtype``. Bad values
+stop the trainer with one line, as ``dlrm_s_pytorch.py`` does.
 """
 
 import sys
@@ -67,7 +67,7 @@ def collection_factory(args, dense_device):
             check_table_count(options.dims, len(tables))  # named by its flag here
             ebc = MLETEmbeddingBagCollection(
                 tables, options.dims, proj_init=options.proj_init, min_rows=options.min_rows,
-                device=device, dense_device=dense_device,
+                device=device, dense_device=dense_device, table_dtype=options.table_dtype,
             )
         except MLETError as error:
             sys.exit(f"ERROR: {error}")
@@ -75,7 +75,9 @@ def collection_factory(args, dense_device):
             trained = [k for k in ebc.hidden_dims.values() if k]
             widths = "-".join(map(str, sorted(set(trained)))) or "-"
             dims = "-".join(sorted({str(c.embedding_dim) for c in tables}))
-            print(f"MLET: {len(trained)} of {len(tables)} tables trained as n x {widths} -> {dims}", flush=True)
+            stored = "" if options.table_dtype == "fp32" else f" ({options.table_dtype} tables)"
+            print(f"MLET: {len(trained)} of {len(tables)} tables trained as n x {widths} -> {dims}{stored}",
+                  flush=True)
         return ebc
 
     return make
