@@ -1,5 +1,7 @@
 """How each benchmark's JSON reads in RESULTS.md (one function per benchmark)."""
 
+import statistics
+
 from common import machine_lines
 
 
@@ -172,13 +174,65 @@ def whole_run(data):
     return lines
 
 
+def table_memory(data):
+    lines = ["## Half-precision tables and optimizer state (`benchmarks/table_memory.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"])
+    lines += ["", f"Whole `dlrm_s_pytorch.py` runs as in the section above (26 tables at {data['scale']} x "
+              f"Criteo-Kaggle's sizes, {sum(data['tables']):,} rows, batch 128, {data['batches']} batches): stock "
+              f"DLRM d={data['d']} and patched DLRM MLET d={data['d']} k={data['k']} with `--mlet-table-dtype`, "
+              "per `--optimizer`. Table and state bytes: the tensors the run saved (tables, and the optimizer's "
+              "state of them), with `core.budget`'s prediction beside them. Peak RSS: the run without the save. "
+              f"ms/it ratios: median over {data['reps']} interleaved repetitions, each against the same "
+              "repetition's baseline / fp32 MLET run with the same optimizer.", "",
+              "| run | tables MiB | optimizer state MiB | predicted MiB (tables + state) | peak RSS MiB | ms/it median "
+              "| / baseline | / fp32 MLET |", "|---|---|---|---|---|---|---|---|"]
+    for r in data["results"]:
+        fp32 = f"{r['ratio_to_fp32_mlet']:.2f}" if r.get("ratio_to_fp32_mlet") else "-"
+        lines.append(f"| {r['name']} | {mib(r['table_bytes'])} | {mib(r['state_bytes'])} | "
+                     f"{mib(r['predicted_table_bytes'])} + {mib(r['predicted_state_bytes'])} | "
+                     f"{mib(r['peak_rss_bytes'])} | {statistics.median(r['ms_per_it']):.2f} | "
+                     f"{r['ratio_to_baseline']:.2f} | {fp32} |")
+    lines += ["", "### What fits where (arithmetic, full-size tables)", "",
+              "Training embedding bytes from `core.budget.training_bytes` (the rule the table above checks): "
+              "tables in their dtype, float32 projections, float32 optimizer state. A GPU column says whether "
+              "that many bytes fit in the cards' memory at all, with nothing else on them (several cards: "
+              "each holds a share, as row-wise sharding balances it); activations, MLPs and allocator slack "
+              "need room too, so a close fit is not a fit.", "",
+              "| dataset | d | tables | optimizer | GiB | " + " | ".join(data["gpus"]) + " |",
+              "|---|---|---|---|---|" + "---|" * len(data["gpus"])]
+    for f in data["fits"]:
+        kind = "plain" if not f["k"] else f"k={f['k']} {f['table_dtype']}"
+        marks = " | ".join("yes" if f["fits"][g] else "no" for g in data["gpus"])
+        lines.append(f"| {f['dataset']} | {f['d']} | {kind} | {f['optimizer']} | {f['bytes'] / 2**30:.1f} | {marks} |")
+    return lines
+
+
+def gpu_step(data):
+    lines = ["## MLET on one GPU at full Criteo-Kaggle size (`benchmarks/gpu_step.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"])
+    lines += ["", f"`DLRM_Net`'s training step (forward, BCE, backward, SGD) on one GPU, tables at {data['scale']} "
+              f"x Criteo-Kaggle's sizes ({data['rows']:,} rows), median of 5 blocks of {data['steps'] // 5} steps; "
+              "peak GPU memory with that configuration alone on the card. The paper's figure: about 1.25x.", "",
+              "| run | batch | ms/it | / baseline | peak GPU MiB |", "|---|---|---|---|---|"]
+    for r in data["results"]:
+        lines.append(f"| {r['name']} | {r['batch']} | {r['ms_per_it_median']:.2f} | {r['ratio_to_baseline']:.2f} | "
+                     f"{mib(r['peak_gpu_bytes'])} |")
+    return lines
+
+
+NO_GPU_FULL = ["## MLET on one GPU at full Criteo-Kaggle size", "",
+               "Not measured: no GPU was lent to the sessions that built #15 (fp16 tables, memory budget). "
+               "`python benchmarks/gpu_step.py` is ready to run on one GPU with about 60 GB free: stock d=16 "
+               "against MLET d=16 k=256 with fp32 and fp16 tables at batch 2048 and 16384, 33.8M rows, with "
+               "peak GPU memory; it fills this section."]
+
 NO_GPU = ["## Training step time on one GPU", "",
           "Not measured: the machines these results come from have no GPU, and none was lent to the "
           "session that ran them. `python benchmarks/train_step.py --use-gpu` runs the same benchmark on "
           "one GPU (DLRM's `--use-gpu`) and fills this section."]
 
 # (result name, how it reads, what to write while it is missing: None = nothing)
-SECTIONS = [("whole_run", whole_run, None), ("train_step", train_step, None), ("train_step_full", train_step, None),
+SECTIONS = [("whole_run", whole_run, None), ("table_memory", table_memory, None), ("train_step", train_step, None), ("train_step_full", train_step, None),
             ("profile_step", profile_step, None), ("embedding_update", embedding_update, None),
-            ("train_step_gpu", train_step, NO_GPU), ("train_step_gpu_full", train_step, None), ("inference", inference, None), ("fold", fold, None),
+            ("train_step_gpu", train_step, NO_GPU), ("gpu_step", gpu_step, NO_GPU_FULL), ("train_step_gpu_full", train_step, None), ("inference", inference, None), ("fold", fold, None),
             ("monitor_cost", monitor_cost, None), ("preprocess_memory", preprocess_memory, None)]

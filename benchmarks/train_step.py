@@ -83,11 +83,12 @@ def embedding_bytes(rows, d, k):
 class Trainer:
     """One configuration: its model, optimizer and DLRM's training step."""
 
-    def __init__(self, stock, patched, rows, k, d, fused_update, device):
+    def __init__(self, stock, patched, rows, k, d, fused_update, device, table_dtype="fp32"):
         from dlrm_mlet import dlrm_glue
 
         module = patched if k else stock
-        self.config = dlrm_glue.Config(hidden_dim=k, fused_update=fused_update)  # monitor off: see monitor_cost
+        # monitor off: see monitor_cost
+        self.config = dlrm_glue.Config(hidden_dim=k, fused_update=fused_update, table_dtype=table_dtype)
         dlrm_glue.use_config(self.config)  # create_emb also sets the fused update on the tables it builds
         self.model = bench_model(module, rows, d).to(device)
         dlrm_glue.reset()

@@ -560,7 +560,7 @@ def test_a_memory_budget_plans_a_k_per_table_that_fits(patched_module, tmp_path,
     out = capsys.readouterr().out
     planned = re.search(r"--mlet-hidden-dim=([\d-]+)", out).group(1)
     ks = [int(k) for k in planned.split("-")] if "-" in planned else [int(planned)] * len(ROWS)
-    assert "MLET: --mlet-memory-budget plan" in out and f"of 3 MiB budget" in out
+    assert "MLET: --mlet-memory-budget plan" in out and "of 3 MiB budget" in out
     ckpt = torch.load(tmp_path / "m.pt.mlet", weights_only=True)
     for i, (n, k) in enumerate(zip(ROWS, ks)):
         key = f"emb_l.{i}.table.weight" if k else f"emb_l.{i}.weight"

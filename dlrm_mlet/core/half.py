@@ -61,27 +61,58 @@ def is_half(tensor):
     return tensor.dtype in HALF
 
 
+_FP16_SMALLEST_NORMAL = 2.0 ** -14
+_SIGN_BIT = -(2 ** 31)  # float32's sign bit, as an int32
+
+
 def stochastic_round(x, dtype, generator=None):
     """``x`` (float32) rounded to ``dtype`` up or down at random, so that ``E[result] == x``.
 
     Between the two ``dtype`` neighbours ``lo <= |x| <= hi`` it picks ``hi``
-    with probability ``(|x| - lo) / (hi - lo)``: exact for representable
-    values, unbiased for the rest, subnormals included. The neighbours are
-    found from the round-to-nearest result and its bit pattern's successor,
-    so one rule serves fp16 and bf16. NaN stays NaN; beyond the largest
-    finite value the result is that value or inf.
+    with probability ``(|x| - lo) / (hi - lo)``: uniform random bits are added
+    to the float32 bits that ``dtype`` lacks (16 for bf16, 13 for fp16) and
+    then cut off, so the carry into the kept bits happens with exactly that
+    probability. fp16's subnormals (below 2^-14) have a fixed spacing of
+    2^-24; they are shifted into the binade where fp16's spacing is 2^-24,
+    rounded there and shifted back. Integer adds and masks only: on the CPU
+    ``torch.where`` on these sizes costs 50x an add. Representable values
+    and inf come back unchanged, NaN stays NaN. The random bits are
+    ``_noise``'s.
     """
+    drop = 16 if dtype == torch.bfloat16 else 13
+    noise = _noise(x, generator) & ((1 << drop) - 1)
+    if dtype == torch.bfloat16:  # bf16 has float32's exponent range: its subnormals cut like the rest
+        return _cut(x, noise, drop).to(dtype)
     magnitude = x.abs()
-    near = magnitude.to(dtype)
-    bits = near.view(torch.int16)
-    above = near.float() > magnitude
-    lo = torch.where(above, bits - 1, bits).view(dtype)
-    hi = torch.where(above, bits, bits + 1).view(dtype)
-    lo32 = lo.float()
-    chance = (magnitude - lo32) / (hi.float() - lo32)
-    u = torch.rand(x.shape, generator=generator, device=x.device)
-    out = torch.where(u < chance, hi, lo)
-    return torch.where(x < 0, -out, out)
+    # 2^-14 below the smallest normal, else 0 (NaN stays NaN): elementwise arithmetic, no select
+    shift = (_FP16_SMALLEST_NORMAL - magnitude).clamp_(min=0).sign_().mul_(_FP16_SMALLEST_NORMAL)
+    rounded = _cut(magnitude + shift, noise, drop).sub_(shift)
+    sign = x.view(torch.int32) & _SIGN_BIT
+    return (rounded.view(torch.int32) | sign).view(torch.float32).to(dtype)
+
+
+def _cut(x, noise, drop):
+    """``x``'s float32 bits plus ``noise``, the low ``drop`` bits then cleared (a carry rounds the magnitude up)."""
+    return ((x.view(torch.int32) + noise) & ~((1 << drop) - 1)).view(torch.float32)
+
+
+_WEYL = 40503  # 2^16 / golden ratio, odd: j * _WEYL mod 2^16 spreads the columns evenly
+
+
+def _noise(x, generator):
+    """16 uniform random bits per element of ``x`` (int32), one generator draw per row.
+
+    Element ``(i, j)`` gets ``(r_i + j * _WEYL) mod 2^16`` for a uniform
+    ``r_i``: uniform for every element (so each rounding is unbiased), fresh
+    every call, while the generator (mt19937 on the CPU, about 5 ns a draw,
+    more than the rest of an update) is asked for one number per row of k
+    rather than k. Within a row the offsets are a low-discrepancy sequence,
+    as in dithering: of k equal fractions about the expected share round up.
+    """
+    rows = x.reshape(-1, x.shape[-1]) if x.dim() > 1 else x.reshape(-1, 1)
+    start = torch.randint(0, 1 << 16, (rows.shape[0], 1), generator=generator, device=x.device, dtype=torch.int32)
+    columns = torch.arange(rows.shape[1], device=x.device, dtype=torch.int32) * _WEYL
+    return ((start + columns) & 0xFFFF).view(x.shape)
 
 
 # --- the forward: rows gathered as float32 ------------------------------------
@@ -164,24 +195,41 @@ def add(param, indices, rows):
         pending = []
         setattr(param, _PENDING, pending)
     pending.append((indices, rows.float()))
-    fused.defer(param, indices.numel(), lambda optimizer, group: step(param, optimizer, group))
+    fused.defer(param, indices.numel(), lambda optimizer, group: step(param, optimizer, group))  # once per group
 
 
 def step(param, optimizer, group):
-    """Apply the rows recorded for ``param`` with ``optimizer``'s rule and ``group``'s settings."""
-    entries = getattr(param, _PENDING, None)
-    if not entries:
-        return
-    delattr(param, _PENDING)
-    indices = torch.cat([i for i, _ in entries])
-    grads = torch.cat([g for _, g in entries])
-    rows, inverse = torch.unique(indices, return_inverse=True)
-    grad = grads.new_zeros(rows.numel(), grads.shape[1]).index_add_(0, inverse, grads)
-    state = optimizer.state[param]
-    updated = _rule(optimizer, group, param)(param, state, group, optimizer.defaults, rows, grad)
-    generator = _generator(param, state)
-    param.index_copy_(0, rows, stochastic_round(updated, param.dtype, generator))
-    state["mlet_rng"] = generator.get_state().view(param.dtype)
+    """Apply the rows recorded for the half tables of ``group`` (``param``'s) with ``optimizer``'s rule.
+
+    Each table's rule runs on its own rows and state; the rounding, most of
+    an update's arithmetic, runs once for all tables of one dtype, device and
+    width (DLRM's 26 tables: one set of kernels rather than 26), with the
+    generator of the first of them.
+    """
+    buckets = {}
+    for table in group["params"]:
+        if getattr(table, _PENDING, None):
+            buckets.setdefault((table.dtype, table.device, table.shape[1]), []).append(table)
+    for (dtype, _, _), tables in buckets.items():
+        updates = []
+        for table in tables:
+            entries = getattr(table, _PENDING)
+            delattr(table, _PENDING)
+            indices, grads = entries[0] if len(entries) == 1 else (
+                torch.cat([i for i, _ in entries]), torch.cat([g for _, g in entries]))
+            rows, inverse = torch.unique(indices, return_inverse=True)
+            grad = grads.new_zeros(rows.numel(), grads.shape[1]).index_add_(0, inverse, grads)
+            rule = _rule(optimizer, group, table)
+            updates.append((table, rows, rule(table, optimizer.state[table], group, optimizer.defaults, rows, grad)))
+        state = optimizer.state[tables[0]]
+        generator = _generator(tables[0], state)
+        values = updates[0][2] if len(updates) == 1 else torch.cat([u for _, _, u in updates])
+        rounded = stochastic_round(values, dtype, generator)
+        start = 0
+        for table, rows, _ in updates:
+            table.index_copy_(0, rows, rounded[start:start + rows.numel()])
+            start += rows.numel()
+        state["mlet_rng"] = generator.get_state().view(dtype)
 
 
 def _rule(optimizer, group, param):

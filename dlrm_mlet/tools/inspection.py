@@ -70,15 +70,16 @@ def inspect_checkpoint(path, progress=None):
             progress(name)
         rows, inner = table.shape
         width = inner if proj is None else proj.shape[0]
-        element = table.element_size()
+        folded = table.dtype if proj is None else torch.promote_types(table.dtype, proj.dtype)  # as fold_weight
         values = singular_values(table, proj)
         tables.append({
             "name": name,
             "rows": rows,
             "width": width,
             "hidden_dim": None if proj is None else inner,
-            "bytes": (table.numel() + (0 if proj is None else proj.numel())) * element,
-            "folded_bytes": rows * width * element,
+            "dtype": str(table.dtype).replace("torch.", ""),
+            "bytes": table.numel() * table.element_size() + (0 if proj is None else proj.numel() * proj.element_size()),
+            "folded_bytes": rows * width * folded.itemsize,
             "effective_rank": effective_rank(values),
             "singular_values": values.tolist(),
         })
@@ -115,14 +116,15 @@ def format_report(info):
         facts.append(f"test AUC {info['test_auc']:.4f}")
     if facts:
         lines.append("saved at " + ", ".join(facts))
-    lines.append(f"{'table':<10} {'rows':>10} {'d':>4} {'k':>5} {'MiB':>9} {'folded MiB':>11} {'eff. rank':>9}")
+    lines.append(f"{'table':<10} {'rows':>10} {'d':>4} {'k':>5} {'dtype':>8} {'MiB':>9} {'folded MiB':>11} "
+                 f"{'eff. rank':>9}")
     for t in info["tables"]:
         k = t["hidden_dim"] if t["hidden_dim"] else "-"
-        lines.append(f"{t['name']:<10} {t['rows']:>10} {t['width']:>4} {k:>5} {mib(t['bytes']):>9} "
+        lines.append(f"{t['name']:<10} {t['rows']:>10} {t['width']:>4} {k:>5} {t['dtype']:>8} {mib(t['bytes']):>9} "
                      f"{mib(t['folded_bytes']):>11} {t['effective_rank']:>9.2f}")
     rows = sum(t["rows"] for t in info["tables"])
     mean_rank = sum(t["effective_rank"] for t in info["tables"]) / len(info["tables"])
-    lines.append(f"{'total':<10} {rows:>10} {'':>4} {'':>5} {mib(info['total_bytes']):>9} "
+    lines.append(f"{'total':<10} {rows:>10} {'':>4} {'':>5} {'':>8} {mib(info['total_bytes']):>9} "
                  f"{mib(info['total_folded_bytes']):>11} {mean_rank:>9.2f} (mean)")
     lines.append(f"stock DLRM can load it as is: {info['stock_note']}")
     return "\n".join(lines)

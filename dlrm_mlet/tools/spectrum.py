@@ -37,14 +37,15 @@ def gram(table_weight, proj_weight=None, rows=None):
     a = table_weight.detach()
     if rows is not None:
         a = a[rows]
-    b = None if proj_weight is None else proj_weight.detach().to(a.dtype)
+    # A half table (--mlet-table-dtype) is multiplied in its float32 projection's precision.
+    b = None if proj_weight is None else proj_weight.detach().to(torch.promote_types(a.dtype, proj_weight.dtype))
     width = a.shape[1] if b is None else b.shape[0]
     out = torch.zeros(width, width, dtype=torch.float64, device=a.device)
     step = max(1, FOLD_BLOCK_BYTES // (4 * (a.shape[1] + width)))
     for start in range(0, a.shape[0], step):
         block = a[start:start + step]
         if b is not None:
-            block = block @ b.t()  # the k-wide product in the table's precision: fast BLAS
+            block = block.to(b.dtype) @ b.t()  # the k-wide product in the pair's precision: fast BLAS
         block = block.to(torch.float64)  # only the d-wide rows are summed in float64
         out += block.t() @ block
     return out
