@@ -108,7 +108,8 @@ def main():
         stock, patched = dlrm_copies(work)
         for name, optimizer, k, dtype in table:  # the save runs: what training held, as saved
             path = os.path.join(work, "m.pt")
-            run_measured(command(stock, patched, base, optimizer, k, dtype) + [f"--save-model={path}"], work)
+            run_measured(command(stock, patched, base, optimizer, k, dtype) + [  # DLRM saves after a test
+                f"--test-freq={args.batches}", f"--save-model={path}"], work)
             measured[name] = saved_table_bytes(path + (".mlet" if k else ""))
             print(f"{name}: tables {measured[name][0] / 2**20:.1f} MiB + state {measured[name][1] / 2**20:.1f} MiB",
                   flush=True)

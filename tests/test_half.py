@@ -275,3 +275,18 @@ def test_bad_table_dtypes_are_refused():
         MLETEmbeddingBag(10, 2, 8, table_dtype="int8")
     with pytest.raises(MLETError, match="got torch.int8"):
         to_mlet(nn.Embedding(10, 4), 8, table_dtype=torch.int8)
+
+
+def test_inspect_shows_each_tables_dtype_and_its_real_bytes(tmp_path):
+    from dlrm_mlet.tools.inspection import inspect_checkpoint
+
+    np.random.seed(8)
+    model = nn.ModuleDict({"emb_l": nn.ModuleList([MLETEmbeddingBag(300, 4, 32, table_dtype="fp16"),
+                                                   nn.EmbeddingBag(200, 4)])})
+    path = tmp_path / "m.pt.mlet"
+    torch.save({"state_dict": model.state_dict()}, path)
+    info = inspect_checkpoint(str(path))
+    half_table, plain = info["tables"]
+    assert half_table["dtype"] == "float16" and plain["dtype"] == "float32"
+    assert half_table["bytes"] == 300 * 32 * 2 + 4 * 32 * 4  # fp16 table, fp32 projection
+    assert half_table["folded_bytes"] == 300 * 4 * 4  # folds to float32
