@@ -120,3 +120,26 @@ def test_mlet_training_resumes_from_the_shards_with_as_many_ranks(distributed_ru
     single = run_dlrm(patched_dlrm, ARGS + [f"--load-model={cwd}/m.pt.mlet"], tmp_path, check=False)
     assert single.returncode != 0
     assert "saved by 2 ranks, loaded by 1" in single.stderr.strip().splitlines()[-1]
+
+
+def test_half_tables_with_rowwise_adagrad_train_distributed_and_fold_to_one_float32_checkpoint(
+        patched_dlrm, stock_dlrm, tmp_path):
+    """fp16 k-wide tables and RWSAdagrad on 2 ranks: one complete fp32 stock checkpoint, same predictions."""
+    preds = tmp_path / "pred.pt"
+    args = [a for a in ARGS if not a.startswith("--optimizer")] + ["--optimizer=rwsadagrad", "--mlet-table-dtype=fp16"]
+    torchrun([os.path.join(HERE, "dist_harness.py"), patched_dlrm, str(preds), "--", "--dist-backend=gloo",
+              f"--save-model={tmp_path}/m.pt"] + args, tmp_path)
+    shard = torch.load(tmp_path / "m.pt.mlet", weights_only=True)["state_dict"]
+    assert {v.dtype for k, v in shard.items() if k.endswith("table.weight")} == {torch.float16}
+    folded = torch.load(tmp_path / "m.pt", weights_only=True)["state_dict"]
+    assert {v.dtype for v in folded.values()} == {torch.float32}
+    batch = torch.load(preds)
+    dlrm = import_script(stock_dlrm, "stock_dlrm_for_dist_half")
+    num_fea = len(ROWS) + 1
+    ln_top = np.array([num_fea * (num_fea - 1) // 2 + 16, 32, 1])
+    net = dlrm.DLRM_Net(16, np.array(ROWS), np.array([13, 32, 16]), ln_top, arch_interaction_op="dot",
+                        sigmoid_top=ln_top.size - 2, ndevices=-1, weighted_pooling="learned")
+    net.load_state_dict(folded, strict=True)
+    with torch.no_grad():
+        pred = net(batch["dense"], list(batch["offsets"]), list(batch["indices"]))
+    assert (pred - batch["pred"]).abs().max() <= 1e-5
