@@ -269,27 +269,27 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def init_gloo(rank, port):
-    """Join the WORLD-rank gloo group on loopback, one thread per rank (in a spawned worker)."""
+def init_gloo(rank, port, world=WORLD):
+    """Join the ``world``-rank gloo group on loopback, one thread per rank (in a spawned worker)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if "lo" in {name for _, name in socket.if_nameindex()}:
         os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # gloo's pairs on loopback too
     dist.init_process_group(
-        "gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120)
+        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120)
     )
     torch.set_num_threads(1)
 
 
-def run_gloo_workers(worker, out_dir):
-    """Spawn WORLD processes running ``worker(rank, port, out_dir)``; fail past the deadline."""
+def run_gloo_workers(worker, out_dir, world=WORLD):
+    """Spawn ``world`` processes running ``worker(rank, port, out_dir)``; fail past the deadline."""
     context = mp.start_processes(
-        worker, args=(_free_port(), out_dir), nprocs=WORLD, join=False, start_method="spawn"
+        worker, args=(_free_port(), out_dir), nprocs=world, join=False, start_method="spawn"
     )
     deadline = time.monotonic() + WORKER_DEADLINE_S
     try:
         while not context.join(timeout=5):
             if time.monotonic() > deadline:
-                pytest.fail(f"the {WORLD} gloo workers did not finish in {WORKER_DEADLINE_S} s")
+                pytest.fail(f"the {world} gloo workers did not finish in {WORKER_DEADLINE_S} s")
     finally:
         for process in context.processes:
             if process.is_alive():

@@ -6,7 +6,8 @@ When the patched trainer, done training, folds (``dlrm_mlet.torchrec.trainer.fol
 this first predicts one fixed batch with the trained model as it is sharded over
 the ranks (each rank its share of the batch, gathered), then folds as the trainer
 asked. Rank 0 saves the batch and the predictions, so the test can compare them
-with stock TorchRec DLRM loaded (strictly) with the folded file.
+with stock TorchRec DLRM loaded (strictly) with the folded file, and what it
+sharded the collection as and which fused optimizer its tables train with.
 """
 
 import os
@@ -51,6 +52,14 @@ def kjt(indices):
     )
 
 
+def table_optimizers(collection):
+    """The fused optimizer of each fbgemm table-batched kernel holding this rank's tables."""
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import SplitTableBatchedEmbeddingBagsCodegen
+
+    return [m.optimizer.name for lookup in collection.ebc._lookups for m in lookup.modules()
+            if isinstance(m, SplitTableBatchedEmbeddingBagsCodegen)]
+
+
 fold = mlet_trainer.fold_torchrec
 folds = []
 
@@ -69,7 +78,9 @@ def predict_then_fold(model, path=None):
     gathered = [torch.empty_like(logits) for _ in range(world)]
     dist.all_gather(gathered, logits)
     if rank == 0:
-        torch.save({"dense": dense, "indices": indices, "logits": torch.cat(gathered)}, out)
+        collection = model.sparse_arch.embedding_bag_collection
+        torch.save({"dense": dense, "indices": indices, "logits": torch.cat(gathered),
+                    "collection": type(collection).__name__, "table_optimizers": table_optimizers(collection)}, out)
     folds.append(path)
     return fold(model, path)
 

@@ -3,8 +3,10 @@
 The ``n x k`` tables live in a stock ``torchrec.EmbeddingBagCollection``, so
 ``DistributedModelParallel`` shards them with its default sharders and its
 planner counts their real (k-wide) memory. Each table's ``k -> d`` projection
-is a small dense layer outside that collection, so DMP trains it data-parallel
-with the MLPs. ``MLETEmbeddingBagCollection`` presents the folded (d-wide)
+is a small dense layer outside that collection, so under the default sharders
+DMP trains it data-parallel with the MLPs, after the k-wide pooled rows have
+crossed the network; under ``sharding.sharders()`` each rank projects its
+shards' rows before they are sent. ``MLETEmbeddingBagCollection`` presents the folded (d-wide)
 configs and a d-wide ``KeyedTensor``, which is all ``torchrec.models.dlrm``
 asks of an embedding collection, so every DLRM variant takes it unchanged.
 
@@ -312,8 +314,9 @@ def sparse_parameters(model):
 
     Those of every ``EmbeddingBagCollection`` in ``model``: the k-wide (and
     plain) tables of an MLET model, all tables of a plain one. MLET
-    projections are left out on purpose: they are dense, train data-parallel
-    under DDP and belong with the dense optimizer (and its learning-rate schedule).
+    projections are left out on purpose: they are dense (data-parallel under
+    the default sharders, held with their table shards under ``sharders()``)
+    and belong with the dense optimizer (and its learning-rate schedule).
     """
     for module in model.modules():
         if type(module) is EmbeddingBagCollection:

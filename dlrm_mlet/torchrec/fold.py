@@ -9,6 +9,7 @@ folding each where it lives and streaming the folded rows to rank 0
 
 import warnings
 from collections import OrderedDict
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -21,6 +22,7 @@ from ..core.gather import comm_device, stream_to_rank0
 from ..errors import MLETError
 from ..files import atomic_save
 from .collection import MLETEmbeddingBagCollection
+from .sharding import ShardedMLETEmbeddingBagCollection
 
 
 def _unwrap(model):
@@ -28,32 +30,54 @@ def _unwrap(model):
     return model.module if isinstance(model, DistributedModelParallel) else model
 
 
-def _table_keys(root):
-    """Map each state-dict key inside an MLET collection to (folded key, projection).
+class _Projection(NamedTuple):
+    """Where a table's projection is in the state dict (``prefix``: ``...proj.<table>.``), its d and dtype."""
 
-    A table key maps to its key in the plain collection and its projection
-    weight (None for a plain table, which is renamed only); a projection key
-    maps to (None, None): it is folded into its table.
+    prefix: str
+    width: int
+    dtype: torch.dtype
+
+    def columns(self, state, c0, ncols):
+        """Its columns ``c0:c0 + ncols``, as the rank holding that table shard has them.
+
+        A rank holding all k columns has ``weight``; one holding a column
+        shard of a sharded MLET collection has ``columns.<c0>``.
+        """
+        whole = state.get(self.prefix + "weight")
+        return whole[:, c0 : c0 + ncols] if whole is not None else state[f"{self.prefix}columns.{c0}"]
+
+
+def _table_keys(root):
+    """Map each table's state-dict key inside an MLET collection to (folded key, ``_Projection``).
+
+    The projection is None for a plain table, which is renamed only. Also
+    returns the prefixes of all projection keys: those are folded into their
+    tables, not copied.
     """
-    keys = {}
+    keys, projections = {}, []
     for name, module in root.named_modules():
-        if not isinstance(module, MLETEmbeddingBagCollection):
+        if not isinstance(module, (MLETEmbeddingBagCollection, ShardedMLETEmbeddingBagCollection)):
             continue
         prefix = f"{name}." if name else ""
+        projections.append(f"{prefix}proj.")
         for config in module.embedding_bag_configs():
             table = config.name
-            proj = module.proj[table].weight if table in module.proj else None
+            proj = None
+            if module.hidden_dims[table]:
+                # A sharded collection's projections are float32 (and absent on some ranks).
+                sharded = isinstance(module, ShardedMLETEmbeddingBagCollection)
+                dtype = torch.float32 if sharded else module.proj[table].weight.dtype
+                proj = _Projection(f"{prefix}proj.{table}.", config.embedding_dim, dtype)
             keys[f"{prefix}ebc.embedding_bags.{table}.weight"] = (f"{prefix}embedding_bags.{table}.weight", proj)
-            if proj is not None:
-                keys[f"{prefix}proj.{table}.weight"] = (None, None)
-    return keys
+    return keys, tuple(projections)
 
 
 def fold_torchrec(model, path=None):
     """Fold every MLET collection in ``model``; return the plain model's state dict.
 
     ``model`` is an MLET model, plain or wrapped in ``DistributedModelParallel``
-    (table-wise, row-wise, column-wise, data-parallel and mixed plans). The
+    (table-wise, row-wise, column-wise, data-parallel and mixed plans; default
+    sharders or ``sharders()``, which project before sending). The
     result has the keys and shapes of the same model built with plain d-wide
     ``EmbeddingBagCollection``s, on the CPU, and loads into it with
     ``strict=True``; fp16 or bf16 k-wide tables fold in float32 into float32
@@ -65,17 +89,18 @@ def fold_torchrec(model, path=None):
     atomically; other ranks get None. Any failure raises on every rank.
     """
     root = _unwrap(model)
-    keys = _table_keys(root)
+    keys, projections = _table_keys(root)
     if not keys:
         raise MLETError("the model has no MLETEmbeddingBagCollection; there is nothing to fold")
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     out = OrderedDict() if rank == 0 else None
     error = None  # a failure on rank 0 alone; the others learn it at the end
-    for key, value in root.state_dict().items():
+    state = root.state_dict()
+    for key, value in state.items():
+        if key.startswith(projections):
+            continue  # folded into its table
         new_key, proj = keys.get(key, (key, None))
-        if new_key is None:
-            continue  # a projection: folded into its table
         if isinstance(value, DTensor):
             raise MLETError(
                 f"{key} is a DTensor (TorchRec's 2D-parallel or output_dtensor mode); "
@@ -87,12 +112,12 @@ def fold_torchrec(model, path=None):
                 # TorchRec 1.8 still hands out ShardedTensors; its deprecation
                 # notice is not something the user can act on.
                 warnings.filterwarnings("ignore", "Please use DTensor", FutureWarning)
-                value = _gather_folded(value, proj, new_key, rank)
+                value = _gather_folded(value, state, proj, new_key, rank)
         if rank != 0 or error:
             continue
         try:
             if proj is not None and not gathered:
-                value = fold_weight(value, proj, new_key)
+                value = fold_weight(value, proj.columns(state, 0, value.shape[1]), new_key)
             elif proj is not None and not bool(torch.isfinite(value).all()):
                 raise MLETError(f"{new_key}: the folded table is not finite (shards overflowed)")
             out[new_key] = value.detach().cpu()
@@ -112,18 +137,19 @@ def fold_torchrec(model, path=None):
     return out
 
 
-def _gather_folded(weight, proj, name, rank):
+def _gather_folded(weight, state, proj, name, rank):
     """Assemble a sharded table on rank 0 (CPU), folded when ``proj`` is given.
 
     Every rank walks the same global shard list. A shard's owner folds it
-    (or takes it as is, for a plain table) and streams it to rank 0, which
+    with the projection columns it holds in ``state`` (or takes it as is, for
+    a plain table) and streams it to rank 0, which
     adds it into place. Adding into zeros is exact, so row and table shards
     arrive bit for bit; column shards of an MLET table add up their partial
     products. A folded table has ``fold_weight``'s dtype, the wider of table
     and projection (float32 for an fp16 table), so every rank knows it.
     """
     rows, cols = weight.size()
-    width = cols if proj is None else proj.shape[0]
+    width = cols if proj is None else proj.width
     dtype = weight.dtype if proj is None else torch.promote_types(weight.dtype, proj.dtype)
     local = {tuple(s.metadata.shard_offsets): s.tensor for s in weight.local_shards()}
     device = comm_device()
@@ -136,7 +162,7 @@ def _gather_folded(weight, proj, name, rank):
             block = local[(r0, c0)].detach()
             if proj is not None:
                 try:
-                    block = fold_weight(block, proj[:, c0 : c0 + nc], f"{name} (shard at row {r0})")
+                    block = fold_weight(block, proj.columns(state, c0, nc), f"{name} (shard at row {r0})")
                 except MLETError as exc:
                     error = str(exc)
         # One small collective per shard: a diverged shard stops every rank

@@ -4,21 +4,30 @@ The patch adds one line per hook and everything else lives here, so the
 patch stays small. The table options are DLRM's own (``core/options.py``
 registers and parses them for both trainers): ``--mlet-hidden-dim`` is one K
 or a dash-separated list with one K per table (0 keeps a table plain), with
-``--mlet-min-rows``, ``--mlet-proj-init`` and ``--mlet-table-dtype``. Bad values
-stop the trainer with one line, as ``dlrm_s_pytorch.py`` does.
+``--mlet-min-rows``, ``--mlet-proj-init`` and ``--mlet-table-dtype``. This
+trainer also takes ``--mlet-rowwise-adagrad``: its ``--adagrad`` runs as fbgemm's
+full Adagrad, one accumulator per table element, k/d times the folded table's
+size again; row-wise keeps one per row. Bad values stop the trainer with one
+line, as ``dlrm_s_pytorch.py`` does. The planner and DMP get ``sharders()``,
+under which each rank projects before the all-to-all.
 """
 
 import sys
 
 import torch.distributed as dist
 from torchrec import EmbeddingBagCollection
+from torchrec.optim import RowWiseAdagrad
 
 from ..core.options import add_table_arguments, check_table_count, parse_table_options
 from ..errors import MLETError
 from .collection import MLETEmbeddingBagCollection, sparse_parameters
 from .fold import fold_torchrec
+from .sharding import sharders
 
-__all__ = ["add_arguments", "collection_factory", "sparse_parameters", "fold_after_training"]
+__all__ = [
+    "add_arguments", "collection_factory", "embedding_optimizer", "fold_after_training", "sharders",
+    "sparse_parameters",
+]
 
 
 class _AsTyped:
@@ -46,6 +55,11 @@ def add_arguments(parser):
         "--mlet_folded_path", "--mlet-folded-path", default="dlrm_mlet_folded.pt",
         help="where rank 0 writes the folded, stock DLRM state dict after MLET training",
     )
+    group.add_argument(
+        "--mlet_rowwise_adagrad", "--mlet-rowwise-adagrad", action="store_true",
+        help="with --adagrad: train the n x K tables with row-wise Adagrad (one accumulator per row) "
+             "instead of full Adagrad (one per element)",
+    )
 
 
 def _options(args):
@@ -53,6 +67,17 @@ def _options(args):
         return parse_table_options(args)
     except MLETError as error:
         sys.exit(f"ERROR: {error}")
+
+
+def embedding_optimizer(args, optimizer):
+    """The tables' fused optimizer: ``optimizer`` (the trainer's choice), or row-wise Adagrad if asked."""
+    if not args.mlet_rowwise_adagrad:
+        return optimizer
+    if max(_options(args).dims) == 0:
+        sys.exit("ERROR: --mlet-rowwise-adagrad has no effect without --mlet-hidden-dim K (K > 0)")
+    if not args.adagrad:
+        sys.exit("ERROR: --mlet-rowwise-adagrad needs --adagrad (it replaces the tables' full Adagrad)")
+    return RowWiseAdagrad
 
 
 def collection_factory(args, dense_device):
