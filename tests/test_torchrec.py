@@ -280,6 +280,19 @@ def init_gloo(rank, port, world=WORLD):
     torch.set_num_threads(1)
 
 
+def train_steps(dmp, optimizer, steps, rank):
+    """Train a DMP ``DLRMTrain`` on ``make_batch``'s batches (seeded by step and rank); the losses."""
+    losses = []
+    for step in steps:
+        dense, kjt, labels = make_batch(BATCH, seed=1000 * step + rank)
+        optimizer.zero_grad()
+        loss, _ = dmp(Batch(dense_features=dense, sparse_features=kjt, labels=labels))
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return torch.tensor(losses)
+
+
 def run_gloo_workers(worker, out_dir, world=WORLD):
     """Spawn ``world`` processes running ``worker(rank, port, out_dir)``; fail past the deadline."""
     context = mp.start_processes(
@@ -371,14 +384,7 @@ def _train_fold_worker(rank, port, out_dir):
         optimizer = CombinedOptimizer([dmp.fused_optimizer, dense_opt])
         projections = dmp.module.model.sparse_arch.embedding_bag_collection.proj
         initial = {name: p.weight.detach().clone() for name, p in projections.items()}
-        losses = []
-        for step in range(STEPS):
-            dense, kjt, labels = make_batch(BATCH, seed=1000 * step + rank)
-            optimizer.zero_grad()
-            loss, _ = dmp(Batch(dense_features=dense, sparse_features=kjt, labels=labels))
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+        losses = train_steps(dmp, optimizer, range(STEPS), rank).tolist()
 
         # The projections train too (data-parallel, with the dense optimizer).
         assert all(not torch.equal(p.weight, initial[name]) for name, p in projections.items())

@@ -31,7 +31,7 @@ from dlrm_mlet.torchrec import MLETEmbeddingBagCollection, fold_torchrec, mlet_d
 from dlrm_mlet.torchrec.collection import _check_table_dtype  # noqa: E402
 from test_torchrec import (  # noqa: E402
     BATCH, DENSE_IN, DENSE_LAYERS, EVAL_BATCH, K, OVER_LAYERS, ROWS, WORLD,
-    init_gloo, make_batch, run_gloo_workers, slice_batch, stock_dlrm, tables,
+    init_gloo, make_batch, run_gloo_workers, train_steps, slice_batch, stock_dlrm, tables,
 )
 
 FP16_ON_CPU = "table_dtype fp16 on the CPU"
@@ -237,18 +237,6 @@ def _build(table_dtype, seed):
     return dmp, CombinedOptimizer([dmp.fused_optimizer, dense])
 
 
-def _train(dmp, optimizer, steps, rank):
-    losses = []
-    for step in steps:
-        dense, kjt, labels = make_batch(BATCH, seed=1000 * step + rank)
-        optimizer.zero_grad()
-        loss, _ = dmp(Batch(dense_features=dense, sparse_features=kjt, labels=labels))
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return torch.tensor(losses)
-
-
 def _local(state, prefix=""):
     """A nested state dict's tensors as this rank holds them (a ShardedTensor: its local shards)."""
     from torch.distributed._shard.sharded_tensor import ShardedTensor
@@ -292,10 +280,10 @@ def _resume_worker(rank, port, out_dir):
     init_gloo(rank, port)
     for table_dtype in DTYPES:
         straight, straight_opt = _build(table_dtype, seed=0)
-        straight_losses = _train(straight, straight_opt, range(2 * S), rank)
+        straight_losses = train_steps(straight, straight_opt, range(2 * S), rank)
 
         first, first_opt = _build(table_dtype, seed=0)
-        first_losses = _train(first, first_opt, range(S), rank)
+        first_losses = train_steps(first, first_opt, range(S), rank)
         checkpoint = os.path.join(out_dir, f"{table_dtype}.dcp")
         dcp.save({"model": first.state_dict(), "optimizer": first_opt.state_dict()}, checkpoint_id=checkpoint)
         state = first_opt.state_dict()["state"]
@@ -313,7 +301,7 @@ def _resume_worker(rank, port, out_dir):
         resumed.load_state_dict(target["model"])
         resumed_opt.load_state_dict(target["optimizer"])
         loaded_diff = _max_diff(fresh, _local(resumed.state_dict()))
-        resumed_losses = _train(resumed, resumed_opt, range(S, 2 * S), rank)
+        resumed_losses = train_steps(resumed, resumed_opt, range(S, 2 * S), rank)
 
         losses = torch.cat([first_losses, resumed_losses])
         loss_diff = (losses - straight_losses).abs().max()

@@ -45,7 +45,7 @@ from dlrm_mlet.torchrec import (  # noqa: E402
 )
 from test_torchrec import (  # noqa: E402
     BATCH, DENSE_IN, DENSE_LAYERS, EVAL_BATCH, K, OVER_LAYERS, ROWS, _free_port,
-    init_gloo, make_batch, run_gloo_workers, slice_batch, stock_dlrm, tables,
+    init_gloo, make_batch, run_gloo_workers, train_steps, slice_batch, stock_dlrm, tables,
 )
 
 D = 8
@@ -213,18 +213,6 @@ def _build(run, world, mlet, seed=0, stock=False):
     return dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), dense
 
 
-def _train(dmp, optimizer, steps, rank):
-    losses = []
-    for step in steps:
-        dense, kjt, labels = make_batch(BATCH, seed=1000 * step + rank)
-        optimizer.zero_grad()
-        loss, _ = dmp(Batch(dense_features=dense, sparse_features=kjt, labels=labels))
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return torch.tensor(losses)
-
-
 def _predict(dmp, rank, world):
     """The eval batch's predictions, each rank its share, gathered."""
     dmp.eval()
@@ -276,7 +264,7 @@ def _checkpoint_round_trip(dmp, optimizer, dense, run, world, rank, out_dir):
     fresh.load_state_dict(target["model"])
     fresh_dense.load_state_dict(target["optimizer"])
     steps = range(STEPS, STEPS + MORE)
-    return (_train(fresh, fresh_optimizer, steps, rank) - _train(dmp, optimizer, steps, rank)).abs().max().item()
+    return (train_steps(fresh, fresh_optimizer, steps, rank) - train_steps(dmp, optimizer, steps, rank)).abs().max().item()
 
 
 def _compare_worker(rank, port, out_dir, world):
@@ -289,7 +277,7 @@ def _compare_worker(rank, port, out_dir, world):
         set_gradient_division(not run.endswith("_undivided"))
         reference, reference_opt, _ = _build(run, world, mlet=False)
         reference_widths = _sent_widths(reference, rank)
-        reference_losses = _train(reference, reference_opt, range(STEPS), rank)
+        reference_losses = train_steps(reference, reference_opt, range(STEPS), rank)
         reference_predictions = _predict(reference, rank, world)
         reference_folded = fold_torchrec(reference.module.model)
         del reference, reference_opt
@@ -304,7 +292,7 @@ def _compare_worker(rank, port, out_dir, world):
         collection = dmp.module.model.sparse_arch.embedding_bag_collection
         assert type(collection) is ShardedMLETEmbeddingBagCollection
         widths = _sent_widths(dmp, rank)
-        losses = _train(dmp, optimizer, range(STEPS), rank)
+        losses = train_steps(dmp, optimizer, range(STEPS), rank)
         predictions = _predict(dmp, rank, world)
         held, ddp_ignores = _projection_shards(dmp)
         folded = fold_torchrec(dmp.module.model, os.path.join(out_dir, f"{world}.{run}.pt"))
