@@ -66,7 +66,7 @@ def main():
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        trainer = Trainer(stock, patched, rows, k, 16, "", device, table_dtype=dtype)
+        trainer = Trainer(stock, patched, rows, k, 16, "torch" if k else "", device, table_dtype=dtype)  # the default
         built = time.perf_counter() - start
         for size in sizes:
             batches = [tuple(t.to(device) for t in b) for b in bench_batches(rows, count=8, size=size)]

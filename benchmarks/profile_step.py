@@ -63,6 +63,9 @@ def main():
     batches = bench_batches(rows)
     runs = {}
     for name, k in (("baseline", 0), ("mlet", args.k)):
+        # Sparse gradients (--mlet-fused-update=off): under torch.profiler the default update, run from an
+        # optimizer step pre-hook, shows as ~30 ms/step of SGD.step self time against ~9 ms/step unprofiled
+        # (a profiler attribution artifact; step_phases.py times the default phase by phase).
         dlrm_glue.use_config(dlrm_glue.Config(hidden_dim=k))
         model = bench_model(dlrm, rows, args.d)
         ms, _ = run(model, batches, args.steps, profiled=False)

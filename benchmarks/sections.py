@@ -29,7 +29,7 @@ def train_step(data):
                      f"{mib(r['inference_embedding_bytes'])} | {mib(r['peak_rss_bytes'])} |"
                      + (f" {mib(r['peak_gpu_bytes'])} |" if gpu else ""))
     by = {r["name"]: r for r in data["results"]}
-    for mlet in ("MLET d=4 k=256", "MLET d=4 k=256 fused", "MLET d=4 k=256 fbgemm"):
+    for mlet in ("MLET d=4 k=256", "MLET d=4 k=256 sparse", "MLET d=4 k=256 fbgemm"):
         if mlet in by and "baseline d=64" in by:
             iso = by[mlet]["ms_per_it_median"] / by["baseline d=64"]["ms_per_it_median"]
             lines += ["", f"Iso-accuracy comparison (the paper's): {mlet} / baseline d=64 = {iso:.2f}."]
@@ -48,9 +48,11 @@ def train_step(data):
         lines += ["", "On these shared 2-core virtual machines the same configuration's speed varies by up to "
                   "+-30 % from round to round (the min-max column), and ratios of medians move by about 0.1 "
                   "between runs of this script: differences smaller than that are noise."]
-    if any(name.endswith("fused") for name in by):
-        lines += ["", "`fused`: with `--mlet-fused-update` (SGD applied to the k-wide rows without sparse "
-                  "gradient tensors; same loss curve, tested)."]
+    if any(name.startswith("MLET") for name in by):
+        lines += ["", "MLET rows without a suffix use patched DLRM's default update with SGD: SGD applied at "
+                  "the optimizer's step to the packed k-wide rows and the projections, without gradient "
+                  "tensors (`--mlet-fused-update`). `sparse`: with `--mlet-fused-update=off` (sparse "
+                  "gradient tensors for DLRM's SGD; same loss curve, tested)."]
     if any(name.endswith("fbgemm") for name in by):
         lines += ["", "`fbgemm`: with `--mlet-fused-update=fbgemm` (fbgemm's CPU table-batched embedding pools "
                   "the k-wide rows and applies the SGD step, as TorchRec does; same loss curve, tested)."]
@@ -85,11 +87,14 @@ def fold(data):
 
 
 def profile_step(data):
-    lines = ["## Where the remaining overhead goes (`benchmarks/profile_step.py`)", ""]
+    lines = ["## Operators of the sparse-gradient step (`benchmarks/profile_step.py`)", ""]
     lines += machine_lines(data["machine"], data["command"])
     lines += ["", f"torch.profiler over {data['steps']} steps of patched DLRM's `DLRM_Net` in one process, "
               f"baseline d={data['d']} ({data['baseline_ms_per_step']:.2f} ms/step unprofiled) vs MLET "
-              f"d={data['d']} k={data['k']} ({data['mlet_ms_per_step']:.2f} ms/step); self CPU time per step "
+              f"d={data['d']} k={data['k']} with sparse gradients (`--mlet-fused-update=off`, "
+              f"{data['mlet_ms_per_step']:.2f} ms/step; the default update runs from an optimizer step "
+              "pre-hook, whose work torch.profiler books as ~30 ms/step of `SGD.step` self time against ~9 "
+              "ms/step unprofiled, so it is timed by `step_phases.py` instead); self CPU time per step "
               f"by operator, largest difference first (profiled total difference: "
               f"{data['profiled_extra_ms']:+.2f} ms/step).", "",
               "| operator | baseline ms/step | MLET ms/step | extra ms/step |", "|---|---|---|---|"]
@@ -165,12 +170,49 @@ def whole_run(data):
               f"the warm-up, left out). {data['reps']} repetitions, configurations interleaved; each ratio is "
               "against the stock run of the same repetition, median (min-max) over repetitions. In-process: "
               "`train_step.py`'s ratio for the same configuration (the component view).", "",
-              "| run | ms/it median | / stock d=16, median (min-max) | in-process ratio | peak RSS MiB |",
-              "|---|---|---|---|---|"]
+              "| run | ms/it median | / stock d=16, median (min-max) | median ms/it / stock's | in-process ratio "
+              "| peak RSS MiB |", "|---|---|---|---|---|---|"]
+    stock = data["results"][0]["ms_per_it_median"]
     for r in data["results"]:
         inproc = f"{r['in_process_ratio']:.2f}" if r.get("in_process_ratio") else "-"
         lines.append(f"| {r['name']} | {r['ms_per_it_median']:.2f} | {r['ratio_median']:.2f} "
-                     f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | {inproc} | {mib(r['peak_rss_bytes'])} |")
+                     f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | {r['ms_per_it_median'] / stock:.2f} | {inproc} "
+                     f"| {mib(r['peak_rss_bytes'])} |")
+    times = data["results"][0]["ms_per_it"]
+    lines += ["", f"Stock DLRM's own ms/it ranged {min(times):.2f}-{max(times):.2f} over the repetitions: on these "
+              "shared 2-core machines a single run's speed moves by tens of percent, so a repetition's ratio "
+              "does too; the two summaries (median of per-repetition ratios, ratio of medians) bracket the "
+              "figure, and `step_phases.py` below gives the steadier in-process view of the same step. MLET "
+              "rows without a suffix use patched DLRM's default update (with SGD: applied at the step, packed "
+              "tables); `sparse`: `--mlet-fused-update=off`; `fbgemm`: `--mlet-fused-update=fbgemm`."]
+    return lines
+
+
+def step_phases(data):
+    lines = ["## A real step, phase by phase (`benchmarks/step_phases.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"])
+    lines += ["", f"Stock and patched `DLRM_Net` in one process, taking turns step by step, each batch made by "
+              f"DLRM's own `RandomDataset` just before its step as in a real run (26 tables at {data['scale']} x "
+              f"Criteo-Kaggle's sizes, batch 128, SGD lr 0.1); mean ms over {data['steps']} steps each.", "",
+              "| run | embeddings | rest of forward | backward | optimizer | step | / stock |",
+              "|---|---|---|---|---|---|---|"]
+    for r in data["results"]:
+        ms = r["ms"]
+        lines.append(f"| {r['name']} | {ms['embeddings']:.2f} | {ms['rest of forward']:.2f} | {ms['backward']:.2f} "
+                     f"| {ms['optimizer']:.2f} | {ms['step']:.2f} | {r['ratio']:.2f} |")
+    lines += ["", "`MLET k=256`: patched DLRM's default update with SGD (applied at the step, packed tables); "
+              "`sparse`: `--mlet-fused-update=off`."]
+    stock = data["results"][0]["ms"]
+    lines += ["", "Per step beyond stock, by phase: the embeddings gather k-wide rows (one op over the packed "
+              "buffer, or one per table) and project them in one batched matmul, against stock's 26 "
+              "`nn.EmbeddingBag` calls; backward adds the projection's two batched gradient products (and, "
+              "with `sparse`, 26 sparse gradient tensors), against stock's 26 embedding-bag backward nodes; the "
+              "optimizer adds k-wide rows instead of d-wide ones, and the projections.", ""]
+    for r in data["results"][1:]:
+        extra = {p: r["ms"][p] - stock[p] for p in stock}
+        lines.append(f"- {r['name']}: {extra['step']:+.2f} ms = embeddings {extra['embeddings']:+.2f}, backward "
+                     f"{extra['backward']:+.2f}, optimizer {extra['optimizer']:+.2f}, rest of forward "
+                     f"{extra['rest of forward']:+.2f} (the same MLPs: noise).")
     return lines
 
 
@@ -283,7 +325,7 @@ NO_GPU = ["## Training step time on one GPU", "",
           "one GPU (DLRM's `--use-gpu`) and fills this section."]
 
 # (result name, how it reads, what to write while it is missing: None = nothing)
-SECTIONS = [("whole_run", whole_run, None), ("table_memory", table_memory, None), ("train_step", train_step, None), ("train_step_full", train_step, None),
+SECTIONS = [("whole_run", whole_run, None), ("step_phases", step_phases, None), ("table_memory", table_memory, None), ("train_step", train_step, None), ("train_step_full", train_step, None),
             ("profile_step", profile_step, None), ("embedding_update", embedding_update, None),
             ("train_step_gpu", train_step, NO_GPU), ("gpu_step", gpu_step, NO_GPU_FULL), ("train_step_gpu_full", train_step, None), ("inference", inference, None), ("fold", fold, None),
             ("monitor_cost", monitor_cost, None), ("preprocess_memory", preprocess_memory, None),

@@ -33,23 +33,24 @@ import torch
 
 from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine, run_measured, save
 
-CONFIGS = [  # name, MLET k (0: stock baseline), d, --mlet-fused-update ("": off, "torch", "fbgemm")
+CONFIGS = [  # name, MLET k (0: stock baseline), d, --mlet-fused-update ("torch": patched DLRM's default with SGD,
+    # "": =off, sparse gradient tensors, "fbgemm")
     ("baseline d=16", 0, 16, ""),
-    ("MLET d=16 k=64", 64, 16, ""),
-    ("MLET d=16 k=128", 128, 16, ""),
-    ("MLET d=16 k=256", 256, 16, ""),
-    ("MLET d=16 k=512", 512, 16, ""),
-    ("MLET d=16 k=256 fused", 256, 16, "torch"),
+    ("MLET d=16 k=64", 64, 16, "torch"),
+    ("MLET d=16 k=128", 128, 16, "torch"),
+    ("MLET d=16 k=256", 256, 16, "torch"),
+    ("MLET d=16 k=512", 512, 16, "torch"),
+    ("MLET d=16 k=256 sparse", 256, 16, ""),
     ("MLET d=16 k=256 fbgemm", 256, 16, "fbgemm"),
-    ("MLET d=4 k=256", 256, 4, ""),
-    ("MLET d=4 k=256 fused", 256, 4, "torch"),
+    ("MLET d=4 k=256", 256, 4, "torch"),
+    ("MLET d=4 k=256 sparse", 256, 4, ""),
     ("MLET d=4 k=256 fbgemm", 256, 4, "fbgemm"),
     ("baseline d=64", 0, 64, ""),
 ]
 
 
 def fused_flag(fused_update):
-    return {"": [], "torch": ["--mlet-fused-update"], "fbgemm": ["--mlet-fused-update=fbgemm"]}[fused_update]
+    return {"": ["--mlet-fused-update=off"], "torch": [], "fbgemm": ["--mlet-fused-update=fbgemm"]}[fused_update]
 
 
 # On a GPU the memory that matters is the GPU's: the DLRM run is executed
@@ -156,8 +157,8 @@ def main():
     for name, k, d, fused_update in configs:
         script = patched_path if k else stock_path
         python = [sys.executable, "-c", GPU_PEAK] if args.use_gpu else [sys.executable]
-        cmd = python + [script] + dlrm_args(rows, d, 50) + ([f"--mlet-hidden-dim={k}"] if k else []) + \
-            fused_flag(fused_update) + (["--use-gpu"] if args.use_gpu else [])
+        cmd = python + [script] + dlrm_args(rows, d, 50) + ([f"--mlet-hidden-dim={k}"] + fused_flag(fused_update)
+                                                            if k else []) + (["--use-gpu"] if args.use_gpu else [])
         out, rss = run_measured(cmd, cwd=work)
         gpu_peak = [int(line.split()[1]) for line in out.splitlines() if line.startswith("peak-gpu ")]
         training, inference = embedding_bytes(rows, d, k)

@@ -29,11 +29,11 @@ from common import criteo_rows, dlrm_copies, load, machine, run_measured, save
 
 CONFIGS = [  # name, MLET k (0: stock DLRM), extra patched-DLRM flags
     ("stock d=16", 0, []),
-    ("MLET k=64", 64, []),
+    ("MLET k=64", 64, []),  # the default update: SGD at the step (--mlet-fused-update's)
     ("MLET k=128", 128, []),
     ("MLET k=256", 256, []),
     ("MLET k=512", 512, []),
-    ("MLET k=256 fused", 256, ["--mlet-fused-update"]),
+    ("MLET k=256 sparse", 256, ["--mlet-fused-update=off"]),  # sparse gradient tensors for DLRM's SGD
     ("MLET k=256 fbgemm", 256, ["--mlet-fused-update=fbgemm"]),
 ]
 

@@ -159,7 +159,7 @@ def accuracies(stdout):
     return [float(a) for a in re.findall(r"\baccuracy (\d+\.\d+) %", stdout)]
 
 
-@pytest.mark.parametrize("fused_flag", [[], ["--mlet-fused-update"]])
+@pytest.mark.parametrize("fused_flag", [["--mlet-fused-update=off"], []])
 def test_patched_dlrm_trains_mlet_on_the_gpu_and_stock_dlrm_loads_the_result(
     patched_dlrm, stock_dlrm, tmp_path, fused_flag
 ):

@@ -298,25 +298,27 @@ def test_grouped_tables_train_like_one_module_per_table(patched_module, tmp_path
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
 
-@pytest.mark.parametrize("flag", ["--mlet-fused-update", "--mlet-fused-update=fbgemm"])
+@pytest.mark.parametrize("flag", [None, "--mlet-fused-update", "--mlet-fused-update=fbgemm"])
 def test_fused_update_trains_like_sparse_gradients(patched_module, tmp_path, monkeypatch, capsys, flag):
-    """--mlet-fused-update[=fbgemm]: the same loss curve and tables as the default path, with DLRM's lr schedule."""
+    """The default (SGD applied at the step), --mlet-fused-update[=fbgemm]: the same loss curve and tables
+    as sparse gradients (--mlet-fused-update=off), with DLRM's lr schedule."""
     from dlrm_mlet.core import fused, tbe
     from dlrm_mlet.core.bag import MLETEmbeddingBag
 
-    if flag.endswith("fbgemm") and tbe.available():
+    if flag and flag.endswith("fbgemm") and tbe.available():
         pytest.skip(tbe.available())
     monkeypatch.chdir(tmp_path)
     argv = ["dlrm_s_pytorch.py"] + BASE + MLET + ["--nepochs=2", "--print-freq=4", "--lr-num-warmup-steps=8",
                                                    "--lr-decay-start-step=16", "--lr-num-decay-steps=8"]
-    sys.argv = argv
+    sys.argv = argv + ["--mlet-fused-update=off"]
     patched_module.run()
+    assert {fused.backend_of(t) for t in patched_module.dlrm.emb_l} == {None}
     default = final_tables(patched_module)
     default_losses = re.findall(r"loss (\d+\.\d+)", capsys.readouterr().out)
-    sys.argv = argv + [flag]
+    sys.argv = argv + ([flag] if flag else [])
     patched_module.run()
     assert {fused.backend_of(t) for t in patched_module.dlrm.emb_l if isinstance(t, MLETEmbeddingBag)} == {
-        "fbgemm" if flag.endswith("fbgemm") else "torch"}
+        "fbgemm" if flag and flag.endswith("fbgemm") else "torch"}
     fused_losses = re.findall(r"loss (\d+\.\d+)", capsys.readouterr().out)
     assert len(default_losses) == 8 and fused_losses == default_losses
     for a, b in zip(default, final_tables(patched_module)):
@@ -502,7 +504,7 @@ def test_launcher_on_a_patched_checkout_does_not_hook_twice(patched_dlrm, tmp_pa
         (["--mlet-fused-update"], "--mlet-fused-update has no effect without --mlet-hidden-dim"),
         (MLET + ["--mlet-fused-update", "--optimizer=adagrad"],
          "--mlet-fused-update applies plain SGD steps; it cannot be combined with --optimizer=adagrad"),
-        (MLET + ["--mlet-fused-update=cuda"], "--mlet-fused-update: expected no value or fbgemm, got 'cuda'"),
+        (MLET + ["--mlet-fused-update=cuda"], "--mlet-fused-update: expected no value, off or fbgemm, got 'cuda'"),
         (MLET + ["--mlet-fused-update=fbgemm", "--use-gpu"], "--mlet-fused-update=fbgemm runs fbgemm's CPU kernels"),
         (MLET + ["--mlet-table-dtype=fp8"], "--mlet-table-dtype: expected one of fp32, fp16, bf16, got 'fp8'"),
         (["--mlet-table-dtype=fp16"], "--mlet-table-dtype has no effect without --mlet-hidden-dim"),

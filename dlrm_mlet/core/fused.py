@@ -1,27 +1,29 @@
-"""SGD on MLET tables without sparse gradient tensors (``--mlet-fused-update``).
+"""SGD on MLET tables and projections without gradient tensors (``--mlet-fused-update``).
 
-By default each MLET table's gradient is a sparse tensor that autograd
-accumulates and SGD then adds to the table: bookkeeping around the k-wide
-rows. fbgemm's table-batched embeddings avoid it by updating rows inside
-backward. We do the same with less machinery (on 2 CPU cores it saves a few
-percent of the embedding part, within the noise of a whole DLRM step; see
-``benchmarks/embedding_update.py``): backward
-hands each table's gradient rows to ``add``, and the next ``step()`` of the
-optimizer that holds the table applies them with one ``index_add_`` per table,
-at that step's learning rate (so DLRM's scheduler is honoured).
+With sparse gradients each MLET table's gradient is a sparse tensor that
+autograd accumulates and SGD then adds to the table, and each projection's a
+dense one: bookkeeping for 52 parameters a step in DLRM. fbgemm's
+table-batched embeddings avoid it by updating rows inside backward. We do the
+same with less machinery: backward hands a group's gradient rows and
+projection gradients to ``add_group``, and the next ``step()`` of the
+optimizer that holds them applies them at that step's learning rate (so
+DLRM's scheduler is honoured): for tables packed in one buffer
+(``packing.py``) one sparse add and one dense add for the whole group. In
+whole DLRM runs on 2 CPU cores this is the fastest update, and patched DLRM's
+default with ``--optimizer=sgd`` (``benchmarks/whole_run.py``).
 
 ``use(tables, "fbgemm")`` (``--mlet-fused-update=fbgemm``) hands the same step
 to fbgemm's table-batched embedding instead (``tbe.py``): it pools the k-wide
 rows and applies the update in its own fused kernels, as TorchRec does.
 
 Either way the math is plain SGD applied at the same point of the iteration
-as without the option, at the learning rate of the optimizer group that holds
-the table, so loss curves match the default path to float tolerance (only
-the summation order of repeated rows differs). Momentum, weight decay and
+as with sparse gradients, at the learning rate of the optimizer group that
+holds each parameter, so loss curves match that path to float tolerance
+(only the summation order of repeated rows differs). Momentum, weight decay and
 Adagrad need the gradient itself, so they are refused, not approximated.
 
 The choice belongs to each table (``use`` sets it, the grouped engine reads
-it), and the rows waiting for a step hang on the table's own weight: two
+it), and the rows waiting for a step hang on each parameter: two
 models, one fused and one not, train side by side in one process, and rows
 die with their model. One optimizer step pre-hook, installed by the first
 ``use``, applies the waiting rows of the parameters the stepping optimizer
@@ -34,7 +36,6 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from ..errors import MLETError
-from . import half
 from .bag import MLETEmbeddingBag
 
 BACKENDS = ("torch", "fbgemm")
@@ -64,23 +65,67 @@ def use(tables, backend="torch"):
 
 def backend_of(table):
     """``"torch"`` or ``"fbgemm"`` when ``use`` set it for this table, else None."""
-    return getattr(table, _ATTR, None)
+    return vars(table).get(_ATTR)  # not getattr: nn.Module's miss path is slow, and this runs every step
 
 
-def add(param, indices, rows):
-    """Record the gradient of ``param`` at ``indices`` (repeats add up), for the next step.
+def add_group(tables, indices, rows, projections=(), gradients=(), packed=None, stacked=None):
+    """Record one grouped backward's SGD update for the next step of the optimizer holding it.
 
-    Half-precision tables take their own rule (``half.add``: the optimizer's
-    update in float32, stochastically rounded).
+    ``tables[t]`` (float32) gets ``rows[t]`` at ``indices[t]`` (repeats add
+    up; ``rows`` a list, or one ``(tables, n, k)`` tensor when each table
+    has n), ``projections[p]`` gets ``gradients[p]``. When one param group of
+    the stepping optimizer holds them all (DLRM's single group) they are applied
+    together: one sparse add over the tables' shared buffer when they are
+    packed (``packed``: ``packing.flat_indices`` of them), else one per
+    table, and one add over the projections (``stacked``: their
+    ``packing.stacked`` view, when they are packed too), else a foreach add.
+    Otherwise each one is applied alone, when the optimizer holding it
+    steps, at its group's lr: the same result either way.
     """
-    if half.is_half(param):
-        half.add(param, indices, rows)
-        return
+    params = list(tables) + list(projections)
+    together = []  # decided by the first entry to run: [True] or [False]
 
-    def apply(optimizer, group):
-        check_plain_sgd(optimizer, group)
-        param.index_add_(0, indices, rows.to(param.dtype), alpha=-group["lr"])
-    defer(param, indices.numel(), apply)
+    def apply_all(lr):
+        if tables:
+            if packed is None:
+                for table, i, r in zip(tables, indices, rows):
+                    _sparse_add(table, i, r, lr)
+            else:
+                buffer, flat = packed
+                _sparse_add(buffer, flat, rows.flatten(0, 1) if torch.is_tensor(rows) else torch.cat(rows), lr)
+        if stacked is not None:
+            stacked.add_(gradients, alpha=-lr)
+        elif projections:
+            torch._foreach_add_(list(projections), list(gradients), alpha=-lr)
+
+    def entry(j):
+        def apply(optimizer, group):
+            if not together:
+                held = {id(p) for p in group["params"]}
+                together.append(all(id(p) in held for p in params))
+            elif together[0]:
+                return  # applied with the group's first entry
+            check_plain_sgd(optimizer, group)
+            if together[0]:
+                apply_all(group["lr"])
+            elif j < len(tables):
+                _sparse_add(tables[j], indices[j], rows[j], group["lr"])
+            else:
+                params[j].add_(gradients[j - len(tables)], alpha=-group["lr"])
+        return apply
+
+    for j, param in enumerate(params):
+        defer(param, indices[j].numel() if j < len(tables) else 0, entry(j))
+
+
+def _sparse_add(weight, indices, rows, lr):
+    """``weight[indices] -= lr * rows``, repeated indices adding up.
+
+    As a dense += sparse add, which torch runs on all threads (``index_add_``
+    runs on one: 0.83 against 0.67 ms for DLRM's 26 tables here).
+    """
+    weight.add_(torch.sparse_coo_tensor(indices.unsqueeze(0), rows.to(weight.dtype), weight.shape,
+                                        check_invariants=False), alpha=-lr)
 
 
 def check_plain_sgd(optimizer, group):
@@ -100,10 +145,8 @@ def defer(param, rows, apply):
     global _waiting, _hook
     if _hook is None:
         _hook = register_optimizer_step_pre_hook(_apply)
-    entries = getattr(param, _ROWS, None)
-    if entries is None:
-        entries = []
-        setattr(param, _ROWS, entries)
+    entries = vars(param).setdefault(_ROWS, [])  # a tensor's own attributes: no getattr miss per step
+    if not entries:
         _waiting += 1
     entries.append((rows, apply))
 
@@ -111,7 +154,7 @@ def defer(param, rows, apply):
 def pending_rows(tables):
     """How many gradient rows of ``tables`` (a module, or a list of modules) wait for a step."""
     return sum(rows for m in _modules(tables) for p in m.parameters(recurse=False)
-               for rows, _ in getattr(p, _ROWS, ()))
+               for rows, _ in vars(p).get(_ROWS, ()))
 
 
 def _modules(tables):
@@ -122,13 +165,12 @@ def _apply(optimizer, args, kwargs):
     global _waiting
     if not _waiting:
         return
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            entries = getattr(param, _ROWS, None)
-            if entries is None:
-                continue
-            delattr(param, _ROWS)
-            _waiting -= 1
-            with torch.no_grad():
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                entries = vars(param).pop(_ROWS, None)
+                if entries is None:
+                    continue
+                _waiting -= 1
                 for _, apply in entries:
                     apply(optimizer, group)

@@ -8,7 +8,7 @@ run together here (batched projections, sparse gradients built directly).
 import torch
 from torch import nn
 
-from . import fused, half, tbe
+from . import fused, half, packing, tbe
 from .bag import MLETEmbeddingBag
 
 
@@ -29,10 +29,13 @@ class _Grouped(torch.autograd.Function):
 
     Per table the math is the module's: ``pool(A[idx]) @ B.T``. What changes is
     the bookkeeping: the projections run as one batched matmul forward and two
-    backward, and each table's sparse gradient is built straight from the
-    projected-back output gradient (with no gather at all for one-hot bags,
-    DLRM's Criteo case), instead of 26 Linear nodes and 26 EmbeddingBag
-    backward nodes.
+    backward; the rows are gathered with one op when the tables share one
+    buffer (``packing.py``, as DLRM's tables are built), else one per table;
+    and each table's gradient rows come straight from the projected-back
+    output gradient (with no gather at all for one-hot bags, DLRM's Criteo
+    case), either as sparse gradients or, with ``fused.use``, handed to the
+    optimizer's next step with the projections' gradients (``fused.add_group``),
+    instead of 26 Linear nodes and 26 EmbeddingBag backward nodes.
     """
 
     @staticmethod
@@ -40,29 +43,32 @@ class _Grouped(torch.autograd.Function):
         count = len(indices)
         tables, projs = params[:count], params[count:]
         one_hot = _one_hot(indices, offsets)
+        first = tables[0]
+        halved = half.is_half(first)  # pooled in float32 from rows gathered as float32
         with torch.no_grad():
-            first = tables[0]
-            halved = half.is_half(first)  # pooled in float32 from rows gathered as float32
             pooled = torch.empty(count, offsets[0].numel(), first.shape[1], device=first.device,
                                  dtype=torch.float32 if halved else first.dtype)
-            for t, (i, a, o, w) in enumerate(zip(indices, tables, offsets, weights)):
-                if w is None and one_hot:
-                    if halved:
-                        pooled[t] = a.index_select(0, i)
-                    else:
-                        torch.index_select(a, 0, i, out=pooled[t])  # a one-row bag is its row
-                elif halved:
-                    pooled[t] = nn.functional.embedding_bag(torch.arange(i.numel(), device=i.device),
-                                                            a.index_select(0, i).float(), o, mode=mode,
-                                                            per_sample_weights=w)
-                else:
-                    pooled[t] = nn.functional.embedding_bag(i, a, o, mode=mode, per_sample_weights=w)
-            proj = torch.stack(projs)
+            packed = packing.flat_indices(tables, indices)
+            if packed is None:
+                for t, (i, a, o, w) in enumerate(zip(indices, tables, offsets, weights)):
+                    _pool_into(pooled[t], a, i, o, w, mode, one_hot)
+            else:  # one op over the tables' shared buffer
+                buffer, flat = packed
+                joined = None
+                if not (one_hot and weights[0] is None):  # each table's offsets, into flat
+                    counts = torch.tensor([i.numel() for i in indices], device=flat.device)
+                    joined = (torch.stack(offsets) + (torch.cumsum(counts, 0) - counts)[:, None]).flatten()
+                _pool_into(pooled.flatten(0, 1), buffer, flat, joined,
+                           None if weights[0] is None else torch.cat(weights), mode, one_hot)
+            proj = packing.stacked(projs)
             out = torch.bmm(pooled, proj.transpose(1, 2))
         ctx.mode, ctx.indices, ctx.offsets, ctx.weights = mode, indices, offsets, weights
-        ctx.one_hot = one_hot
+        ctx.one_hot, ctx.halved = one_hot, halved
         ctx.shapes = [a.shape for a in tables]
         ctx.tables = tables if fuse or halved else None
+        ctx.projs = projs if fuse else None
+        ctx.packed = packed
+        ctx.projs_packed = proj.data_ptr() == projs[0].data_ptr()  # a view of them, not a copy
         ctx.save_for_backward(pooled, proj)
         return out
 
@@ -70,26 +76,79 @@ class _Grouped(torch.autograd.Function):
     def backward(ctx, grad_out):
         pooled, proj = ctx.saved_tensors
         grad_out = grad_out.contiguous()
-        grad_proj = torch.bmm(grad_out.transpose(1, 2), pooled).unbind(0)
+        grad_proj = torch.bmm(grad_out.transpose(1, 2), pooled)
         grad_pooled = torch.bmm(grad_out, proj)
-        grad_tables = []
-        for t, (idx, off, w, shape) in enumerate(zip(ctx.indices, ctx.offsets, ctx.weights, ctx.shapes)):
-            rows = grad_pooled[t]
-            bags = rows.shape[0]
-            if not ctx.one_hot:
-                lengths = torch.diff(off, append=off.new_tensor([idx.numel()]))
-                bag_of = torch.repeat_interleave(torch.arange(bags, device=off.device), lengths)
-                if ctx.mode == "mean":
-                    rows = rows / lengths.clamp_min(1).unsqueeze(1).to(rows.dtype)
-                rows = rows.index_select(0, bag_of)
-            if w is not None:
-                rows = rows * w.unsqueeze(1)
-            if ctx.tables is not None:  # --mlet-fused-update or a half table: the optimizer's step applies the rows
-                fused.add(ctx.tables[t], idx, rows)
-                grad_tables.append(None)
-            else:
-                grad_tables.append(torch.sparse_coo_tensor(idx.unsqueeze(0), rows, shape, check_invariants=False))
-        return (None, None, None, None, None, *grad_tables, *grad_proj)
+        if ctx.one_hot and ctx.weights[0] is None:
+            rows = grad_pooled  # a one-row bag's gradient is its row's
+        else:
+            rows = [grad_pooled[t] * w.unsqueeze(1) if ctx.one_hot else
+                    _index_rows(grad_pooled[t], i, o, w, ctx.mode)
+                    for t, (i, o, w) in enumerate(zip(ctx.indices, ctx.offsets, ctx.weights))]
+        count = len(ctx.indices)
+        if ctx.tables is None:  # sparse gradients, for the optimizer to apply
+            grad_tables = [torch.sparse_coo_tensor(i.unsqueeze(0), rows[t], shape, check_invariants=False)
+                           for t, (i, shape) in enumerate(zip(ctx.indices, ctx.shapes))]
+            return (None, None, None, None, None, *grad_tables, *grad_proj.unbind(0))
+        # The optimizer's next step applies the rows: half tables by their own rule, fused ones as SGD.
+        if ctx.halved:
+            for t, (table, i) in enumerate(zip(ctx.tables, ctx.indices)):
+                half.add(table, i, rows[t])
+        if ctx.projs is None:
+            return (None, None, None, None, None, *([None] * count), *grad_proj.unbind(0))
+        fused.add_group(() if ctx.halved else ctx.tables, ctx.indices, rows, ctx.projs, grad_proj,
+                        packed=ctx.packed, stacked=proj if ctx.projs_packed else None)
+        return (None,) * (5 + 2 * count)
+
+
+def _pool_into(out, weight, indices, offsets, weights, mode, one_hot):
+    """Pool the bags of ``weight``'s rows into ``out``; a half table's rows are gathered as float32."""
+    halved = half.is_half(weight)
+    if one_hot and weights is None:  # a one-row bag is its row
+        if halved:
+            out.copy_(weight.index_select(0, indices))
+        else:
+            torch.index_select(weight, 0, indices, out=out)
+    elif halved:
+        out.copy_(nn.functional.embedding_bag(torch.arange(indices.numel(), device=indices.device),
+                                              weight.index_select(0, indices).float(), offsets, mode=mode,
+                                              per_sample_weights=weights))
+    else:
+        out.copy_(nn.functional.embedding_bag(indices, weight, offsets, mode=mode, per_sample_weights=weights))
+
+
+def _index_rows(rows, indices, offsets, weights, mode):
+    """Each index's gradient row from its bag's (``rows``: one per bag)."""
+    lengths = torch.diff(offsets, append=offsets.new_tensor([indices.numel()]))
+    bag_of = torch.repeat_interleave(torch.arange(rows.shape[0], device=offsets.device), lengths)
+    if mode == "mean":
+        rows = rows / lengths.clamp_min(1).unsqueeze(1).to(rows.dtype)
+    rows = rows.index_select(0, bag_of)
+    return rows if weights is None else rows * weights.unsqueeze(1)
+
+
+def _weights(bag):
+    """An ``MLETEmbeddingBag``'s table and projection weights, read from the modules' own dicts.
+
+    ``grouped_forward`` reads them for every table at every step; through
+    ``nn.Module.__getattr__`` (and ``TwoLayer``'s properties) that lookup cost
+    about 0.6 ms of a 10 ms DLRM step (26 tables, ``benchmarks/whole_run.py``).
+    """
+    return bag._modules["table"]._parameters["weight"], bag._modules["proj"]._parameters["weight"]
+
+
+def _batch_key(t):
+    """What tables must share to run in one ``_Grouped`` node, or None for a table called alone.
+
+    Alone: plain tables, dense gradients (an fp32 table built with
+    ``sparse=False``), padding rows and ``include_last_offset``.
+    """
+    if not isinstance(t, MLETEmbeddingBag):
+        return None
+    table = t._modules["table"]
+    weight, proj = _weights(t)
+    if not (table.sparse or half.is_half(weight)) or table.padding_idx is not None or table.include_last_offset:
+        return None
+    return (table.mode, fused.backend_of(t), weight.shape[1], proj.shape[0], weight.device, weight.dtype)
 
 
 def grouped_forward(tables, indices, offsets, weights):
@@ -100,39 +159,32 @@ def grouped_forward(tables, indices, offsets, weights):
     2-D inputs, trainable per-sample weights, padding rows, ``include_last_offset``,
     a group of one) are called one by one.
     Half-precision tables (``--mlet-table-dtype``) always take ``half.py``'s
-    update. Grouped tables that ``fused.use`` set (``--mlet-fused-update``) get no
-    gradient: their rows go to the optimizer's next step instead; for those set
+    update. Grouped tables that ``fused.use`` set (``--mlet-fused-update``, DLRM's
+    default with SGD) and their projections get no gradient: their SGD update
+    is applied by the optimizer's next step instead; for those set
     to ``"fbgemm"`` fbgemm's TBE pools them and applies that step. The setting
     is each table's, so models with and without it live side by side.
     """
-    def groupable(t, i, o, w):
-        return (isinstance(t, MLETEmbeddingBag) and (t.sparse or half.is_half(t.table.weight))
-                and i.dim() == 1 and o is not None
-                and t.table.padding_idx is None and not t.table.include_last_offset
-                and not (w is not None and w.requires_grad))
-
     outputs = [None] * len(tables)
     groups = {}
     if torch.is_grad_enabled():
-        for j, args in enumerate(zip(tables, indices, offsets, weights)):
-            if groupable(*args):
-                t = tables[j]
-                key = (t.hidden_dim, t.embedding_dim, t.mode, t.table.weight.device,
-                       t.table.weight.dtype, offsets[j].numel(), weights[j] is None, fused.backend_of(t))
-                groups.setdefault(key, []).append(j)
-    for (_, _, mode, *_, backend), members in groups.items():
+        for j, (t, i, o, w) in enumerate(zip(tables, indices, offsets, weights)):
+            key = _batch_key(t)
+            if key is not None and i.dim() == 1 and o is not None and not (w is not None and w.requires_grad):
+                groups.setdefault(key + (o.numel(), w is None), []).append(j)
+    for (mode, backend, *_), members in groups.items():
         if len(members) < 2:
             continue
         members_indices, members_offsets = [indices[j] for j in members], [offsets[j] for j in members]
         members_weights = [weights[j] for j in members]
-        projs = [tables[j].proj.weight for j in members]
+        tables_weights, projs = zip(*(_weights(tables[j]) for j in members))
         # fbgemm would accept weights with mean pooling; _Grouped raises nn.EmbeddingBag's error for it
         if backend == "fbgemm" and not (mode == "mean" and members_weights[0] is not None):
             group = tbe.group_for([tables[j] for j in members])
             grouped = tbe.Grouped.apply(group, members_indices, members_offsets, members_weights, *projs)
         else:
             grouped = _Grouped.apply(mode, backend is not None, members_indices, members_offsets, members_weights,
-                                     *[tables[j].table.weight for j in members], *projs)
+                                     *tables_weights, *projs)
         for j, out in zip(members, grouped.unbind(0)):
             outputs[j] = out
     for j, out in enumerate(outputs):

@@ -11,6 +11,7 @@ from ..errors import MLETError
 from .session import Config, fail, session
 
 DEFAULT_LOG_FREQ = 1024
+AUTO = "auto"  # --mlet-fused-update left out
 
 
 def add_arguments(parser):
@@ -34,10 +35,13 @@ def add_arguments(parser):
         "training-frequency bucket to PATH at every test (needs --mlperf-logging)",
     )
     group.add_argument(
-        "--mlet-fused-update", nargs="?", const="torch", default="", metavar="fbgemm",
-        help="apply SGD to the k-wide table rows without building sparse gradient tensors (same "
-        "math and loss curve; needs --optimizer=sgd); =fbgemm: pool and update them with fbgemm's "
-        "table-batched embedding, as TorchRec does (CPU, single process; needs fbgemm-gpu-cpu)",
+        "--mlet-fused-update", nargs="?", const="torch", default=AUTO, metavar="off|fbgemm",
+        help="how the MLET tables and projections are updated. Default (auto): with --optimizer=sgd, SGD "
+        "applied by the optimizer's step straight to the rows (no sparse gradient tensors; the same math "
+        "and loss curve, the fastest here); other optimizers: sparse gradients. Given without a value: "
+        "that SGD update, refused with other optimizers; =off: sparse gradients for the optimizer; "
+        "=fbgemm: fbgemm's table-batched embedding pools and updates the tables, as TorchRec does "
+        "(CPU, single process; needs fbgemm-gpu-cpu)",
     )
     group.add_argument(
         "--mlet-memory-budget", default="", metavar="SIZE",
@@ -66,13 +70,13 @@ def parse_config(args):
     metrics_json = args.mlet_metrics_json
     if metrics_json and not getattr(args, "mlperf_logging", False):
         raise MLETError("--mlet-metrics-json needs --mlperf-logging (DLRM keeps test scores only then)")
-    fused_update = getattr(args, "mlet_fused_update", "") or ""
-    if fused_update not in ("",) + fused.BACKENDS:
-        raise MLETError(f"--mlet-fused-update: expected no value or fbgemm, got {fused_update!r}")
+    fused_update = getattr(args, "mlet_fused_update", AUTO) or AUTO
+    if fused_update not in (AUTO, "off") + fused.BACKENDS:
+        raise MLETError(f"--mlet-fused-update: expected no value, off or fbgemm, got {fused_update!r}")
     memory_budget = budget.parse_size(args.mlet_memory_budget) if args.mlet_memory_budget else 0
     rule = budget.rule_name(args.mlet_budget_rule, "--mlet-budget-rule")
     if hidden == 0:
-        for flag, given in (("--mlet-fused-update", fused_update), ("--mlet-memory-budget", memory_budget),
+        for flag, given in (("--mlet-fused-update", fused_update != AUTO), ("--mlet-memory-budget", memory_budget),
                             ("--mlet-budget-rule", rule != budget.DEFAULT_RULE)):
             if given:
                 raise MLETError(f"{flag} has no effect without --mlet-hidden-dim K (K > 0)")
@@ -83,8 +87,11 @@ def parse_config(args):
     if rule != budget.DEFAULT_RULE and not memory_budget:
         raise MLETError("--mlet-budget-rule has no effect without --mlet-memory-budget")
     _check_against_dlrm(args, dims, fused_update, table_dtype)
+    if fused_update == AUTO:  # measured fastest on these CPUs (benchmarks/whole_run.py); SGD only
+        fused_update = "torch" if getattr(args, "optimizer", "sgd") == "sgd" else "off"
     inference_only = bool(getattr(args, "inference_only", False))
     grad_accum = int(getattr(args, "mlperf_grad_accum_iter", 1) or 1) if getattr(args, "mlperf_logging", False) else 1
+    fused_update = "" if fused_update == "off" else fused_update
     return Config(hidden, per_table, min_rows, proj_init, inference_only, log_freq, metrics_json, fused_update,
                   grad_accum, table_dtype, memory_budget, rule, getattr(args, "optimizer", "sgd"))
 
@@ -110,7 +117,7 @@ def _check_against_dlrm(args, dims, fused_update, table_dtype):
             "--quantize-emb-with-bit quantizes tables for inference; with --mlet-hidden-dim "
             "train first, then quantize the folded checkpoint with --inference-only"
         )
-    if fused_update and getattr(args, "optimizer", "sgd") != "sgd":
+    if fused_update in fused.BACKENDS and getattr(args, "optimizer", "sgd") != "sgd":
         raise MLETError(f"--mlet-fused-update applies plain SGD steps; it cannot be combined with "
                         f"--optimizer={args.optimizer}")
     if fused_update == "fbgemm":

@@ -10,7 +10,7 @@ would build.
 import torch
 from torch import nn
 
-from ..core import fused
+from ..core import fused, half, packing
 from ..core.bag import MLETEmbeddingBag
 from ..core.grouped import grouped_forward
 from ..core.init import uniform_table_
@@ -20,10 +20,9 @@ from ..errors import MLETError
 from .session import fail, session
 
 
-def make_table(n, d, index, dims):
-    """Table ``index``: MLET when ``dims`` give it a k and it has enough rows, else plain with DLRM's own init."""
+def make_table(n, d, k):
+    """An ``n``-row table: MLET with hidden width ``k``, or plain with DLRM's own init when ``k`` is 0."""
     config = session.config
-    k = hidden_dim_for(index, n, dims, config.min_rows)
     if k:
         return MLETEmbeddingBag(n, d, k, mode="sum", sparse=True, proj_init=config.proj_init,
                                 table_dtype=config.table_dtype)
@@ -53,11 +52,19 @@ def create_emb(net, m, ln, weighted_pooling=None):
     if local is not None and config.fused_update == "fbgemm":
         fail("--mlet-fused-update=fbgemm is single-process only; in DLRM's distributed mode use "
              "--mlet-fused-update")
-    for i in range(ln.size):
-        if local is not None and i not in local:
-            continue
+    built = [i for i in range(ln.size) if local is None or i in local]
+    widths = [hidden_dim_for(i, int(ln[i]), dims, config.min_rows) for i in built]
+    # Each width's tables in one buffer, and their projections in another (core/packing.py).
+    tables = {k: packing.Buffer(sum(int(ln[i]) for i, w in zip(built, widths) if w == k), k,
+                                half.table_dtype(config.table_dtype)) for k in sorted(set(widths) - {0})}
+    projs = {k: packing.Buffer(widths.count(k) * int(m), k) for k in tables}
+    for i, k in zip(built, widths):
         n = int(ln[i])
-        emb_l.append(make_table(n, int(m), i, dims))
+        table = make_table(n, int(m), k)
+        if k:
+            tables[k].place(table.table.weight)
+            projs[k].place(table.proj.weight)
+        emb_l.append(table)
         v_W_l.append(None if weighted_pooling is None else torch.ones(n, dtype=torch.float32))
     if config.fused_update:
         fused.use(emb_l, config.fused_update)

@@ -1,0 +1,92 @@
+"""Where the milliseconds of a real DLRM step go: stock against patched, phase by phase.
+
+``whole_run.py`` gives the ratio a user sees; this splits it. Stock and
+patched ``DLRM_Net`` (bench architecture, 26 tables at ``--scale`` x
+Criteo-Kaggle's sizes, batch 128, SGD lr 0.1) train in one process, taking
+turns step by step, each batch made by DLRM's own ``RandomDataset`` just
+before its step as in a real run (the data generation between steps leaves
+the cores idle and the caches cold, which makes every op slower than in a
+tight loop: ``train_step.py`` reuses 64 batches and sees less). Each step is
+timed in four phases: the embedding lookups (``apply_emb``, MLET's grouped
+engine), the rest of the forward (MLPs, interaction, loss), backward, and
+the optimizer step. Means over ``--steps`` steps per configuration.
+
+    python benchmarks/step_phases.py            # about 2 minutes here
+
+Results go to results/step_phases.json.
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from common import bench_model, criteo_rows, dlrm_copies, import_script, machine, save
+
+CONFIGS = [  # name, MLET k (0: stock), --mlet-fused-update as the glue's Config takes it
+    ("stock d=16", 0, ""),
+    ("MLET k=256", 256, "torch"),  # patched DLRM's default with SGD
+    ("MLET k=256 sparse", 256, ""),  # --mlet-fused-update=off
+]
+PHASES = ("embeddings", "rest of forward", "backward", "optimizer", "step")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--scale", type=float, default=0.01)
+    args = parser.parse_args()
+    from dlrm_mlet import dlrm_glue
+
+    rows = criteo_rows(args.scale)
+    with tempfile.TemporaryDirectory() as work:
+        stock_path, patched_path = dlrm_copies(work)
+        stock, patched = import_script(stock_path, "stock_dlrm"), import_script(patched_path, "patched_dlrm")
+    warm = 20
+    total = (args.steps + warm) * len(CONFIGS)
+    data = stock.dp.RandomDataset(13, np.array(rows), 128 * total, total, 128, 1, True, round_targets=True)
+    runs = []
+    for name, k, update in CONFIGS:
+        config = dlrm_glue.Config(hidden_dim=k, fused_update=update)
+        dlrm_glue.use_config(config)
+        model = bench_model(patched if k else stock, rows, 16)
+        runs.append((name, model, torch.optim.SGD(model.parameters(), lr=0.1), config, {p: [] for p in PHASES}))
+    dlrm_glue.reset()
+    batch = 0
+    for step in range(args.steps + warm):
+        for name, model, optimizer, config, times in runs:
+            dlrm_glue.use_config(config)
+            dense, offsets, indices, target = stock.dp.collate_wrapper_random_offset([data[batch]])
+            batch += 1
+            t0 = time.perf_counter()  # DLRM_Net.sequential_forward, its embedding call timed apart
+            ly = model.apply_emb(offsets, indices, model.emb_l, model.v_W_l)
+            t1 = time.perf_counter()
+            x = model.apply_mlp(dense, model.bot_l)
+            loss = model.loss_fn(model.apply_mlp(model.interact_features(x, ly), model.top_l), target)
+            t2 = time.perf_counter()
+            optimizer.zero_grad()
+            loss.backward()
+            t3 = time.perf_counter()
+            optimizer.step()
+            t4 = time.perf_counter()
+            if step >= warm:
+                for phase, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+                    times[phase].append(seconds * 1000)
+    stock_step = statistics.mean(runs[0][4]["step"])
+    results = [{"name": name, "k": k, "fused_update": update,
+                "ms": {p: statistics.mean(times[p]) for p in PHASES},
+                "ratio": statistics.mean(times["step"]) / stock_step}
+               for (name, k, update), (_, _, _, _, times) in zip(CONFIGS, runs)]
+    for r in results:
+        print(r["name"], {p: round(v, 3) for p, v in r["ms"].items()}, f"ratio {r['ratio']:.3f}")
+    payload = {"machine": machine(), "command": "python benchmarks/step_phases.py " + " ".join(sys.argv[1:]),
+               "steps": args.steps, "scale": args.scale, "tables": rows, "results": results}
+    print(save("step_phases", payload))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Many k-wide tables in one buffer, as fbgemm's table-batched embeddings keep them.
+
+A DLRM step gathers rows from its 26 tables and updates them again: 26
+small ops each, which on a few CPU cores cost per-op overhead and run on one
+thread. When the tables' weights are row blocks of one storage, the grouped
+engine does each with one op over the whole buffer (one gather of 26 x 128
+rows, one sparse add), about twice as fast here (``benchmarks/whole_run.py``
+has the whole-run effect).
+
+Nothing else sees a difference: each table keeps its own ``Parameter`` (a
+view of the buffer), so state dicts, optimizers, checkpoints and folding are
+unchanged. Packing is not a registered property but a fact about storage,
+read at every step (``flat_indices``): whatever replaces a weight (``.to()`` to
+another device, ``load_state_dict(assign=True)``) just unpacks it, and the
+engine goes back to one op per table.
+"""
+
+import torch
+
+
+class Buffer:
+    """Rows for tables built one after another, their total known first.
+
+    Allocating the buffer before the tables, and moving each in as it is
+    built (``place``), bounds the extra memory to one table rather than a
+    second copy of them all.
+    """
+
+    def __init__(self, rows, width, dtype=torch.float32, device=None):
+        self.rows = torch.empty(rows, width, dtype=dtype, device=device)
+        self.used = 0
+
+    def place(self, weight):
+        """Move ``weight`` (a 2-D parameter of this width and dtype) into the next free rows."""
+        n = weight.shape[0]
+        if self.used + n > self.rows.shape[0] or weight.shape[1:] != self.rows.shape[1:]:
+            raise ValueError(f"a {tuple(weight.shape)} table does not fit the packing buffer's "
+                             f"{self.rows.shape[0] - self.used} free rows of width {self.rows.shape[1]}")
+        view = self.rows[self.used:self.used + n]
+        with torch.no_grad():
+            view.copy_(weight)
+        weight.data = view  # the same Parameter object: optimizers and modules keep their references
+        self.used += n
+
+
+def flat_indices(weights, indices):
+    """``(buffer, flat)`` when every weight is a block of rows of one storage, else None.
+
+    ``buffer`` is that storage as one ``(rows, k)`` tensor and ``flat`` the
+    concatenated ``indices`` (``indices[t]`` are rows of ``weights[t]``) as
+    rows of it. The weights share dtype and width (the grouped engine groups
+    them so); repeats are allowed. An index outside its own table raises
+    ``IndexError``, as ``nn.EmbeddingBag`` does: in the buffer it would read a
+    neighbour's row without a word.
+    """
+    first = weights[0]
+    width, size = first.shape[1], first.element_size()
+    base = first.data_ptr() - first.storage_offset() * size
+    starts, rows = [], []
+    for w in weights:
+        offset = w.storage_offset()
+        if w.stride() != (width, 1) or offset % width or w.data_ptr() - offset * size != base:
+            return None
+        starts.append(offset // width)
+        rows.append(w.shape[0])
+    device = first.device
+    counts = [i.numel() for i in indices]
+    table_rows, first_rows = torch.tensor([rows, starts], device=device)
+    if counts.count(counts[0]) == len(counts):  # the usual case (one index per bag, or a fixed count)
+        local = torch.stack(indices)
+        table_rows, first_rows = table_rows[:, None], first_rows[:, None]
+    else:
+        repeats = torch.tensor(counts, device=device)
+        local = torch.cat(indices)
+        table_rows, first_rows = table_rows.repeat_interleave(repeats), first_rows.repeat_interleave(repeats)
+    if local.numel() and not bool(((local >= 0) & (local < table_rows)).all()):
+        raise IndexError(_out_of_range(indices, rows))
+    storage = first.untyped_storage()
+    buffer = torch.empty(0, dtype=first.dtype, device=device).set_(
+        storage, 0, (storage.nbytes() // (width * size), width))
+    return buffer, (local + first_rows).flatten()
+
+
+def stacked(weights):
+    """The same-shaped weights as one ``(count, *shape)`` tensor, without a copy when they can be.
+
+    A view when they lie back to back in one storage, in order (as a
+    ``Buffer`` placed them), else ``torch.stack``. The view is plain (no
+    autograd link): callers take it under ``no_grad`` and treat it as data.
+    """
+    first = weights[0]
+    step = first.numel() * first.element_size()
+    for j, w in enumerate(weights):
+        if w.shape != first.shape or not w.is_contiguous() or w.data_ptr() != first.data_ptr() + j * step:
+            return torch.stack(weights)
+    return torch.empty(0, dtype=first.dtype, device=first.device).set_(
+        first.untyped_storage(), first.storage_offset(), (len(weights), *first.shape))
+
+
+def _out_of_range(indices, rows):
+    for t, (i, n) in enumerate(zip(indices, rows)):
+        bad = i[(i < 0) | (i >= n)]
+        if bad.numel():
+            return f"index {int(bad[0])} is out of range for table {t} of the group ({n} rows)"
+    return "index out of range"
