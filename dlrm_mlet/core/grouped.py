@@ -131,7 +131,7 @@ def _weights(bag):
 
     ``grouped_forward`` reads them for every table at every step; through
     ``nn.Module.__getattr__`` (and ``TwoLayer``'s properties) that lookup cost
-    about 0.6 ms of a 10 ms DLRM step (26 tables, ``benchmarks/whole_run.py``).
+    about 0.6 ms of a 9 ms DLRM step (26 tables, timed around ``grouped_forward``).
     """
     return bag._modules["table"]._parameters["weight"], bag._modules["proj"]._parameters["weight"]
 

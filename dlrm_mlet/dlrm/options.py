@@ -87,11 +87,11 @@ def parse_config(args):
     if rule != budget.DEFAULT_RULE and not memory_budget:
         raise MLETError("--mlet-budget-rule has no effect without --mlet-memory-budget")
     _check_against_dlrm(args, dims, fused_update, table_dtype)
-    if fused_update == AUTO:  # measured fastest on these CPUs (benchmarks/whole_run.py); SGD only
-        fused_update = "torch" if getattr(args, "optimizer", "sgd") == "sgd" else "off"
+    # The default: SGD at the step, measured fastest on these CPUs (benchmarks/whole_run.py); SGD only.
+    auto = "torch" if getattr(args, "optimizer", "sgd") == "sgd" else ""
+    fused_update = {AUTO: auto, "off": ""}.get(fused_update, fused_update)
     inference_only = bool(getattr(args, "inference_only", False))
     grad_accum = int(getattr(args, "mlperf_grad_accum_iter", 1) or 1) if getattr(args, "mlperf_logging", False) else 1
-    fused_update = "" if fused_update == "off" else fused_update
     return Config(hidden, per_table, min_rows, proj_init, inference_only, log_freq, metrics_json, fused_update,
                   grad_accum, table_dtype, memory_budget, rule, getattr(args, "optimizer", "sgd"))
 
