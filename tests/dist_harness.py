@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from conftest import import_script
+from conftest import import_script, leave_group_and_exit
 
 dlrm_dir, out = sys.argv[1], sys.argv[2]
 sys.argv = ["dlrm_s_pytorch.py"] + sys.argv[sys.argv.index("--") + 1:]
@@ -30,7 +30,4 @@ with torch.no_grad():
     z = script.ext_dist.all_gather(z, lengths)
 if script.ext_dist.my_rank == 0:
     torch.save({"dense": dense, "offsets": offsets, "indices": indices, "pred": z}, out)
-# Leave the gloo group cleanly: a process that exits with it alive can abort in gloo's
-# teardown ("terminate called without an active exception") on a loaded machine.
-torch.distributed.barrier()
-torch.distributed.destroy_process_group()
+leave_group_and_exit(script)

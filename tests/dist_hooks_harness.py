@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from conftest import import_script
+from conftest import import_script, leave_group_and_exit
 from dlrm_mlet import dlrm_glue
 
 dlrm_dir = sys.argv[1]
@@ -42,3 +42,4 @@ script = import_script(dlrm_dir, "dlrm_s_pytorch")
 script.run()
 if os.environ.get("STATE_OUT"):
     torch.save(script.dlrm.state_dict(), f"{os.environ['STATE_OUT']}.rank{rank}")
+leave_group_and_exit(script)
