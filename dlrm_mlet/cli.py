@@ -119,7 +119,7 @@ def _positive_float(text):
 def cmd_synth(args):
     from .tools.synth import write_synthetic, write_synthetic_days
 
-    options = {k: getattr(args, k) for k in ("seed", "scale", "rank") if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in ("seed", "scale", "rank", "zipf") if getattr(args, k) is not None}
     if args.days:
         info = write_synthetic_days(args.out_dir, args.rows, args.days, progress=not args.quiet,
                                     force=args.force, **options)
@@ -162,13 +162,13 @@ def _float_list(text):
     return values
 
 
-def _int_list(text):
+def _int_list(text, least=1):
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    if not values or min(values) < least:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= {least}, got {text!r}")
     return values
 
 
@@ -183,7 +183,7 @@ def cmd_sweep(args):
 
     rows = run_sweep(args.dlrm_dir, args.data_set, args.raw_data_file, args.out, args.d, args.k,
                      args.seeds, lrs=args.lrs, epochs=args.epochs, work=args.work, extra_args=args.dlrm_args,
-                     quiet=args.quiet, jobs=args.jobs, baseline=not args.no_baseline)
+                     quiet=args.quiet, jobs=args.jobs, baseline=not args.no_baseline, regime=args.regime)
     print(f"{len(rows)} runs in {args.out}; see them with: dlrm-mlet report {args.out}")
     return 0
 
@@ -193,13 +193,22 @@ def cmd_report(args):
     from .progress import progress_bar
     from .tools.report import report
 
-    png = args.plot or os.path.splitext(args.results)[0] + ".png"
+    png = args.plot or os.path.splitext(args.results[0])[0] + ".png"
     with progress_bar(3, "report", quiet=args.quiet, unit=" stages") as bar:
-        text = report(args.results, png, args.oracle, args.title, progress=bar.update, single_lr=args.single_lr)
+        text = report(args.results, png, args.oracle, args.title, progress=bar.update, single_lr=args.single_lr,
+                      map_png=args.map_plot, map_json=args.map_json)
     if args.markdown:
         atomic_write_text(args.markdown, text + "\n")
     print(text)
-    print(f"\nplot: {png}")
+    print(f"\nplot: {png}" + (f"\nmap plot: {args.map_plot}" if args.map_plot else ""))
+    return 0
+
+
+def cmd_data(args):
+    from .tools.data_report import data_report, format_data_report
+
+    info = data_report(args.path, args.max_ind_range, args.quiet, **({"map_path": args.map} if args.map else {}))
+    print(json.dumps(info, indent=1) if args.json else format_data_report(info))
     return 0
 
 
@@ -265,6 +274,8 @@ def build_parser():
     p.add_argument("--scale", type=_positive_float,
                    help="table sizes as a fraction of Criteo-Kaggle's (0.01)")
     p.add_argument("--rank", type=_positive_int, help="size of the latent click model's vectors (8)")
+    p.add_argument("--zipf", type=_positive_float,
+                   help="skew of each feature's value frequencies, P(id) ~ (id+1)^-ZIPF (1.1); smaller: more rare rows")
     p.add_argument("--days", type=_positive_int,
                    help="write OUT_DIR/day_0 .. day_<DAYS-1> (Criteo-Terabyte layout, e.g. 24) instead of train.txt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -285,7 +296,8 @@ def build_parser():
     p.add_argument("--dlrm-dir", default=_default_dlrm_dir(),
                    help="DLRM checkout at the pinned commit (default: $DLRM_DIR or the cache folder)")
     p.add_argument("--d", type=_int_list, default=[4, 8, 16, 32, 64], help="widths (4,8,16,32,64)")
-    p.add_argument("--k", type=_int_list, default=[64, 128, 256, 512], help="MLET hidden widths (64,128,256,512)")
+    p.add_argument("--k", type=lambda text: _int_list(text, 0), default=[64, 128, 256, 512],
+                   help="MLET hidden widths (64,128,256,512); 0 is the baseline, so --k 0 runs baselines only")
     p.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0],
                    help="numpy seeds, comma-separated (0)")
     from .tools.sweep import DEFAULT_LRS  # torch-free, like everything --help needs
@@ -297,6 +309,8 @@ def build_parser():
     p.add_argument("--jobs", type=_positive_int, default=1, help="DLRM runs at once, sharing the cores (1)")
     p.add_argument("--no-baseline", action="store_true",
                    help="only the MLET arms (to compare an MLET option against baselines in another CSV)")
+    p.add_argument("--regime", default="",
+                   help="a name for this data in the CSV, so one CSV (and one report) can hold several datasets")
     p.add_argument("--work", help="folder for the patched DLRM copy and logs (default: next to --out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("dlrm_args", nargs=argparse.REMAINDER, metavar="-- DLRM_ARGS",
@@ -305,15 +319,32 @@ def build_parser():
 
     p = sub.add_parser("report", help="tables (lr chosen on validation), AUC-vs-size plot and iso-AUC savings "
                                       "of a sweep")
-    p.add_argument("results", help="the sweep's CSV")
+    p.add_argument("results", nargs="+", help="the sweep's CSV (several: their rows together)")
     p.add_argument("--plot", metavar="OUT.png", help="plot file (default: RESULTS.png)")
     p.add_argument("--markdown", metavar="OUT.md", help="also write the report's markdown to this file")
+    p.add_argument("--map-plot", metavar="OUT.png",
+                   help="also plot each regime's saving and gain against its rare-lookup share")
+    p.add_argument("--map-json", metavar="OUT.json",
+                   help="also write each regime's figures as JSON (what `dlrm-mlet data` compares data with)")
     p.add_argument("--oracle", metavar="synth.json", help="show the oracle AUC of a synthetic dataset")
     p.add_argument("--title", help="plot title")
     p.add_argument("--single-lr", type=float, default=0.1,
                    help="the one learning rate to compare the tuned figures against")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("data", help="how often each embedding row is trained (the rare-lookup share), "
+                                    "and what the map measured near it")
+    p.add_argument("path", metavar="PATH", help="DLRM's processed data: the processed .npz (Kaggle or Terabyte), "
+                   "a <stem>_<i>_reordered.npz day file (--memory-map), a <stem>_train.bin (--mlperf-bin-loader) "
+                   "or an Avazu cache folder")
+    p.add_argument("--max-ind-range", type=int, default=-1, metavar="R",
+                   help="DLRM's --max-ind-range: indices taken modulo R, as DLRM's loaders take them")
+    p.add_argument("--map", metavar="MAP.json", help="compare with this map (dlrm-mlet report --map-json) "
+                   "instead of the one installed")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data)
 
     from .core.budget import DEFAULT_RULE, OPTIMIZERS, RULE_HELP  # torch-free, like everything --help needs
 

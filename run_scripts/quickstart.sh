@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The main job, end to end: plain DLRM at d and at 4d against MLET DLRM at d, on
-# the embedded default dataset; the MLET model is saved folded and loaded by
-# *unpatched* DLRM, which must print the AUC the MLET run printed.
+# the embedded default dataset, each arm at its own learning rate chosen on the
+# validation split (a small grid per arm: MLET's best SGD lr is lower, since the
+# projection multiplies the table's step). The MLET model is then trained once more
+# at its chosen lr and saved folded, and *unpatched* DLRM loads it and must print
+# the AUC the MLET run printed.
 #
 #   DLRM_DIR=/path/to/dlrm run_scripts/quickstart.sh
 #
@@ -10,7 +13,11 @@
 # to be typed before it on a fresh machine.
 # Settings (environment): DLRM_DIR (default ${XDG_CACHE_HOME:-~/.cache}/dlrm-mlet/dlrm,
 # cloned at the pinned commit if absent and the internet is reachable), PYTHON (python),
-# WORK (./quickstart-run), ROWS (200000), D (4), K (256), SEED (0), EPOCHS (1).
+# WORK (./quickstart-run), ROWS (200000), D (4), K (256), SEED (0), EPOCHS (1),
+# BASELINE_LRS (0.2,0.4,0.8), MLET_LRS (0.05,0.1,0.2).
+# The data: tables at 1/100 of Criteo-Kaggle's sizes with its skew, so that a few
+# percent of training lookups land on rows seen at most 10 times, as in full-size
+# Criteo-Kaggle (docs/results/criteo_regime.md); dlrm-mlet data prints that share.
 # The user's checkout is never written to: patched and unpatched copies are made under WORK.
 set -euo pipefail
 
@@ -23,6 +30,8 @@ D=${D:-4}
 K=${K:-256}
 SEED=${SEED:-0}
 EPOCHS=${EPOCHS:-1}
+BASELINE_LRS=${BASELINE_LRS:-0.2,0.4,0.8}
+MLET_LRS=${MLET_LRS:-0.05,0.1,0.2}
 PY=${PYTHON:-python}
 D4=$((4 * D))
 
@@ -56,68 +65,77 @@ $PY -m dlrm_mlet patch "$WORK/dlrm-patched"
 DATA=$WORK/data
 if [ ! -f "$DATA/train.txt" ]; then
   echo "== embedded default dataset: $ROWS rows"
-  $PY -m dlrm_mlet synth "$DATA" --rows "$ROWS" --seed "$SEED"
+  $PY -m dlrm_mlet synth "$DATA" --rows "$ROWS" --seed "$SEED" --scale 0.01 --rank 32
 fi
+
+# Each arm over its own small lr grid; runs two at a time, and a stopped sweep resumes.
+sweep() { $PY -m dlrm_mlet sweep --raw-data-file "$DATA/train.txt" --out "$WORK/tuned.csv" --work "$WORK/sweep" \
+            --dlrm-dir "$DLRM_DIR" --seeds "$SEED" --epochs "$EPOCHS" --jobs 2 --quiet "$@"; }
+echo "== baselines d=$D and d=$D4, lr $BASELINE_LRS"
+sweep --d "$D,$D4" --k 0 --lrs "$BASELINE_LRS"
+echo "== MLET d=$D k=$K, lr $MLET_LRS"
+sweep --d "$D" --k "$K" --no-baseline --lrs "$MLET_LRS"
+$PY -m dlrm_mlet data "$DATA/kaggleAdDisplayChallenge_processed.npz" --quiet | grep "^rare-lookup share"
+LR=$($PY - "$WORK/tuned.csv" "$D" "$K" <<'PYTHON'
+import sys
+from dlrm_mlet.tools.report import summarize
+from dlrm_mlet.tools.sweep import read_rows
+
+arm = next(a for a in summarize(read_rows(sys.argv[1])) if a["d"] == int(sys.argv[2]) and a["k"] == int(sys.argv[3]))
+if arm["best"] is None:
+    sys.exit(f"error: every learning rate of MLET d={sys.argv[2]} k={sys.argv[3]} diverged; try lower MLET_LRS")
+print(arm["best"])
+PYTHON
+)
 
 # DLRM's reference Kaggle command (bench/dlrm_s_criteo_kaggle.sh), bottom MLP ending in d.
 common=(
   --arch-mlp-top=512-256-1 --data-generation=dataset --data-set=kaggle
   --raw-data-file="$DATA/train.txt" --processed-data-file="$DATA/kaggleAdDisplayChallenge_processed.npz"
-  --loss-function=bce --round-targets=True --learning-rate=0.1 --mini-batch-size=128
+  --loss-function=bce --round-targets=True --mini-batch-size=128
   --print-freq=256 --print-time --test-freq=1000000000 --test-mini-batch-size=16384
   --mlperf-logging --nepochs="$EPOCHS" --numpy-rand-seed="$SEED"
 )
 arch() { echo "--arch-sparse-feature-size=$1 --arch-mlp-bot=13-512-256-64-$1"; }
-# Patched runs also log effective rank etc. to TensorBoard (tb/), the baselines too.
-patched() { $PY "$WORK/dlrm-patched/dlrm_s_pytorch.py" "$@" --mlet-log-freq=128; }
 
 cd "$WORK"
-for d in "$D" "$D4"; do
-  echo "== baseline: d=$d"
-  # shellcheck disable=SC2046
-  patched $(arch "$d") "${common[@]}" --save-model="$WORK/baseline_d$d.pt" \
-    --tensor-board-filename="tb/baseline_d$d" | tee "$WORK/baseline_d$d.log"
-done
-echo "== MLET: d=$D, k=$K"
+echo "== MLET d=$D k=$K at its chosen lr $LR, saved folded (patched DLRM, TensorBoard logs in tb/)"
 # shellcheck disable=SC2046
-patched $(arch "$D") "${common[@]}" --mlet-hidden-dim="$K" --save-model="$WORK/mlet_d${D}_k$K.pt" \
+$PY "$WORK/dlrm-patched/dlrm_s_pytorch.py" $(arch "$D") "${common[@]}" --learning-rate="$LR" \
+  --mlet-hidden-dim="$K" --mlet-log-freq=128 --save-model="$WORK/mlet_d${D}_k$K.pt" \
   --tensor-board-filename="tb/mlet_d${D}_k$K" | tee "$WORK/mlet.log"
 echo "== unpatched DLRM (a copy of $DLRM_DIR) loads the folded MLET model"
 # shellcheck disable=SC2046
-$PY "$WORK/dlrm-stock/dlrm_s_pytorch.py" $(arch "$D") "${common[@]}" \
+$PY "$WORK/dlrm-stock/dlrm_s_pytorch.py" $(arch "$D") "${common[@]}" --learning-rate="$LR" \
   --load-model="$WORK/mlet_d${D}_k$K.pt" --inference-only | tee "$WORK/stock_load.log"
 
-$PY - "$WORK" "$D" "$D4" "$K" <<'PYTHON'
+$PY - "$WORK" "$D" "$K" <<'PYTHON'
 import json, re, sys
-from dlrm_mlet.files import load_checkpoint
-from dlrm_mlet.core.folding import mlet_table_bytes
+from dlrm_mlet.tools.report import summarize, tuned
+from dlrm_mlet.tools.sweep import read_rows
 
-work, d, d4, k = sys.argv[1:]
+work, d, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
 def last(log, pattern):
     found = re.findall(pattern, open(f"{work}/{log}").read())
-    return found[-1] if found else "n/a"
+    return float(found[-1]) if found else None
 
-def metrics(log):
-    return last(log, r"(?<!best )auc (\d\.\d+),"), last(log, r"(?<!best )accuracy (\d+\.\d+) %")
+def fmt(x, spec=".4f"):
+    return "n/a" if x is None else format(x, spec)
 
-def table_bytes(path):
-    state = load_checkpoint(path)["state_dict"]
-    return sum(v.numel() * v.element_size() for key, v in state.items() if key.startswith("emb_l."))
-
-mlet = f"{work}/mlet_d{d}_k{k}.pt"
-training, _ = mlet_table_bytes(load_checkpoint(mlet + ".mlet")["state_dict"])
-rows = [(f"baseline d={w}", *metrics(f"baseline_d{w}.log"), table_bytes(f"{work}/baseline_d{w}.pt"),
-         table_bytes(f"{work}/baseline_d{w}.pt")) for w in (d, d4)]
-rows += [(f"MLET d={d} k={k}", *metrics("mlet.log"), training, table_bytes(mlet)),
-         ("MLET, folded, in stock DLRM", *metrics("stock_load.log"), None, table_bytes(mlet))]
+print(f"\n{'model':<32} {'lr':>6} {'val AUC':>8} {'test AUC':>9} {'train emb MiB':>14} {'infer emb MiB':>14}")
+for arm in summarize(read_rows(f"{work}/tuned.csv")):
+    s, name = tuned(arm), (f"MLET d={arm['d']} k={arm['k']}" if arm["k"] else f"baseline d={arm['d']}")
+    print(f"{name:<32} {fmt(arm['best'], 'g'):>6} {fmt(s and s['val_auc']):>8} {fmt(s and s['auc']):>9} "
+          f"{arm['training_bytes'] / 2**20:>14.2f} {arm['inference_bytes'] / 2**20:>14.2f}")
+saved = last("mlet.log", r"(?<!best )auc (\d\.\d+),")
+stock = last("stock_load.log", r"(?<!best )auc (\d\.\d+),")
+print(f"{'MLET, saved folded (its run)':<32} {'':>6} {'':>8} {fmt(saved):>9}")
+print(f"{'MLET, folded, in stock DLRM':<32} {'':>6} {'':>8} {fmt(stock):>9}")
 oracle = json.load(open(f"{work}/data/synth.json"))
-print(f"\n{'model':<30} {'test AUC':>9} {'accuracy %':>11} {'train emb MiB':>14} {'infer emb MiB':>14}")
-for name, auc, acc, train, infer in rows:
-    train = "" if train is None else f"{train / 2**20:.2f}"
-    print(f"{name:<30} {auc:>9} {acc:>11} {train:>14} {infer / 2**20:>14.2f}")
-print(f"{'oracle (true probabilities)':<30} {oracle['oracle_auc']:>9.4f}")
-if rows[2][1:3] != rows[3][1:3] or "n/a" in rows[2][1:3]:
-    sys.exit(f"error: unpatched DLRM scored the folded model {rows[3][1:3]}, the MLET run {rows[2][1:3]}")
-print(f"\nTensorBoard: tensorboard --logdir {work}/tb   Checkpoint: dlrm-mlet inspect {mlet}")
+print(f"{'oracle (true probabilities)':<32} {'':>6} {'':>8} {oracle['oracle_auc']:>9.4f}")
+print("\nEach arm at its lr chosen on validation, one seed; the tuned map with error bars: docs/results/map.md")
+if saved is None or saved != stock:
+    sys.exit(f"error: unpatched DLRM scored the folded model {fmt(stock)}, the MLET run {fmt(saved)}")
+print(f"\nTensorBoard: tensorboard --logdir {work}   Checkpoint: dlrm-mlet inspect {work}/mlet_d{d}_k{k}.pt")
 PYTHON

@@ -26,7 +26,14 @@ from dlrm_mlet.core.budget import (
 from dlrm_mlet.core.options import hidden_dim_for, parse_hidden_dims
 from dlrm_mlet.dlrm.data import AVAZU_COLUMNS, preprocess_avazu
 from dlrm_mlet.errors import MLETError
-from dlrm_mlet.tools.plan import _kaggle_train_rows, rare_rows, read_processed
+from dlrm_mlet.dlrm.evaluation import rare_rows as rare_rows_of
+from dlrm_mlet.dlrm.frequency import count_rows
+from dlrm_mlet.dlrm.processed import kaggle_train_rows
+from dlrm_mlet.tools.plan import read_processed
+
+
+def rare_rows(blocks, sizes, max_ind_range=-1):
+    return rare_rows_of(count_rows(blocks, sizes, max_ind_range))
 
 MiB, GiB = 2**20, 2**30
 
@@ -289,9 +296,9 @@ def test_rare_rows_count_values_seen_1_to_10_times():
 
 def test_kaggle_training_rows_are_all_days_but_the_last(tmp_path):
     path = tmp_path / "processed.npz"
-    assert _kaggle_train_rows(str(path), 70)[0] == 60  # DLRM's 7 near-equal days
+    assert kaggle_train_rows(str(path), 70)[0] == 60  # DLRM's 7 near-equal days
     np.savez(tmp_path / "train_day_count.npz", total_per_file=np.array([30, 20, 20]))
-    assert _kaggle_train_rows(str(path), 70) == (50, "days from train_day_count.npz")
+    assert kaggle_train_rows(str(path), 70) == (50, "days from train_day_count.npz")
 
 
 def _criteo_npz(path):
@@ -308,7 +315,7 @@ def test_read_processed_npz(tmp_path):
     path = str(_criteo_npz(tmp_path / "kaggle_processed.npz"))
     counts, rare, note = read_processed(path, rare=True)
     assert counts == [40_000, 50, 300] and rare == [0, 0, 300]  # 600 training rows: each of 300 values twice
-    assert note == "rare rows counted over the 600 training rows (7 near-equal days, as DLRM splits them)"
+    assert note == "rare rows counted over the first 600 of 700 rows (7 near-equal days, as DLRM splits them)"
     assert read_processed(path) == (counts, None, "")
     with pytest.raises(MLETError, match="no such file or folder$"):
         read_processed(str(tmp_path / "missing.npz"))
@@ -351,7 +358,7 @@ def test_plan_command_from_a_processed_npz(tmp_path):
                "--processed-data-file", str(path), "--rule", "rare", "--quiet")
     assert out.returncode == 0, out.stderr
     assert _printed_plan(out.stdout)[0] == "0-0-64"  # the rare-heavy table first, though the smallest
-    assert out.stdout.splitlines()[-1].startswith("rare rows counted over the 600 training rows")
+    assert out.stdout.splitlines()[-1].startswith("rare rows counted over the first 600 of 700 rows")
     # by size (uniform rule, or no X_cat) the big table would have come first
     np.savez(tmp_path / "day_fea_count.npz", counts=np.array([40_000, 50, 300], np.int32))
     out = _run("--budget", "2MiB", "--mlet-hidden-dim", "64", "--arch-sparse-feature-size", "8",

@@ -206,3 +206,47 @@ def test_a_best_lr_at_the_edge_of_the_grid_is_flagged(tmp_path):
     text = report(write(tmp_path, rows))
     assert "| kaggle | 1 | baseline | 4 | - | 0.4 (edge) |" in text
     assert "| kaggle | 1 | baseline | 8 | - | 0.2 |" in text
+
+
+# --------------------------------------------------------------------------- where MLET pays
+
+
+def _regime(name, share, aucs, optimizer="sgd"):
+    """Rows of one regime: (d, k) -> test AUC per seed (validation = test), bytes follow d."""
+    return [row(regime=name, optimizer=optimizer, rare_lookup_share=share, d=d, k=k, seed=seed, val_auc=auc,
+                test_auc=auc) for (d, k), per_seed in aucs.items() for seed, auc in enumerate(per_seed)]
+
+
+def test_where_mlet_pays_gives_each_regime_its_saving_and_gain_at_equal_d(tmp_path, capsys):
+    dense = {(4, 0): [0.70, 0.71], (16, 0): [0.72, 0.73], (4, 64): [0.70, 0.71], (16, 64): [0.72, 0.73]}
+    rare = {(4, 0): [0.70, 0.70], (16, 0): [0.71, 0.71], (4, 64): [0.715, 0.715], (16, 64): [0.73, 0.74]}
+    first = write(tmp_path, _regime("dense", 0.02, dense) + _regime("rare", 0.2, rare), "a.csv")
+    second = write(tmp_path, _regime("rare", 0.2, {(4, 0): [0.70, 0.70], (4, 64): [0.69, 0.69]}, "adagrad"),
+                   "b.csv")
+    out_json, out_png = tmp_path / "map.json", tmp_path / "map.png"
+    assert main(["report", first, second, "--map-json", str(out_json), "--map-plot", str(out_png),
+                 "--plot", str(tmp_path / "p.png"), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    rule, table = text.split("## Where MLET pays, by rare-lookup share\n\n")[1].split("\n\n")[:2]
+    table = table.splitlines()
+    assert table[2] == ("| dense | sgd | 0.020 | d=16 (0.7250 ± 0.0071) | no MLET model matches | "
+                        "d=4: +0.0000 ± 0.0071 (k=64), d=16: +0.0000 ± 0.0071 (k=64) |")
+    # rare: MLET d=4 (0.715) leads the best baseline (d=16, 0.71, sd 0) by more than its se (0): 4x smaller
+    assert table[3] == ("| rare | sgd | 0.200 | d=16 (0.7100 ± 0.0000) | 4.0x (MLET d=4 k=64) | "
+                        "d=4: +0.0150 ± 0.0000 (k=64), d=16: +0.0250 ± 0.0050 (k=64) |")
+    assert table[4].startswith("| rare | adagrad | 0.200 | d=4 (0.7000 ± 0.0000) | no MLET model matches |")
+    assert rule.startswith("Per regime (one dataset and optimizer)")
+    entries = json.loads(out_json.read_text())["regimes"]
+    assert [(e["regime"], e["optimizer"], e["saving"]) for e in entries] == [
+        ("dense", "sgd", None), ("rare", "sgd", 4.0), ("rare", "adagrad", None)]
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rows_of_an_older_csv_read_as_one_sgd_regime_without_a_share(tmp_path):
+    old = tmp_path / "old.csv"
+    fields = [f for f in sweep.FIELDS if f not in sweep.LATER_FIELDS]
+    values = {**row(), "d": 4, "k": 0}
+    old.write_text(",".join(fields) + "\n" + ",".join(str(values[f]) for f in fields) + "\n")
+    rows = sweep.read_rows(old)
+    assert (rows[0]["regime"], rows[0]["optimizer"], rows[0]["rare_lookup_share"]) == ("", "sgd", "")
+    assert "## Where MLET pays" not in report(str(old))  # no share: no map section

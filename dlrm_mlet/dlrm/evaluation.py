@@ -15,11 +15,13 @@ import contextlib
 
 import numpy as np
 
-# (slug for CSV columns, label, smallest count, largest count or None); one place for the edges
+from .frequency import RARE, count_rows
+
+# (slug for CSV columns, label, smallest count, largest count or None); the rare band is frequency.RARE
 BUCKETS = (
     ("unseen", "unseen", 0, 0),
-    ("1_10", "1-10", 1, 10),
-    ("11_100", "11-100", 11, 100),
+    ("1_10", "1-10", *RARE),
+    ("11_100", "11-100", RARE[1] + 1, 100),
     ("over_100", ">100", 101, None),
 )
 BUCKET_RULE = "test samples by the training-split count of their rarest categorical value (embedding row)"
@@ -95,28 +97,18 @@ def _categorical_chunks(dataset):
 
 def train_counts(dataset, table_sizes, max_ind_range=-1):
     """Per table, how often each embedding row occurs in the training split; None if unknown."""
-    counts = [np.zeros(int(n), dtype=np.int64) for n in table_sizes]
     try:
-        for chunk in _categorical_chunks(dataset):
-            chunk = np.asarray(chunk, dtype=np.int64)
-            if max_ind_range > 0:
-                chunk = chunk % max_ind_range
-            for j, table in enumerate(counts):
-                table += np.bincount(chunk[:, j], minlength=len(table))[: len(table)]
+        return count_rows(_categorical_chunks(dataset), table_sizes, max_ind_range)
     except LookupError:
         return None
-    return counts
-
-
-RARE_COUNTS = next((lo, hi) for slug, _, lo, hi in BUCKETS if slug == "1_10")  # a "rare" row's training count
 
 
 def rare_rows(counts):
-    """Per table, how many embedding rows occur ``RARE_COUNTS`` times (1..10) in training.
+    """Per table, how many embedding rows occur ``RARE`` times (1..10) in training.
 
     The score ``--mlet-memory-budget``'s ``rare`` rule ranks tables by.
     """
-    lo, hi = RARE_COUNTS
+    lo, hi = RARE
     return [int(((np.asarray(c) >= lo) & (np.asarray(c) <= hi)).sum()) for c in counts]
 
 

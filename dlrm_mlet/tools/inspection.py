@@ -13,7 +13,8 @@ import torch
 
 from ..core.folding import PROJ_KEY, TABLE_KEY, mlet_prefixes
 from ..errors import MLETError
-from ..files import atomic_write, load_dlrm_checkpoint
+from ..files import load_dlrm_checkpoint
+from .plots import pyplot, save
 from .spectrum import effective_rank, singular_values
 
 STOCK_KEYS = ("nepochs", "nbatches", "nbatches_test", "state_dict", "test_acc", "epoch", "iter",
@@ -132,13 +133,7 @@ def format_report(info):
 
 def plot_spectra(info, out_path):
     """Normalised singular values per table (left) and effective rank per table (right)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MLETError("--plot needs matplotlib: pip install 'dlrm-mlet[plot]'") from None
+    plt, _ = pyplot("--plot")
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     cmap = plt.get_cmap("viridis")
     tables = info["tables"]
@@ -160,7 +155,4 @@ def plot_spectra(info, out_path):
     right.legend(fontsize=8)
     fig.suptitle(f"{info['path']} ({info['kind']})", fontsize=10)
     fig.tight_layout()
-    try:  # never a half-drawn PNG under the asked name; PNG whatever the name's extension
-        atomic_write(out_path, lambda tmp: fig.savefig(tmp, dpi=150, format="png"))
-    finally:
-        plt.close(fig)
+    save(fig, out_path)

@@ -9,10 +9,12 @@ tuned ones, so a reader sees how much of a gap is tuning.
 
 import json
 import math
+import os
 
 from ..dlrm.evaluation import BUCKET_RULE, BUCKETS
 from ..errors import MLETError
-from ..files import atomic_write
+from . import pays
+from .plots import pyplot, save
 from .sweep import BUCKET_FIELDS, read_rows
 
 MIB = 2**20
@@ -56,18 +58,24 @@ def _bytes(runs, field):
     return next((int(r[field]) for r in runs if r[field] not in ("", None)), None)
 
 
-def summarize(rows, single_lr=0.1):
-    """One arm per (dataset, epochs, d, k): every lr's seeds, the lr chosen on validation, the single lr.
+def data_label(dataset, regime="", optimizer="sgd"):
+    """How a group of runs is named in every table: its regime (else its dataset), and a non-SGD optimizer."""
+    return (regime or dataset) + ("" if optimizer in ("", "sgd") else f" ({optimizer})")
 
-    Sorted by dataset, epochs, then baselines before MLET, MLET by k, each by d.
+
+def summarize(rows, single_lr=0.1):
+    """One arm per (data, epochs, d, k): every lr's seeds, the lr chosen on validation, the single lr.
+
+    The data is (dataset, regime, optimizer). Sorted by data, epochs, then
+    baselines before MLET, MLET by k, each by d.
     """
     groups = {}
     for r in rows:
-        key = (r["dataset"], int(r["epochs"]), int(r["d"]), int(r["k"]))
+        key = (data_label(r["dataset"], r["regime"], r["optimizer"]), int(r["epochs"]), int(r["d"]), int(r["k"]))
         groups.setdefault(key, {}).setdefault(float(r["lr"]), []).append(r)
     arms = []
     order = lambda g: (g[0][0], g[0][1], g[0][3] > 0, g[0][3], g[0][2])  # noqa: E731
-    for (dataset, epochs, d, k), by_lr in sorted(groups.items(), key=order):
+    for (data, epochs, d, k), by_lr in sorted(groups.items(), key=order):
         lrs = {}
         for lr, runs in sorted(by_lr.items()):
             runs.sort(key=lambda r: int(r["seed"]))
@@ -77,7 +85,9 @@ def summarize(rows, single_lr=0.1):
         best = max(eligible, key=lambda lr: lrs[lr]["stats"]["val_auc"], default=None)
         every = [r for e in lrs.values() for r in e["runs"]]
         arms.append({
-            "dataset": dataset, "epochs": epochs, "d": d, "k": k, "lrs": lrs, "best": best,
+            "dataset": data, "epochs": epochs, "d": d, "k": k, "lrs": lrs, "best": best,
+            "regime": every[0]["regime"], "optimizer": every[0]["optimizer"],
+            "rare_lookup_share": _mean_sd(_num(r["rare_lookup_share"]) for r in every)[0],
             "tuned": lrs[best]["stats"] if best is not None else None,
             "why_none": "all lrs diverged" if all(e["diverged"] for e in lrs.values()) else "no validation AUC",
             "single": next((e for lr, e in lrs.items() if math.isclose(lr, single_lr)), None),
@@ -250,18 +260,15 @@ def rare_items(arms):
 
 
 def plot(arms, out_png, single_lr, oracle=None, title=None):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker  # noqa: F401 (used as matplotlib.ticker)
-    except ImportError:
-        raise MLETError("the report's plot needs matplotlib: pip install 'dlrm-mlet[plot]'") from None
+    plt, matplotlib = pyplot("the report's plot")
     groups = _groups(arms)
-    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.8), squeeze=False)
+    columns = min(len(groups), 3)
+    rows = math.ceil(len(groups) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(7 * columns, 4.8 * rows), squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
     every_k = sorted({a["k"] for a in arms})  # one colour per k in every panel
-    for ax, ((dataset, epochs), group) in zip(axes[0], groups):
+    for ax, ((dataset, epochs), group) in zip(axes.flat, groups):
         ks = sorted({a["k"] for a in group})
         for k in ks:
             colour, name = ("black", "baseline") if k == 0 else (f"C{every_k.index(k)}", f"MLET k={k}")
@@ -292,10 +299,7 @@ def plot(arms, out_png, single_lr, oracle=None, title=None):
             order = sorted(range(len(labels)), key=lambda i: f"(lr {single_lr:g})" in labels[i])
             ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8)
     fig.tight_layout()
-    try:  # never a half-drawn PNG under the asked name; PNG whatever the name's extension
-        atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=150, format="png"))
-    finally:
-        plt.close(fig)
+    save(fig, out_png)
 
 
 def _oracle(path):
@@ -307,31 +311,46 @@ def _oracle(path):
         raise MLETError(f"{path}: not a synthetic dataset's oracle JSON ({type(error).__name__}: {error})") from None
 
 
-def report(csv_path, out_png=None, oracle_path=None, title=None, progress=None, single_lr=0.1):
-    """The markdown (tuned table, iso-AUC at tuned and single lr, lr table, rare items); writes the plot.
+def report(csv_paths, out_png=None, oracle_path=None, title=None, progress=None, single_lr=0.1, map_png=None,
+           map_json=None):
+    """The markdown (tuned table, iso-AUC at tuned and single lr, where MLET pays, lr table, rare items).
 
-    ``progress()`` is called after each of the three stages (read, summarise, plot).
+    ``csv_paths``: one sweep CSV or several (their rows together). Writes the
+    AUC-vs-size plot to ``out_png``, the saving-vs-rare-lookup-share plot to
+    ``map_png`` and the map's JSON (what ``dlrm-mlet data`` reads) to
+    ``map_json``, each when given. ``progress()`` is called after each of the
+    three stages (read, summarise, plot).
     """
     progress = progress or (lambda: None)
-    rows = read_rows(csv_path)
-    if not rows:
-        raise MLETError(f"{csv_path}: no sweep results")
+    csv_paths = [csv_paths] if isinstance(csv_paths, (str, os.PathLike)) else list(csv_paths)
+    rows = []
+    for path in csv_paths:
+        more = read_rows(path)
+        if not more:
+            raise MLETError(f"{path}: no sweep results")
+        rows += more
     oracle = _oracle(oracle_path) if oracle_path else None
     progress()
     try:
         arms = summarize(rows, single_lr)
     except ValueError as error:
-        raise MLETError(f"{csv_path}: not a readable sweep results file ({error})") from None
+        raise MLETError(f"{', '.join(map(str, csv_paths))}: not a readable sweep results file ({error})") from None
+    regimes = pays.summarize_regimes(arms, tuned)
     text = "\n\n".join([
         "## Test metrics at the learning rate chosen on validation", LR_RULE, tuned_table(arms, single_lr, oracle),
         "## Iso-AUC size reduction", ISO_RULE,
         "### At each model's tuned lr", iso_auc(arms, tuned),
         f"### At the single lr {single_lr:g} (no tuning)", iso_auc(arms, at_single_lr),
+        *(["## Where MLET pays, by rare-lookup share", pays.RULE, pays.table(regimes)] if regimes else []),
         "## Validation AUC per learning rate (bold: chosen; div i/n: i of n seeds diverged)", lr_tables(arms),
         "## Rare items: test metrics by training frequency", rare_items(arms),
     ])
     progress()
     if out_png:
         plot(arms, out_png, single_lr, oracle, title)
+    if map_png and regimes:
+        pays.plot(regimes, map_png)
+    if map_json:
+        pays.write_summary(regimes, map_json)
     progress()
     return text

@@ -22,14 +22,19 @@ import subprocess
 import sys
 import time
 
+from ..dlrm.criteo import criteo_layout
 from ..dlrm.evaluation import BUCKETS
+from ..dlrm.frequency import cap_rows, count_rows, rare_lookup_share
+from ..dlrm.processed import training_split
 from ..dlrm.patching import is_patched_checkout, patch_checkout
 from ..errors import MLETError
 from ..files import StagedFiles, atomic_write_text
 
 BUCKET_FIELDS = [f"test_{slug}_{m}" for slug, *_ in BUCKETS for m in ("samples", "auc", "log_loss")]
+# Columns added after the first release, with the value an older file's rows take
+LATER_FIELDS = {"regime": "", "optimizer": "sgd", "rare_lookup_share": ""}
 FIELDS = [
-    "dataset", "d", "k", "lr", "seed", "epochs", "status", "note",
+    "dataset", "regime", "optimizer", "rare_lookup_share", "d", "k", "lr", "seed", "epochs", "status", "note",
     "val_auc", "val_log_loss", "val_accuracy", "test_auc", "test_log_loss", "test_accuracy", *BUCKET_FIELDS,
     "train_seconds", "train_ms_per_it", "inference_embedding_bytes", "training_embedding_bytes",
 ]
@@ -52,17 +57,23 @@ def bench_args(data_set, d, lr=0.1):
     ]
 
 
+def run_key(row):
+    """What makes a run: a CSV row with the same key is never run again."""
+    return (row["dataset"], row["regime"], row["optimizer"], int(row["d"]), int(row["k"]), float(row["lr"]),
+            int(row["seed"]), int(row["epochs"]))
+
+
 def read_rows(path):
     if not os.path.exists(path):
         return []
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    if rows and set(FIELDS) - set(rows[0]):
+    if rows and set(FIELDS) - set(LATER_FIELDS) - set(rows[0]):
         if "lr" not in rows[0] and "test_auc" in rows[0]:
             raise MLETError(f"{path}: written by an older dlrm-mlet (no lr or validation columns); "
                             "sweep into a new file")
         raise MLETError(f"{path}: not a sweep results file (columns {', '.join(rows[0])})")
-    return rows
+    return [{**LATER_FIELDS, **row} for row in rows]
 
 
 def write_rows(path, rows):
@@ -102,7 +113,7 @@ def embedding_bytes(model_path):
     return inference, training
 
 
-def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_args, threads=None):
+def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_args, threads=None, regime=""):
     """One DLRM run in its own folder under ``work``; its CSV row (``diverged`` with the reason).
 
     The run's checkpoints are deleted once their sizes are read (a k=256 one is
@@ -110,7 +121,9 @@ def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_arg
     """
     from ..dlrm.checkpoints import MLET_SUFFIX
 
-    work = os.path.join(work, "runs", f"d{d}_k{k}_lr{lr}_s{seed}_e{epochs}")
+    optimizer = optimizer_of(extra_args)
+    name = f"d{d}_k{k}_lr{lr}_s{seed}_e{epochs}" + ("" if optimizer == "sgd" else f"_{optimizer}")
+    work = os.path.join(work, "runs", name)
     if os.path.isdir(work):
         shutil.rmtree(work)  # a run that was interrupted: start it afresh
     os.makedirs(work)
@@ -127,8 +140,8 @@ def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_arg
                               env=env)
     seconds = time.perf_counter() - start
     text = open(log).read()
-    row = {"dataset": data_set, "d": d, "k": k, "lr": lr, "seed": seed, "epochs": epochs, "status": "ok",
-           "note": "", "train_seconds": round(seconds, 2)}
+    row = {"dataset": data_set, "regime": regime, "optimizer": optimizer, "d": d, "k": k, "lr": lr, "seed": seed,
+           "epochs": epochs, "status": "ok", "note": "", "train_seconds": round(seconds, 2)}
     if proc.returncode != 0 or not os.path.exists(metrics):
         sign = _DIVERGED.search(text)
         tail = (text.strip().splitlines() or ["no output"])[-1]
@@ -153,6 +166,37 @@ def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_arg
     return {**row, "status": "diverged", "note": reason} if reason else row
 
 
+def optimizer_of(args):
+    """DLRM's ``--optimizer`` among ``args`` (its default: sgd)."""
+    return _option(args, "--optimizer", "sgd")
+
+
+def _option(args, flag, default=None):
+    """The value of ``flag`` in a DLRM argument list (``--flag=v`` or ``--flag v``)."""
+    for i, arg in enumerate(args):
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+    return default
+
+
+def data_statistic(data_set, raw_data_file, extra_args, work):
+    """The rare-lookup share of the data the runs trained on, counted once (cached in ``work``)."""
+    cache = os.path.join(work, "rare_lookup_share.json")
+    if os.path.exists(cache):
+        with open(cache) as handle:
+            return json.load(handle)["rare_lookup_share"]
+    processed = _option(extra_args, "--processed-data-file") or (
+        os.path.join(os.path.dirname(os.path.abspath(raw_data_file)), "avazu_processed") if data_set == "avazu"
+        else criteo_layout(data_set, raw_data_file)["processed"])
+    max_ind_range = int(_option(extra_args, "--max-ind-range", -1))
+    split = training_split(processed)
+    share = rare_lookup_share(count_rows(split.blocks(), cap_rows(split.sizes, max_ind_range), max_ind_range))
+    atomic_write_text(cache, json.dumps({"rare_lookup_share": share, "processed": processed}) + "\n")
+    return share
+
+
 def _chance_or_worse(row):
     for split in ("val", "test"):
         auc = row[f"{split}_auc"]
@@ -162,12 +206,15 @@ def _chance_or_worse(row):
 
 
 def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.1,), epochs=1, work=None,
-              extra_args=(), quiet=False, jobs=1, baseline=True):
+              extra_args=(), quiet=False, jobs=1, baseline=True, regime="", runs=None):
     """Train every missing (d, k, lr, seed) and append it to ``out_csv``; returns all rows.
 
     ``extra_args`` go to every run, except ``--mlet-*`` ones, which the
     baseline (``k = 0``) runs leave out. ``baseline=False`` trains only the
     MLET arms (to compare an MLET option against baselines in another CSV).
+    ``runs``, a list of ``(d, k, lr, seed)``, replaces the grid (each arm its
+    own lrs). Rows carry ``regime`` (a label: one CSV can hold several
+    datasets), DLRM's ``--optimizer`` and the data's rare-lookup share.
 
     ``jobs`` runs at once, each with ``cores / jobs`` threads: at batch 128 a
     DLRM step is mostly single-threaded Python, so two runs on two cores
@@ -188,15 +235,17 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
     os.makedirs(work, exist_ok=True)
     script = patched_copy(dlrm_dir, work)
     rows = read_rows(out_csv)
-    key = lambda r: (r["dataset"], int(r["d"]), int(r["k"]), float(r["lr"]), int(r["seed"]), int(r["epochs"]))  # noqa: E731
-    done = {key(r) for r in rows}
-    plan = [(d, k, lr, s) for s in seeds for lr in lrs for d in ds for k in [0] * baseline + list(ks)
-            if (data_set, d, k, float(lr), s, epochs) not in done]
+    optimizer = optimizer_of(extra_args)
+    done = {run_key(r) for r in rows}
+    grid = runs if runs is not None else [
+        (d, k, lr, s) for s in seeds for lr in lrs for d in ds for k in sorted(({0} if baseline else set()) | set(ks))]
+    plan = [(d, k, lr, s) for d, k, lr, s in grid
+            if (data_set, regime, optimizer, d, k, float(lr), s, epochs) not in done]
     data_args = [f"--raw-data-file={os.path.abspath(raw_data_file)}"]
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     with progress_bar(len(plan), "sweep", quiet=quiet, unit=" runs") as bar, ThreadPoolExecutor(jobs) as pool:
         submit = lambda d, k, lr, seed: pool.submit(  # noqa: E731
-            run_one, script, data_set, data_args, d, k, lr, seed, epochs, work, extra_args, threads)
+            run_one, script, data_set, data_args, d, k, lr, seed, epochs, work, extra_args, threads, regime)
         runs = [submit(*plan[0])] if plan else []
         if jobs > 1 and runs:
             runs[0].exception()  # the first run preprocesses the data: the others wait for its files
@@ -204,6 +253,7 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
         try:
             for run in as_completed(runs):
                 row = run.result()
+                row["rare_lookup_share"] = data_statistic(data_set, raw_data_file, extra_args, work)
                 rows.append(row)
                 write_rows(out_csv, rows)
                 bar.update()

@@ -51,6 +51,7 @@ from .synth_model import (
     NOISE_STD,
     TARGET_CTR,
     ZIPF_EXPONENT,
+    check_zipf,
     click_probability,
     generate_rows,
     global_bias,
@@ -139,7 +140,7 @@ def _auc_from_histograms(counts):
 # ---------------------------------------------------------------- writing
 
 
-def _check_args(rows, seed, scale, rank):
+def _check_args(rows, seed, scale, rank, zipf):
     if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
         raise MLETError(f"--rows must be a positive integer, got {rows!r}")
     if rows >= CALIBRATION_START:
@@ -148,6 +149,7 @@ def _check_args(rows, seed, scale, rank):
         raise MLETError(f"--rank must be an integer in 1..{MAX_RANK}, got {rank!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise MLETError(f"--seed must be an integer, got {seed!r}")
+    check_zipf(zipf)
     return table_sizes(scale)
 
 
@@ -159,11 +161,11 @@ def _write_block(model, train, probs, r, labels, q):
     probs.write(_format_probs(q))
 
 
-def write_synthetic(out_dir, rows, seed=0, scale=DEFAULT_SCALE, rank=DEFAULT_RANK,
+def write_synthetic(out_dir, rows, seed=0, scale=DEFAULT_SCALE, rank=DEFAULT_RANK, zipf=ZIPF_EXPONENT,
                     progress=True, force=False):
     """Write train.txt, train_prob.txt and synth.json into ``out_dir``; returns synth.json's
     content. Refuses to replace an existing train.txt unless ``force``."""
-    sizes = _check_args(rows, seed, scale, rank)
+    sizes = _check_args(rows, seed, scale, rank, zipf)
     out_dir = os.fspath(out_dir)
     train_path = os.path.join(out_dir, "train.txt")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -175,7 +177,7 @@ def write_synthetic(out_dir, rows, seed=0, scale=DEFAULT_SCALE, rank=DEFAULT_RAN
     except OSError as error:
         raise MLETError(f"{out_dir}: cannot create it ({error.strerror})") from None
 
-    model = make_model(seed, scale, rank)
+    model = make_model(seed, scale, rank, zipf)
     b0 = global_bias(model)
     block = max(1024, min(BLOCK_ROWS, 400_000 // rank))
     # Streaming statistics: label counts per printed probability give the exact AUC
@@ -207,7 +209,7 @@ def write_synthetic(out_dir, rows, seed=0, scale=DEFAULT_SCALE, rank=DEFAULT_RAN
         info = {
             "format": "criteo-kaggle", "generator": "dlrm-mlet synth", "version": 1,
             "rows": rows, "seed": seed, "scale": scale, "rank": rank,
-            "table_sizes": sizes, "zipf_exponent": ZIPF_EXPONENT,
+            "table_sizes": sizes, "zipf_exponent": model["zipf"],
             "missing_rates": {
                 **{f"I{j + 1}": g[0] for g in MISSING for j in g[1]},
                 **{f"C{j + 1}": g[0] for g in MISSING for j in g[2]},

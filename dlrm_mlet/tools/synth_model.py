@@ -9,9 +9,12 @@ The model. Every random number is a counter-based hash (splitmix64) of (seed,
 stream, row or value id): a row does not depend on the block it is made in, and
 nothing per value is stored (at scale 1 the tables would hold 33M values).
 
-* C_f is an id in ``[0, n_f)`` from a bounded power law, P(id) ~ (id + 1)^-1.1
-  (the inverse CDF of the continuous law, floored): a few values are very
-  frequent, most are rare. ``n_f`` is Criteo-Kaggle's table size times
+* C_f is an id in ``[0, n_f)`` from a bounded power law, P(id) ~ (id + 1)^-s
+  with s = ``--zipf`` (1.1; the inverse CDF of the continuous law, floored): a
+  few values are very frequent, most are rare. At s = 1.1 and Criteo-Kaggle's
+  table sizes the law gives about the number of distinct values per table that
+  the first 10,000 real Criteo-Kaggle rows hold (43,946 expected, 43,579 seen);
+  a smaller s spreads lookups over more rows (s -> 0: uniform). ``n_f`` is Criteo-Kaggle's table size times
   ``--scale``, at least min(Criteo's size, 4). Features go missing at Criteo's
   rates, in groups that go missing together (as C19/C20/C25/C26 do).
 * Each (feature, value) has a bias and a latent vector of size ``--rank``,
@@ -57,6 +60,7 @@ CRITEO_TABLE_SIZES = (
 DEFAULT_SCALE = 0.01
 DEFAULT_RANK = 8
 ZIPF_EXPONENT = 1.1
+MAX_ZIPF = 5.0
 MIN_TABLE_SIZE = 4
 TARGET_CTR = 0.25
 BIAS_STD = 1.5
@@ -222,10 +226,36 @@ def unmix_ids(values, keys):
 # ---------------------------------------------------------------- the model
 
 
-def make_model(seed, scale, rank):
+def check_zipf(zipf):
+    if isinstance(zipf, bool) or not isinstance(zipf, (int, float)) or not 0 < zipf <= MAX_ZIPF:
+        raise MLETError(f"--zipf must be a number in (0, {MAX_ZIPF:g}], got {zipf!r}")
+    return float(zipf)
+
+
+def zipf_ids(u, sizes, zipf):
+    """Ids in ``[0, n)`` from uniforms ``u``: the floored inverse CDF of x^-s on [1, n + 1)."""
+    if zipf == 1.0:
+        x = np.exp(u * np.log(sizes + 1.0))
+    else:
+        a = 1.0 - zipf
+        x = np.exp(np.log(1.0 - u * (1.0 - (sizes + 1.0) ** a)) * (1.0 / a))  # log1p is 4x slower
+    ids = np.minimum(x.astype(np.int64) - 1, sizes.astype(np.int64) - 1)
+    return np.maximum(ids, 0, out=ids)
+
+
+def zipf_probabilities(n, zipf):
+    """P(id = i) for i in ``[0, n)``: what :func:`zipf_ids` draws, exactly."""
+    i = np.arange(n, dtype=np.float64)
+    if zipf == 1.0:
+        return (np.log(i + 2.0) - np.log(i + 1.0)) / np.log(n + 1.0)
+    a = 1.0 - zipf
+    return ((i + 1.0) ** a - (i + 2.0) ** a) / (1.0 - (n + 1.0) ** a)
+
+
+def make_model(seed, scale, rank, zipf=ZIPF_EXPONENT):
     sizes = np.array(table_sizes(scale), dtype=np.float64)
     model = {
-        "seed": seed, "rank": rank, "sizes": sizes,
+        "seed": seed, "rank": rank, "sizes": sizes, "zipf": check_zipf(zipf),
         "row_key": _key(seed, "rows"),
         "value_keys": [_key(seed, "value", f) for f in range(NCAT)],
         "mix_keys": [_mix_keys(seed, f) for f in range(NCAT)],
@@ -262,12 +292,7 @@ def generate_rows(model, start, count):
     counters = np.arange(start, start + count, dtype=np.uint64)[:, None] * _U64(_ROW_STRIDE)
     h = _splitmix64((counters + np.arange(_NCOLS, dtype=np.uint64)) ^ model["row_key"])
 
-    # Zipf ids: inverse CDF of the power law x^-s on [1, n + 1), floored.
-    a = 1.0 - ZIPF_EXPONENT
-    u = _uniform(h[:, _COL_ZIPF:_COL_ZIPF + NCAT])
-    x = np.exp(np.log(1.0 - u * (1.0 - (sizes + 1.0) ** a)) * (1.0 / a))  # log1p is 4x slower
-    ids = np.minimum(x.astype(np.int64) - 1, sizes.astype(np.int64) - 1)
-    np.maximum(ids, 0, out=ids)
+    ids = zipf_ids(_uniform(h[:, _COL_ZIPF:_COL_ZIPF + NCAT]), sizes, model["zipf"])
 
     miss_u = np.concatenate([_uniform(h[:, _COL_MISS:_COL_NORMAL]), np.ones((count, 1))], axis=1)
     rate = model["miss_rate"]

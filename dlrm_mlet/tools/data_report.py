@@ -1,0 +1,62 @@
+"""``dlrm-mlet data``: how often each embedding row of a user's data is trained, and what the map says there.
+
+It reads the processed data DLRM trains from (``dlrm/processed.py``: every
+loader's files), counts each row's lookups over the training split
+(``dlrm/frequency.py``, on the row the model sees after ``--max-ind-range``),
+and prints per table and overall the rows, the rows seen, the share of rows
+and of lookups by training count, and the rare-lookup share. Then it places
+that share on the map shipped with the package (``tools/map_summary.json``,
+written by ``dlrm-mlet report --map-json`` from the committed sweeps) and
+prints what was measured in the nearest regimes. The map is synthetic
+evidence: the regimes are generated data, so it says where to expect a gain,
+not what a user's model will gain.
+"""
+
+from ..dlrm.frequency import CLASSES, NAME, RARE_MAX, cap_rows, count_rows, profile
+from ..dlrm.processed import training_split
+from ..progress import progress_bar
+from . import pays
+
+
+def data_report(path, max_ind_range=-1, quiet=False, map_path=pays.SUMMARY):
+    """``(profile dict, map entries near it)`` for the processed data at ``path``."""
+    split = training_split(path)
+    sizes = cap_rows(split.sizes, max_ind_range)
+    with progress_bar(split.rows, "count lookups", quiet) as bar:
+        counts = count_rows(split.blocks(), sizes, max_ind_range, bar.update)
+    info = profile(counts)
+    info.update(path=str(path), source=split.source, max_ind_range=max_ind_range)
+    entries = pays.load_summary(map_path) or []
+    share = info["overall"]["rare_lookup_share"]
+    info["map"] = [] if share is None else [
+        e for optimizer in sorted({e["optimizer"] for e in entries}, key=lambda o: (o != "sgd", o))
+        for e in pays.nearest(entries, share, optimizer)]
+    return info
+
+
+def _pct(share):
+    return "-" if share is None else f"{100 * share:.1f}"
+
+
+def format_data_report(info):
+    labels = [label for label, *_ in CLASSES]
+    head = (f"{'table':>5} {'rows':>11} {'seen':>11} | % of rows: " + " ".join(f"{lb:>6}" for lb in labels)
+            + " | % of lookups: " + " ".join(f"{lb:>6}" for lb in labels[1:]) + f" | {NAME}")
+    lines = [f"{info['path']}: {info['source']}"
+             + (f", indices modulo {info['max_ind_range']}" if info["max_ind_range"] > 0 else ""), "", head]
+    entries = [(str(i), t) for i, t in enumerate(info["tables"])] + [("all", info["overall"])]
+    for name, t in entries:
+        lines.append(f"{name:>5} {t['rows']:>11} {t['seen']:>11} |            "
+                     + " ".join(f"{_pct(t['classes'][lb]['rows']):>6}" for lb in labels) + " |               "
+                     + " ".join(f"{_pct(t['classes'][lb]['lookups']):>6}" for lb in labels[1:])
+                     + f" | {_pct(t['rare_lookup_share']):>5} %")
+    share = info["overall"]["rare_lookup_share"]
+    lines += ["", f"{NAME}: {_pct(share)} % of {info['overall']['lookups']} training lookups land on an embedding "
+                  f"row seen at most {RARE_MAX} times in training."]
+    if info["map"]:
+        lines += ["", "Where this falls on the map (synthetic evidence: generated data, tuned sweeps; "
+                      "see docs/results/map.md in the project):"]
+        lines += [f"  {pays.describe(e)}" for e in info["map"]]
+    elif share is not None:
+        lines += ["", "No map is installed with this copy of dlrm-mlet: see docs/results/map.md in the project."]
+    return "\n".join(lines)

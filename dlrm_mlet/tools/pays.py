@@ -1,0 +1,150 @@
+"""Where MLET pays: a sweep's arms per data regime, against the regime's rare-lookup share.
+
+A regime is one group of a sweep CSV (its ``regime``, else its dataset, and
+its optimizer) at one epoch count. For each, at the tuned learning rates
+(``report.tuned``): the **saving** (the best baseline's inference bytes over
+those of the smallest MLET model that matches it by the report's one-standard-
+error rule; None when no MLET model matches) and the **gain at equal d** (per
+d, the best MLET arm's mean test AUC minus the baseline's of the same d, with
+the standard error of the difference). ``dlrm-mlet report`` prints them as a
+table and plots them against the rare-lookup share; ``dlrm-mlet data`` reads
+the JSON form to say what was measured near a user's data.
+"""
+
+import json
+import math
+import os
+
+from ..dlrm.frequency import NAME
+from ..errors import MLETError
+from ..files import atomic_write_text
+from .plots import pyplot, save
+
+RULE = ("Per regime (one dataset and optimizer), at each model's tuned lr: the saving is the best baseline's "
+        "inference embedding bytes over those of the smallest MLET model whose mean test AUC leads the best "
+        "baseline's by at least one standard error of the difference (the iso-AUC rule above, against the best "
+        "baseline of any width); the gain at equal d is the best MLET arm of that d minus the baseline of that d, "
+        "± the standard error of the difference over seeds.")
+SUMMARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "map_summary.json")  # shipped with the package
+
+
+def _se(a, b):
+    return math.sqrt(a["auc_sd"] ** 2 / a["n"] + b["auc_sd"] ** 2 / b["n"])
+
+
+def summarize_regimes(arms, tuned):
+    """One entry per (data, epochs) group that has a rare-lookup share and a baseline, sorted by the share."""
+    groups = {}
+    for a in arms:
+        groups.setdefault((a["dataset"], a["epochs"]), []).append(a)
+    out = []
+    for (data, epochs), group in groups.items():
+        share = group[0]["rare_lookup_share"]
+        scored = [(a, tuned(a)) for a in group if tuned(a) and a["inference_bytes"]]
+        base = [(a, s) for a, s in scored if a["k"] == 0]
+        if math.isnan(share) or not base:
+            continue
+        ref, rs = max(base, key=lambda b: b[1]["auc"])
+        matches = [(a, s) for a, s in scored if a["k"] and s["auc"] - rs["auc"] >= _se(s, rs) - 1e-12]
+        match = min(matches, key=lambda m: (m[0]["inference_bytes"], -m[1]["auc"]), default=None)
+        gains = []
+        for b, bs in sorted(base, key=lambda b: b[0]["d"]):
+            same = [(a, s) for a, s in scored if a["k"] and a["d"] == b["d"]]
+            if same:
+                m, ms = max(same, key=lambda m: m[1]["auc"])
+                gains.append({"d": b["d"], "k": m["k"], "gain": ms["auc"] - bs["auc"], "se": _se(ms, bs),
+                              "seeds": min(ms["n"], bs["n"])})
+        out.append({
+            "data": data, "regime": group[0]["regime"], "optimizer": group[0]["optimizer"] or "sgd",
+            "epochs": epochs, "rare_lookup_share": share,
+            "best_baseline": {"d": ref["d"], "auc": rs["auc"], "sd": rs["auc_sd"], "bytes": ref["inference_bytes"]},
+            "match": None if match is None else {"d": match[0]["d"], "k": match[0]["k"], "auc": match[1]["auc"],
+                                                 "sd": match[1]["auc_sd"], "bytes": match[0]["inference_bytes"]},
+            "saving": None if match is None else ref["inference_bytes"] / match[0]["inference_bytes"],
+            "gains": gains,
+        })
+    return sorted(out, key=lambda r: (r["optimizer"] != "sgd", r["optimizer"], r["rare_lookup_share"]))
+
+
+def _saving(entry):
+    s = entry["saving"]
+    if s is None:
+        return "no MLET model matches"
+    m = entry["match"]
+    return f"{s:.1f}x (MLET d={m['d']} k={m['k']})" if s > 1 else f"none (best match: MLET d={m['d']} k={m['k']})"
+
+
+def _gains(entry):
+    return ", ".join(f"d={g['d']}: {g['gain']:+.4f} ± {g['se']:.4f} (k={g['k']})" for g in entry["gains"]) or "-"
+
+
+def table(entries):
+    """The markdown table of ``summarize_regimes``: one row per regime and optimizer."""
+    if not entries:
+        return f"no group with a {NAME} column and a baseline in this CSV"
+    lines = [f"| data | optimizer | {NAME} | best baseline (test AUC) | tuned iso-AUC saving | "
+             "AUC gain at equal d, MLET - baseline ± se (best k) |", "|" + "---|" * 6]
+    for e in entries:
+        b = e["best_baseline"]
+        lines.append(f"| {e['regime'] or e['data']} | {e['optimizer']} | {e['rare_lookup_share']:.3f} | "
+                     f"d={b['d']} ({b['auc']:.4f} ± {b['sd']:.4f}) | {_saving(e)} | {_gains(e)} |")
+    return "\n".join(lines)
+
+
+def plot(entries, out_png, title=None):
+    """Saving and gain at equal d against the rare-lookup share, one line per optimizer."""
+    plt, _ = pyplot("the map's plot")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    optimizers = sorted({e["optimizer"] for e in entries}, key=lambda o: (o != "sgd", o))
+    for i, optimizer in enumerate(optimizers):
+        mine = [e for e in entries if e["optimizer"] == optimizer]
+        x = [e["rare_lookup_share"] for e in mine]
+        y = [e["saving"] if e["saving"] else 0.5 for e in mine]  # no match: drawn at 0.5x
+        left.plot(x, y, marker="o", color=f"C{i}", label=optimizer)
+        for e, xi, yi in zip(mine, x, y):
+            left.annotate(e["regime"] or e["data"], (xi, yi), fontsize=7, textcoords="offset points", xytext=(3, 4))
+        for j, d in enumerate(sorted({g["d"] for e in mine for g in e["gains"]})):
+            pts = [(e["rare_lookup_share"], g) for e in mine for g in e["gains"] if g["d"] == d]
+            right.errorbar([p[0] for p in pts], [p[1]["gain"] for p in pts], yerr=[p[1]["se"] for p in pts],
+                           marker="os^"[j % 3], capsize=3, ls="-" if optimizer == "sgd" else "--",
+                           color=f"C{i}", alpha=1 - 0.25 * j, label=f"{optimizer}, d={d}")
+    left.axhline(1, color="gray", lw=0.8)
+    left.set_yscale("log", base=2)
+    left.set(xlabel=NAME, ylabel="tuned iso-AUC saving (x; 0.5 = no MLET model matches)",
+             title=title or f"Where MLET pays: saving against the {NAME}")
+    right.axhline(0, color="gray", lw=0.8)
+    right.set(xlabel=NAME, ylabel="test AUC, MLET - baseline of the same d (± se)", title="Gain at equal d")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save(fig, out_png)
+
+
+def write_summary(entries, path=SUMMARY):
+    atomic_write_text(path, json.dumps({"statistic": NAME, "regimes": entries}, indent=1) + "\n")
+
+
+def load_summary(path=SUMMARY):
+    """The map shipped with the package (or ``path``); None when there is none."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as handle:
+            return json.load(handle)["regimes"]
+    except (OSError, ValueError, KeyError) as error:
+        raise MLETError(f"{path}: not a map summary ({error})") from None
+
+
+def nearest(entries, share, optimizer="sgd"):
+    """The measured regimes of ``optimizer`` on either side of ``share`` (one when it is outside them)."""
+    mine = sorted((e for e in entries if e["optimizer"] == optimizer), key=lambda e: e["rare_lookup_share"])
+    below = [e for e in mine if e["rare_lookup_share"] <= share]
+    above = [e for e in mine if e["rare_lookup_share"] > share]
+    return ([below[-1]] if below else []) + ([above[0]] if above else [])
+
+
+def describe(entry):
+    """One line of what the map measured in a regime."""
+    return (f"{entry['regime'] or entry['data']} ({NAME} {entry['rare_lookup_share']:.3f}, {entry['optimizer']}): "
+            f"tuned iso-AUC saving {_saving(entry)}; AUC gain at equal d {_gains(entry)}")

@@ -1,0 +1,129 @@
+"""Where MLET pays: tuned sweeps over data regimes and optimizers (writes map.csv here).
+
+    python docs/results/map.py DATA_DIR [--jobs 2] [--only REGIME ...] [--phase sgd|optimizers|all]
+
+Every regime is one synthetic dataset (``dlrm-mlet synth``: rows, table scale,
+the frequency law's skew, latent rank 32) and one set of arms: baseline and
+MLET k 64, 256 at d 4, 16, 64. Every arm gets its own learning-rate grid
+(4 lrs, factors of 2, around where earlier sweeps found its optimum), seeds
+0 and 1; while an arm's best lr (chosen on validation) is the smallest or
+largest it tried, the next factor of 2 is added (at most 4 times); then,
+wherever an MLET arm and the baseline of the same d differ by less than two
+standard errors, both get seed 2 at their chosen lr. The optimizer phase does
+the same with DLRM's ``--optimizer adagrad`` and ``rwsadagrad`` on two
+regimes. A stopped run resumes where it stopped (finished rows are kept).
+DLRM is found as for the quickstart (``DLRM_DIR``).
+"""
+
+import argparse
+import math
+import os
+import sys
+
+from dlrm_mlet.dlrm.script import default_dlrm_dir
+from dlrm_mlet.tools.report import summarize, tuned
+from dlrm_mlet.tools.sweep import read_rows, run_sweep
+from dlrm_mlet.tools.synth import write_synthetic
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSV = os.path.join(HERE, "map.csv")
+RANK = 32
+# name: (rows, table scale as a fraction of Criteo-Kaggle's, Zipf exponent), from frequent rows to rare ones
+REGIMES = {
+    "frequent": (200_000, 0.0005, 1.1),
+    "dense": (200_000, 0.002, 1.1),  # the earlier embedded default's data
+    "criteo-like": (200_000, 0.01, 1.1),
+    "rare": (300_000, 0.05, 0.7),
+    "rarest": (200_000, 0.1, 0.5),
+}
+DS, KS, SEEDS = (4, 16, 64), (64, 256), (0, 1)
+EXTRA_SEED, MAX_EXTENSIONS = 2, 4
+# First grid per optimizer and k (0: baseline): SGD's optimum at batch 128 falls with k (the projection
+# multiplies the table's step); Adagrad's steps are normalised, so its grid sits ~30x lower.
+GRIDS = {
+    "sgd": {0: (0.2, 0.4, 0.8, 1.6), 64: (0.1, 0.2, 0.4, 0.8), 256: (0.025, 0.05, 0.1, 0.2)},
+    "adagrad": {0: (0.005, 0.01, 0.02, 0.04), 64: (0.0025, 0.005, 0.01, 0.02), 256: (0.0025, 0.005, 0.01, 0.02)},
+}
+GRIDS["rwsadagrad"] = GRIDS["adagrad"]
+OPTIMIZER_REGIMES = ("dense", "rare")  # one where SGD-MLET gave no saving on the earlier default, one rare
+
+
+def data_for(data_dir, name):
+    rows, scale, zipf = REGIMES[name]
+    folder = os.path.join(data_dir, name)
+    if not os.path.exists(os.path.join(folder, "train.txt")):
+        write_synthetic(folder, rows, seed=0, scale=scale, rank=RANK, zipf=zipf, progress=False)
+    return os.path.join(folder, "train.txt")
+
+
+def arms(rows, regime, optimizer):
+    return [a for a in summarize(rows) if a["regime"] == regime and a["optimizer"] == optimizer]
+
+
+def next_lrs(arm):
+    """The lr to add when the arm's best is at its grid's edge (or every lr diverged), else None."""
+    tried = sorted(arm["lrs"])
+    if arm["best"] is None:
+        return tried[0] / 2
+    if arm["best"] == tried[0]:
+        return tried[0] / 2
+    if arm["best"] == tried[-1]:
+        return tried[-1] * 2
+    return None
+
+
+def close_pairs(group):
+    """(baseline, MLET) arms of one d whose tuned test AUCs are within two standard errors."""
+    out = []
+    for a in group:
+        base = next((b for b in group if b["k"] == 0 and b["d"] == a["d"]), None)
+        if not a["k"] or base is None or not tuned(a) or not tuned(base):
+            continue
+        m, b = tuned(a), tuned(base)
+        se = math.sqrt(m["auc_sd"] ** 2 / m["n"] + b["auc_sd"] ** 2 / b["n"])
+        if abs(m["auc"] - b["auc"]) < 2 * se or se == 0:
+            out.append((base, a))
+    return out
+
+
+def sweep_regime(dlrm_dir, data_dir, regime, optimizer, jobs):
+    raw = data_for(data_dir, regime)
+    extra = [] if optimizer == "sgd" else [f"--optimizer={optimizer}"]
+    go = lambda runs: run_sweep(dlrm_dir, "kaggle", raw, CSV, (), (), (), work=os.path.join(data_dir, f"work_{regime}"),  # noqa: E731
+                                extra_args=extra, quiet=True, jobs=jobs, regime=regime, runs=runs)
+    grid = GRIDS[optimizer]
+    go([(d, k, lr, s) for s in SEEDS for d in DS for k in (0,) + KS for lr in grid[k]])
+    for _ in range(MAX_EXTENSIONS):
+        more = [(a["d"], a["k"], lr, s) for a in arms(read_rows(CSV), regime, optimizer)
+                if (lr := next_lrs(a)) is not None for s in SEEDS]
+        if not more:
+            break
+        go(more)
+    third = {(a["d"], a["k"], a["best"], EXTRA_SEED) for pair in close_pairs(arms(read_rows(CSV), regime, optimizer))
+             for a in pair}
+    go(sorted(third))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data_dir")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--only", nargs="*", default=list(REGIMES))
+    parser.add_argument("--phase", choices=("sgd", "optimizers", "all"), default="all")
+    args = parser.parse_args()
+    dlrm_dir = os.environ.get("DLRM_DIR") or default_dlrm_dir()
+    os.makedirs(args.data_dir, exist_ok=True)
+    if args.phase in ("sgd", "all"):
+        for regime in args.only:
+            print(f"== {regime}: SGD", flush=True)
+            sweep_regime(dlrm_dir, args.data_dir, regime, "sgd", args.jobs)
+    if args.phase in ("optimizers", "all"):
+        for regime in [r for r in OPTIMIZER_REGIMES if r in args.only]:
+            for optimizer in ("adagrad", "rwsadagrad"):
+                print(f"== {regime}: {optimizer}", flush=True)
+                sweep_regime(dlrm_dir, args.data_dir, regime, optimizer, args.jobs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
