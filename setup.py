@@ -17,7 +17,8 @@ setup(
     # ships inside the package as dlrm_mlet.patches, for `dlrm-mlet patch`.
     packages=find_packages(include=["dlrm_mlet", "dlrm_mlet.*"]) + ["dlrm_mlet.patches"],
     package_dir={"dlrm_mlet.patches": "patches"},
-    package_data={"dlrm_mlet.patches": ["*.patch"]},
+    # map_summary.json: the tuned map `dlrm-mlet data` compares a user's data with (docs/results/map.py)
+    package_data={"dlrm_mlet.patches": ["*.patch"], "dlrm_mlet.tools": ["map_summary.json"]},
     install_requires=["torch>=2.5", "numpy", "onnx", "tensorboard"],
     extras_require={
         "dlrm": DLRM_RUNTIME + ["mlperf-logging"],

@@ -1,8 +1,9 @@
 """What every benchmark shares: the machine record, DLRM copies, result files.
 
-Each benchmark writes ``results/<name>.json``; ``write_results_md`` rebuilds
-``RESULTS.md`` from all of them, so the markdown always shows what the
-committed scripts last measured, never hand-typed numbers.
+Each benchmark saves ``results/<name>.json`` and renders its own section of
+``RESULTS.md`` from it (``results/<name>.md``, by the script's ``render``);
+``write_results_md`` puts the sections together in ``ORDER``, so the markdown
+always shows what the committed scripts last measured, never hand-typed numbers.
 """
 
 import datetime
@@ -116,10 +117,12 @@ def run_measured(cmd, cwd, env=None):
     return out, int(last.split()[1])
 
 
-def save(name, payload):
+def save(name, payload, render):
+    """``results/<name>.json``, its section ``results/<name>.md`` (``render(payload)``: lines), RESULTS.md."""
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.json")
     atomic_write_text(path, json.dumps(payload, indent=1))
+    atomic_write_text(os.path.join(RESULTS, f"{name}.md"), "\n".join(render(payload)) + "\n")
     write_results_md()
     return path
 
@@ -129,19 +132,42 @@ def load(name):
     return json.load(open(path)) if os.path.exists(path) else None
 
 
-def write_results_md():
-    from sections import SECTIONS
+NO_GPU = ["## Training step time on one GPU", "",
+          "Not measured: the machines these results come from have no GPU. "
+          "`python benchmarks/train_step.py --use-gpu` runs the same benchmark on "
+          "one GPU (DLRM's `--use-gpu`) and fills this section."]
+NO_GPU_FULL = ["## MLET on one GPU at full Criteo-Kaggle size", "",
+               "Not measured: no GPU was available. `python benchmarks/gpu_step.py` is ready to run on one GPU "
+               "with about 60 GB free: stock d=16 against MLET d=16 k=256 with fp32 and fp16 tables at batch 2048 "
+               "and 16384, 33.8M rows, with peak GPU memory; it fills this section."]
+# Sections in RESULTS.md: (result name, what to write while it is missing: None = nothing)
+ORDER = [("whole_run", None), ("step_phases", None), ("table_memory", None), ("train_step", None),
+         ("train_step_full", None), ("profile_step", None), ("embedding_update", None),
+         ("train_step_gpu", NO_GPU), ("gpu_step", NO_GPU_FULL), ("train_step_gpu_full", None), ("inference", None),
+         ("fold", None), ("monitor_cost", None), ("preprocess_memory", None), ("torchrec_comm", None)]
 
+
+def write_results_md():
     parts = ["# Benchmark results", "",
              "Written by the scripts in `benchmarks/` from `benchmarks/results/*.json`; "
              "rerun a script to refresh its section.", ""]
-    for name, render, missing in SECTIONS:
-        data = load(name)
-        if data is not None:
-            parts += render(data) + [""]
+    for name, missing in ORDER:
+        section = os.path.join(RESULTS, f"{name}.md")
+        if os.path.exists(section):
+            parts += open(section).read().rstrip("\n").split("\n") + [""]
         elif missing:
             parts += missing + [""]
     atomic_write_text(os.path.join(HERE, "RESULTS.md"), "\n".join(parts))
+
+
+def mib(n):
+    return f"{n / 2**20:,.1f}"
+
+
+def md_table(header, rows):
+    """A markdown table's lines: the header, its rule, one line per row of cells."""
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def machine_lines(m, command):

@@ -5,10 +5,10 @@ k=256, d=16, batch 128, one index per bag), their projections and an SGD step,
 so the difference between the variants is not hidden under the MLPs:
 
 * ``sparse gradients`` -- the default: one sparse gradient per table, SGD steps it;
-* ``--mlet-fused-update`` -- rows handed straight to the SGD step (``dlrm_mlet.core.fused``);
+* ``--mlet-fused-update`` -- rows handed straight to the SGD step (``dlrm_mlet.engine.fused``);
 * ``--mlet-fused-update=fbgemm`` -- fbgemm's CPU table-batched embedding with
   its fused exact SGD (what TorchRec uses) under the same batched projection
-  (``dlrm_mlet.core.tbe``). Needs ``fbgemm-gpu-cpu`` (the ``[torchrec]`` install);
+  (``dlrm_mlet.engine.tbe``). Needs ``fbgemm-gpu-cpu`` (the ``[torchrec]`` install);
   recorded as missing otherwise.
 
     python benchmarks/embedding_update.py [--k 256] [--steps 300] [--reps 5]
@@ -20,13 +20,13 @@ import time
 
 import torch
 
-from common import criteo_rows, machine, save
+from common import criteo_rows, machine, machine_lines, md_table, save
 
 
 def ours(rows, k, d, fused_update):
     from dlrm_mlet import MLETEmbeddingBag
-    from dlrm_mlet.core import fused
-    from dlrm_mlet.core.grouped import grouped_forward
+    from dlrm_mlet.engine import fused
+    from dlrm_mlet.engine.grouped import grouped_forward
 
     tables = [MLETEmbeddingBag(n, d, k) for n in rows]
     fused.use(tables, fused_update or None)
@@ -54,7 +54,7 @@ def main():
              torch.randn(len(rows), batch, args.d, generator=g)) for _ in range(32)]
     variants = {"sparse gradients (default)": ours(rows, args.k, args.d, ""),
                 "--mlet-fused-update": ours(rows, args.k, args.d, "torch")}
-    from dlrm_mlet.core import tbe
+    from dlrm_mlet.engine import tbe
 
     why = tbe.available()
     missing = why and f"--mlet-fused-update=fbgemm not measured: {why}"
@@ -77,7 +77,20 @@ def main():
                 "ratio_to_default": statistics.median(t) / base} for name, t in times.items()]
     save("embedding_update", {"machine": machine(), "command": "python benchmarks/embedding_update.py",
                               "k": args.k, "d": args.d, "steps": args.steps, "reps": args.reps,
-                              "tables": rows, "results": results, "missing": missing})
+                              "tables": rows, "results": results, "missing": missing}, render)
+
+
+def render(data):
+    lines = ["## The embedding part alone: fused updates and fbgemm (`benchmarks/embedding_update.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"])
+    lines += ["", f"26 MLET tables (Criteo-like sizes x 0.01), k={data['k']}, d={data['d']}, batch 128, "
+              f"forward + backward + SGD step, {data['steps']} steps x {data['reps']} interleaved repetitions.", ""]
+    lines += md_table(["variant", "ms/step median (min-max)", "/ default"], [
+        [r["name"], f"{r['ms_per_step_median']:.2f} ({r['min']:.2f}-{r['max']:.2f})", f"{r['ratio_to_default']:.2f}"]
+        for r in data["results"]])
+    if data.get("missing"):
+        lines += ["", data["missing"]]
+    return lines
 
 
 if __name__ == "__main__":

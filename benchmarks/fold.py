@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 
-from common import REPO, machine, save
+from common import REPO, machine, machine_lines, md_table, save
 
 CHILD = textwrap.dedent("""
     import json, resource, time, torch
@@ -58,7 +58,17 @@ def main():
         print(f"n={n:>9}: fold {row['fold_seconds']:.3f} s, one BLAS pass {row['mm_seconds']:.3f} s "
               f"({row['ratio_to_mm']:.2f}x), extra memory {row['extra_bytes'] / 2**20:.1f} MiB", flush=True)
     command = "python benchmarks/fold.py" + (" --full" if args.full else "")
-    save("fold", {"machine": machine(), "command": command, "results": results})
+    save("fold", {"machine": machine(), "command": command, "results": results}, render)
+
+
+def render(data):
+    lines = ["## Folding (`benchmarks/fold.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"]) + [""]
+    return lines + md_table(
+        ["rows n", "k", "d", "table GiB", "fold s", "one BLAS pass s", "fold / BLAS", "extra memory MiB"],
+        [[f"{r['n']:,}", r["k"], r["d"], f"{r['table_bytes'] / 2**30:.2f}", f"{r['fold_seconds']:.3f}",
+          f"{r['mm_seconds']:.3f}", f"{r['ratio_to_mm']:.2f}", f"{r['extra_bytes'] / 2**20:.1f}"]
+         for r in data["results"]])
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from common import bench_batches, criteo_rows, dlrm_copies, import_script, machine, save
+from common import bench_batches, criteo_rows, dlrm_copies, import_script, machine, machine_lines, md_table, mib, save
 from train_step import Trainer
 
 CONFIGS = [("baseline d=16", 0, "fp32"), ("MLET d=16 k=256 fp32", 256, "fp32"), ("MLET d=16 k=256 fp16", 256, "fp16")]
@@ -86,7 +86,18 @@ def main():
     if not gpu:
         return
     save("gpu_step", {"machine": machine(), "command": "python benchmarks/gpu_step.py " + " ".join(sys.argv[1:]),
-                      "scale": args.scale, "rows": sum(rows), "steps": args.steps, "results": results})
+                      "scale": args.scale, "rows": sum(rows), "steps": args.steps, "results": results}, render)
+
+
+def render(data):
+    lines = ["## MLET on one GPU at full Criteo-Kaggle size (`benchmarks/gpu_step.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"])
+    lines += ["", f"`DLRM_Net`'s training step (forward, BCE, backward, SGD) on one GPU, tables at {data['scale']} "
+              f"x Criteo-Kaggle's sizes ({data['rows']:,} rows), median of 5 blocks of {data['steps'] // 5} steps; "
+              "peak GPU memory with that configuration alone on the card. The paper's figure: about 1.25x.", ""]
+    return lines + md_table(["run", "batch", "ms/it", "/ baseline", "peak GPU MiB"], [
+        [r["name"], r["batch"], f"{r['ms_per_it_median']:.2f}", f"{r['ratio_to_baseline']:.2f}",
+         mib(r["peak_gpu_bytes"])] for r in data["results"]])
 
 
 if __name__ == "__main__":

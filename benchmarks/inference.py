@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine, save
+from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine, machine_lines, md_table, save
 
 
 def time_model(model, data):
@@ -69,8 +69,19 @@ def main():
             print(f"batch {batch:>5} {name:<24} {statistics.median(values):8.3f} ms "
                   f"({statistics.median(values) / base:.2f}x baseline d={args.d})", flush=True)
     save("inference", {"machine": machine(), "command": "python benchmarks/inference.py" +
-                       (" --full" if args.full else ""), "scale": scale, "reps": reps, "results": results})
+                       (" --full" if args.full else ""), "scale": scale, "reps": reps, "results": results}, render)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def render(data):
+    lines = ["## Inference (`benchmarks/inference.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"])
+    lines += ["", "Forward passes in stock DLRM's `DLRM_Net`, no grad; median of "
+              f"{data['reps']} interleaved repetitions.", ""]
+    return lines + md_table(["model", "batch 128 ms", "ratio", "batch 2048 ms", "ratio"], [
+        [name] + [v for b in ("128", "2048") for v in (f"{by_batch[b]['ms_per_batch_median']:.3f}",
+                                                       f"{by_batch[b]['ratio_to_baseline_same_d']:.2f}")]
+        for name, by_batch in data["results"].items()])
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine, save
+from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine, machine_lines, md_table, save
 
 
 class NullWriter:
@@ -35,7 +35,7 @@ def main():
     _, patched_path = dlrm_copies(work)
     dlrm = import_script(patched_path, "patched_dlrm")
     from dlrm_mlet import dlrm_glue
-    from dlrm_mlet.tools.monitor import Monitor
+    from dlrm_mlet.dlrm.monitor import Monitor
 
     rows = criteo_rows(0.01)
     dlrm_glue.use_config(dlrm_glue.Config(hidden_dim=256))
@@ -82,8 +82,24 @@ def main():
                                        + 1000 * result["log_seconds"] / args.freq) / step_ms
     for key, value in result.items():
         print(f"{key:<24} {value:.4f}" if isinstance(value, float) else f"{key:<24} {value}")
-    save("monitor_cost", {"machine": machine(), "command": "python benchmarks/monitor_cost.py", **result})
+    save("monitor_cost", {"machine": machine(), "command": "python benchmarks/monitor_cost.py", **result}, render)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def render(data):
+    lines = ["## TensorBoard monitor cost (`benchmarks/monitor_cost.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"])
+    lines += ["", f"Patched DLRM's `DLRM_Net`, MLET d=16 k=256, batch 128, SGD; {data['steps']} steps per run, "
+              f"{data['reps']} interleaved repetitions with and without the monitor at `--mlet-log-freq "
+              f"{data['freq']}` (the default).", ""]
+    lines += md_table(["ms/step without", "ms/step with", "end-to-end ratio", "index counting ms/step",
+                       "one log of all tables s", "implied cost"],
+                      [[f"{data['step_ms_plain']:.2f}", f"{data['step_ms_with_monitor']:.2f}",
+                        f"{data['end_to_end_ratio']:.3f}", f"{data['counting_ms_per_step']:.3f}",
+                        f"{data['log_seconds']:.3f}", f"{100 * data['implied_cost_fraction']:.2f} %"]])
+    return lines + ["", "The implied cost (counting per step plus one log spread over the logging interval, over "
+                    "the plain step time) is the figure to read; the end-to-end ratio of two separate runs "
+                    "also carries their run-to-run noise."]
 
 
 if __name__ == "__main__":

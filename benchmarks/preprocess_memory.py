@@ -23,7 +23,7 @@ import sys
 import tempfile
 import textwrap
 
-from common import REPO, machine, save
+from common import REPO, machine, machine_lines, md_table, mib, save
 
 CHILD = textwrap.dedent("""
     import json, time
@@ -82,7 +82,20 @@ def main():
             shutil.rmtree(work, ignore_errors=True)
     command = ("python benchmarks/preprocess_memory.py --rows " + " ".join(map(str, args.rows))
                + " --max-ind-range " + " ".join(map(str, args.max_ind_range)))
-    save("preprocess_memory", {"machine": machine(), "command": command, "results": results})
+    save("preprocess_memory", {"machine": machine(), "command": command, "results": results}, render)
+
+
+def render(data):
+    lines = ["## Criteo Terabyte preprocessing: peak memory and speed (`benchmarks/preprocess_memory.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"])
+    lines += ["", "Synthetic Terabyte-layout data (24 day files), `--memory-map` with the `--mlperf-bin-loader` "
+              "files, one fresh process per run. Peak RSS is the process's high-water mark; \"extra\" is "
+              "that minus the RSS after imports.", ""]
+    return lines + md_table(
+        ["rows/day", "lines", "--max-ind-range", "distinct values", "peak RSS MiB", "extra MiB", "lines/s"],
+        [[f"{r['rows_per_day']:,}", f"{r['lines']:,}", r["max_ind_range"], f"{r['distinct_values']:,}",
+          mib(r["peak_rss_bytes"]), mib(r["extra_rss_bytes"]), f"{r['lines_per_second']:,.0f}"]
+         for r in data["results"]])
 
 
 if __name__ == "__main__":

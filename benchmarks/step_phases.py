@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from common import bench_model, criteo_rows, dlrm_copies, import_script, machine, save
+from common import bench_model, criteo_rows, dlrm_copies, import_script, machine, machine_lines, md_table, save
 
 CONFIGS = [  # name, MLET k (0: stock), --mlet-fused-update as the glue's Config takes it
     ("stock d=16", 0, ""),
@@ -85,7 +85,32 @@ def main():
         print(r["name"], {p: round(v, 3) for p, v in r["ms"].items()}, f"ratio {r['ratio']:.3f}")
     payload = {"machine": machine(), "command": "python benchmarks/step_phases.py " + " ".join(sys.argv[1:]),
                "steps": args.steps, "scale": args.scale, "tables": rows, "results": results}
-    print(save("step_phases", payload))
+    print(save("step_phases", payload, render))
+
+
+def render(data):
+    lines = ["## A real step, phase by phase (`benchmarks/step_phases.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"])
+    lines += ["", f"Stock and patched `DLRM_Net` in one process, taking turns step by step, each batch made by "
+              f"DLRM's own `RandomDataset` just before its step as in a real run (26 tables at {data['scale']} x "
+              f"Criteo-Kaggle's sizes, batch 128, SGD lr 0.1); mean ms over {data['steps']} steps each.", ""]
+    phases = ("embeddings", "rest of forward", "backward", "optimizer", "step")
+    lines += md_table(["run", *phases, "/ stock"], [
+        [r["name"], *(f"{r['ms'][p]:.2f}" for p in phases), f"{r['ratio']:.2f}"] for r in data["results"]])
+    lines += ["", "`MLET k=256`: patched DLRM's default update with SGD (applied at the step, packed tables); "
+              "`sparse`: `--mlet-fused-update=off`."]
+    stock = data["results"][0]["ms"]
+    lines += ["", "Per step beyond stock, by phase: the embeddings gather k-wide rows (one op over the packed "
+              "buffer, or one per table) and project them in one batched matmul, against stock's 26 "
+              "`nn.EmbeddingBag` calls; backward adds the projection's two batched gradient products (and, "
+              "with `sparse`, 26 sparse gradient tensors), against stock's 26 embedding-bag backward nodes; the "
+              "optimizer adds k-wide rows instead of d-wide ones, and the projections.", ""]
+    for r in data["results"][1:]:
+        extra = {p: r["ms"][p] - stock[p] for p in stock}
+        lines.append(f"- {r['name']}: {extra['step']:+.2f} ms = embeddings {extra['embeddings']:+.2f}, backward "
+                     f"{extra['backward']:+.2f}, optimizer {extra['optimizer']:+.2f}, rest of forward "
+                     f"{extra['rest of forward']:+.2f} (the same MLPs: noise).")
+    return lines
 
 
 if __name__ == "__main__":

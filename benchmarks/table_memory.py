@@ -28,7 +28,7 @@ import tempfile
 
 import torch
 
-from common import criteo_rows, dlrm_copies, machine, run_measured, save
+from common import criteo_rows, dlrm_copies, machine, machine_lines, md_table, mib, run_measured, save
 from whole_run import dlrm_args, ms_per_it
 
 # Criteo Terabyte's table sizes at --max-ind-range=40000000, as DLRM's torchrec_dlrm/README.MD trains it.
@@ -58,7 +58,7 @@ def command(stock, patched, base, optimizer, k, dtype):
 def saved_table_bytes(path):
     """Bytes of the tables and of the optimizer's state of them, in the file a run saved."""
     from dlrm_mlet.dlrm.checkpoints import param_groups_by_name
-    from dlrm_mlet.files import load_checkpoint
+    from dlrm_mlet.checkpoint_io import load_checkpoint
 
     ckpt = load_checkpoint(path)
     names = [name for group in param_groups_by_name(ckpt) for name in group]
@@ -135,7 +135,35 @@ def main():
     payload = {"machine": machine(), "command": "python benchmarks/table_memory.py " + " ".join(sys.argv[1:]),
                "reps": args.reps, "batches": args.batches, "scale": args.scale, "d": D, "k": K, "tables": rows,
                "results": results, "fits": fits(), "gpus": [name for name, _ in GPUS]}
-    print(save("table_memory", payload))
+    print(save("table_memory", payload, render))
+
+
+def render(data):
+    lines = ["## Half-precision tables and optimizer state (`benchmarks/table_memory.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"])
+    lines += ["", f"Whole `dlrm_s_pytorch.py` runs as in the section above (26 tables at {data['scale']} x "
+              f"Criteo-Kaggle's sizes, {sum(data['tables']):,} rows, batch 128, {data['batches']} batches): stock "
+              f"DLRM d={data['d']} and patched DLRM MLET d={data['d']} k={data['k']} with `--mlet-table-dtype`, "
+              "per `--optimizer`. Table and state bytes: the tensors the run saved (tables, and the optimizer's "
+              "state of them), with `core.budget`'s prediction beside them. Peak RSS: the run without the save. "
+              f"ms/it ratios: median over {data['reps']} interleaved repetitions, each against the same "
+              "repetition's baseline / fp32 MLET run with the same optimizer.", ""]
+    lines += md_table(["run", "tables MiB", "optimizer state MiB", "predicted MiB (tables + state)", "peak RSS MiB",
+                       "ms/it median", "/ baseline", "/ fp32 MLET"], [
+        [r["name"], mib(r["table_bytes"]), mib(r["state_bytes"]),
+         f"{mib(r['predicted_table_bytes'])} + {mib(r['predicted_state_bytes'])}", mib(r["peak_rss_bytes"]),
+         f"{statistics.median(r['ms_per_it']):.2f}", f"{r['ratio_to_baseline']:.2f}",
+         f"{r['ratio_to_fp32_mlet']:.2f}" if r.get("ratio_to_fp32_mlet") else "-"] for r in data["results"]])
+    lines += ["", "### What fits where (arithmetic, full-size tables)", "",
+              "Training embedding bytes from `core.budget.training_bytes` (the rule the table above checks): "
+              "tables in their dtype, float32 projections, float32 optimizer state. A GPU column says whether "
+              "that many bytes fit in the cards' memory at all, with nothing else on them (several cards: "
+              "each holds a share, as row-wise sharding balances it); activations, MLPs and allocator slack "
+              "need room too, so a close fit is not a fit.", ""]
+    return lines + md_table(["dataset", "d", "tables", "optimizer", "GiB", *data["gpus"]], [
+        [f["dataset"], f["d"], "plain" if not f["k"] else f"k={f['k']} {f['table_dtype']}", f["optimizer"],
+         f"{f['bytes'] / 2**30:.1f}", *("yes" if f["fits"][g] else "no" for g in data["gpus"])]
+        for f in data["fits"]])
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from common import criteo_rows, machine, save
+from common import criteo_rows, machine, machine_lines, md_table, mib, save
 
 D, K, BATCH, SCALE, DENSE = 16, 256, 128, 0.001, 13
 CONFIGS = ("stock d", "MLET today", "MLET d-wide")
@@ -269,7 +269,56 @@ def main():
         "arithmetic_bytes_per_gpu": arithmetic,
         "row_wise_grad_allreduce_bytes": {str(w): 2 * (w - 1) / w * tables * D * K * 4 for w in SCALE_WORLDS},
     }
-    print(save("torchrec_comm", payload))
+    print(save("torchrec_comm", payload, render))
+
+
+def render(data):
+    def kib(n):
+        return f"{n / 2**10:,.1f}"
+
+    d, k = data["d"], data["k"]
+    lines = ["## TorchRec: what the embedding output distribution sends (`benchmarks/torchrec_comm.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"])
+    lines += ["", f"TorchRec DLRM, {data['tables']} tables at Criteo-Kaggle's sizes / 1000 ({data['rows']:,} rows), "
+              f"d={d}, k={k}, one id per feature, batch {data['batch']} per rank, gloo ranks on this machine (4 "
+              "ranks: 2 hosts of 2), hand-written plans (column-wise: 2 shards per table). `stock d`: a stock "
+              "`EmbeddingBagCollection` at width d; `MLET today`: MLET under TorchRec's default sharders; "
+              "`MLET d-wide`: under `dlrm_mlet.torchrec.sharders()`. KiB: the forward output distribution's bytes "
+              "per step, all ranks together, as TorchRec hands them to its collectives for other ranks (the "
+              "backward sends as much back); ratio to stock. Step time: forward, backward and optimizer, median "
+              f"(min-max) of {data['rounds']} rounds of {data['steps_per_round']} steps, configurations taking "
+              "turns; 4 ranks share 2 cores here, so those times measure the CPUs, not a network.", ""]
+    rows, exact = [], True
+    for world, by_kind in data["results"].items():
+        for kind, r in by_kind.items():
+            s, t, w = r["stock d"], r["MLET today"], r["MLET d-wide"]
+            exact &= all(c.get("formula_bytes", c["output_bytes_per_step"]) == c["output_bytes_per_step"]
+                         for c in (s, t, w))
+            rows.append([world, kind, kib(s["output_bytes_per_step"]),
+                         f"{kib(t['output_bytes_per_step'])} ({t['ratio_to_stock']:.2f})",
+                         f"{kib(w['output_bytes_per_step'])} ({w['ratio_to_stock']:.2f})"]
+                        + [f"{c['ms_median']:.1f} ({c['ms_min']:.1f}-{c['ms_max']:.1f})" for c in (s, t, w)])
+    lines += md_table(["ranks", "plan", "stock d KiB", "MLET today KiB (ratio)", "MLET d-wide KiB (ratio)",
+                       "ms/step stock", "MLET today", "MLET d-wide"], rows)
+    rw = data["results"]["2"]["row_wise"]["MLET d-wide"]["allreduce_bytes_per_step"] / 2
+    lines += ["", f"Table-, row- and table-row-wise: d-wide MLET sends what stock sends (1.00), today's MLET k/d = "
+              f"{k // d} times as much. Column-wise, each of a table's n shards sends a d-wide partial product and "
+              f"the receiver adds them: n times stock's bytes (here n = 2), against today's k/d. Row-wise d-wide "
+              f"MLET also sums its projections' gradients among the ranks holding them: one all-reduce of "
+              f"{kib(rw)} KiB per rank per step here ({data['tables']} x d x k floats)."
+              + (" The measured bytes equal the formula below in every row (table-row-wise has none)." if exact
+                 else " **Some measured bytes differ from the formula below.**")]
+    batch = data["scale_batch"]
+    lines += ["", f"**At scale (arithmetic).** Criteo's {data['tables']} tables, d={d}, k={k}, batch {batch:,} per GPU, "
+              "forward output distribution per GPU per step, fp32 (MiB; the backward sends as much again). "
+              "Table-wise: (W-1)/W x B x T x w x 4 bytes; row-wise: (W-1) x B x T x w x 4; column-wise with n "
+              "shards: (W-1)/W x B x T x n x (shard width) x 4, the d-wide shard width being d.", ""]
+    lines += md_table(["GPUs", "plan", "stock d", "MLET today", "MLET d-wide"], [
+        [world, kind, mib(r["stock d"]), mib(r["MLET today"]), mib(r["MLET d-wide"])]
+        for world, by_kind in data["arithmetic_bytes_per_gpu"].items() for kind, r in by_kind.items()])
+    grad = ", ".join(f"{w} GPUs {mib(b)} MiB" for w, b in data["row_wise_grad_allreduce_bytes"].items())
+    lines += ["", f"Row-wise d-wide MLET adds its projection-gradient all-reduce (ring, per GPU): {grad}."]
+    return lines
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import statistics
 import sys
 import tempfile
 
-from common import criteo_rows, dlrm_copies, load, machine, run_measured, save
+from common import criteo_rows, dlrm_copies, load, machine, machine_lines, md_table, mib, run_measured, save
 
 CONFIGS = [  # name, MLET k (0: stock DLRM), extra patched-DLRM flags
     ("stock d=16", 0, []),
@@ -94,7 +94,32 @@ def main():
         })
     payload = {"machine": machine(), "command": "python benchmarks/whole_run.py " + " ".join(sys.argv[1:]),
                "reps": args.reps, "batches": args.batches, "scale": args.scale, "tables": rows, "results": results}
-    print(save("whole_run", payload))
+    print(save("whole_run", payload, render))
+
+
+def render(data):
+    lines = ["## Whole DLRM runs: stock against patched (`benchmarks/whole_run.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"])
+    lines += ["", f"Real `dlrm_s_pytorch.py` runs: random data, bench architecture at d=16, 26 tables at "
+              f"{data['scale']} x Criteo-Kaggle's sizes ({sum(data['tables']):,} rows), batch 128, "
+              f"{data['batches']} batches, SGD lr 0.1; speed is DLRM's own `--print-time` ms/it (first print, "
+              f"the warm-up, left out). {data['reps']} repetitions, configurations interleaved; each ratio is "
+              "against the stock run of the same repetition, median (min-max) over repetitions. In-process: "
+              "`train_step.py`'s ratio for the same configuration (the component view).", ""]
+    stock = data["results"][0]["ms_per_it_median"]
+    lines += md_table(["run", "ms/it median", "/ stock d=16, median (min-max)", "median ms/it / stock's",
+                       "in-process ratio", "peak RSS MiB"], [
+        [r["name"], f"{r['ms_per_it_median']:.2f}", f"{r['ratio_median']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})",
+         f"{r['ms_per_it_median'] / stock:.2f}", f"{r['in_process_ratio']:.2f}" if r.get("in_process_ratio") else "-",
+         mib(r["peak_rss_bytes"])] for r in data["results"]])
+    times = data["results"][0]["ms_per_it"]
+    lines += ["", f"Stock DLRM's own ms/it ranged {min(times):.2f}-{max(times):.2f} over the repetitions: on these "
+              "shared 2-core machines a single run's speed moves by tens of percent, so a repetition's ratio "
+              "does too; the two summaries (median of per-repetition ratios, ratio of medians) bracket the "
+              "figure, and `step_phases.py` below gives the steadier in-process view of the same step. MLET "
+              "rows without a suffix use patched DLRM's default update (with SGD: applied at the step, packed "
+              "tables); `sparse`: `--mlet-fused-update=off`; `fbgemm`: `--mlet-fused-update=fbgemm`."]
+    return lines
 
 
 if __name__ == "__main__":

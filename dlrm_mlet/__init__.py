@@ -18,6 +18,7 @@ _EXPORTS = {
     "to_mlet": "core.convert",
     "fold_model": "core.convert",
     "fold_state_dict": "core.folding",
+    "attach": "core.step",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

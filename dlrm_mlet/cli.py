@@ -10,17 +10,17 @@ import os
 import sys
 
 from . import __version__
-from .errors import MLETError
+from .errors import MLETError, integer
 
 
 def _positive_int(text):
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+        return integer(text, "value", 1, text=True)
+    except MLETError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+
+
+DEFAULT_LRS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # sweep's grid: SGD at batch 128, baseline and MLET optima inside
 
 
 def _nonnegative_float(text):
@@ -40,7 +40,7 @@ def _mib(nbytes):
 def cmd_fold(args):
     from .core.folding import TABLE_KEY, mlet_prefixes, mlet_table_bytes
     from .dlrm.checkpoints import fold_checkpoint
-    from .files import atomic_save, load_dlrm_checkpoint
+    from .checkpoint_io import atomic_save, load_dlrm_checkpoint
     from .progress import progress_bar
 
     if os.path.exists(args.output) and os.path.samefile(args.input, args.output):
@@ -65,7 +65,7 @@ def cmd_fold(args):
 
 
 def cmd_verify(args):
-    from .files import load_dlrm_checkpoint
+    from .checkpoint_io import load_dlrm_checkpoint
     from .tools.verify import verify_state_dict
 
     ckpt = load_dlrm_checkpoint(args.input)
@@ -300,8 +300,6 @@ def build_parser():
                    help="MLET hidden widths (64,128,256,512); 0 is the baseline, so --k 0 runs baselines only")
     p.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0],
                    help="numpy seeds, comma-separated (0)")
-    from .tools.sweep import DEFAULT_LRS  # torch-free, like everything --help needs
-
     p.add_argument("--lrs", type=_float_list, default=DEFAULT_LRS,
                    help="learning rates, comma-separated; each arm's is chosen on the validation split "
                         f"({','.join(map(str, DEFAULT_LRS))})")

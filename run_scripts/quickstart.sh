@@ -79,7 +79,7 @@ $PY -m dlrm_mlet data "$DATA/kaggleAdDisplayChallenge_processed.npz" --quiet | g
 LR=$($PY - "$WORK/tuned.csv" "$D" "$K" <<'PYTHON'
 import sys
 from dlrm_mlet.tools.report import summarize
-from dlrm_mlet.tools.sweep import read_rows
+from dlrm_mlet.tools.results_csv import read_rows
 
 arm = next(a for a in summarize(read_rows(sys.argv[1])) if a["d"] == int(sys.argv[2]) and a["k"] == int(sys.argv[3]))
 if arm["best"] is None:
@@ -112,7 +112,7 @@ $PY "$WORK/dlrm-stock/dlrm_s_pytorch.py" $(arch "$D") "${common[@]}" --learning-
 $PY - "$WORK" "$D" "$K" <<'PYTHON'
 import json, re, sys
 from dlrm_mlet.tools.report import summarize, tuned
-from dlrm_mlet.tools.sweep import read_rows
+from dlrm_mlet.tools.results_csv import read_rows
 
 work, d, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 

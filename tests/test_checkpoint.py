@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dlrm_mlet import MLETError, fold_model
-from dlrm_mlet.files import atomic_save, load_checkpoint, load_dlrm_checkpoint, to_plain
+from dlrm_mlet.checkpoint_io import atomic_save, load_checkpoint, load_dlrm_checkpoint, to_plain
 from dlrm_mlet.dlrm.checkpoints import fold_checkpoint
 from test_folding import TinyDLRM, batch
 

@@ -3,7 +3,7 @@ import subprocess
 
 import torch
 
-from dlrm_mlet.files import atomic_save, load_checkpoint
+from dlrm_mlet.checkpoint_io import atomic_save, load_checkpoint
 from dlrm_mlet.cli import main
 from test_checkpoint import dlrm_ckpt, train
 from test_folding import TinyDLRM

@@ -263,7 +263,7 @@ def test_fold_model_folds_an_unsharded_torchrec_model_like_fold_torchrec():
     pytest.importorskip("torchrec")
     from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 
-    from dlrm_mlet.torchrec import fold_torchrec, mlet_dlrm
+    from dlrm_mlet.torchrec import fold_torchrec_state_dict, mlet_dlrm
 
     configs = [EmbeddingBagConfig(name=f"t{i}", embedding_dim=D, num_embeddings=n, feature_names=[f"f{i}"])
                for i, n in enumerate((30, 70))]
@@ -272,7 +272,7 @@ def test_fold_model_folds_an_unsharded_torchrec_model_like_fold_torchrec():
                                               lengths=torch.tensor([2, 1, 0, 2, 1, 0]))
     dense = torch.randn(3, 4)
     with torch.no_grad():
-        expected, state = model(dense, kjt), fold_torchrec(model)
+        expected, state = model(dense, kjt), fold_torchrec_state_dict(model)
         assert fold_model(model) is model
         assert type(model.sparse_arch.embedding_bag_collection) is EmbeddingBagCollection
         assert torch.allclose(model(dense, kjt), expected, atol=1e-6)

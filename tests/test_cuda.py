@@ -15,10 +15,10 @@ import torch
 
 from conftest import run_dlrm  # noqa: F401 (fixtures come from conftest)
 from dlrm_mlet import MLETEmbeddingBag, MLETError
-from dlrm_mlet.core import fused
-from dlrm_mlet.tools.monitor import Monitor
-from dlrm_mlet.tools.spectrum import singular_values
-from dlrm_mlet.core.grouped import grouped_forward
+from dlrm_mlet.engine import fused
+from dlrm_mlet.dlrm.monitor import Monitor
+from dlrm_mlet.core.spectrum import singular_values
+from dlrm_mlet.engine.grouped import grouped_forward
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
 GPU = torch.device("cuda")

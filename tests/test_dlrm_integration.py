@@ -302,7 +302,7 @@ def test_grouped_tables_train_like_one_module_per_table(patched_module, tmp_path
 def test_fused_update_trains_like_sparse_gradients(patched_module, tmp_path, monkeypatch, capsys, flag):
     """The default (SGD applied at the step), --mlet-fused-update[=fbgemm]: the same loss curve and tables
     as sparse gradients (--mlet-fused-update=off), with DLRM's lr schedule."""
-    from dlrm_mlet.core import fused, tbe
+    from dlrm_mlet.engine import fused, tbe
     from dlrm_mlet.core.bag import MLETEmbeddingBag
 
     if flag and flag.endswith("fbgemm") and tbe.available():
@@ -336,7 +336,7 @@ def test_resuming_from_dot_mlet_gives_the_uninterrupted_result(patched_module, t
     and only the restored weights and optimizer state can make them agree.
     With fbgemm the restored rows must land in its buffer, not beside it.
     """
-    from dlrm_mlet.core import tbe
+    from dlrm_mlet.engine import tbe
 
     optimizer, *extra = optimizer.split()
     if "--mlet-fused-update=fbgemm" in extra and tbe.available():

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import import_script, run_dlrm
-from dlrm_mlet.dlrm import data, evaluation, session
+from dlrm_mlet.dlrm import evaluation, session
+from dlrm_mlet.dlrm.kaggle import day_sizes
 from dlrm_mlet.dlrm.loaders import make_data_and_loaders
 from dlrm_mlet.tools.synth import write_synthetic
 
@@ -82,7 +83,7 @@ def test_the_validation_split_is_dlrms_held_out_half_and_leaves_the_rng_alone(pa
         targets = torch.cat([b[3] for b in val]).reshape(-1).numpy()
     finally:
         session.reset()
-    last_day = data.day_sizes(2100)[-1]  # 300 rows: the first 150 are test, the next 150 validation
+    last_day = day_sizes(2100)[-1]  # 300 rows: the first 150 are test, the next 150 validation
     with np.load(args.processed_data_file) as saved:
         y = saved["y"][-last_day:]
     assert len(test_data) == 150 and len(targets) == 150

@@ -7,7 +7,7 @@ import pytest
 
 from dlrm_mlet.cli import main
 from dlrm_mlet.dlrm.criteo import preprocess_criteo
-from dlrm_mlet.dlrm.data import preprocess_avazu
+from dlrm_mlet.dlrm.avazu import preprocess_avazu
 from dlrm_mlet.dlrm.frequency import count_rows, profile, rare_lookup_share
 from dlrm_mlet.dlrm.processed import training_split
 from dlrm_mlet.errors import MLETError

@@ -13,7 +13,7 @@ from torch import nn
 
 from dlrm_mlet import MLETEmbedding, MLETEmbeddingBag, MLETError, fold_model, to_mlet
 from dlrm_mlet.core import half
-from dlrm_mlet.core.grouped import grouped_forward
+from dlrm_mlet.engine.grouped import grouped_forward
 
 HALVES = [torch.float16, torch.bfloat16]
 

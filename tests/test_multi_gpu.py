@@ -18,9 +18,9 @@ import torch
 
 from conftest import run_dlrm  # noqa: F401 (fixtures come from conftest)
 from dlrm_mlet import MLETEmbeddingBag
-from dlrm_mlet.core import fused
-from dlrm_mlet.tools.monitor import Monitor
-from dlrm_mlet.core.grouped import grouped_forward
+from dlrm_mlet.engine import fused
+from dlrm_mlet.dlrm.monitor import Monitor
+from dlrm_mlet.engine.grouped import grouped_forward
 
 pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two or more CUDA GPUs")
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from dlrm_mlet.files import atomic_save
+from dlrm_mlet.checkpoint_io import atomic_save
 from dlrm_mlet.dlrm.checkpoints import fold_checkpoint
 from dlrm_mlet.cli import main
-from dlrm_mlet.tools.monitor import Monitor
-from dlrm_mlet.tools.spectrum import effective_rank, gram, singular_values
+from dlrm_mlet.dlrm.monitor import Monitor
+from dlrm_mlet.core.spectrum import effective_rank, gram, singular_values
 from test_checkpoint import dlrm_ckpt, train
 from test_folding import TinyDLRM, batch
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from dlrm_mlet import MLETEmbeddingBag
-from dlrm_mlet.core import fused, packing
-from dlrm_mlet.core.grouped import grouped_forward
+from dlrm_mlet.engine import fused, packing
+from dlrm_mlet.engine.grouped import grouped_forward
 
 SIZES = (50, 70, 9)
 

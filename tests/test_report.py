@@ -6,7 +6,7 @@ import pytest
 
 from dlrm_mlet.cli import main
 from dlrm_mlet.errors import MLETError
-from dlrm_mlet.tools import sweep
+from dlrm_mlet.tools import results_csv as sweep
 from dlrm_mlet.tools.report import report
 
 MIB = 2**20

@@ -103,6 +103,29 @@ def test_category_frequencies_are_zipf_like(data):
     assert counts.max() / counts.sum() > 0.05  # a few are very frequent
 
 
+@pytest.mark.parametrize("zipf", [0.5, 1.0, 1.1, 2.0])
+def test_ids_follow_the_law_that_zipf_probabilities_states(zipf):
+    """The drawn ids' frequencies match the exact probabilities, for any skew (1.0 is its own formula)."""
+    n, draws = 50, 200_000
+    p = synth_model.zipf_probabilities(n, zipf)
+    assert abs(p.sum() - 1) < 1e-12 and (np.diff(p) < 0).all()  # a proper, decreasing law
+    u = np.random.default_rng(0).random((draws, 1))
+    counts = np.bincount(synth_model.zipf_ids(u, np.array([float(n)]), zipf)[:, 0], minlength=n)
+    expected = draws * p
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 100  # 49 degrees of freedom: p < 1e-5 beyond this
+
+
+def test_a_smaller_zipf_spreads_lookups_over_more_rows(tmp_path):
+    seen = {}
+    for zipf in (1.1, 0.5):
+        info = synth.write_synthetic(tmp_path / str(zipf), 3000, scale=0.01, zipf=zipf, progress=False)
+        assert info["zipf_exponent"] == zipf
+        rows = [line.split("\t") for line in (tmp_path / str(zipf) / "train.txt").read_text().splitlines()]
+        seen[zipf] = len({r[14 + 2] for r in rows if r[14 + 2]})  # distinct values of C3
+    assert seen[0.5] > 1.5 * seen[1.1]
+
+
 def test_written_categories_decode_to_ids_within_the_table(data):
     _, info, rows, _, _ = data
     for f in (0, 2, 8):
@@ -202,6 +225,7 @@ def test_cli_writes_and_refuses_to_overwrite(tmp_path, capsys):
     (["--rows", "5", "--scale", "0"], "--scale"), (["--rows", "5", "--scale", "-1"], "--scale"),
     (["--rows", "5", "--scale", "x"], "--scale"), (["--rows", "5", "--rank", "0"], "--rank"),
     (["--rows", "5", "--rank", "2.5"], "--rank"), (["--rows", "5", "--seed", "s"], "--seed"),
+    (["--rows", "5", "--zipf", "0"], "--zipf"), (["--rows", "5", "--zipf", "x"], "--zipf"),
 ])
 def test_cli_bad_arguments_name_the_flag(tmp_path, capsys, args, flag):
     with pytest.raises(SystemExit) as exit_info:
@@ -212,7 +236,7 @@ def test_cli_bad_arguments_name_the_flag(tmp_path, capsys, args, flag):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--rank", "5000"], "--rank"), (["--scale", "1000"], "--scale"),
+    (["--rank", "5000"], "--rank"), (["--scale", "1000"], "--scale"), (["--zipf", "6"], "--zipf"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
     assert main(["synth", str(tmp_path / "d"), "--rows", "5"] + args) == 2

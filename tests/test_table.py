@@ -146,7 +146,7 @@ def test_from_weights_round_trip_and_shape_check():
 def test_grouped_tables_match_the_modules_outputs_and_gradients(mode, one_hot, weighted):
     import copy
 
-    from dlrm_mlet.core.grouped import grouped_forward
+    from dlrm_mlet.engine.grouped import grouped_forward
     tables = [MLETEmbeddingBag(n, 4, 16, mode=mode) for n in (50, 70, 9)]
     tables.insert(1, torch.nn.EmbeddingBag(30, 4, mode=mode, sparse=True))  # plain tables are left alone
     for t in tables:
@@ -175,7 +175,7 @@ def test_grouped_tables_match_the_modules_outputs_and_gradients(mode, one_hot, w
 
 
 def needs(backend):
-    from dlrm_mlet.core import tbe
+    from dlrm_mlet.engine import tbe
 
     if backend == "fbgemm" and tbe.available():
         pytest.skip(tbe.available())
@@ -188,8 +188,8 @@ def test_fused_update_is_sgd_on_sparse_gradients(mode, weighted, one_hot, backen
     """--mlet-fused-update[=fbgemm]: same parameters after several SGD steps, lr changing between them."""
     import copy
 
-    from dlrm_mlet.core import fused
-    from dlrm_mlet.core.grouped import grouped_forward
+    from dlrm_mlet.engine import fused
+    from dlrm_mlet.engine.grouped import grouped_forward
 
     needs(backend)
     tables = [MLETEmbeddingBag(n, 4, 16, mode=mode) for n in (50, 70, 9)]
@@ -230,8 +230,8 @@ def test_fused_update_with_two_backwards_before_a_step_applies_both(backend):
     """Gradient accumulation (DLRM's --mlperf-grad-accum-iter): rows of both passes reach the step."""
     import copy
 
-    from dlrm_mlet.core import fused
-    from dlrm_mlet.core.grouped import grouped_forward
+    from dlrm_mlet.engine import fused
+    from dlrm_mlet.engine.grouped import grouped_forward
 
     needs(backend)
     tables = [MLETEmbeddingBag(n, 4, 16) for n in (50, 70, 9)]
@@ -255,8 +255,8 @@ def test_fused_update_with_two_backwards_before_a_step_applies_both(backend):
 
 def test_fbgemm_tables_keep_their_state_dict_and_load_into_the_tbe():
     """The TBE holds the rows, but the model's names, shapes and load_state_dict are DLRM's."""
-    from dlrm_mlet.core import fused
-    from dlrm_mlet.core.grouped import grouped_forward
+    from dlrm_mlet.engine import fused
+    from dlrm_mlet.engine.grouped import grouped_forward
 
     needs("fbgemm")
     model = torch.nn.ModuleList([MLETEmbeddingBag(n, 4, 16) for n in (50, 70)])
@@ -277,8 +277,8 @@ def test_fbgemm_tables_keep_their_state_dict_and_load_into_the_tbe():
 
 
 def test_fused_update_refuses_other_optimizers():
-    from dlrm_mlet.core import fused
-    from dlrm_mlet.core.grouped import grouped_forward
+    from dlrm_mlet.engine import fused
+    from dlrm_mlet.engine.grouped import grouped_forward
 
     tables = [MLETEmbeddingBag(10, 4, 16) for _ in range(2)]
     opt = torch.optim.SGD([p for t in tables for p in t.parameters()], lr=0.1, momentum=0.9)
@@ -294,8 +294,8 @@ def test_a_fused_and_a_plain_model_train_side_by_side_in_one_process(backend):
     """The fused-update choice is each model's: interleaved steps, each model equal to its own reference."""
     import copy
 
-    from dlrm_mlet.core import fused
-    from dlrm_mlet.core.grouped import grouped_forward
+    from dlrm_mlet.engine import fused
+    from dlrm_mlet.engine.grouped import grouped_forward
 
     needs(backend)
     fast = torch.nn.ModuleList([MLETEmbeddingBag(n, 4, 16) for n in (50, 70, 9)])

@@ -292,7 +292,7 @@ def test_mlet_trains_and_stock_dlrm_scores_the_folded_checkpoint_the_same(
 
 
 def test_block_parser_reads_lines_as_the_line_parser_does(days_dir):
-    from dlrm_mlet.dlrm.data import parse_criteo_block, parse_criteo_line
+    from dlrm_mlet.dlrm.criteo_text import parse_criteo_block, parse_criteo_line
 
     lines = (days_dir / "day_3").read_text().splitlines()
     edge = lines[0].split("\t")

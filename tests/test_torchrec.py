@@ -32,11 +32,11 @@ from torchrec.distributed.planner.enumerators import EmbeddingEnumerator  # noqa
 from torchrec.models.dlrm import DLRM  # noqa: E402
 from torchrec.modules.embedding_configs import PoolingType  # noqa: E402
 
-from dlrm_mlet.files import load_checkpoint  # noqa: E402
+from dlrm_mlet.checkpoint_io import load_checkpoint  # noqa: E402
 from dlrm_mlet.errors import MLETError  # noqa: E402
 from dlrm_mlet.torchrec import (  # noqa: E402
     MLETEmbeddingBagCollection,
-    fold_torchrec,
+    fold_torchrec_state_dict,
     mlet_dlrm,
     sparse_parameters,
 )
@@ -114,7 +114,7 @@ def test_mlet_collection_output_matches_its_fold_and_stock_dlrm_loads_it_strictl
         assert torch.allclose(plain(kjt).values(), mlet(kjt).values(), atol=1e-6)
         assert plain(kjt).keys() == mlet(kjt).keys() == ["f0", "f1", "f2"]
 
-        state = fold_torchrec(model)
+        state = fold_torchrec_state_dict(model)
         stock = stock_dlrm()
         stock.load_state_dict(state, strict=True)
         diff = (stock(dense, kjt) - expected).abs().max().item()
@@ -156,7 +156,7 @@ def test_per_table_widths_and_min_rows_keep_some_tables_plain_and_fold_exactly()
         expected = model(dense, kjt)
         folded = mlet.fold()
         assert torch.allclose(folded(kjt).values(), mlet(kjt).values(), atol=1e-6)
-        state = fold_torchrec(model)
+        state = fold_torchrec_state_dict(model)
         assert set(state) == set(stock_dlrm().state_dict())
         # The fold leaves plain tables as they are, bit for bit.
         key = "sparse_arch.embedding_bag_collection.embedding_bags.t1.weight"
@@ -174,11 +174,11 @@ def test_per_table_widths_and_min_rows_keep_some_tables_plain_and_fold_exactly()
 def test_bad_per_table_widths_are_refused_with_one_line():
     with pytest.raises(MLETError, match="hidden_dim lists 2 values for 3 tables"):
         MLETEmbeddingBagCollection(tables(), [K, K])
-    with pytest.raises(MLETError, match="hidden_dim of table 't1' must be an integer >= 0, got -1"):
+    with pytest.raises(MLETError, match="hidden_dim of 't1': expected an integer >= 0, got -1"):
         MLETEmbeddingBagCollection(tables(), [K, -1, K])
     with pytest.raises(MLETError, match="hidden_dim names no table called 'nope'"):
         MLETEmbeddingBagCollection(tables(), {"nope": K})
-    with pytest.raises(MLETError, match="min_rows must be an integer >= 0"):
+    with pytest.raises(MLETError, match="min_rows: expected an integer >= 0"):
         MLETEmbeddingBagCollection(tables(), K, min_rows=-1)
     with pytest.raises(MLETError, match="table 't1': hidden_dim 4 is below its embedding_dim"):
         MLETEmbeddingBagCollection(tables(), [K, 4, 0])
@@ -210,7 +210,7 @@ def test_meta_device_projections_get_mlet_init_when_materialised():
 
 
 def test_bad_input_is_refused_with_one_line():
-    with pytest.raises(MLETError, match="hidden_dim must be a positive integer"):
+    with pytest.raises(MLETError, match="hidden_dim: expected an integer >= 1"):
         MLETEmbeddingBagCollection(tables(), 0)
     with pytest.raises(MLETError, match="below its embedding_dim"):
         MLETEmbeddingBagCollection(tables(), D - 1)
@@ -221,12 +221,12 @@ def test_bad_input_is_refused_with_one_line():
     with pytest.raises(MLETError, match="pooling NONE cannot be folded"):
         MLETEmbeddingBagCollection([config], K)
     with pytest.raises(MLETError, match="no MLETEmbeddingBagCollection"):
-        fold_torchrec(stock_dlrm())
+        fold_torchrec_state_dict(stock_dlrm())
     model = mlet_dlrm(tables(), K, DENSE_IN, DENSE_LAYERS, OVER_LAYERS)
     with torch.no_grad():
         model.sparse_arch.embedding_bag_collection.proj["t1"].weight[0, 0] = float("nan")
     with pytest.raises(MLETError, match=r"t1\.weight: folded row \d+ is not finite"):
-        fold_torchrec(model)
+        fold_torchrec_state_dict(model)
 
 
 def test_sparse_parameters_are_the_k_wide_tables_only():
@@ -351,12 +351,12 @@ def _check_fold_failures_stop_every_rank(dmp, plan, out_dir):
     with torch.no_grad():
         proj[0, 0] = float("inf")
     with pytest.raises(MLETError, match=rf"{on_rank_1}\.weight \(shard at row 0\): folded row \d+ is not finite"):
-        fold_torchrec(dmp.module.model, os.path.join(out_dir, "never.pt"))
+        fold_torchrec_state_dict(dmp.module.model, os.path.join(out_dir, "never.pt"))
     with torch.no_grad():
         proj.copy_(saved)
     assert not os.path.exists(os.path.join(out_dir, "never.pt"))
     with pytest.raises(MLETError, match="cannot write"):
-        fold_torchrec(dmp.module.model, os.path.join(out_dir, "no-such-dir", "x.pt"))
+        fold_torchrec_state_dict(dmp.module.model, os.path.join(out_dir, "no-such-dir", "x.pt"))
 
 
 def _train_fold_worker(rank, port, out_dir):
@@ -399,8 +399,8 @@ def _train_fold_worker(rank, port, out_dir):
         if run == "table_wise":
             _check_fold_failures_stop_every_rank(dmp, plan, out_dir)
         path = os.path.join(out_dir, f"{run}.pt")
-        state = fold_torchrec(dmp.module.model, path)
-        wrapped = fold_torchrec(dmp)  # the same, keyed for the DLRMTrain wrapper
+        state = fold_torchrec_state_dict(dmp.module.model, path)
+        wrapped = fold_torchrec_state_dict(dmp)  # the same, keyed for the DLRMTrain wrapper
         if rank == 0:
             assert wrapped.keys() == {f"model.{key}" for key in state}
             assert all(torch.equal(wrapped[f"model.{key}"], value) for key, value in state.items())

@@ -26,8 +26,8 @@ from torchrec.distributed.planner.enumerators import EmbeddingEnumerator  # noqa
 from torchrec.modules.embedding_configs import DataType  # noqa: E402
 
 from dlrm_mlet.errors import MLETError  # noqa: E402
-from dlrm_mlet.files import load_checkpoint  # noqa: E402
-from dlrm_mlet.torchrec import MLETEmbeddingBagCollection, fold_torchrec, mlet_dlrm  # noqa: E402
+from dlrm_mlet.checkpoint_io import load_checkpoint  # noqa: E402
+from dlrm_mlet.torchrec import MLETEmbeddingBagCollection, fold_torchrec_state_dict, mlet_dlrm  # noqa: E402
 from dlrm_mlet.torchrec.collection import _check_table_dtype  # noqa: E402
 from test_torchrec import (  # noqa: E402
     BATCH, DENSE_IN, DENSE_LAYERS, EVAL_BATCH, K, OVER_LAYERS, ROWS, WORLD,
@@ -127,7 +127,7 @@ def test_half_tables_fold_in_float32_into_a_float32_stock_model():
             table, proj = mlet.ebc.embedding_bags[name].weight, mlet.proj[name].weight
             assert bag.weight.dtype == torch.float32
             assert torch.allclose(bag.weight, table.float() @ proj.t(), rtol=0, atol=1e-6)
-        state = fold_torchrec(model)
+        state = fold_torchrec_state_dict(model)
         assert all(v.dtype == torch.float32 for v in state.values())
         stock = stock_dlrm()
         stock.load_state_dict(state, strict=True)
@@ -327,7 +327,7 @@ def _resume_worker(rank, port, out_dir):
             _, (_, logits, _) = resumed(Batch(dense_features=part[0], sparse_features=part[1], labels=part[2]))
         predictions = [torch.empty_like(logits) for _ in range(WORLD)]
         dist.all_gather(predictions, logits)
-        fold_torchrec(resumed.module.model, os.path.join(out_dir, f"{table_dtype}.folded.pt"))
+        fold_torchrec_state_dict(resumed.module.model, os.path.join(out_dir, f"{table_dtype}.folded.pt"))
         if rank == 0:
             result["predictions"] = torch.cat(predictions)
             torch.save(result, os.path.join(out_dir, f"{table_dtype}.result.pt"))

@@ -33,12 +33,12 @@ from torchrec.distributed.planner.enumerators import EmbeddingEnumerator  # noqa
 from torchrec.distributed.types import ShardingType  # noqa: E402
 from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection  # noqa: E402
 
-from dlrm_mlet.files import load_checkpoint  # noqa: E402
+from dlrm_mlet.checkpoint_io import load_checkpoint  # noqa: E402
 from dlrm_mlet.torchrec import (  # noqa: E402
     MLETEmbeddingBagCollection,
     MLETEmbeddingBagCollectionSharder,
     ShardedMLETEmbeddingBagCollection,
-    fold_torchrec,
+    fold_torchrec_state_dict,
     mlet_dlrm,
     sharders,
     sparse_parameters,
@@ -279,7 +279,7 @@ def _compare_worker(rank, port, out_dir, world):
         reference_widths = _sent_widths(reference, rank)
         reference_losses = train_steps(reference, reference_opt, range(STEPS), rank)
         reference_predictions = _predict(reference, rank, world)
-        reference_folded = fold_torchrec(reference.module.model)
+        reference_folded = fold_torchrec_state_dict(reference.module.model)
         del reference, reference_opt
 
         stock_widths = None
@@ -295,7 +295,7 @@ def _compare_worker(rank, port, out_dir, world):
         losses = train_steps(dmp, optimizer, range(STEPS), rank)
         predictions = _predict(dmp, rank, world)
         held, ddp_ignores = _projection_shards(dmp)
-        folded = fold_torchrec(dmp.module.model, os.path.join(out_dir, f"{world}.{run}.pt"))
+        folded = fold_torchrec_state_dict(dmp.module.model, os.path.join(out_dir, f"{world}.{run}.pt"))
         if rank == 0:  # (now: like a state dict, it shares the dense parameters, which train on below)
             fold_diff = max((folded[key] - value).abs().max().item() for key, value in reference_folded.items())
         resumed_diff = None

@@ -1,1 +1,1 @@
-"""The MLET layers, the grouped engine, folding and ``to_mlet``: everything a model needs."""
+"""The MLET layers any model needs: the tables, their folding, ``to_mlet``, half tables, the memory budget."""

@@ -20,7 +20,8 @@ from collections import namedtuple
 from collections.abc import Mapping
 from fractions import Fraction
 
-from ..errors import MLETError
+from ..errors import MLETError, integer
+from .options import TABLE_DTYPE_BYTES, hidden_dim_for, parse_table_dtype_option
 
 OPTIMIZERS = ("sgd", "adagrad", "rwsadagrad")  # DLRM's --optimizer names
 OPTIMIZER_ALIASES = {"rowwise_adagrad": "rwsadagrad"}  # TorchRec's name for the row-wise one
@@ -80,10 +81,7 @@ def rule_name(name, flag="--rule"):
 
 
 def _dtype_bytes(table_dtype):
-    from .options import parse_table_dtype_option
-    from .half import TABLE_DTYPES
-
-    return TABLE_DTYPES[parse_table_dtype_option(table_dtype)].itemsize
+    return TABLE_DTYPE_BYTES[parse_table_dtype_option(table_dtype)]
 
 
 def training_cost(n, d, k, table_dtype="fp32", optimizer="sgd"):
@@ -97,7 +95,7 @@ def training_cost(n, d, k, table_dtype="fp32", optimizer="sgd"):
     and gradients are per batch, not per row, and are left out.
     """
     optimizer, size = optimizer_name(optimizer), _dtype_bytes(table_dtype)
-    n, d, k = _whole(n, "table size", 0), _whole(d, "embedding width d", 1), _whole(k, "hidden width k", 0)
+    n, d, k = integer(n, "table size", 0), integer(d, "embedding width d", 1), integer(k, "hidden width k", 0)
     if k == 0:
         state = {"sgd": 0, "adagrad": n * d * FLOAT32, "rwsadagrad": n * FLOAT32}[optimizer]
         return Cost(n * d * FLOAT32, state)
@@ -149,13 +147,13 @@ def candidates(d, k_max, multiple=MULTIPLE):
 
 
 def _check(rows, d, k_max, rare, multiple, min_rows):
-    rows = [_whole(n, "table size", 1) for n in rows]
+    rows = [integer(n, "table size", 1) for n in rows]
     if not rows:
         raise MLETError("no tables to plan")
-    dims = [_whole(v, "embedding width d", 1) for v in (d if hasattr(d, "__len__") else [d] * len(rows))]
+    dims = [integer(v, "embedding width d", 1) for v in (d if hasattr(d, "__len__") else [d] * len(rows))]
     if len(dims) != len(rows):
         raise MLETError(f"{len(dims)} embedding widths for {len(rows)} tables")
-    k_max = _whole(k_max, "--mlet-hidden-dim", 1)
+    k_max = integer(k_max, "--mlet-hidden-dim", 1)
     for i, width in enumerate(dims):
         if k_max < width:
             where = f" (table {i})" if len(set(dims)) > 1 else ""
@@ -166,19 +164,9 @@ def _check(rows, d, k_max, rare, multiple, min_rows):
             raise MLETError(f"{len(rare)} rare-row scores for {len(rows)} tables")
         if min(rare) < 0:
             raise MLETError("rare-row scores must be >= 0")
-    _whole(multiple, "multiple", 1)
-    _whole(min_rows, "--mlet-min-rows", 0)
+    integer(multiple, "multiple", 1)
+    integer(min_rows, "--mlet-min-rows", 0)
     return rows, dims, k_max
-
-
-def _whole(value, what, minimum):
-    try:
-        whole = not isinstance(value, bool) and int(value) == value
-    except (TypeError, ValueError):
-        whole = False
-    if not whole or value < minimum:
-        raise MLETError(f"{what}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def plan_hidden_dims(rows, d, k_max, budget, *, table_dtype="fp32", optimizer="sgd", rule=DEFAULT_RULE,
@@ -200,11 +188,9 @@ def plan_hidden_dims(rows, d, k_max, budget, *, table_dtype="fp32", optimizer="s
     ``what`` names the budget in errors.
     """
     rows, dims, k_max = _check(rows, d, k_max, rare, multiple, min_rows)
-    from .options import hidden_dim_for
-
     optimizer, rule = optimizer_name(optimizer), rule_name(rule)
     _dtype_bytes(table_dtype)
-    budget = parse_size(budget, what) if isinstance(budget, str) else _whole(budget, what, 0)
+    budget = parse_size(budget, what) if isinstance(budget, str) else integer(budget, what, 0)
     eligible = [i for i, n in enumerate(rows) if hidden_dim_for(i, n, (k_max,), min_rows) > 0]
     if not eligible:
         raise MLETError(f"--mlet-min-rows {min_rows} leaves no table for MLET (the largest has {max(rows)} rows)")

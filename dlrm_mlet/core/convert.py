@@ -3,7 +3,9 @@
 The counterpart of PEFT's ``get_peft_model`` / ``merge_and_unload`` for
 embeddings: one call swaps a model's ``nn.Embedding`` and ``nn.EmbeddingBag``
 modules for their two-layer MLET forms in place, training then runs as usual
-(create the optimizer after the call: the tables are new parameters), and
+(create the optimizer after the call: the tables are new parameters;
+``dlrm_mlet.attach(optimizer)`` then checks it can train them and applies
+half tables' updates through its own hook, with no process-wide one), and
 ``fold_model`` puts plain modules of the original classes and options back, so
 the trained model's state dict and module types are the stock ones again.
 
@@ -21,9 +23,7 @@ What is left alone, and why (``to_mlet`` says so in one warning):
 """
 
 import re
-import sys
 import warnings
-from collections.abc import Mapping
 
 from torch import nn
 
@@ -31,10 +31,10 @@ from ..errors import MLETError
 from . import half
 from .bag import MLETEmbeddingBag
 from .embedding import MLETEmbedding
-from .init import parse_proj_init
+from .options import hidden_dims, parse_proj_init
 from .pair import TwoLayer
 
-MLET_MODULES = (TwoLayer,)  # MLETEmbeddingBag, MLETEmbedding
+_KINDS = [TwoLayer]  # MLETEmbeddingBag, MLETEmbedding; integrations add theirs (register_kind)
 
 
 def _places(model, kinds):
@@ -67,18 +67,6 @@ def _selector(target, names):
     if missing:
         raise MLETError(f"to_mlet: target names no embedding module called {', '.join(map(repr, missing))}")
     return lambda name, module: any(name == t or name.endswith("." + t) for t in wanted)
-
-
-def _hidden(hidden_dim, names):
-    """``hidden_dim`` as ``(name, module) -> (k or None, given by name)``."""
-    if isinstance(hidden_dim, Mapping):
-        unknown = [key for key in hidden_dim if key not in names]
-        if unknown:
-            raise MLETError(f"to_mlet: hidden_dim names no embedding module called {', '.join(map(repr, unknown))}")
-        return lambda name, module: (hidden_dim.get(name), True)
-    if callable(hidden_dim):
-        return lambda name, module: (hidden_dim(name, module), True)
-    return lambda name, module: (hidden_dim, False)
 
 
 def _why_plain(module, k, explicit, min_rows):
@@ -118,8 +106,9 @@ def _mlet_form(module, k, proj_init, name, table_dtype):
 def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal", table_dtype=None):
     """Replace, in place, each ``nn.Embedding`` / ``nn.EmbeddingBag`` of ``model`` by its MLET form.
 
-    ``hidden_dim``: one ``k`` for all, a mapping ``{module name: k}``, or a
-    callable ``(name, module) -> k`` (0 or None keeps a module plain).
+    ``hidden_dim``: one ``k`` for all, a mapping ``{module name: k}``, a list in
+    the order of ``model.named_modules()``, or a callable ``(name, module) -> k``
+    (0 or None keeps a module plain).
     ``target``: which modules to consider: a regular expression the full module
     name must match, a list of names (a name also matches as a dotted suffix), or a
     predicate ``(name, module) -> bool``. ``proj_init`` as in ``MLETEmbeddingBag``.
@@ -137,7 +126,8 @@ def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal", t
         half.table_dtype(table_dtype)
     places = _places(model, (nn.Embedding, nn.EmbeddingBag))
     names = [name for name, _ in places]
-    selected, k_of = _selector(target, names), _hidden(hidden_dim, names)
+    selected = _selector(target, names)
+    k_of = hidden_dims(hidden_dim, names, "to_mlet: hidden_dim", "embedding module")
     new, plain = {}, {}
     for name, module in places:
         if id(module) in new or id(module) in plain or not selected(name, module):
@@ -147,7 +137,7 @@ def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal", t
         if why:
             plain[id(module)] = f"{name or type(module).__name__} ({why})"
         else:
-            new[id(module)] = _mlet_form(module, int(k), proj_init, name, table_dtype)
+            new[id(module)] = _mlet_form(module, k, proj_init, name, table_dtype)
     if not new:
         found = f"{len(places)} embedding modules" if places else "no nn.Embedding or nn.EmbeddingBag"
         left = f"; left plain: {', '.join(plain.values())}" if plain else ""
@@ -158,10 +148,14 @@ def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal", t
     return _replace(model, [(n, m) for n, m in places if id(m) in new], new)
 
 
-def _mlet_kinds():
-    """The MLET module classes; TorchRec's only once loaded (it can only be in use then)."""
-    torchrec = sys.modules.get("dlrm_mlet.torchrec")
-    return MLET_MODULES + ((torchrec.MLETEmbeddingBagCollection,) if torchrec else ())
+def register_kind(cls):
+    """Let ``fold_model`` fold ``cls`` too: an MLET module class with a ``fold()`` returning its plain form.
+
+    The TorchRec collection registers itself when imported, so core never imports TorchRec.
+    """
+    if cls not in _KINDS:
+        _KINDS.append(cls)
+    return cls
 
 
 def fold_model(model):
@@ -170,12 +164,12 @@ def fold_model(model):
     ``MLETEmbeddingBag`` becomes ``nn.EmbeddingBag``, ``MLETEmbedding``
     ``nn.Embedding``, with the original options (mode, sparse, padding_idx), and
     an unsharded ``MLETEmbeddingBagCollection`` a plain ``EmbeddingBagCollection``
-    (sharded models: ``dlrm_mlet.torchrec.fold_torchrec``).
+    (sharded models: ``dlrm_mlet.torchrec.fold_torchrec_state_dict``).
     All tables are folded (and checked finite) before any is swapped, so an
     error leaves the model exactly as it was. A model with no MLET module is
     returned unchanged; an MLET module itself is returned folded.
     """
-    places = _places(model, _mlet_kinds())
+    places = _places(model, tuple(_KINDS))
     folded = {}
     for name, module in places:
         if id(module) not in folded:

@@ -12,8 +12,7 @@ Stochastic rounding rounds up or down with probabilities that make the
 stored value right on average, as fbgemm's CUDA kernels do for their fp16
 tables (its CPU kernels round to nearest: ``torchrec/collection.py`` warns). So the
 rows of a half table are gathered as float32 (``HalfRows``), their gradient
-rows wait on the weight like ``--mlet-fused-update``'s (``fused.defer``),
-and the next step of the optimizer that holds the table applies that
+rows wait for the optimizer's step (``step.defer``), and the next step of the optimizer that holds the table applies that
 optimizer's rule (SGD, Adagrad, DLRM's row-wise RWSAdagrad) in float32 to
 the touched rows and rounds the result stochastically (``step``).
 
@@ -33,8 +32,9 @@ import zlib
 import torch
 
 from ..errors import MLETError
+from . import step
 
-TABLE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TABLE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # options.TABLE_DTYPE_BYTES' names
 HALF = (torch.float16, torch.bfloat16)
 
 
@@ -177,52 +177,41 @@ def pool(weight, input, offsets=None, per_sample_weights=None, mode="sum", paddi
 
 # --- the update: the optimizer's rule in float32, rounded stochastically ----------
 
-_PENDING = "_mlet_half_rows"  # on a half table's weight: [(indices, float32 rows), ...] until its step
-
-
 def add(param, indices, rows):
     """Record gradient rows of a half table for the next step of the optimizer that holds it.
 
-    Every call defers the same step; the first to run takes all rows recorded
-    by then (gradient accumulation, a table called twice), sums repeated rows
-    and updates once, as a torch optimizer does with an accumulated sparse
-    gradient; the later ones find nothing left.
+    All rows recorded for a table by then (gradient accumulation, a table
+    called twice) are summed per row and applied once, as a torch optimizer
+    does with an accumulated sparse gradient.
     """
-    from . import fused
-
-    pending = getattr(param, _PENDING, None)
-    if pending is None:
-        pending = []
-        setattr(param, _PENDING, pending)
-    pending.append((indices, rows.float()))
-    fused.defer(param, indices.numel(), lambda optimizer, group: step(param, optimizer, group))  # once per group
+    step.defer(param, apply_rows, (indices, rows.float()), indices.numel())
 
 
-def step(param, optimizer, group):
-    """Apply the rows recorded for the half tables of ``group`` (``param``'s) with ``optimizer``'s rule.
+def apply_rows(optimizer, group, payloads):
+    """Apply the rows recorded for the half tables of ``group`` with ``optimizer``'s rule.
 
     Each table's rule runs on its own rows and state; the rounding, most of
     an update's arithmetic, runs once for all tables of one dtype, device and
     width (DLRM's 26 tables: one set of kernels rather than 26), with the
     generator of the first of them.
     """
+    recorded = {}
+    for table, entry in payloads:
+        recorded.setdefault(id(table), (table, []))[1].append(entry)
     buckets = {}
-    for table in group["params"]:
-        if getattr(table, _PENDING, None):
-            buckets.setdefault((table.dtype, table.device, table.shape[1]), []).append(table)
+    for table, entries in recorded.values():
+        buckets.setdefault((table.dtype, table.device, table.shape[1]), []).append((table, entries))
     for (dtype, _, _), tables in buckets.items():
         updates = []
-        for table in tables:
-            entries = getattr(table, _PENDING)
-            delattr(table, _PENDING)
+        for table, entries in tables:
             indices, grads = entries[0] if len(entries) == 1 else (
                 torch.cat([i for i, _ in entries]), torch.cat([g for _, g in entries]))
             rows, inverse = torch.unique(indices, return_inverse=True)
             grad = grads.new_zeros(rows.numel(), grads.shape[1]).index_add_(0, inverse, grads)
             rule = _rule(optimizer, group, table)
             updates.append((table, rows, rule(table, optimizer.state[table], group, optimizer.defaults, rows, grad)))
-        state = optimizer.state[tables[0]]
-        generator = _generator(tables[0], state)
+        state = optimizer.state[tables[0][0]]
+        generator = _generator(tables[0][0], state)
         values = updates[0][2] if len(updates) == 1 else torch.cat([u for _, _, u in updates])
         rounded = stochastic_round(values, dtype, generator)
         start = 0
@@ -230,6 +219,11 @@ def step(param, optimizer, group):
             table.index_copy_(0, rows, rounded[start:start + rows.numel()])
             start += rows.numel()
         state["mlet_rng"] = generator.get_state().view(dtype)
+
+
+def check_optimizer(optimizer, group, param):
+    """Raise now if ``optimizer`` has no stochastic-rounding rule here for half table ``param``."""
+    _rule(optimizer, group, param)
 
 
 def _rule(optimizer, group, param):

@@ -9,9 +9,8 @@ import math
 import numpy as np
 import torch
 
-from ..errors import MLETError
+from .options import parse_proj_init
 
-PROJ_INITS = "normal, normal-<std>, xavier, orthogonal"
 
 # Rows drawn per numpy call when initialising a table: bounds the float64
 # temporary numpy makes (16 MiB) whatever the table size.
@@ -36,20 +35,6 @@ def uniform_table_(weight):
             block = np.random.uniform(low=-bound, high=bound, size=(stop - start, w))
             weight[start:stop].copy_(torch.from_numpy(block.astype(np.float32)))
     return weight
-
-
-def parse_proj_init(spec):
-    """Check a projection-init name early, so a typo fails before any work."""
-    if spec in ("normal", "xavier", "orthogonal"):
-        return spec
-    if spec.startswith("normal-"):
-        try:
-            std = float(spec[len("normal-"):])
-        except ValueError:
-            std = -1.0
-        if math.isfinite(std) and std > 0:
-            return spec
-    raise MLETError(f"unknown projection init {spec!r}; expected one of {PROJ_INITS}")
 
 
 def init_projection_(weight, spec):

@@ -9,10 +9,14 @@ value gets an ``MLETError`` naming the flag rather than a page of usage text.
 """
 
 from collections import namedtuple
+from collections.abc import Mapping, Sequence
 
-from ..errors import MLETError
-from .half import TABLE_DTYPES
-from .init import parse_proj_init
+import math
+
+from ..errors import MLETError, integer
+
+TABLE_DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}  # the k-wide tables' storage (half.py maps names to dtypes)
+PROJ_INITS = "normal, normal-<std>, xavier, orthogonal"
 
 TableOptions = namedtuple("TableOptions", "dims min_rows proj_init table_dtype")
 TableOptions.__doc__ = """Parsed table options: ``dims`` from ``parse_hidden_dims``; MLET is on when ``max(dims) > 0``."""
@@ -43,15 +47,33 @@ def add_table_arguments(parser, underscores=False, **kwargs):
                             metavar=metavar, help=text, **kwargs)
 
 
-def parse_int(raw, flag, minimum=0):
-    """``raw`` as an integer >= ``minimum``; MLETError naming ``flag`` otherwise."""
-    try:
-        value = int(str(raw).strip())
-    except ValueError:
-        raise MLETError(f"{flag}: expected an integer >= {minimum}, got {raw!r}") from None
-    if value < minimum:
-        raise MLETError(f"{flag}: expected an integer >= {minimum}, got {raw!r}")
-    return value
+def hidden_dims(hidden_dim, names, what="hidden_dim", kind="table"):
+    """A Python ``hidden_dim`` as ``(name, obj) -> (k, given by name)``; 0 keeps a table plain.
+
+    One k for every table (an integer >= 1), a mapping by name (tables it does
+    not name stay plain), a sequence in the order of ``names`` (one value: for
+    all, as on the command line), or a callable ``(name, obj) -> k`` (None: plain).
+    "Given by name" is True for a mapping or callable: an explicit choice.
+    """
+    def k_of(value, name):
+        return integer(0 if value is None else value, f"{what} of {name!r}", 0)
+
+    if isinstance(hidden_dim, Mapping):
+        unknown = [key for key in hidden_dim if key not in names]
+        if unknown:
+            raise MLETError(f"{what} names no {kind} called {', '.join(map(repr, unknown))}")
+        return lambda name, obj: (k_of(hidden_dim.get(name), name), True)
+    if callable(hidden_dim):
+        return lambda name, obj: (k_of(hidden_dim(name, obj), name), True)
+    if isinstance(hidden_dim, Sequence) and not isinstance(hidden_dim, str):
+        dims = list(hidden_dim)
+        if not dims:
+            raise MLETError(f"{what}: an empty list gives no table a k")
+        check_table_count(dims, len(names), what)
+        position = {name: i for i, name in enumerate(names)}
+        return lambda name, obj: (k_of(dims[position[name]] if len(dims) > 1 else dims[0], name), False)
+    k = integer(hidden_dim, what, 1)
+    return lambda name, obj: (k, False)
 
 
 def parse_hidden_dims(raw):
@@ -68,6 +90,20 @@ def parse_hidden_dims(raw):
     return values
 
 
+def parse_proj_init(spec):
+    """Check a projection-init name early, so a typo fails before any work."""
+    if spec in ("normal", "xavier", "orthogonal"):
+        return spec
+    if spec.startswith("normal-"):
+        try:
+            std = float(spec[len("normal-"):])
+        except ValueError:
+            std = -1.0
+        if math.isfinite(std) and std > 0:
+            return spec
+    raise MLETError(f"unknown projection init {spec!r}; expected one of {PROJ_INITS}")
+
+
 def parse_proj_init_option(text):
     """``--mlet-proj-init``: core's init names, with the flag named in the error."""
     try:
@@ -77,10 +113,10 @@ def parse_proj_init_option(text):
 
 
 def parse_table_dtype_option(text):
-    """``--mlet-table-dtype``: one of ``TABLE_DTYPES``' names."""
+    """``--mlet-table-dtype``: one of ``TABLE_DTYPE_BYTES``' names."""
     name = str(text).strip().lower()
-    if name not in TABLE_DTYPES:
-        raise MLETError(f"--mlet-table-dtype: expected one of {', '.join(TABLE_DTYPES)}, got {text!r}")
+    if name not in TABLE_DTYPE_BYTES:
+        raise MLETError(f"--mlet-table-dtype: expected one of {', '.join(TABLE_DTYPE_BYTES)}, got {text!r}")
     return name
 
 
@@ -92,7 +128,7 @@ def parse_table_options(args):
     than silently ignored.
     """
     dims = parse_hidden_dims(args.mlet_hidden_dim)
-    min_rows = parse_int(args.mlet_min_rows, "--mlet-min-rows", 0)
+    min_rows = integer(args.mlet_min_rows, "--mlet-min-rows", 0, text=True)
     proj_init = parse_proj_init_option(args.mlet_proj_init)
     table_dtype = parse_table_dtype_option(getattr(args, "mlet_table_dtype", "fp32"))
     if max(dims) == 0:

@@ -8,17 +8,15 @@ the padding row and the folded weight are the same rule for both, kept here.
 import torch
 from torch import nn
 
-from ..errors import MLETError
+from ..errors import integer
+from . import half, step
 from .folding import fold_weight
 from .init import init_projection_, uniform_table_
 
 
 def check_sizes(kind, **sizes):
     """The sizes as ints; a non-positive or non-integer one is refused, named."""
-    for name, value in sizes.items():
-        if isinstance(value, bool) or int(value) != value or value < 1:
-            raise MLETError(f"{kind}: {name} must be a positive integer, got {value!r}")
-    return [int(value) for value in sizes.values()]
+    return [integer(value, f"{kind}: {name}", 1) for name, value in sizes.items()]
 
 
 def is_mlet(module):
@@ -38,6 +36,8 @@ class TwoLayer(nn.Module):
         if table.padding_idx is not None:  # looks up (or pools) nothing, as in the plain module
             with torch.no_grad():
                 table.weight[table.padding_idx].zero_()
+        if half.is_half(table.weight):  # step.attach(optimizer) can refuse an optimizer it has no rule for
+            step.require(table.weight, half.check_optimizer)
 
     @property
     def num_embeddings(self):

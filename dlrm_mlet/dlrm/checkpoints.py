@@ -9,7 +9,7 @@ import torch
 from ..core.folding import PROJ_KEY, TABLE_KEY, _prefix, fold_state_dict, mlet_prefixes
 from ..core.half import float32_state
 from ..errors import MLETError
-from ..files import to_plain
+from ..checkpoint_io import to_plain
 
 MLET_SUFFIX = ".mlet"
 

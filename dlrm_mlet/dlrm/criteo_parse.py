@@ -1,6 +1,6 @@
 """Criteo preprocessing, first stage: raw day files parsed into int32 scratch files.
 
-Rows stream through in blocks of ``BLOCK`` lines, parsed by ``data.parse_criteo_block``
+Rows stream through in blocks of ``BLOCK`` lines, parsed by ``criteo_text.parse_criteo_block``
 and written as raw int32 rows of ``FIELDS`` values (label, 13 dense, 26 keys
 numbered by ``KeyTable``: the ``.bin`` row layout), so memory does not grow with the
 line count and the later stages (``criteo_shuffle``) read the rows back by plain
@@ -13,14 +13,9 @@ import numpy as np
 
 from ..errors import MLETError
 from ..progress import progress_bar
-from .data import (
-    _lines,
-    _open_text,
-    count_lines,
-    day_sizes,
-    parse_criteo_block,
-    parse_criteo_line,
-)
+from .criteo_text import parse_criteo_block, parse_criteo_line
+from .kaggle import day_sizes
+from .text import count_lines, numbered_lines, open_text
 
 BLOCK = 1 << 14  # rows per streamed block
 FIELDS = 40  # y, 13 dense, 26 categorical: one int32 scratch row, the .bin row layout
@@ -59,8 +54,8 @@ def parse_days(layout, work, max_ind_range, sub_sample_rate, quiet):
                 if handle is None or handle.name != path:
                     if handle is not None:
                         handle.close()
-                    handle = _open_text(path)
-                    lines = _lines(handle, path)
+                    handle = open_text(path)
+                    lines = numbered_lines(handle, path)
                 path_i = os.path.join(work, f"processed_{i}.bin")
                 with open(path_i, "wb") as rows:
                     n = _parse_day(lines, path, size, rows, tables, max_ind_range, sub_sample_rate, bar)

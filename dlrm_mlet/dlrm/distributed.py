@@ -24,7 +24,7 @@ from ..core.bag import MLETEmbeddingBag
 from ..core.folding import fold_weight
 from ..core.gather import comm_device, stream_to_rank0
 from ..errors import MLETError
-from ..files import to_plain
+from ..checkpoint_io import to_plain
 from .checkpoints import fold_param_state, optimizer_group_names
 
 

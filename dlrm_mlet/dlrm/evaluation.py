@@ -14,17 +14,11 @@ often the row was trained in one epoch.
 import contextlib
 
 import numpy as np
+import torch
 
-from .frequency import RARE, count_rows
+from .avazu import AvazuDataset
+from .frequency import BUCKETS, count_rows
 
-# (slug for CSV columns, label, smallest count, largest count or None); the rare band is frequency.RARE
-BUCKETS = (
-    ("unseen", "unseen", 0, 0),
-    ("1_10", "1-10", *RARE),
-    ("11_100", "11-100", RARE[1] + 1, 100),
-    ("over_100", ">100", 101, None),
-)
-BUCKET_RULE = "test samples by the training-split count of their rarest categorical value (embedding row)"
 _CHUNK = 1 << 20
 
 
@@ -40,10 +34,6 @@ def _numpy_rng_kept():
 
 def validation_loader(args, dp, test_ld):
     """The validation twin of DLRM's test loader (same batches, order and collate), or None."""
-    import torch
-
-    from .data import AvazuDataset
-
     terabyte = dp.data_loader_terabyte
     if isinstance(test_ld, terabyte.DataLoader):
         return terabyte.DataLoader(test_ld.data_filename, test_ld.data_directory, test_ld.days,
@@ -75,8 +65,6 @@ def _categorical_chunks(dataset):
     From the arrays DLRM's datasets hold (or the day / bin files they read),
     never item by item: Criteo-Kaggle's 39M training rows take seconds.
     """
-    from .data import AvazuDataset
-
     if isinstance(dataset, AvazuDataset):
         for start in range(0, len(dataset.rows), _CHUNK):
             yield np.asarray(dataset.x_cat[np.sort(dataset.rows[start:start + _CHUNK])])
@@ -101,15 +89,6 @@ def train_counts(dataset, table_sizes, max_ind_range=-1):
         return count_rows(_categorical_chunks(dataset), table_sizes, max_ind_range)
     except LookupError:
         return None
-
-
-def rare_rows(counts):
-    """Per table, how many embedding rows occur ``RARE`` times (1..10) in training.
-
-    The score ``--mlet-memory-budget``'s ``rare`` rule ranks tables by.
-    """
-    lo, hi = RARE
-    return [int(((np.asarray(c) >= lo) & (np.asarray(c) <= hi)).sum()) for c in counts]
 
 
 def rarest_counts(loader, counts):

@@ -25,6 +25,15 @@ RARE = (1, 10)  # a rare row: seen 1..10 times in one epoch of the training spli
 RARE_MAX = RARE[1]
 # Classes of rows by training count: (label, smallest count, largest count or None)
 CLASSES = (("unseen", 0, 0), ("1", 1, 1), ("2-10", 2, 10), ("11-100", 11, 100), (">100", 101, None))
+# Test samples by the training count of their rarest value (--mlet-metrics-json, the report's rare items):
+# (slug for CSV columns, label, smallest count, largest count or None)
+BUCKETS = (
+    ("unseen", "unseen", 0, 0),
+    ("1_10", "1-10", *RARE),
+    ("11_100", "11-100", RARE_MAX + 1, 100),
+    ("over_100", ">100", 101, None),
+)
+BUCKET_RULE = "test samples by the training-split count of their rarest categorical value (embedding row)"
 
 
 def cap_rows(rows, max_ind_range):
@@ -102,3 +111,12 @@ def _profile_one(c):
 
 def _share(part, whole):
     return part / whole if whole else None
+
+
+def rare_rows(counts):
+    """Per table, how many embedding rows occur ``RARE`` times (1..10) in training.
+
+    The score ``--mlet-memory-budget``'s ``rare`` rule ranks tables by.
+    """
+    lo, hi = RARE
+    return [int(((np.asarray(c) >= lo) & (np.asarray(c) <= hi)).sum()) for c in counts]

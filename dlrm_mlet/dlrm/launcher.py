@@ -30,9 +30,9 @@ import sys
 import types
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .. import dlrm_glue
+from ..core import step
 from ..errors import MLETError
 from .patching import is_patched_source
 from .script import import_dlrm_script
@@ -142,9 +142,8 @@ def install_hooks(module):
 
     module.DLRM_Net.apply_emb = apply_emb
     # The patch calls after_step with DLRM's own step number; here the glue counts steps.
-    register_optimizer_step_post_hook(
-        lambda optimizer, args, kwargs: dlrm_glue.after_step(module.dlrm, module.writer)
-    )
+    step.on_step("dlrm-mlet run: after DLRM's step",
+                 lambda optimizer, args, kwargs: dlrm_glue.after_step(module.dlrm, module.writer), after=True)
 
 
 def run_script(script, dlrm_args):

@@ -1,7 +1,7 @@
 """DLRM's data loaders, with our preprocessing in front and Avazu beside them.
 
 DLRM's ``make_criteo_data_and_loaders`` stays the loader for Criteo; what is
-added is the preprocessing that fails or is missing upstream (``data.py``,
+added is the preprocessing that fails or is missing upstream (``kaggle.py``,
 ``criteo.py``), the Avazu dataset (no upstream support) and one fix to the
 MLPerf bin loader.
 """
@@ -11,7 +11,10 @@ import os
 import torch
 
 from ..errors import MLETError
-from .session import fail, session
+from . import criteo
+from .avazu import AvazuDataset, preprocess_avazu
+from .kaggle import kaggle_paths, preprocess_kaggle
+from .session import Scoring, fail, session
 
 
 def make_data_and_loaders(args, dp):
@@ -25,22 +28,17 @@ def make_data_and_loaders(args, dp):
     Avazu: our cached, memory-mapped dataset with DLRM's own batch format.
     Anything else goes to DLRM untouched.
     """
-    from . import data
-
     enabled = session.config.enabled
     try:
         if args.data_set == "avazu":
-            return _avazu_loaders(args, dp, data)
+            return _avazu_loaders(args, dp)
         if args.data_set == "kaggle" and not args.memory_map:
-            day_count, processed = data.kaggle_paths(args.raw_data_file, args.processed_data_file)
+            day_count, processed = kaggle_paths(args.raw_data_file, args.processed_data_file)
             args.processed_data_file = processed  # DLRM's default "" never counts as done
             if not (os.path.exists(processed) and os.path.exists(day_count)):
                 print(f"Preprocessing {args.raw_data_file} into {processed}", flush=True)
-                data.preprocess_kaggle(args.raw_data_file, processed, args.max_ind_range,
-                                       args.data_sub_sample_rate)
+                preprocess_kaggle(args.raw_data_file, processed, args.max_ind_range, args.data_sub_sample_rate)
         elif args.data_set in ("kaggle", "terabyte") and (enabled or args.max_ind_range <= 0):
-            from . import criteo
-
             criteo.ensure_preprocessed(args)
             if enabled and criteo.uses_bin_files(args):
                 _count_bin_samples(dp)
@@ -52,8 +50,6 @@ def make_data_and_loaders(args, dp):
 def _scored(args, dp, loaders):
     """Remember what ``--mlet-metrics-json`` needs to score validation and buckets later,
     and what ``--mlet-memory-budget`` counts rare rows in."""
-    from .session import Scoring
-
     train_data, _, _, test_ld = loaders
     if session.config.metrics_json:
         session.scoring = Scoring(args, dp, train_data, test_ld)
@@ -75,17 +71,17 @@ def _count_bin_samples(dp):
         cls.num_samples = property(lambda self: os.fstat(self.file.fileno()).st_size // (4 * self.tot_fea))
 
 
-def _avazu_loaders(args, dp, data):
+def _avazu_loaders(args, dp):
     """Avazu train and test sets in DLRM's batch format (its own collate function)."""
     cache = args.processed_data_file or os.path.join(
         os.path.dirname(os.path.abspath(args.raw_data_file)), "avazu_processed")
     if not os.path.exists(os.path.join(cache, "meta.json")):
         print(f"Preprocessing {args.raw_data_file} into {cache}", flush=True)
-        data.preprocess_avazu(args.raw_data_file, cache)
+        preprocess_avazu(args.raw_data_file, cache)
     else:
         print(f"Reading pre-processed data={cache}", flush=True)
-    train = data.AvazuDataset(cache, "train", args.max_ind_range)
-    test = data.AvazuDataset(cache, "test", args.max_ind_range)
+    train = AvazuDataset(cache, "train", args.max_ind_range)
+    test = AvazuDataset(cache, "test", args.max_ind_range)
     loader = lambda dataset, batch, workers: torch.utils.data.DataLoader(  # noqa: E731
         dataset, batch_size=batch, shuffle=False, num_workers=workers,
         collate_fn=dp.collate_wrapper_criteo_offset, pin_memory=False, drop_last=False)

@@ -4,10 +4,17 @@ The MLET papers report test log loss, which DLRM does not print, and the
 effective rank of the trained tables shows whether k was worth its cost.
 """
 
+import json
 import sys
+
+import numpy as np
+import torch
 
 from ..errors import MLETError
 from ..files import atomic_write_text
+from . import distributed, evaluation
+from .frequency import BUCKET_RULE, cap_rows
+from .monitor import Monitor
 from .session import fail, session
 
 
@@ -17,8 +24,6 @@ def after_step(model, writer, step=None):
     if log_freq <= 0:
         return
     if session.monitor is None:
-        from ..tools.monitor import Monitor
-
         session.monitor = Monitor(log_freq)
     session.monitor.after_step(model, writer, step)
 
@@ -35,10 +40,6 @@ def test_scores(scores, targets, step, forward=None):
     path = session.config.metrics_json
     if not path:
         return
-    import json
-
-    from . import distributed, evaluation
-
     metrics = {"step": None if step is None else int(step), **evaluation.binary_metrics(scores, targets)}
     print(f"MLET: test log loss {metrics['log_loss']:.6f}", flush=True)
     data = session.scoring
@@ -61,11 +62,6 @@ def test_scores(scores, targets, step, forward=None):
 
 def _score(forward, loader):
     """Scores and targets of a whole split, gathered across ranks as DLRM's ``inference`` does."""
-    import numpy as np
-    import torch
-
-    from . import distributed
-
     ext_dist = sys.modules.get("extend_distributed") if distributed.is_distributed() else None
     ranks = ext_dist.my_size if ext_dist is not None else 1
     scores, targets = [], []
@@ -83,19 +79,17 @@ def _score(forward, loader):
 
 def _buckets(data, scores, targets):
     """Test metrics by frequency bucket; the counts and each sample's bucket computed once."""
-    from . import evaluation
-
     if data.rarest is None:
         mir = data.args.max_ind_range
-        sizes = [int(n) if mir <= 0 else min(int(n), mir) for n in data.train_data.counts]  # DLRM's ln_emb rule
+        sizes = cap_rows(data.train_data.counts, mir)  # DLRM's ln_emb rule
         counts = evaluation.train_counts(data.train_data, sizes, mir)
         data.rarest = () if counts is None else evaluation.rarest_counts(data.test_ld, counts)
     if not len(data.rarest):
-        return {"rule": evaluation.BUCKET_RULE, "note": "not computed for this data loader", "test": []}
+        return {"rule": BUCKET_RULE, "note": "not computed for this data loader", "test": []}
     # DLRM's inference stops after ``nbatches`` test batches (and skips uneven ones in
     # distributed mode): both cut the tail, so the first len(scores) samples are the scored ones.
     n = len(scores)
     if len(data.rarest) < n:  # a loader that yields more than it holds: say so, never guess a pairing
-        return {"rule": evaluation.BUCKET_RULE, "test": [],
+        return {"rule": BUCKET_RULE, "test": [],
                 "note": f"not computed: {n} test scores but only {len(data.rarest)} test samples"}
-    return {"rule": evaluation.BUCKET_RULE, "test": evaluation.bucket_metrics(scores, targets, data.rarest[:n])}
+    return {"rule": BUCKET_RULE, "test": evaluation.bucket_metrics(scores, targets, data.rarest[:n])}

@@ -5,9 +5,10 @@ calls ``add_arguments`` on it and ``configure`` right after ``parse_args``;
 everything MLET decides later reads the ``Config`` made here.
 """
 
-from ..core import budget, fused, tbe
-from ..core.options import add_table_arguments, parse_int, parse_table_options
-from ..errors import MLETError
+from ..core import budget
+from ..engine import fused, tbe
+from ..core.options import add_table_arguments, parse_table_options
+from ..errors import MLETError, integer
 from .session import Config, fail, session
 
 DEFAULT_LOG_FREQ = 1024
@@ -66,7 +67,7 @@ def parse_config(args):
     per_table = dims if len(dims) > 1 else ()
     if args.mlet_log_freq is None:
         args.mlet_log_freq = DEFAULT_LOG_FREQ if hidden > 0 else 0
-    log_freq = parse_int(args.mlet_log_freq, "--mlet-log-freq", 0)
+    log_freq = integer(args.mlet_log_freq, "--mlet-log-freq", 0, text=True)
     metrics_json = args.mlet_metrics_json
     if metrics_json and not getattr(args, "mlperf_logging", False):
         raise MLETError("--mlet-metrics-json needs --mlperf-logging (DLRM keeps test scores only then)")

@@ -28,7 +28,8 @@ import zipfile
 import numpy as np
 
 from ..errors import MLETError
-from .data import KAGGLE_DAYS, AvazuDataset, day_sizes
+from .avazu import AvazuDataset
+from .kaggle import KAGGLE_DAYS, day_sizes
 
 CHUNK = 1 << 20  # rows per block of categorical values
 NCAT_CRITEO, NDENSE_CRITEO = 26, 13

@@ -9,8 +9,10 @@ off each keeps stock behaviour, byte for byte.
 
 import warnings
 
+import numpy as np
 import torch
 
+from ..core import step
 from .session import builds_tables, session
 
 
@@ -64,12 +66,8 @@ def resume_schedule(lr_scheduler, ckpt):
 
 def start_resume(ckpt):
     """A checkpoint is resuming MLET training: hold its RNG state, keep RWSAdagrad's accumulators."""
-    global _rowwise_hook
     session.resume_rng = ckpt.get("mlet", {}).get("numpy_rng")
-    if _rowwise_hook is None:
-        from torch.optim.optimizer import register_optimizer_step_pre_hook
-
-        _rowwise_hook = register_optimizer_step_pre_hook(_keep_loaded_rowwise_state)
+    step.on_step("keep a resumed RWSAdagrad's accumulators", _keep_loaded_rowwise_state)
 
 
 def numpy_rng_state():
@@ -81,16 +79,12 @@ def numpy_rng_state():
     regenerates the skipped batches instead, so without this state it would
     train on other data than the uninterrupted run.
     """
-    import numpy as np
-
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
             "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
 
 
 def set_numpy_rng_state(state):
-    import numpy as np
-
     keys = state["keys"].numpy().astype(np.uint32)
     np.random.set_state(("MT19937", keys, state["pos"], state["has_gauss"], state["cached_gaussian"]))
 
@@ -107,6 +101,3 @@ def _keep_loaded_rowwise_state(optimizer, args, kwargs):
             and any("momentum" in s or "sum" in s for s in optimizer.state.values())):
         optimizer.momentum_initialized = True
 
-
-# Installed once per process, at the first resumed MLET run; a no-op for any other optimizer.
-_rowwise_hook = None

@@ -10,11 +10,12 @@ The checkpoint dicts themselves (folding, optimizer renumbering) are
 import sys
 
 from ..core.convert import fold_model
-from ..core.folding import first_non_finite, fold_state_dict, mlet_prefixes
+from ..core.folding import first_non_finite, fold_state_dict
 from ..core.pair import is_mlet
 from ..errors import MLETError
-from ..files import atomic_save, to_plain
-from .checkpoints import MLET_SUFFIX, fold_checkpoint, param_group_names
+from ..checkpoint_io import atomic_save, check_safe_to_load, load_checkpoint, to_plain
+from . import distributed
+from .checkpoints import MLET_SUFFIX, fold_checkpoint, is_mlet_checkpoint, param_group_names
 from .resume import numpy_rng_state, start_resume
 from .session import builds_tables, fail, session
 from .tables import has_mlet_tables
@@ -31,8 +32,6 @@ def save_model(ckpt, path, model):
     atomically. In distributed mode see ``distributed.py``: per-rank shards,
     and one complete folded checkpoint written by rank 0.
     """
-    from . import distributed
-
     if not builds_tables():
         try:
             atomic_save(ckpt, path)
@@ -124,7 +123,6 @@ def check_load(path):
     """
     if not session.config.enabled:
         return
-    from ..files import check_safe_to_load
 
     try:
         if check_safe_to_load(path):
@@ -154,9 +152,6 @@ def loaded(ckpt, model, path):
 
 
 def _loaded(ckpt, model, path):
-    from ..files import load_checkpoint
-    from . import distributed
-
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise MLETError("not a DLRM checkpoint (no 'state_dict' entry)")
     saved_world = ckpt.get("mlet", {}).get("world_size", 1)
@@ -169,7 +164,7 @@ def _loaded(ckpt, model, path):
     if world > 1 and distributed.dist.get_rank() > 0:
         ckpt = load_checkpoint(distributed.shard_path(path, distributed.dist.get_rank()))
     state = ckpt["state_dict"]
-    ckpt_is_mlet = bool(mlet_prefixes(state))
+    ckpt_is_mlet = is_mlet_checkpoint(ckpt)
     if has_mlet_tables(model):
         if not session.can_resume:
             raise MLETError(

@@ -52,7 +52,7 @@ class Session:
 
     def __init__(self):
         self.config = Config()
-        self.monitor = None  # tools.monitor.Monitor, made at the first logged step
+        self.monitor = None  # monitor.Monitor, made at the first logged step
         self.resume_rng = None  # numpy RNG state of the checkpoint being resumed, until its skip loop ends
         self.scoring = None  # Scoring, when --mlet-metrics-json asks for it
         self.training = None  # (train dataset, --max-ind-range), for --mlet-memory-budget's rare rule

@@ -10,13 +10,16 @@ would build.
 import torch
 from torch import nn
 
-from ..core import fused, half, packing
+from ..core import half
 from ..core.bag import MLETEmbeddingBag
-from ..core.grouped import grouped_forward
+from ..core.budget import format_plan, plan_hidden_dims
 from ..core.init import uniform_table_
 from ..core.options import check_table_count, hidden_dim_for
 from ..core.pair import is_mlet
+from ..engine import fused, packing
+from ..engine.grouped import grouped_forward
 from ..errors import MLETError
+from . import evaluation, frequency
 from .session import fail, session
 
 
@@ -89,15 +92,12 @@ def planned_dims(rows, d):
     The ``rare`` rule counts rare rows in the training split when the loader
     can say (``evaluation.train_counts``), else it ranks tables by size.
     """
-    from ..core.budget import format_plan, plan_hidden_dims
-    from . import evaluation
-
     config = session.config
     rare, note = None, ""
     if config.budget_rule == "rare":
         train_data, max_ind_range = session.training or (None, -1)
         counts = None if train_data is None else evaluation.train_counts(train_data, rows, max_ind_range)
-        rare = None if counts is None else evaluation.rare_rows(counts)
+        rare = None if counts is None else frequency.rare_rows(counts)
         note = " (tables ordered by rows: this data loader cannot count rare rows)" if rare is None else ""
     plan = plan_hidden_dims(rows, d, config.hidden_dim, config.memory_budget, table_dtype=config.table_dtype,
                             optimizer=config.optimizer, rule=config.budget_rule, min_rows=config.min_rows,

@@ -13,9 +13,9 @@ import torch
 
 from ..core.folding import PROJ_KEY, TABLE_KEY, mlet_prefixes
 from ..errors import MLETError
-from ..files import load_dlrm_checkpoint
+from ..checkpoint_io import load_dlrm_checkpoint
 from .plots import pyplot, save
-from .spectrum import effective_rank, singular_values
+from ..core.spectrum import effective_rank, singular_values
 
 STOCK_KEYS = ("nepochs", "nbatches", "nbatches_test", "state_dict", "test_acc", "epoch", "iter",
               "train_loss", "total_loss")

@@ -17,11 +17,9 @@ import os
 import types
 
 from ..core.budget import format_plan, parse_size, plan_tables, rule_name
-from ..core.options import parse_int
-from ..dlrm.evaluation import rare_rows as rare_rows_of
-from ..dlrm.frequency import cap_rows, count_rows
+from ..dlrm.frequency import cap_rows, count_rows, rare_rows
 from ..dlrm.processed import holds_values, table_sizes, training_split
-from ..errors import MLETError
+from ..errors import MLETError, integer
 from ..progress import progress_bar
 
 Tables = types.SimpleNamespace  # configs as plan_tables takes them: name, num_embeddings, embedding_dim
@@ -76,7 +74,7 @@ def read_processed(path, max_ind_range=-1, rare=False, quiet=False):
     split = training_split(path)
     with progress_bar(split.rows, "count rare rows", quiet) as bar:
         counts = count_rows(split.blocks(), cap_rows(split.sizes, max_ind_range), max_ind_range, bar.update)
-    return split.sizes, rare_rows_of(counts), f"rare rows counted over {split.source}"
+    return split.sizes, rare_rows(counts), f"rare rows counted over {split.source}"
 
 
 def _int_option(text, flag):
@@ -89,8 +87,8 @@ def _int_option(text, flag):
 def plan_command(args):
     """The text ``dlrm-mlet plan`` prints, from its argparse namespace."""
     budget = parse_size(args.budget, "--budget")
-    k_max = parse_int(args.mlet_hidden_dim, "--mlet-hidden-dim", 1)
-    min_rows = parse_int(args.mlet_min_rows, "--mlet-min-rows", 0)
+    k_max = integer(args.mlet_hidden_dim, "--mlet-hidden-dim", 1, text=True)
+    min_rows = integer(args.mlet_min_rows, "--mlet-min-rows", 0, text=True)
     max_ind_range = _int_option(args.max_ind_range, "--max-ind-range")
     rule = rule_name(args.rule)
     if args.tables:
@@ -101,7 +99,7 @@ def plan_command(args):
     else:
         if args.arch_sparse_feature_size is None:
             raise MLETError("--arch-sparse-feature-size D is needed: the model's embedding width")
-        d = parse_int(args.arch_sparse_feature_size, "--arch-sparse-feature-size", 1)
+        d = integer(args.arch_sparse_feature_size, "--arch-sparse-feature-size", 1, text=True)
         if args.arch_embedding_size is not None:
             rows, rare, note = parse_embedding_sizes(args.arch_embedding_size), None, ""
         else:

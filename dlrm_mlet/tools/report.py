@@ -11,11 +11,13 @@ import json
 import math
 import os
 
-from ..dlrm.evaluation import BUCKET_RULE, BUCKETS
+import numpy as np
+
+from ..dlrm.frequency import BUCKET_RULE, BUCKETS
 from ..errors import MLETError
 from . import pays
 from .plots import pyplot, save
-from .sweep import BUCKET_FIELDS, read_rows
+from .results_csv import BUCKET_FIELDS, read_rows
 
 MIB = 2**20
 LR_RULE = ("Each (dataset, epochs, d, k) is reported at its best lr: among the lrs where no seed diverged, the one "
@@ -36,8 +38,6 @@ def _num(value):
 
 
 def _mean_sd(values):
-    import numpy as np
-
     v = [x for x in values if not math.isnan(x)]
     if not v:
         return math.nan, math.nan, 0

@@ -12,8 +12,6 @@ so the report can show it and never average it in. ``report.py`` chooses each
 arm's learning rate on the validation split and reports its test metrics.
 """
 
-import csv
-import io
 import json
 import os
 import re
@@ -21,25 +19,21 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
+from ..checkpoint_io import load_checkpoint
+from ..core.folding import mlet_table_bytes
+from ..dlrm.checkpoints import MLET_SUFFIX
 from ..dlrm.criteo import criteo_layout
-from ..dlrm.evaluation import BUCKETS
 from ..dlrm.frequency import cap_rows, count_rows, rare_lookup_share
-from ..dlrm.processed import training_split
 from ..dlrm.patching import is_patched_checkout, patch_checkout
+from ..dlrm.processed import training_split
 from ..errors import MLETError
 from ..files import StagedFiles, atomic_write_text
+from ..progress import progress_bar
+from .results_csv import read_rows, run_key, write_rows
 
-BUCKET_FIELDS = [f"test_{slug}_{m}" for slug, *_ in BUCKETS for m in ("samples", "auc", "log_loss")]
-# Columns added after the first release, with the value an older file's rows take
-LATER_FIELDS = {"regime": "", "optimizer": "sgd", "rare_lookup_share": ""}
-FIELDS = [
-    "dataset", "regime", "optimizer", "rare_lookup_share", "d", "k", "lr", "seed", "epochs", "status", "note",
-    "val_auc", "val_log_loss", "val_accuracy", "test_auc", "test_log_loss", "test_accuracy", *BUCKET_FIELDS,
-    "train_seconds", "train_ms_per_it", "inference_embedding_bytes", "training_embedding_bytes",
-]
 DENSE_FEATURES = {"kaggle": 13, "avazu": 1}
-DEFAULT_LRS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # SGD at batch 128; see the README's learning-rate advice
 CHANCE_AUC = 0.51  # a model at or below this AUC learned nothing: recorded as diverged
 # DLRM's own words when a run's numbers are not finite (loss prints, BCE's input check, our save check)
 _DIVERGED = re.compile(r"loss (nan|inf)|training diverged|elements of input should be between 0 and 1",
@@ -57,34 +51,6 @@ def bench_args(data_set, d, lr=0.1):
     ]
 
 
-def run_key(row):
-    """What makes a run: a CSV row with the same key is never run again."""
-    return (row["dataset"], row["regime"], row["optimizer"], int(row["d"]), int(row["k"]), float(row["lr"]),
-            int(row["seed"]), int(row["epochs"]))
-
-
-def read_rows(path):
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows and set(FIELDS) - set(LATER_FIELDS) - set(rows[0]):
-        if "lr" not in rows[0] and "test_auc" in rows[0]:
-            raise MLETError(f"{path}: written by an older dlrm-mlet (no lr or validation columns); "
-                            "sweep into a new file")
-        raise MLETError(f"{path}: not a sweep results file (columns {', '.join(rows[0])})")
-    return [{**LATER_FIELDS, **row} for row in rows]
-
-
-def write_rows(path, rows):
-    """Rewrite the whole CSV atomically: never a torn row."""
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, text.getvalue())
-
-
 def patched_copy(dlrm_dir, work):
     """A patched copy of the user's checkout under ``work`` (theirs stays as it is)."""
     dest = os.path.join(work, "dlrm-patched")
@@ -100,10 +66,6 @@ def patched_copy(dlrm_dir, work):
 
 def embedding_bytes(model_path):
     """(inference, training) bytes of the embedding tables of a saved run."""
-    from ..core.folding import mlet_table_bytes
-    from ..dlrm.checkpoints import MLET_SUFFIX
-    from ..files import load_checkpoint
-
     state = load_checkpoint(model_path)["state_dict"]
     inference = sum(v.numel() * v.element_size() for k, v in state.items() if k.startswith("emb_l."))
     training = inference
@@ -119,8 +81,6 @@ def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_arg
     The run's checkpoints are deleted once their sizes are read (a k=256 one is
     k/d times the folded model); its log stays.
     """
-    from ..dlrm.checkpoints import MLET_SUFFIX
-
     optimizer = optimizer_of(extra_args)
     name = f"d{d}_k{k}_lr{lr}_s{seed}_e{epochs}" + ("" if optimizer == "sgd" else f"_{optimizer}")
     work = os.path.join(work, "runs", name)
@@ -220,10 +180,6 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
     DLRM step is mostly single-threaded Python, so two runs on two cores
     finish sooner than one run on both.
     """
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    from ..progress import progress_bar
-
     if data_set not in DENSE_FEATURES:
         raise MLETError(f"--data-set must be one of {', '.join(DENSE_FEATURES)}, got {data_set!r}")
     if not os.path.isfile(raw_data_file):

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..dlrm.kaggle import day_sizes
 from ..errors import MLETError
 from ..files import StagedFiles
 from ..progress import progress_bar
@@ -240,8 +241,6 @@ def write_synthetic_days(out_dir, rows, days, force=False, **options):
     line by line; the day files are renamed into place last, ``day_0`` last of
     all, so a ``day_0`` that exists belongs to a finished set.
     """
-    from ..dlrm.data import day_sizes
-
     out_dir = os.fspath(out_dir)
     if not 1 <= days <= 255 or rows < days:
         raise MLETError(f"--days must be 1-255 and at most --rows, got {days} days for {rows} rows")

@@ -8,10 +8,10 @@ TorchRec trainer calls.
 """
 
 from .collection import MLETEmbeddingBagCollection, mlet_dlrm, sparse_parameters
-from .fold import fold_torchrec
+from .fold import fold_torchrec_state_dict
 from .sharding import MLETEmbeddingBagCollectionSharder, ShardedMLETEmbeddingBagCollection, sharders
 
 __all__ = [
     "MLETEmbeddingBagCollection", "MLETEmbeddingBagCollectionSharder", "ShardedMLETEmbeddingBagCollection",
-    "fold_torchrec", "mlet_dlrm", "sharders", "sparse_parameters",
+    "fold_torchrec_state_dict", "mlet_dlrm", "sharders", "sparse_parameters",
 ]

@@ -21,13 +21,11 @@ kernels honour and its CPU kernels do not (``_check_table_dtype``).
 
 Tables and projections start as the core layers do (``core/init.py``) and fold
 with ``core/folding.fold_weight``; folding a whole model, sharded or not, is
-``fold.fold_torchrec``.
+``fold.fold_torchrec_state_dict``.
 """
 
 import dataclasses
-import numbers
 import warnings
-from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -36,11 +34,12 @@ from torchrec.models.dlrm import DLRM
 from torchrec.modules.embedding_configs import DataType, PoolingType
 from torchrec.modules.embedding_modules import get_embedding_names_by_table
 
+from ..core.convert import register_kind
 from ..core.folding import fold_weight
 from ..core.half import table_dtype as parse_table_dtype
-from ..core.init import init_projection_, parse_proj_init, uniform_table_
-from ..core.options import check_table_count, hidden_dim_for
-from ..errors import MLETError
+from ..core.init import init_projection_, uniform_table_
+from ..core.options import hidden_dim_for, hidden_dims, parse_proj_init
+from ..errors import MLETError, integer
 
 FOLDABLE_POOLINGS = (PoolingType.SUM, PoolingType.MEAN)
 DATA_TYPES = {torch.float32: DataType.FP32, torch.float16: DataType.FP16, torch.bfloat16: DataType.BF16}
@@ -72,34 +71,11 @@ class _Projection(nn.Module):
         return f"{in_features} -> {out_features}, init={self.init!r}"
 
 
-def _int(value, what, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise MLETError(f"{what} must be {wanted}, got {value!r}")
-    return int(value)
-
-
 def _hidden_dims(hidden_dim, tables, min_rows):
-    """Each table's k (0: plain) from one k, a sequence in table order or a mapping by name.
-
-    A mapping leaves the tables it does not name plain, as ``to_mlet`` does;
-    a one-value sequence applies to every table, as on the command line. The
-    per-table rule itself (k, then ``min_rows``) is core's, shared with DLRM's
-    ``--mlet-hidden-dim`` lists.
-    """
-    names = [c.name for c in tables]
-    if isinstance(hidden_dim, Mapping):
-        unknown = [name for name in hidden_dim if name not in names]
-        if unknown:
-            raise MLETError(f"hidden_dim names no table called {', '.join(map(repr, unknown))}")
-        dims = [hidden_dim.get(name, 0) for name in names]
-    elif isinstance(hidden_dim, Sequence) and not isinstance(hidden_dim, str):
-        dims = list(hidden_dim)
-        check_table_count(dims, len(tables), "hidden_dim")
-    else:
-        dims = [_int(hidden_dim, "hidden_dim", 1)]
-    dims = tuple(_int(k, f"hidden_dim of table {name!r}", 0) for k, name in zip(dims, names))
-    return {c.name: hidden_dim_for(i, c.num_embeddings, dims, min_rows) for i, c in enumerate(tables)}
+    """Each table's k (0: plain): core's resolver (one k, a sequence in table order, a mapping by
+    name, a callable), then ``min_rows``, the rule DLRM's ``--mlet-hidden-dim`` lists share."""
+    k_of = hidden_dims(hidden_dim, [c.name for c in tables])
+    return {c.name: hidden_dim_for(0, c.num_embeddings, (k_of(c.name, c)[0],), min_rows) for c in tables}
 
 
 def _check_table_dtype(dtype, device, dense_device):
@@ -130,6 +106,7 @@ def _check_table_dtype(dtype, device, dense_device):
                       "ignore stochastic_rounding), so updates below half an fp16 step are lost", stacklevel=3)
 
 
+@register_kind  # fold_model folds it like core's MLET modules
 class MLETEmbeddingBagCollection(nn.Module):
     """Stands in for ``EmbeddingBagCollection`` in a TorchRec model, trained as MLET.
 
@@ -168,7 +145,7 @@ class MLETEmbeddingBagCollection(nn.Module):
         for config in tables:
             if not isinstance(config, EmbeddingBagConfig):
                 raise MLETError(f"tables must be EmbeddingBagConfig, got {type(config).__name__}")
-        widths = _hidden_dims(hidden_dim, tables, _int(min_rows, "min_rows", 0))
+        widths = _hidden_dims(hidden_dim, tables, integer(min_rows, "min_rows", 0))
         for config in tables:
             k = widths[config.name]
             if k and config.pooling not in FOLDABLE_POOLINGS:
@@ -255,7 +232,7 @@ class MLETEmbeddingBagCollection(nn.Module):
         """
         if type(self.ebc) is not EmbeddingBagCollection:
             raise MLETError(
-                "fold() needs an unsharded model; use fold_torchrec(model) for a "
+                "fold() needs an unsharded model; use fold_torchrec_state_dict(model) for a "
                 "DistributedModelParallel one"
             )
         first = next(iter(self.ebc.embedding_bags.values())).weight

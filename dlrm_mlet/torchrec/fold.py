@@ -1,4 +1,4 @@
-"""``fold_torchrec``: a trained TorchRec MLET model, sharded or not, as a stock state dict.
+"""``fold_torchrec_state_dict``: a trained TorchRec MLET model, sharded or not, as a stock state dict.
 
 The result is the state dict of the same model built with plain d-wide
 ``EmbeddingBagCollection``s. Kept apart from the collection because this is
@@ -20,7 +20,7 @@ from torchrec.distributed import DistributedModelParallel
 from ..core.folding import fold_weight
 from ..core.gather import comm_device, stream_to_rank0
 from ..errors import MLETError
-from ..files import atomic_save
+from ..checkpoint_io import atomic_save
 from .collection import MLETEmbeddingBagCollection
 from .sharding import ShardedMLETEmbeddingBagCollection
 
@@ -72,7 +72,7 @@ def _table_keys(root):
     return keys, tuple(projections)
 
 
-def fold_torchrec(model, path=None):
+def fold_torchrec_state_dict(model, path=None):
     """Fold every MLET collection in ``model``; return the plain model's state dict.
 
     ``model`` is an MLET model, plain or wrapped in ``DistributedModelParallel``
@@ -104,7 +104,7 @@ def fold_torchrec(model, path=None):
         if isinstance(value, DTensor):
             raise MLETError(
                 f"{key} is a DTensor (TorchRec's 2D-parallel or output_dtensor mode); "
-                "fold_torchrec supports DistributedModelParallel's ShardedTensor tables only"
+                "fold_torchrec_state_dict supports DistributedModelParallel's ShardedTensor tables only"
             )
         gathered = isinstance(value, ShardedTensor)
         if gathered:

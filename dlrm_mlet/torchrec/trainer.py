@@ -21,7 +21,7 @@ from torchrec.optim import RowWiseAdagrad
 from ..core.options import add_table_arguments, check_table_count, parse_table_options
 from ..errors import MLETError
 from .collection import MLETEmbeddingBagCollection, sparse_parameters
-from .fold import fold_torchrec
+from .fold import fold_torchrec_state_dict
 from .sharding import sharders
 
 __all__ = [
@@ -111,4 +111,4 @@ def collection_factory(args, dense_device):
 def fold_after_training(model, args):
     """With MLET on, fold ``model`` (every rank calls it) and have rank 0 write the stock file."""
     if max(_options(args).dims) > 0:
-        fold_torchrec(model, args.mlet_folded_path)
+        fold_torchrec_state_dict(model, args.mlet_folded_path)

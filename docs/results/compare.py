@@ -18,7 +18,7 @@ import statistics
 import sys
 
 from dlrm_mlet.tools.report import summarize
-from dlrm_mlet.tools.sweep import read_rows
+from dlrm_mlet.tools.results_csv import read_rows
 
 
 def arm_of(path):

@@ -24,7 +24,7 @@ import tempfile
 
 import numpy as np
 
-from dlrm_mlet.dlrm.data import preprocess_kaggle
+from dlrm_mlet.dlrm.kaggle import preprocess_kaggle
 from dlrm_mlet.dlrm.frequency import RARE_MAX, count_rows, profile
 from dlrm_mlet.dlrm.processed import training_split
 from dlrm_mlet.tools.synth_model import CRITEO_TABLE_SIZES, MISSING, NCAT, ZIPF_EXPONENT, table_sizes

@@ -39,7 +39,7 @@ from dlrm_mlet.dlrm.frequency import rare_lookup_share
 from dlrm_mlet.dlrm.patching import patch_checkout
 from dlrm_mlet.dlrm.script import default_dlrm_dir, import_dlrm_script
 from dlrm_mlet.tools import synth_model as law
-from dlrm_mlet.tools.sweep import write_rows
+from dlrm_mlet.tools.results_csv import write_rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RANK = 32

@@ -1,6 +1,6 @@
 """Where MLET pays: tuned sweeps over data regimes and optimizers (writes map.csv here).
 
-    python docs/results/map.py DATA_DIR [--jobs 2] [--only REGIME ...] [--phase sgd|optimizers|all]
+    python docs/results/map.py DATA_DIR [--jobs 2] [--only REGIME ...] [--phase sgd|optimizers|report|all]
 
 Every regime is one synthetic dataset (``dlrm-mlet synth``: rows, table scale,
 the frequency law's skew, latent rank 32) and one set of arms: baseline and
@@ -13,16 +13,32 @@ standard errors, both get seed 2 at their chosen lr. The optimizer phase does
 the same with DLRM's ``--optimizer adagrad`` and ``rwsadagrad`` on two
 regimes. A stopped run resumes where it stopped (finished rows are kept).
 DLRM is found as for the quickstart (``DLRM_DIR``).
+
+The report phase writes map.md, map.png (AUC against size, one panel per
+regime) and map_pays.png (saving and gain against the rare-lookup share),
+with the real Criteo-Kaggle and Avazu samples' tuned sweeps
+(``criteo_sample_10k_tuned.csv``, ``avazu_sample_10k_tuned.csv``, whose rows
+are given their regime name and measured share here, from ../shared/data
+when it is there), and the package's map summary from the synthetic regimes
+alone (what ``dlrm-mlet data`` compares a user's data with).
 """
 
 import argparse
 import math
 import os
+import shutil
 import sys
+import tempfile
 
+from dlrm_mlet.dlrm.avazu import preprocess_avazu
+from dlrm_mlet.dlrm.kaggle import preprocess_kaggle
+from dlrm_mlet.dlrm.frequency import count_rows, rare_lookup_share
+from dlrm_mlet.dlrm.processed import training_split
 from dlrm_mlet.dlrm.script import default_dlrm_dir
-from dlrm_mlet.tools.report import summarize, tuned
-from dlrm_mlet.tools.sweep import read_rows, run_sweep
+from dlrm_mlet.tools import pays
+from dlrm_mlet.tools.report import report, summarize, tuned
+from dlrm_mlet.tools.results_csv import read_rows, write_rows
+from dlrm_mlet.tools.sweep import run_sweep
 from dlrm_mlet.tools.synth import write_synthetic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -46,6 +62,11 @@ GRIDS = {
 }
 GRIDS["rwsadagrad"] = GRIDS["adagrad"]
 OPTIMIZER_REGIMES = ("dense", "rare")  # one where SGD-MLET gave no saving on the earlier default, one rare
+SHARED = os.path.join(HERE, "../../../shared/data")
+SAMPLES = {  # regime name: (its tuned sweep here, data set, raw files in SHARED)
+    "criteo-sample-10k": ("criteo_sample_10k_tuned.csv", "kaggle", ["criteo/train_examples.txt"]),
+    "avazu-sample-10k": ("avazu_sample_10k_tuned.csv", "avazu", ["avazu/train", "avazu/test"]),
+}
 
 
 def data_for(data_dir, name):
@@ -104,12 +125,48 @@ def sweep_regime(dlrm_dir, data_dir, regime, optimizer, jobs):
     go(sorted(third))
 
 
+def sample_share(data_set, raws):
+    """The rare-lookup share of a real sample, preprocessed as its sweep's DLRM runs preprocessed it."""
+    work = tempfile.mkdtemp()
+    try:
+        raw = os.path.join(work, "train.txt" if data_set == "kaggle" else "train.csv")
+        with open(raw, "wb") as out:
+            for path in raws:
+                out.write(open(os.path.join(SHARED, path), "rb").read())
+        if data_set == "kaggle":
+            preprocess_kaggle(raw, quiet=True)
+            processed = os.path.join(work, "kaggleAdDisplayChallenge_processed.npz")
+        else:
+            processed = preprocess_avazu(raw, os.path.join(work, "avazu_processed"), quiet=True)
+        split = training_split(processed)
+        return rare_lookup_share(count_rows(split.blocks(), split.sizes))
+    finally:
+        shutil.rmtree(work)
+
+
+def write_report():
+    samples = []
+    for name, (csv_name, data_set, raws) in SAMPLES.items():
+        path = os.path.join(HERE, csv_name)
+        if os.path.exists(path) and all(os.path.exists(os.path.join(SHARED, r)) for r in raws):
+            share = sample_share(data_set, raws)
+            write_rows(path, [dict(r, regime=name, rare_lookup_share=share) for r in read_rows(path)])
+        if os.path.exists(path):
+            samples.append(path)
+    text = report([CSV] + samples, os.path.join(HERE, "map.png"), title="Where MLET pays",
+                  map_png=os.path.join(HERE, "map_pays.png"))
+    with open(os.path.join(HERE, "map.md"), "w") as handle:
+        handle.write("# Where MLET pays: the tuned map\n\nWritten by `map.py` (its docstring says how); "
+                     "the real samples are 10,000 rows each, so their figures are noisy.\n\n" + text + "\n")
+    pays.write_summary(pays.summarize_regimes(summarize(read_rows(CSV)), tuned))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data_dir")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=list(REGIMES))
-    parser.add_argument("--phase", choices=("sgd", "optimizers", "all"), default="all")
+    parser.add_argument("--phase", choices=("sgd", "optimizers", "report", "all"), default="all")
     args = parser.parse_args()
     dlrm_dir = os.environ.get("DLRM_DIR") or default_dlrm_dir()
     os.makedirs(args.data_dir, exist_ok=True)
@@ -122,6 +179,8 @@ def main():
             for optimizer in ("adagrad", "rwsadagrad"):
                 print(f"== {regime}: {optimizer}", flush=True)
                 sweep_regime(dlrm_dir, args.data_dir, regime, optimizer, args.jobs)
+    if args.phase in ("report", "all"):
+        write_report()
     return 0
 
 

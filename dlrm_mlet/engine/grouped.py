@@ -8,8 +8,9 @@ run together here (batched projections, sparse gradients built directly).
 import torch
 from torch import nn
 
-from . import fused, half, packing, tbe
-from .bag import MLETEmbeddingBag
+from ..core import half
+from ..core.bag import MLETEmbeddingBag
+from . import fused, packing, tbe
 
 
 def _one_hot(indices, offsets):

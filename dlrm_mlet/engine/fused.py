@@ -23,27 +23,22 @@ holds each parameter, so loss curves match that path to float tolerance
 Adagrad need the gradient itself, so they are refused, not approximated.
 
 The choice belongs to each table (``use`` sets it, the grouped engine reads
-it), and the rows waiting for a step hang on each parameter: two
-models, one fused and one not, train side by side in one process, and rows
-die with their model. One optimizer step pre-hook, installed by the first
-``use``, applies the waiting rows of the parameters the stepping optimizer
-holds; rows recorded for a table no optimizer steps are never applied, just
-as its gradient would never be.
+it): two models, one fused and one not, train side by side in one process.
+The update waits in ``core/step.py`` for the step of the optimizer holding
+the table, and ``use`` declares there that it needs plain SGD, so
+``step.attach(optimizer)`` refuses any other optimizer before training.
 """
 
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from ..core import step
+from ..core.bag import MLETEmbeddingBag
 from ..errors import MLETError
-from .bag import MLETEmbeddingBag
 
 BACKENDS = ("torch", "fbgemm")
 
 _ATTR = "fused_update"  # on an MLETEmbeddingBag: None (sparse gradients), "torch" or "fbgemm"
-_ROWS = "_mlet_pending"  # on a table's weight: [(row count, apply(optimizer, group)), ...] until its optimizer steps
-_hook = None
-_waiting = 0  # parameters with rows waiting (may overcount rows of dropped models: then just no fast path)
 
 
 def use(tables, backend="torch"):
@@ -59,6 +54,8 @@ def use(tables, backend="torch"):
     for table in _modules(tables):
         if isinstance(table, MLETEmbeddingBag):
             setattr(table, _ATTR, backend)
+            for param in (table.table.weight, table.proj.weight):
+                step.require(param, None if backend is None else check_plain_sgd)
             count += 1
     return count
 
@@ -83,9 +80,16 @@ def add_group(tables, indices, rows, projections=(), gradients=(), packed=None, 
     steps, at its group's lr: the same result either way.
     """
     params = list(tables) + list(projections)
-    together = []  # decided by the first entry to run: [True] or [False]
 
-    def apply_all(lr):
+    def apply(optimizer, group, payloads):
+        lr = group["lr"]
+        if len(payloads) < len(params):  # the group holds only some: each at this group's lr
+            for _, j in payloads:
+                if j < len(tables):
+                    _sparse_add(tables[j], indices[j], rows[j], lr)
+                else:
+                    params[j].add_(gradients[j - len(tables)], alpha=-lr)
+            return
         if tables:
             if packed is None:
                 for table, i, r in zip(tables, indices, rows):
@@ -98,24 +102,8 @@ def add_group(tables, indices, rows, projections=(), gradients=(), packed=None, 
         elif projections:
             torch._foreach_add_(list(projections), list(gradients), alpha=-lr)
 
-    def entry(j):
-        def apply(optimizer, group):
-            if not together:
-                held = {id(p) for p in group["params"]}
-                together.append(all(id(p) in held for p in params))
-            elif together[0]:
-                return  # applied with the group's first entry
-            check_plain_sgd(optimizer, group)
-            if together[0]:
-                apply_all(group["lr"])
-            elif j < len(tables):
-                _sparse_add(tables[j], indices[j], rows[j], group["lr"])
-            else:
-                params[j].add_(gradients[j - len(tables)], alpha=-group["lr"])
-        return apply
-
     for j, param in enumerate(params):
-        defer(param, indices[j].numel() if j < len(tables) else 0, entry(j))
+        step.defer(param, apply, j, indices[j].numel() if j < len(tables) else 0)
 
 
 def _sparse_add(weight, indices, rows, lr):
@@ -128,7 +116,7 @@ def _sparse_add(weight, indices, rows, lr):
                                         check_invariants=False), alpha=-lr)
 
 
-def check_plain_sgd(optimizer, group):
+def check_plain_sgd(optimizer, group, param=None):
     """The fp32 fused paths apply plain SGD steps: refuse any optimizer they would misapply."""
     if (type(optimizer) is not torch.optim.SGD or group.get("momentum") or group.get("weight_decay")
             or group.get("maximize")):
@@ -136,41 +124,10 @@ def check_plain_sgd(optimizer, group):
                         f"optimizer is {type(optimizer).__name__} with momentum/weight decay/maximize")
 
 
-def defer(param, rows, apply):
-    """Run ``apply(optimizer, group)`` at the next step of the optimizer holding ``param``.
-
-    ``group`` is the param group holding it at that step, so its lr is the
-    scheduler's for that step.
-    """
-    global _waiting, _hook
-    if _hook is None:
-        _hook = register_optimizer_step_pre_hook(_apply)
-    entries = vars(param).setdefault(_ROWS, [])  # a tensor's own attributes: no getattr miss per step
-    if not entries:
-        _waiting += 1
-    entries.append((rows, apply))
-
-
 def pending_rows(tables):
     """How many gradient rows of ``tables`` (a module, or a list of modules) wait for a step."""
-    return sum(rows for m in _modules(tables) for p in m.parameters(recurse=False)
-               for rows, _ in vars(p).get(_ROWS, ()))
+    return step.pending([tables] if isinstance(tables, nn.Module) else tables)
 
 
 def _modules(tables):
     return tables.modules() if isinstance(tables, nn.Module) else (m for t in tables for m in t.modules())
-
-
-def _apply(optimizer, args, kwargs):
-    global _waiting
-    if not _waiting:
-        return
-    with torch.no_grad():
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                entries = vars(param).pop(_ROWS, None)
-                if entries is None:
-                    continue
-                _waiting -= 1
-                for _, apply in entries:
-                    apply(optimizer, group)

@@ -13,7 +13,7 @@ the TBE's buffer. The optimizer, checkpoints, ``load_state_dict``, folding
 and the monitor all read and write the numbers the TBE trains. The TBE is not
 a submodule, so state-dict keys do not change.
 
-The update waits for the optimizer's step (``fused.defer``): only then is the
+The update waits for the optimizer's step (``core/step.py``): only then is the
 learning rate of the group holding the tables known for sure, DLRM's
 scheduler included, and only an optimizer step may change the weights, as
 without the option. fbgemm fixes a step's learning rate when its forward
@@ -27,6 +27,7 @@ optimizer group that holds the first of them (DLRM puts them in one group).
 import torch
 
 from ..errors import MLETError
+from ..core import step
 from . import fused
 
 
@@ -133,9 +134,10 @@ class Grouped(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grad_proj = torch.bmm(grad_out.transpose(1, 2), stacked).unbind(0)
         group, pooled = ctx.group, ctx.pooled
-        def apply(optimizer, param_group):
+
+        def apply(optimizer, param_group, payloads):
             fused.check_plain_sgd(optimizer, param_group)
             group.update(pooled, grad_out, proj, param_group["lr"])
-        fused.defer(group.tables[0].table.weight, stacked.shape[0] * stacked.shape[1], apply)
+        step.defer(group.tables[0].table.weight, apply, rows=stacked.shape[0] * stacked.shape[1])
         ctx.pooled = None
         return (None, None, None, None, *grad_proj)

@@ -19,7 +19,7 @@ indices of the tracked tables at every step (one ``index_add_``).
 import torch
 
 from ..core.pair import is_mlet
-from .spectrum import effective_rank, singular_values
+from ..core.spectrum import effective_rank, singular_values
 
 TOP_SINGULAR = 3
 ROWS_PER_GROUP = 64

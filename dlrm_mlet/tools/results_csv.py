@@ -1,0 +1,49 @@
+"""A sweep's results file: its columns, and reading and writing it whole.
+
+One row per DLRM run (``sweep.py`` writes them, ``report.py`` reads them).
+Columns added later read as their defaults in an older file.
+"""
+
+import csv
+import io
+import os
+
+from ..dlrm.frequency import BUCKETS
+from ..errors import MLETError
+from ..files import atomic_write_text
+
+BUCKET_FIELDS = [f"test_{slug}_{m}" for slug, *_ in BUCKETS for m in ("samples", "auc", "log_loss")]
+# Columns added after the first release, with the value an older file's rows take
+LATER_FIELDS = {"regime": "", "optimizer": "sgd", "rare_lookup_share": ""}
+FIELDS = [
+    "dataset", "regime", "optimizer", "rare_lookup_share", "d", "k", "lr", "seed", "epochs", "status", "note",
+    "val_auc", "val_log_loss", "val_accuracy", "test_auc", "test_log_loss", "test_accuracy", *BUCKET_FIELDS,
+    "train_seconds", "train_ms_per_it", "inference_embedding_bytes", "training_embedding_bytes",
+]
+
+def run_key(row):
+    """What makes a run: a CSV row with the same key is never run again."""
+    return (row["dataset"], row["regime"], row["optimizer"], int(row["d"]), int(row["k"]), float(row["lr"]),
+            int(row["seed"]), int(row["epochs"]))
+
+
+def read_rows(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and set(FIELDS) - set(LATER_FIELDS) - set(rows[0]):
+        if "lr" not in rows[0] and "test_auc" in rows[0]:
+            raise MLETError(f"{path}: written by an older dlrm-mlet (no lr or validation columns); "
+                            "sweep into a new file")
+        raise MLETError(f"{path}: not a sweep results file (columns {', '.join(rows[0])})")
+    return [{**LATER_FIELDS, **row} for row in rows]
+
+
+def write_rows(path, rows):
+    """Rewrite the whole CSV atomically: never a torn row."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
