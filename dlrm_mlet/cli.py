@@ -5,11 +5,10 @@ exit status 2; ``verify`` exits 1 when a table is outside tolerance.
 """
 
 import argparse
-import json
-import os
 import sys
 
 from . import __version__
+from . import commands
 from .errors import MLETError, integer
 
 
@@ -33,79 +32,6 @@ def _nonnegative_float(text):
     return value
 
 
-def _mib(nbytes):
-    return f"{nbytes / 2**20:.2f} MiB"
-
-
-def cmd_fold(args):
-    from .core.folding import TABLE_KEY, mlet_prefixes, mlet_table_bytes
-    from .dlrm.checkpoints import fold_checkpoint
-    from .checkpoint_io import atomic_save, load_dlrm_checkpoint
-    from .progress import progress_bar
-
-    if os.path.exists(args.output) and os.path.samefile(args.input, args.output):
-        raise MLETError(f"{args.output}: refusing to fold a checkpoint onto itself")
-    if os.path.exists(args.output) and not args.force:
-        raise MLETError(f"{args.output} exists; pass --force to replace it")
-    ckpt = load_dlrm_checkpoint(args.input)
-    prefixes = mlet_prefixes(ckpt["state_dict"])
-    rows = sum(ckpt["state_dict"][p + TABLE_KEY].shape[0] for p in prefixes)
-    try:
-        with progress_bar(rows, "fold", quiet=args.quiet) as bar:
-            folded = fold_checkpoint(ckpt, progress=bar.update)
-    except MLETError as error:
-        raise MLETError(f"{args.input}: {error}") from None
-    atomic_save(folded, args.output)
-    before, after = mlet_table_bytes(ckpt["state_dict"])
-    print(
-        f"folded {len(prefixes)} MLET tables: embedding weights "
-        f"{_mib(before)} -> {_mib(after)}; wrote {args.output}"
-    )
-    return 0
-
-
-def cmd_verify(args):
-    from .checkpoint_io import load_dlrm_checkpoint
-    from .tools.verify import verify_state_dict
-
-    ckpt = load_dlrm_checkpoint(args.input)
-    folded = load_dlrm_checkpoint(args.against)["state_dict"] if args.against else None
-    try:
-        checks = verify_state_dict(
-            ckpt["state_dict"], folded, bags=args.bags, max_bag=args.max_bag,
-            tolerance=args.tolerance, seed=args.seed,
-        )
-    except MLETError as error:
-        raise MLETError(f"{args.input}: {error}") from None
-    if args.json:
-        rows = [dict(vars(c), ok=c.ok) for c in checks]
-        print(json.dumps({"tables": rows, "ok": all(c.ok for c in checks)}, indent=2))
-    else:
-        print(f"{'table':<12} {'rows':>10} {'k':>5} {'d':>4} {'max |diff|':>11} {'scale':>10}  result")
-        for c in checks:
-            verdict = "ok" if c.ok else f"FAIL (> {c.tolerance:g} x scale)"
-            print(
-                f"{c.name:<12} {c.rows:>10} {c.hidden_dim:>5} {c.embedding_dim:>4} "
-                f"{c.max_abs_diff:>11.3e} {c.output_scale:>10.3e}  {verdict}"
-            )
-        bad = sum(not c.ok for c in checks)
-        print(f"{len(checks) - bad}/{len(checks)} tables within tolerance")
-    return 0 if all(c.ok for c in checks) else 1
-
-
-def cmd_patch(args):
-    from .dlrm.patching import patch_checkout
-
-    print(patch_checkout(args.dlrm_dir, reverse=args.reverse, check_only=args.check))
-    return 0
-
-
-def cmd_run(args):
-    from .dlrm.launcher import run_script
-
-    return run_script(args.script, args.dlrm_args)
-
-
 def _positive_float(text):
     try:
         value = float(text)
@@ -114,42 +40,6 @@ def _positive_float(text):
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
-
-
-def cmd_synth(args):
-    from .tools.synth import write_synthetic, write_synthetic_days
-
-    options = {k: getattr(args, k) for k in ("seed", "scale", "rank", "zipf") if getattr(args, k) is not None}
-    if args.days:
-        info = write_synthetic_days(args.out_dir, args.rows, args.days, progress=not args.quiet,
-                                    force=args.force, **options)
-        print(f"wrote {info['rows']} rows to {os.path.join(args.out_dir, 'day_0')} .. day_{args.days - 1} "
-              f"(Criteo-Terabyte layout): base CTR {info['base_ctr']:.4f}, oracle AUC {info['oracle_auc']:.4f}")
-        return 0
-    info = write_synthetic(args.out_dir, args.rows, progress=not args.quiet, force=args.force, **options)
-    print(
-        f"wrote {info['rows']} rows to {os.path.join(args.out_dir, 'train.txt')}: base CTR "
-        f"{info['base_ctr']:.4f}, oracle AUC {info['oracle_auc']:.4f}, oracle log loss "
-        f"{info['oracle_log_loss']:.4f} (train_prob.txt, synth.json)"
-    )
-    return 0
-
-
-def cmd_inspect(args):
-    from .progress import progress_bar
-    from .tools.inspection import format_report, inspect_checkpoint, plot_spectra
-
-    with progress_bar(None, "inspect", quiet=args.quiet, unit=" tables") as bar:
-        info = inspect_checkpoint(args.checkpoint, progress=lambda name: bar.update())
-    if args.plot:
-        plot_spectra(info, args.plot)
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        print(format_report(info))
-        if args.plot:
-            print(f"spectrum plot: {args.plot}")
-    return 0
 
 
 def _float_list(text):
@@ -178,47 +68,6 @@ def _default_dlrm_dir():
     return default_dlrm_dir()
 
 
-def cmd_sweep(args):
-    from .tools.sweep import run_sweep
-
-    rows = run_sweep(args.dlrm_dir, args.data_set, args.raw_data_file, args.out, args.d, args.k,
-                     args.seeds, lrs=args.lrs, epochs=args.epochs, work=args.work, extra_args=args.dlrm_args,
-                     quiet=args.quiet, jobs=args.jobs, baseline=not args.no_baseline, regime=args.regime)
-    print(f"{len(rows)} runs in {args.out}; see them with: dlrm-mlet report {args.out}")
-    return 0
-
-
-def cmd_report(args):
-    from .files import atomic_write_text
-    from .progress import progress_bar
-    from .tools.report import report
-
-    png = args.plot or os.path.splitext(args.results[0])[0] + ".png"
-    with progress_bar(3, "report", quiet=args.quiet, unit=" stages") as bar:
-        text = report(args.results, png, args.oracle, args.title, progress=bar.update, single_lr=args.single_lr,
-                      map_png=args.map_plot, map_json=args.map_json)
-    if args.markdown:
-        atomic_write_text(args.markdown, text + "\n")
-    print(text)
-    print(f"\nplot: {png}" + (f"\nmap plot: {args.map_plot}" if args.map_plot else ""))
-    return 0
-
-
-def cmd_data(args):
-    from .tools.data_report import data_report, format_data_report
-
-    info = data_report(args.path, args.max_ind_range, args.quiet, **({"map_path": args.map} if args.map else {}))
-    print(json.dumps(info, indent=1) if args.json else format_data_report(info))
-    return 0
-
-
-def cmd_plan(args):
-    from .tools.plan import plan_command
-
-    print(plan_command(args))
-    return 0
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad option is one line (the usage text stays behind --help)."""
 
@@ -226,21 +75,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser():
-    parser = _Parser(
-        prog="dlrm-mlet",
-        description="Multi-layer embedding training (MLET) for facebookresearch/dlrm.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_fold(sub):
     p = sub.add_parser("fold", help="fold an MLET checkpoint into a stock DLRM checkpoint")
     p.add_argument("input", help="MLET checkpoint (e.g. model.pt.mlet)")
     p.add_argument("output", help="where to write the folded, stock-loadable checkpoint")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_fold)
+    p.set_defaults(func=commands.cmd_fold)
 
+
+def _add_verify(sub):
     p = sub.add_parser("verify", help="check folded outputs equal MLET outputs, per table")
     p.add_argument("input", help="MLET checkpoint")
     p.add_argument("--against", metavar="FOLDED", help="compare with this folded checkpoint "
@@ -251,22 +95,28 @@ def build_parser():
                    help="allowed max |diff| relative to the largest output (1e-5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_verify)
+    p.set_defaults(func=commands.cmd_verify)
 
+
+def _add_patch(sub):
     p = sub.add_parser("patch", help="apply the MLET patch to a DLRM checkout (or remove it)")
     p.add_argument("dlrm_dir", metavar="DLRM_DIR", help="facebookresearch/dlrm checkout at the pinned commit")
     p.add_argument("--reverse", action="store_true", help="remove the patch")
     p.add_argument("--check", action="store_true", help="only say whether it would apply")
-    p.set_defaults(func=cmd_patch)
+    p.set_defaults(func=commands.cmd_patch)
 
+
+def _add_run(sub):
     p = sub.add_parser(
         "run", help="run an unmodified DLRM with MLET: dlrm-mlet run DLRM_DIR/dlrm_s_pytorch.py ARGS",
     )
     p.add_argument("script", help="path to DLRM's dlrm_s_pytorch.py")
     p.add_argument("dlrm_args", nargs=argparse.REMAINDER, metavar="ARGS",
                    help="DLRM's arguments plus --mlet-hidden-dim and the other --mlet-* options")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=commands.cmd_run)
 
+
+def _add_synth(sub):
     p = sub.add_parser("synth", help="write the embedded default dataset (synthetic, Criteo-Kaggle format)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder for train.txt, train_prob.txt, synth.json")
     p.add_argument("--rows", type=_positive_int, required=True, help="number of samples")
@@ -280,15 +130,19 @@ def build_parser():
                    help="write OUT_DIR/day_0 .. day_<DAYS-1> (Criteo-Terabyte layout, e.g. 24) instead of train.txt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR/train.txt (or day_0..) if it exists")
-    p.set_defaults(func=cmd_synth)
+    p.set_defaults(func=commands.cmd_synth)
 
+
+def _add_inspect(sub):
     p = sub.add_parser("inspect", help="explain a checkpoint: tables, bytes, effective rank, stock-loadable")
     p.add_argument("checkpoint", help="folded, unfolded (.mlet) or plain DLRM checkpoint")
     p.add_argument("--json", action="store_true", help="print JSON (with full spectra)")
     p.add_argument("--plot", metavar="OUT.png", help="also plot the singular-value spectra")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_inspect)
+    p.set_defaults(func=commands.cmd_inspect)
 
+
+def _add_sweep(sub):
     p = sub.add_parser("sweep", help="the paper's experiment: baseline and MLET over d and k, to a CSV")
     p.add_argument("--data-set", choices=["kaggle", "avazu"], default="kaggle")
     p.add_argument("--raw-data-file", required=True, help="Criteo-Kaggle train.txt or Avazu train.csv")
@@ -313,8 +167,10 @@ def build_parser():
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("dlrm_args", nargs=argparse.REMAINDER, metavar="-- DLRM_ARGS",
                    help="more DLRM arguments for every run, after -- (--mlet-* ones for the MLET runs only)")
-    p.set_defaults(func=cmd_sweep)
+    p.set_defaults(func=commands.cmd_sweep)
 
+
+def _add_report(sub):
     p = sub.add_parser("report", help="tables (lr chosen on validation), AUC-vs-size plot and iso-AUC savings "
                                       "of a sweep")
     p.add_argument("results", nargs="+", help="the sweep's CSV (several: their rows together)")
@@ -329,8 +185,10 @@ def build_parser():
     p.add_argument("--single-lr", type=float, default=0.1,
                    help="the one learning rate to compare the tuned figures against")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=commands.cmd_report)
 
+
+def _add_data(sub):
     p = sub.add_parser("data", help="how often each embedding row is trained (the rare-lookup share), "
                                     "and what the map measured near it")
     p.add_argument("path", metavar="PATH", help="DLRM's processed data: the processed .npz (Kaggle or Terabyte), "
@@ -342,8 +200,10 @@ def build_parser():
                    "instead of the one installed")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_data)
+    p.set_defaults(func=commands.cmd_data)
 
+
+def _add_plan(sub):
     from .core.budget import DEFAULT_RULE, OPTIMIZERS, RULE_HELP  # torch-free, like everything --help needs
 
     p = sub.add_parser("plan", help="the k per table that fits a training-memory budget, without training")
@@ -364,7 +224,19 @@ def build_parser():
                    help=f"{RULE_HELP} (default {DEFAULT_RULE})")
     p.add_argument("--max-ind-range", default="-1", metavar="R", help="table sizes capped at R, as DLRM caps them")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_plan)
+    p.set_defaults(func=commands.cmd_plan)
+
+
+def build_parser():
+    parser = _Parser(
+        prog="dlrm-mlet",
+        description="Multi-layer embedding training (MLET) for facebookresearch/dlrm.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_fold, _add_verify, _add_patch, _add_run, _add_synth, _add_inspect, _add_sweep, _add_report,
+                _add_data, _add_plan):
+        add(sub)
     return parser
 
 

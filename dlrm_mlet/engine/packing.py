@@ -4,9 +4,8 @@ A DLRM step gathers rows from its 26 tables and updates them again: 26
 small ops each, which on a few CPU cores cost per-op overhead and run on one
 thread. When the tables' weights are row blocks of one storage, the grouped
 engine does each with one op over the whole buffer (one gather of 26 x 128
-rows, one sparse add), about twice as fast here (in a tight loop: gather 0.68
--> 0.27 ms, update 0.71 -> 0.31 ms; the whole-run effect is in the README's
-"Training cost").
+rows, one sparse add): one op instead of 26 is what a few CPU cores need
+(timings: ``benchmarks/RESULTS.md``).
 
 Nothing else sees a difference: each table keeps its own ``Parameter`` (a
 view of the buffer), so state dicts, optimizers, checkpoints and folding are

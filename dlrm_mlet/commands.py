@@ -1,0 +1,161 @@
+"""What each ``dlrm-mlet`` command does, given its parsed arguments (``cli.py`` parses them).
+
+Each command imports its own modules when it runs, so ``dlrm-mlet --help``
+and the commands that need no torch (``patch``, ``synth``, ``report``,
+``data``, ``plan``) start in a fraction of a second.
+"""
+
+import json
+import os
+
+from .errors import MLETError
+
+
+def _mib(nbytes):
+    return f"{nbytes / 2**20:.2f} MiB"
+
+
+def cmd_fold(args):
+    from .core.folding import TABLE_KEY, mlet_prefixes, mlet_table_bytes
+    from .dlrm.checkpoints import fold_checkpoint
+    from .checkpoint_io import atomic_save, load_dlrm_checkpoint
+    from .progress import progress_bar
+
+    if os.path.exists(args.output) and os.path.samefile(args.input, args.output):
+        raise MLETError(f"{args.output}: refusing to fold a checkpoint onto itself")
+    if os.path.exists(args.output) and not args.force:
+        raise MLETError(f"{args.output} exists; pass --force to replace it")
+    ckpt = load_dlrm_checkpoint(args.input)
+    prefixes = mlet_prefixes(ckpt["state_dict"])
+    rows = sum(ckpt["state_dict"][p + TABLE_KEY].shape[0] for p in prefixes)
+    try:
+        with progress_bar(rows, "fold", quiet=args.quiet) as bar:
+            folded = fold_checkpoint(ckpt, progress=bar.update)
+    except MLETError as error:
+        raise MLETError(f"{args.input}: {error}") from None
+    atomic_save(folded, args.output)
+    before, after = mlet_table_bytes(ckpt["state_dict"])
+    print(
+        f"folded {len(prefixes)} MLET tables: embedding weights "
+        f"{_mib(before)} -> {_mib(after)}; wrote {args.output}"
+    )
+    return 0
+
+
+def cmd_verify(args):
+    from .checkpoint_io import load_dlrm_checkpoint
+    from .tools.verify import verify_state_dict
+
+    ckpt = load_dlrm_checkpoint(args.input)
+    folded = load_dlrm_checkpoint(args.against)["state_dict"] if args.against else None
+    try:
+        checks = verify_state_dict(
+            ckpt["state_dict"], folded, bags=args.bags, max_bag=args.max_bag,
+            tolerance=args.tolerance, seed=args.seed,
+        )
+    except MLETError as error:
+        raise MLETError(f"{args.input}: {error}") from None
+    if args.json:
+        rows = [dict(vars(c), ok=c.ok) for c in checks]
+        print(json.dumps({"tables": rows, "ok": all(c.ok for c in checks)}, indent=2))
+    else:
+        print(f"{'table':<12} {'rows':>10} {'k':>5} {'d':>4} {'max |diff|':>11} {'scale':>10}  result")
+        for c in checks:
+            verdict = "ok" if c.ok else f"FAIL (> {c.tolerance:g} x scale)"
+            print(
+                f"{c.name:<12} {c.rows:>10} {c.hidden_dim:>5} {c.embedding_dim:>4} "
+                f"{c.max_abs_diff:>11.3e} {c.output_scale:>10.3e}  {verdict}"
+            )
+        bad = sum(not c.ok for c in checks)
+        print(f"{len(checks) - bad}/{len(checks)} tables within tolerance")
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def cmd_patch(args):
+    from .dlrm.patching import patch_checkout
+
+    print(patch_checkout(args.dlrm_dir, reverse=args.reverse, check_only=args.check))
+    return 0
+
+
+def cmd_run(args):
+    from .dlrm.launcher import run_script
+
+    return run_script(args.script, args.dlrm_args)
+
+
+def cmd_synth(args):
+    from .tools.synth import write_synthetic, write_synthetic_days
+
+    options = {k: getattr(args, k) for k in ("seed", "scale", "rank", "zipf") if getattr(args, k) is not None}
+    if args.days:
+        info = write_synthetic_days(args.out_dir, args.rows, args.days, progress=not args.quiet,
+                                    force=args.force, **options)
+        print(f"wrote {info['rows']} rows to {os.path.join(args.out_dir, 'day_0')} .. day_{args.days - 1} "
+              f"(Criteo-Terabyte layout): base CTR {info['base_ctr']:.4f}, oracle AUC {info['oracle_auc']:.4f}")
+        return 0
+    info = write_synthetic(args.out_dir, args.rows, progress=not args.quiet, force=args.force, **options)
+    print(
+        f"wrote {info['rows']} rows to {os.path.join(args.out_dir, 'train.txt')}: base CTR "
+        f"{info['base_ctr']:.4f}, oracle AUC {info['oracle_auc']:.4f}, oracle log loss "
+        f"{info['oracle_log_loss']:.4f} (train_prob.txt, synth.json)"
+    )
+    return 0
+
+
+def cmd_inspect(args):
+    from .progress import progress_bar
+    from .tools.inspection import format_report, inspect_checkpoint, plot_spectra
+
+    with progress_bar(None, "inspect", quiet=args.quiet, unit=" tables") as bar:
+        info = inspect_checkpoint(args.checkpoint, progress=lambda name: bar.update())
+    if args.plot:
+        plot_spectra(info, args.plot)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_report(info))
+        if args.plot:
+            print(f"spectrum plot: {args.plot}")
+    return 0
+
+
+def cmd_sweep(args):
+    from .tools.sweep import run_sweep
+
+    rows = run_sweep(args.dlrm_dir, args.data_set, args.raw_data_file, args.out, args.d, args.k,
+                     args.seeds, lrs=args.lrs, epochs=args.epochs, work=args.work, extra_args=args.dlrm_args,
+                     quiet=args.quiet, jobs=args.jobs, baseline=not args.no_baseline, regime=args.regime)
+    print(f"{len(rows)} runs in {args.out}; see them with: dlrm-mlet report {args.out}")
+    return 0
+
+
+def cmd_report(args):
+    from .files import atomic_write_text
+    from .progress import progress_bar
+    from .tools.report import report
+
+    png = args.plot or os.path.splitext(args.results[0])[0] + ".png"
+    with progress_bar(3, "report", quiet=args.quiet, unit=" stages") as bar:
+        text = report(args.results, png, args.oracle, args.title, progress=bar.update, single_lr=args.single_lr,
+                      map_png=args.map_plot, map_json=args.map_json)
+    if args.markdown:
+        atomic_write_text(args.markdown, text + "\n")
+    print(text)
+    print(f"\nplot: {png}" + (f"\nmap plot: {args.map_plot}" if args.map_plot else ""))
+    return 0
+
+
+def cmd_data(args):
+    from .tools.data_report import data_report, format_data_report
+
+    info = data_report(args.path, args.max_ind_range, args.quiet, **({"map_path": args.map} if args.map else {}))
+    print(json.dumps(info, indent=1) if args.json else format_data_report(info))
+    return 0
+
+
+def cmd_plan(args):
+    from .tools.plan import plan_command
+
+    print(plan_command(args))
+    return 0
