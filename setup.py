@@ -12,14 +12,21 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="MIT",
+    # Run here: Python 3.11; torch 2.13 (CPU) and 2.14; numpy 1.26 and 2.x; TorchRec 1.8 with fbgemm-gpu(-cpu) 1.8.
     python_requires=">=3.9",
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "License :: OSI Approved :: MIT License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     # patches/ sits at the top of the repo (where DLRM users look for it) and
     # ships inside the package as dlrm_mlet.patches, for `dlrm-mlet patch`.
     packages=find_packages(include=["dlrm_mlet", "dlrm_mlet.*"]) + ["dlrm_mlet.patches"],
     package_dir={"dlrm_mlet.patches": "patches"},
     # map_summary.json: the tuned map `dlrm-mlet data` compares a user's data with (docs/results/map.py)
     package_data={"dlrm_mlet.patches": ["*.patch"], "dlrm_mlet.tools": ["map_summary.json"]},
-    install_requires=["torch>=2.5", "numpy", "onnx", "tensorboard"],
+    install_requires=["torch>=2.5", "numpy>=1.24", "onnx", "tensorboard"],
     extras_require={
         "dlrm": DLRM_RUNTIME + ["mlperf-logging"],
         "test": DLRM_RUNTIME + ["mlperf-logging", "pytest", "pytest-timeout", "hypothesis", "onnxruntime"],

@@ -26,11 +26,19 @@ _NUMPY_SCALAR_GLOBALS = [np.dtype, _NUMPY_CORE.multiarray.scalar] + [
 ]
 
 
-def load_checkpoint(path):
-    """Load a checkpoint file on the CPU, refusing anything that is not data."""
+def _checkpoint_file(path):
+    """``path`` as a string when it is a file; one line naming what it is otherwise."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise MLETError(f"{path}: is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise MLETError(f"{path}: no such file")
+    return path
+
+
+def load_checkpoint(path):
+    """Load a checkpoint file on the CPU, refusing anything that is not data."""
+    path = _checkpoint_file(path)
     try:
         with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -58,9 +66,7 @@ def check_safe_to_load(path):
     clear line. Returns whether the file holds numpy scalars, which weights-only
     loading refuses unless allowed as ``load_checkpoint`` does.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MLETError(f"{path}: no such file")
+    path = _checkpoint_file(path)
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception as error:
@@ -79,12 +85,21 @@ def check_safe_to_load(path):
     return bool(found)
 
 
-def load_dlrm_checkpoint(path):
-    """Load a file that must be a DLRM checkpoint dict (has a ``state_dict``)."""
+def load_model_file(path):
+    """``(checkpoint, plain)``: a DLRM checkpoint dict, or a state dict (``torch.save(model.state_dict())``,
+    what ``to_mlet`` users save) wrapped as ``{"state_dict": ...}`` with ``plain`` True."""
     ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise MLETError(f"{path}: not a DLRM checkpoint (no 'state_dict' entry)")
-    return ckpt
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
+        return ckpt, False
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(k, str) and torch.is_tensor(v) for k, v in ckpt.items()):
+        return {"state_dict": ckpt}, True
+    raise MLETError(f"{path}: neither a DLRM checkpoint (a dict with 'state_dict') nor a state dict "
+                    "(names to tensors, as torch.save(model.state_dict()) writes)")
+
+
+def load_dlrm_checkpoint(path):
+    """A DLRM checkpoint dict, or a plain state dict wrapped as one (``load_model_file``)."""
+    return load_model_file(path)[0]
 
 
 def atomic_save(obj, path):

@@ -174,7 +174,9 @@ def _add_report(sub):
     p = sub.add_parser("report", help="tables (lr chosen on validation), AUC-vs-size plot and iso-AUC savings "
                                       "of a sweep")
     p.add_argument("results", nargs="+", help="the sweep's CSV (several: their rows together)")
-    p.add_argument("--plot", metavar="OUT.png", help="plot file (default: RESULTS.png)")
+    p.add_argument("--plot", metavar="OUT.png",
+                   help="plot file (default: the first CSV's name with .png, when matplotlib is installed)")
+    p.add_argument("--force", action="store_true", help="replace output files that exist")
     p.add_argument("--markdown", metavar="OUT.md", help="also write the report's markdown to this file")
     p.add_argument("--map-plot", metavar="OUT.png",
                    help="also plot each regime's saving and gain against its rare-lookup share")

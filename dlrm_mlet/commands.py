@@ -17,20 +17,24 @@ def _mib(nbytes):
 
 def cmd_fold(args):
     from .core.folding import TABLE_KEY, mlet_prefixes, mlet_table_bytes
+    from .checkpoint_io import atomic_save, load_model_file
+    from .core.folding import fold_state_dict
     from .dlrm.checkpoints import fold_checkpoint
-    from .checkpoint_io import atomic_save, load_dlrm_checkpoint
     from .progress import progress_bar
 
     if os.path.exists(args.output) and os.path.samefile(args.input, args.output):
         raise MLETError(f"{args.output}: refusing to fold a checkpoint onto itself")
     if os.path.exists(args.output) and not args.force:
         raise MLETError(f"{args.output} exists; pass --force to replace it")
-    ckpt = load_dlrm_checkpoint(args.input)
+    ckpt, plain = load_model_file(args.input)
     prefixes = mlet_prefixes(ckpt["state_dict"])
+    if not prefixes:
+        raise MLETError(f"{args.input}: no MLET tables (is it already folded?)")
     rows = sum(ckpt["state_dict"][p + TABLE_KEY].shape[0] for p in prefixes)
     try:
         with progress_bar(rows, "fold", quiet=args.quiet) as bar:
-            folded = fold_checkpoint(ckpt, progress=bar.update)
+            # a state dict stays a state dict (it loads into the model to_mlet came from, folded)
+            folded = fold_state_dict(ckpt["state_dict"], bar.update) if plain else fold_checkpoint(ckpt, bar.update)
     except MLETError as error:
         raise MLETError(f"{args.input}: {error}") from None
     atomic_save(folded, args.output)
@@ -135,14 +139,22 @@ def cmd_report(args):
     from .progress import progress_bar
     from .tools.report import report
 
-    png = args.plot or os.path.splitext(args.results[0])[0] + ".png"
+    from .tools.plots import has_matplotlib
+
+    # The plot: when asked, or by default beside the first CSV when matplotlib is there; the text always.
+    png = args.plot or (os.path.splitext(args.results[0])[0] + ".png" if has_matplotlib() else None)
+    outputs = [path for path in (png, args.markdown, args.map_plot, args.map_json) if path]
+    existing = [path for path in outputs if os.path.exists(path)]
+    if existing and not args.force:
+        raise MLETError(f"{existing[0]} exists; pass --force to replace it (or name another file)")
     with progress_bar(3, "report", quiet=args.quiet, unit=" stages") as bar:
         text = report(args.results, png, args.oracle, args.title, progress=bar.update, single_lr=args.single_lr,
                       map_png=args.map_plot, map_json=args.map_json)
     if args.markdown:
         atomic_write_text(args.markdown, text + "\n")
     print(text)
-    print(f"\nplot: {png}" + (f"\nmap plot: {args.map_plot}" if args.map_plot else ""))
+    written = [f"{what}: {path}" for what, path in (("plot", png), ("map plot", args.map_plot)) if path]
+    print("\n" + "\n".join(written) if written else "\n(no plot: matplotlib is not installed; pip install matplotlib)")
     return 0
 
 

@@ -114,6 +114,21 @@ class StagedFiles:
 _WRITER = f"{socket.gethostname()}-{os.getpid()}"
 
 
+def check_writable(path, *names):
+    """Before any work: ``path`` can be written (its folder exists and takes a file), so a run
+    does not find out at its first save. Temporary folders killed writes of ``path`` (and of
+    ``names`` beside it) left behind are removed on the way."""
+    path = os.fspath(path)
+    directory, name = os.path.split(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise MLETError(f"{path}: is a folder; give a file name")
+    if not os.path.isdir(directory):
+        raise MLETError(f"{path}: its folder {directory} does not exist")
+    for other in (name,) + names:
+        _remove_stale_tmp_dirs(directory, other)
+    shutil.rmtree(_fresh_tmp_dir(directory, name, f"cannot write {path}"), ignore_errors=True)
+
+
 def _fresh_tmp_dir(directory, name, failure, promise=None):
     """A new hidden folder for a write of ``name`` in ``directory``, after removing killed writes' folders."""
     _remove_stale_tmp_dirs(directory, name)

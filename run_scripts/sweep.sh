@@ -19,4 +19,4 @@ python -m dlrm_mlet sweep --data-set "$DATA_SET" --raw-data-file "$RAW" --out "$
   --d "${DS:-4,8,16,32,64}" --k "${KS:-64,128,256,512}" --seeds "${SEEDS:-0}" --epochs "${EPOCHS:-1}" \
   ${LRS:+--lrs "$LRS"} --jobs "${JOBS:-1}" \
   -- "$@"
-python -m dlrm_mlet report "$OUT" --markdown "${OUT%.csv}.md" ${ORACLE:+--oracle "$ORACLE"}
+python -m dlrm_mlet report "$OUT" --force --markdown "${OUT%.csv}.md" ${ORACLE:+--oracle "$ORACLE"}

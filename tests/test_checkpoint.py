@@ -78,8 +78,10 @@ def test_load_missing_and_non_dlrm_files(tmp_path):
     with pytest.raises(MLETError, match="no such file"):
         load_checkpoint(tmp_path / "nope.pt")
     torch.save([1, 2], tmp_path / "list.pt")
-    with pytest.raises(MLETError, match="not a DLRM checkpoint"):
+    with pytest.raises(MLETError, match="neither a DLRM checkpoint"):
         load_dlrm_checkpoint(tmp_path / "list.pt")
+    with pytest.raises(MLETError, match="is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path)
 
 
 def test_numpy_scalars_as_stock_dlrm_writes_them_load_and_become_plain(tmp_path):

@@ -89,3 +89,36 @@ def test_bad_files_give_one_line_errors(tmp_path, capsys):
 def test_console_script_is_installed():
     out = subprocess.run(["dlrm-mlet", "--help"], capture_output=True, text=True, check=True)
     assert "fold" in out.stdout and "verify" in out.stdout
+
+
+def test_inspect_fold_and_verify_take_a_state_dict_saved_from_a_to_mlet_model(tmp_path, capsys):
+    import torch
+
+    from dlrm_mlet import fold_model, to_mlet
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.user = torch.nn.EmbeddingBag(50, 4, mode="sum")
+            self.item = torch.nn.Embedding(30, 4)
+            self.head = torch.nn.Linear(4, 1)
+
+    torch.manual_seed(0)
+    model = to_mlet(Model(), 32)
+    path, out = tmp_path / "model_state.pt", tmp_path / "folded_state.pt"
+    torch.save(model.state_dict(), path)
+    assert main(["inspect", str(path), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "MLET (unfolded), a state dict" in text and "user" in text and "item" in text
+    assert "load it with model.load_state_dict" in text
+    assert main(["verify", str(path)]) == 0
+    assert "2/2 tables within tolerance" in capsys.readouterr().out
+    assert main(["fold", str(path), str(out), "--quiet"]) == 0
+    folded = fold_model(model)
+    folded.load_state_dict(torch.load(out, weights_only=True), strict=True)  # the folded model's own keys
+    assert main(["inspect", str(out), "--quiet"]) == 2  # a plain state dict of arbitrary modules: no tables to name
+    assert "no embedding tables" in capsys.readouterr().err
+    (tmp_path / "list.pt").write_bytes(b"")
+    torch.save([1, 2], tmp_path / "list.pt")
+    assert main(["inspect", str(tmp_path / "list.pt"), "--quiet"]) == 2
+    assert "neither a DLRM checkpoint" in capsys.readouterr().err

@@ -207,6 +207,11 @@ def test_modules_that_cannot_fold_exactly_are_left_alone_and_named():
     (lambda: to_mlet(DeepFM(), 4), r"hidden_dim 4 for 'embeddings.f0' is below its embedding_dim 8"),
     (lambda: to_mlet(DeepFM(), 16, proj_init="bogus"), "unknown projection init"),
     (lambda: to_mlet(nn.ModuleDict({"w": nn.Embedding(5, 1)}), 16), r"nothing to convert.*w \(width 1"),
+    (lambda: to_mlet(DeepFM(), "abc"), r"to_mlet: hidden_dim: expected an integer >= 1, got 'abc'"),
+    (lambda: to_mlet(DeepFM(), 64.5), r"to_mlet: hidden_dim: expected an integer >= 1, got 64.5"),
+    (lambda: to_mlet(DeepFM(), -5), r"to_mlet: hidden_dim: expected an integer >= 1, got -5"),
+    (lambda: to_mlet(DeepFM(), {"embeddings.f0": 2.5}), r"hidden_dim of 'embeddings.f0': expected an integer"),
+    (lambda: to_mlet(DeepFM(), 16, init="warm"), r"init must be 'mlet' .* or 'keep'"),
 ])
 def test_bad_requests_are_refused_in_one_line(call, message):
     with pytest.raises(MLETError, match=message):
@@ -277,3 +282,45 @@ def test_fold_model_folds_an_unsharded_torchrec_model_like_fold_torchrec():
         assert type(model.sparse_arch.embedding_bag_collection) is EmbeddingBagCollection
         assert torch.allclose(model(dense, kjt), expected, atol=1e-6)
     assert list(model.state_dict()) == list(state)
+
+
+@pytest.mark.parametrize("kind", [nn.Embedding, nn.EmbeddingBag])
+def test_init_keep_folds_to_the_trained_weights_at_step_0_and_training_then_moves_them(kind):
+    torch.manual_seed(0)
+    table = kind(40, 6, padding_idx=3) if kind is nn.Embedding else kind(40, 6, mode="sum")
+    with torch.no_grad():
+        table.weight.mul_(0.05).add_(0.3)  # "trained": nothing like torch's N(0, 1) init
+    trained = table.weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # keep: no warning about replaced weights
+        mlet = to_mlet(nn.ModuleDict({"t": table}), 64, init="keep")["t"]
+    assert torch.allclose(mlet.folded_weight(), trained, atol=1e-6)
+    proj = mlet.proj.weight.detach()
+    assert torch.allclose(proj @ proj.T, torch.eye(6), atol=1e-6)  # orthonormal rows: SGD steps as a plain row's
+    opt = torch.optim.SGD(mlet.parameters(), lr=0.1)
+    args = (torch.tensor([1, 2, 5]),) if kind is nn.Embedding else (torch.tensor([1, 2, 5]), torch.tensor([0, 1]))
+    mlet(*args).sum().backward()
+    opt.step()
+    moved = fold_model(nn.ModuleDict({"t": mlet}))["t"].weight
+    assert not torch.allclose(moved, trained)  # training moves it on from there
+
+
+def test_converting_trained_weights_without_keep_says_they_are_replaced():
+    model = nn.ModuleDict({"fresh": nn.Embedding(500, 8), "trained": nn.Embedding(500, 8)})
+    with torch.no_grad():
+        model["trained"].weight.mul_(0.01)
+    with pytest.warns(UserWarning, match=r"replaced the weights of trained by the MLET init; pass init='keep'") as caught:
+        to_mlet(model, 32)
+    assert "fresh" not in str(caught[0].message)
+
+
+def test_an_optimizer_built_before_to_mlet_is_refused_by_attach():
+    import dlrm_mlet
+
+    model = nn.ModuleDict({"t": nn.Embedding(50, 4)})
+    early = torch.optim.SGD(model.parameters(), lr=0.1)
+    to_mlet(model, 16)
+    with pytest.raises(MLETError, match=r"holds a \(50, 4\) parameter that is no longer in the model.*after to_mlet"):
+        dlrm_mlet.attach(early)
+    dlrm_mlet.attach(torch.optim.SGD(model.parameters(), lr=0.1)).remove()
+

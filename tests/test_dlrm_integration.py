@@ -139,8 +139,9 @@ def test_patched_dlrm_without_dlrm_mlet_names_the_install_command(patched_dlrm, 
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1].startswith("ERROR: this DLRM is patched for MLET")
-    assert "pip install" in proc.stderr.strip().splitlines()[-1]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ERROR: this DLRM is patched for MLET, but {sys.executable} cannot import dlrm_mlet")
+    assert last.endswith("install dlrm-mlet into it (from the dlrm-mlet folder: pip install .)")
 
 
 def test_mlet_off_is_byte_for_byte_stock(stock_dlrm, patched_dlrm, tmp_path):

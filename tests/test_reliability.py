@@ -232,6 +232,63 @@ def test_a_checkpoint_of_another_architecture_names_the_shapes(patched_module, t
     dlrm_glue.reset()
 
 
+def test_a_folded_checkpoint_of_another_architecture_names_the_table_and_both_shapes(patched_module, tmp_path,
+                                                                                       monkeypatch):
+    from dlrm_mlet import dlrm_glue
+
+    monkeypatch.chdir(tmp_path)
+    sys.argv = ["dlrm_s_pytorch.py"] + BASE + MLET + [f"--save-model={tmp_path}/m.pt"]
+    patched_module.run()
+    args = [a for a in BASE if not a.startswith("--arch-embedding-size")] + ["--arch-embedding-size=1000-2000-700"]
+    sys.argv = ["dlrm_s_pytorch.py"] + args + [f"--load-model={tmp_path}/m.pt", "--inference-only"]
+    with pytest.raises(SystemExit) as stop:
+        patched_module.run()
+    assert "emb_l.2.weight is 500x16 in the file, 700x16 in this model" in stop.value.code
+    assert "\n" not in stop.value.code
+    dlrm_glue.reset()
+
+
+@pytest.mark.parametrize("where", ["missing", "folder"])
+def test_an_unwritable_save_model_is_refused_before_the_first_batch(patched_dlrm, tmp_path, where):
+    target = tmp_path / "no" / "m.pt" if where == "missing" else tmp_path
+    proc = run_dlrm(patched_dlrm, BASE + MLET + [f"--save-model={target}"], tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ERROR: --save-model:")
+    assert {"missing": "does not exist", "folder": "is a folder"}[where] in last
+    assert "Finished training" not in proc.stdout and "ms/it" not in proc.stdout  # stopped before any batch
+
+
+def test_check_writable_removes_what_killed_saves_left_and_names_an_unwritable_folder(tmp_path, monkeypatch):
+    import socket
+
+    from dlrm_mlet.files import check_writable
+
+    stale = [tmp_path / f".m.pt.{socket.gethostname()}-999999.abc.tmp", tmp_path / f".m.pt.mlet.{socket.gethostname()}-999999.x.tmp"]
+    for folder in stale:
+        folder.mkdir()
+    check_writable(tmp_path / "m.pt", "m.pt.mlet")
+    assert not any(folder.exists() for folder in stale) and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr("tempfile.mkdtemp", lambda **kw: (_ for _ in ()).throw(OSError(30, "Read-only file system")))
+    with pytest.raises(MLETError, match=r"cannot write .*m.pt: Read-only file system"):
+        check_writable(tmp_path / "m.pt")
+
+
+def test_ctrl_c_stops_patched_dlrm_with_one_line_and_complete_files(patched_dlrm, tmp_path):
+    cmd = [sys.executable, os.path.join(patched_dlrm, "dlrm_s_pytorch.py"), *BASE, *MLET, "--nepochs=100000",
+           f"--save-model={tmp_path}/m.pt"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "m.pt.mlet").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("ERROR: interrupted: every checkpoint on disk is complete")
+    assert load_checkpoint(tmp_path / "m.pt")["state_dict"] and load_checkpoint(tmp_path / "m.pt.mlet")["state_dict"]
+
+
 def test_fold_refuses_a_checkpoint_with_non_finite_weights(tmp_path, capsys):
     model = TinyDLRM()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -250,3 +250,24 @@ def test_rows_of_an_older_csv_read_as_one_sgd_regime_without_a_share(tmp_path):
     rows = sweep.read_rows(old)
     assert (rows[0]["regime"], rows[0]["optimizer"], rows[0]["rare_lookup_share"]) == ("", "sgd", "")
     assert "## Where MLET pays" not in report(str(old))  # no share: no map section
+
+
+def test_report_never_replaces_a_file_without_force_and_needs_no_matplotlib_for_text(iso_csv, tmp_path, capsys,
+                                                                                     monkeypatch):
+    png = tmp_path / "r.png"
+    png.write_bytes(b"a committed plot")
+    assert main(["report", iso_csv, "--quiet"]) == 2  # the default plot, r.png beside r.csv, exists
+    assert "r.png exists; pass --force" in capsys.readouterr().err and png.read_bytes() == b"a committed plot"
+    md = tmp_path / "t.md"
+    md.write_text("mine")
+    assert main(["report", iso_csv, "--plot", str(tmp_path / "new.png"), "--markdown", str(md), "--quiet"]) == 2
+    assert md.read_text() == "mine" and not (tmp_path / "new.png").exists()
+    assert main(["report", iso_csv, "--force", "--quiet"]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    monkeypatch.setattr("dlrm_mlet.tools.plots.has_matplotlib", lambda: False)
+    png.unlink()
+    assert main(["report", iso_csv, "--quiet"]) == 0  # no matplotlib: the text report, no plot, one line saying so
+    out = capsys.readouterr().out
+    assert "## Iso-AUC size reduction" in out and "no plot: matplotlib is not installed" in out
+    assert not png.exists()

@@ -42,3 +42,23 @@ def test_sweep_takes_learning_rates_only_from_lrs(tmp_path, capsys):
     assert main(["sweep", "--raw-data-file", str(raw), "--out", str(tmp_path / "r.csv"),
                  "--dlrm-dir", str(tmp_path), "--", "--learning-rate=0.3"]) == 2
     assert "give learning rates with --lrs" in capsys.readouterr().err
+
+
+def test_a_finite_low_auc_run_is_an_ordinary_result_and_constant_predictions_are_diverged():
+    from dlrm_mlet.dlrm.evaluation import binary_metrics
+    from dlrm_mlet.tools.sweep import _collapsed
+
+    y = [0, 1, 0, 1, 1, 0, 0, 1]
+    weak = binary_metrics([0.5, 0.49, 0.52, 0.48, 0.47, 0.51, 0.50, 0.49], y)  # AUC below 0.5, finite
+    assert weak["auc"] < 0.5 and not weak["constant"] and _collapsed(weak, weak) == ""
+    flat = binary_metrics([0.3] * 8, y)
+    assert flat["constant"] and _collapsed(weak, flat) == "val predictions all equal: the model collapsed"
+
+
+def test_a_sweep_refused_for_a_missing_dlrm_leaves_no_folder(tmp_path, capsys):
+    raw = tmp_path / "train.txt"
+    raw.write_text("x\n")
+    assert main(["sweep", "--raw-data-file", str(raw), "--out", str(tmp_path / "r.csv"),
+                 "--dlrm-dir", str(tmp_path / "nodlrm"), "--quiet"]) == 2
+    assert "not a DLRM checkout" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.txt"]

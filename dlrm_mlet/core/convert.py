@@ -22,13 +22,16 @@ What is left alone, and why (``to_mlet`` says so in one warning):
   do not select.
 """
 
+import math
 import re
 import warnings
 
+import numpy as np
+import torch
 from torch import nn
 
 from ..errors import MLETError
-from . import half
+from . import half, step
 from .bag import MLETEmbeddingBag
 from .embedding import MLETEmbedding
 from .options import hidden_dims, parse_proj_init
@@ -86,7 +89,7 @@ def _why_plain(module, k, explicit, min_rows):
     return None
 
 
-def _mlet_form(module, k, proj_init, name, table_dtype):
+def _mlet_form(module, k, proj_init, name, table_dtype, keep):
     if k < module.embedding_dim:
         raise MLETError(f"to_mlet: hidden_dim {k} for {name!r} is below its embedding_dim "
                         f"{module.embedding_dim}; MLET needs k >> d")
@@ -100,10 +103,43 @@ def _mlet_form(module, k, proj_init, name, table_dtype):
         mlet = MLETEmbedding(module.num_embeddings, module.embedding_dim, k, padding_idx=module.padding_idx,
                              sparse=module.sparse, proj_init=proj_init, table_dtype=dtype)
     mlet.proj.to(dtype=weight.dtype)  # the projection computes in the model's own dtype
-    return mlet.to(device=weight.device)
+    mlet = mlet.to(device=weight.device)
+    if keep:
+        keep_weights(mlet, weight)
+    return mlet
 
 
-def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal", table_dtype=None):
+def keep_weights(mlet, weight):
+    """Set ``mlet`` so that it folds to ``weight`` (n x d) exactly: a warm start from a trained table.
+
+    The projection gets orthonormal rows (``B B^T = I``, drawn from numpy's
+    global RNG) and the table is ``W B``, so ``table @ proj.T = W B B^T = W``.
+    With ``B B^T = I`` an SGD step moves a folded row as far as it would move
+    the plain row: the learning rate the model was trained with still applies.
+    """
+    d, k = mlet.proj.weight.shape
+    q, r = np.linalg.qr(np.random.normal(size=(k, d)))
+    q = torch.from_numpy(q * np.sign(np.diag(r))).to(weight.device, torch.float64)  # k x d, orthonormal columns
+    with torch.no_grad():
+        mlet.proj.weight.copy_(q.T.to(mlet.proj.weight.dtype))
+        mlet.table.weight.copy_((weight.detach().to(torch.float64) @ q.T).to(mlet.table.weight.dtype))
+    return mlet
+
+
+def _fresh(module):
+    """Whether the module's weights still look like torch's own init, N(0, 1), so nothing trained is lost.
+
+    Five standard errors either way for the mean and the standard deviation of
+    its values (the padding row, zero by construction, left out).
+    """
+    w = module.weight.detach().float()
+    if module.padding_idx is not None:
+        w = torch.cat([w[:module.padding_idx], w[module.padding_idx + 1:]])
+    n = w.numel()
+    return n < 2 or (abs(float(w.mean())) < 5 / math.sqrt(n) and abs(float(w.std()) - 1) < 5 * math.sqrt(0.5 / n))
+
+
+def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal", table_dtype=None, init="mlet"):
     """Replace, in place, each ``nn.Embedding`` / ``nn.EmbeddingBag`` of ``model`` by its MLET form.
 
     ``hidden_dim``: one ``k`` for all, a mapping ``{module name: k}``, a list in
@@ -116,11 +152,22 @@ def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal", t
     the module's own) stores the k-wide tables so; the projections keep the
     module's dtype. Half tables are updated with stochastic rounding at the
     step of the optimizer holding them: SGD, Adagrad or DLRM's RWSAdagrad (``half.py``).
-    New tables are drawn from numpy's global RNG (as DLRM's are: seed with
-    ``np.random.seed``) on the original module's device and dtype.
+    ``init="mlet"`` (default): the MLET authors' init, new tables drawn from
+    numpy's global RNG (as DLRM's are: seed with ``np.random.seed``) on the
+    original module's device and dtype; the module's own weights are dropped
+    (a warning names the modules whose weights do not look freshly
+    initialised). ``init="keep"``: a warm start, each MLET module folding to
+    the original weights exactly at step 0 (``keep_weights``), so a trained
+    model can be fine-tuned with MLET.
+    Build the optimizer after ``to_mlet``: one built before holds the replaced
+    weights, which are no longer in the model (``dlrm_mlet.attach(optimizer)``
+    refuses such an optimizer).
     Returns ``model`` (the new module when ``model`` itself is an embedding).
     Raises ``MLETError`` when nothing could be converted or a name given does not exist.
     """
+    if init not in ("mlet", "keep"):
+        raise MLETError(f"to_mlet: init must be 'mlet' (the MLET authors' init) or 'keep' (start from the "
+                        f"module's weights), got {init!r}")
     parse_proj_init(proj_init)
     if table_dtype is not None:
         half.table_dtype(table_dtype)
@@ -137,7 +184,7 @@ def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal", t
         if why:
             plain[id(module)] = f"{name or type(module).__name__} ({why})"
         else:
-            new[id(module)] = _mlet_form(module, k, proj_init, name, table_dtype)
+            new[id(module)] = _mlet_form(module, k, proj_init, name, table_dtype, init == "keep")
     if not new:
         found = f"{len(places)} embedding modules" if places else "no nn.Embedding or nn.EmbeddingBag"
         left = f"; left plain: {', '.join(plain.values())}" if plain else ""
@@ -145,7 +192,14 @@ def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal", t
     if plain:
         warnings.warn(f"to_mlet left {len(plain)} embedding modules plain: {', '.join(plain.values())}",
                       stacklevel=2)
-    return _replace(model, [(n, m) for n, m in places if id(m) in new], new)
+    converted = [(n, m) for n, m in places if id(m) in new]
+    trained = [n or type(m).__name__ for n, m in converted if not _fresh(m)]
+    if trained and init != "keep":
+        warnings.warn(f"to_mlet replaced the weights of {', '.join(trained)} by the MLET init; pass init='keep' "
+                      "to start from them (the folded tables then equal them at step 0)", stacklevel=2)
+    for _, m in converted:
+        step.replaced(m.weight, "to_mlet replaced it; build the optimizer after to_mlet")
+    return _replace(model, converted, new)
 
 
 def register_kind(cls):

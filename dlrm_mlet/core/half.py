@@ -232,13 +232,14 @@ def _rule(optimizer, group, param):
     if rule is None:
         raise MLETError(
             f"{dtype_name(param.dtype)} MLET tables are updated by dlrm-mlet's stochastic-rounding "
-            f"rules for SGD, Adagrad and DLRM's RWSAdagrad, not {kind.__name__}; use one of those "
-            "or --mlet-table-dtype=fp32"
+            f"rules for SGD, Adagrad and DLRM's RWSAdagrad, not {kind.__name__}; use one of those, "
+            "or float32 tables (to_mlet's table_dtype=None; DLRM: --mlet-table-dtype=fp32)"
         )
     for option in ("momentum", "weight_decay", "maximize", "nesterov"):
         if group.get(option):
             raise MLETError(f"{dtype_name(param.dtype)} MLET tables: {kind.__name__} with {option} "
-                            "is not supported (it needs dense state per element); use --mlet-table-dtype=fp32")
+                            "is not supported (it needs dense state per element); use float32 tables "
+                            "(to_mlet's table_dtype=None; DLRM: --mlet-table-dtype=fp32)")
     return rule
 
 

@@ -32,6 +32,8 @@ import weakref
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
+from ..errors import MLETError
+
 class _ByParam:
     """A dict keyed by a tensor's identity whose entries die with the tensor.
 
@@ -65,6 +67,7 @@ class _ByParam:
 _pending = _ByParam()  # param -> [(rows, apply, payload), ...] in the order deferred
 _required = _ByParam()  # param -> check(optimizer, group, param)
 _held = _ByParam()  # parameters of attached optimizers: they need no global hook
+_replaced = _ByParam()  # parameters to_mlet took out of a model: param -> why
 _attached = {}  # id(optimizer) -> hook handle
 _global = None
 _named = {}  # name -> handle of an on_step hook
@@ -97,10 +100,20 @@ def require(param, check):
         _required.put(param, check)
 
 
+def replaced(param, why):
+    """Mark ``param`` as no longer in its model (``to_mlet`` swapped its module): ``check`` refuses an
+    optimizer that still holds it, since it would train a tensor the model no longer uses."""
+    _replaced.put(param, why)
+
+
 def check(optimizer):
-    """Raise ``MLETError`` now if ``optimizer`` cannot serve an MLET parameter it holds."""
+    """Raise ``MLETError`` now if ``optimizer`` cannot serve an MLET parameter it holds, or holds a replaced one."""
     for group in optimizer.param_groups:
         for param in group["params"]:
+            why = _replaced.get(param)
+            if why is not None:
+                raise MLETError(f"this optimizer holds a {tuple(param.shape)} parameter that is no longer in the "
+                                f"model ({why})")
             needs = _required.get(param)
             if needs is not None:
                 needs(optimizer, group, param)

@@ -108,7 +108,8 @@ def rarest_counts(loader, counts):
 
 
 def binary_metrics(p, y):
-    """AUC (None when one class is missing), log loss and accuracy of click probabilities."""
+    """AUC (None when one class is missing), log loss and accuracy of click probabilities; ``constant``:
+    every prediction the same (a model that collapsed, what a sweep records as diverged)."""
     import sklearn.metrics
 
     p = np.clip(np.asarray(p, dtype=np.float64).reshape(-1), 1e-7, 1 - 1e-7)
@@ -119,6 +120,7 @@ def binary_metrics(p, y):
         "auc": float(sklearn.metrics.roc_auc_score(y, p)) if finite and 0 < y.sum() < y.size else None,
         "log_loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if y.size else None,
         "accuracy": float(np.mean(np.round(p) == y)) if y.size else None,
+        "constant": bool(finite and y.size > 1 and np.ptp(p) == 0),
     }
 
 

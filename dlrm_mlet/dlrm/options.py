@@ -5,10 +5,15 @@ calls ``add_arguments`` on it and ``configure`` right after ``parse_args``;
 everything MLET decides later reads the ``Config`` made here.
 """
 
+import os
+import sys
+
 from ..core import budget
-from ..engine import fused, tbe
 from ..core.options import add_table_arguments, parse_table_options
+from ..engine import fused, tbe
 from ..errors import MLETError, integer
+from ..files import check_writable
+from .checkpoints import MLET_SUFFIX
 from .session import Config, fail, session
 
 DEFAULT_LOG_FREQ = 1024
@@ -133,6 +138,25 @@ def _check_against_dlrm(args, dims, fused_update, table_dtype):
             raise MLETError(f"--mlet-fused-update=fbgemm: {why}")
 
 
+INTERRUPTED = ("interrupted: every checkpoint on disk is complete (a save under way when it came was "
+               "rolled back, leaving the previous file)")
+
+
+def _interrupted_in_one_line(previous):
+    """Ctrl-C ends the run with one line, not a traceback; anything else is reported as before."""
+    if getattr(previous, "one_line_interrupt", False):
+        return previous
+
+    def hook(kind, value, traceback):
+        if issubclass(kind, KeyboardInterrupt):
+            sys.stderr.write(f"ERROR: {INTERRUPTED}\n")
+        else:
+            previous(kind, value, traceback)
+
+    hook.one_line_interrupt = True
+    return hook
+
+
 def configure(args):
     """Validate and remember our options, before DLRM does any work.
 
@@ -143,4 +167,10 @@ def configure(args):
         config = parse_config(args)
     except MLETError as error:
         fail(str(error))
+    sys.excepthook = _interrupted_in_one_line(sys.excepthook)
+    if getattr(args, "save_model", ""):
+        try:
+            check_writable(args.save_model, os.path.basename(args.save_model) + MLET_SUFFIX)
+        except MLETError as error:
+            fail(f"--save-model: {error}")
     return session.start(config)

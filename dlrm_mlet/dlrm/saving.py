@@ -143,7 +143,8 @@ def loaded(ckpt, model, path):
     * MLET model, folded checkpoint: refused; resuming needs ``PATH.mlet``.
     * plain model (``--inference-only``, or MLET off), MLET checkpoint: folded
       here, state and optimizer, so DLRM loads a stock checkpoint.
-    * plain model, plain checkpoint: returned untouched (stock behaviour).
+    * plain model, plain checkpoint: returned untouched (what stock loads), once its
+      tables' shapes are checked: a file of another architecture is one line, naming them.
     """
     try:
         return _loaded(ckpt, model, path)
@@ -190,6 +191,8 @@ def _loaded(ckpt, model, path):
         ckpt = fold_checkpoint(ckpt) if ckpt.get("opt_state_dict") is not None else dict(
             ckpt, state_dict=fold_state_dict(state))
         check_shapes(ckpt["state_dict"], model.state_dict())
+    elif world == 1:  # a plain file into a plain model: named here rather than by load_state_dict's traceback
+        check_shapes(state, model.state_dict())
     return ckpt
 
 

@@ -37,7 +37,7 @@ def available():
         import fbgemm_gpu.split_table_batched_embeddings_ops_training  # noqa: F401
     except Exception as error:  # ImportError, or a build that fails to load its library
         return f"fbgemm_gpu does not import ({type(error).__name__}: {error}); install fbgemm-gpu-cpu " \
-               "(pip install 'dlrm-mlet[torchrec]')"
+               "(pip install fbgemm-gpu-cpu==1.8.0 beside torch 2.13)"
     return None
 
 

@@ -13,13 +13,14 @@ import torch
 
 from ..core.folding import PROJ_KEY, TABLE_KEY, mlet_prefixes
 from ..errors import MLETError
-from ..checkpoint_io import load_dlrm_checkpoint
+from ..checkpoint_io import load_model_file
 from .plots import pyplot, save
 from ..core.spectrum import effective_rank, singular_values
 
 STOCK_KEYS = ("nepochs", "nbatches", "nbatches_test", "state_dict", "test_acc", "epoch", "iter",
               "train_loss", "total_loss")
-_PLAIN_TABLE = re.compile(r"(?:.*\.)?emb_l\.(\d+)\.weight")
+# Plain tables: DLRM's emb_l.<i>, TorchRec's embedding_bags.<name> / embeddings.<name>
+_PLAIN_TABLE = re.compile(r"(?:.*\.)?(?:emb_l\.\d+|embedding_bags\.[^.]+|embeddings\.[^.]+)\.weight")
 
 
 def _tables(state_dict):
@@ -60,12 +61,13 @@ def stock_verdict(ckpt):
 
 def inspect_checkpoint(path, progress=None):
     """A dict describing the checkpoint (what ``--json`` prints)."""
-    ckpt = load_dlrm_checkpoint(path)
+    ckpt, plain = load_model_file(path)
     record = ckpt.get("mlet", {})
     tables = []
     found = _tables(ckpt["state_dict"])
     if not found:
-        raise MLETError(f"{path}: no embedding tables (no emb_l.<i> keys) in its state_dict")
+        raise MLETError(f"{path}: no embedding tables (no MLET table/proj pairs, no emb_l.<i> or TorchRec "
+                        "embedding keys) in its state_dict")
     for name, table, proj in found:
         if progress:
             progress(name)
@@ -84,8 +86,11 @@ def inspect_checkpoint(path, progress=None):
             "effective_rank": effective_rank(values),
             "singular_values": values.tolist(),
         })
-    loadable, why = stock_verdict(ckpt)
+    loadable, why = (False, "no: a state dict, not a DLRM checkpoint; load it with model.load_state_dict "
+                            "(fold it first: dlrm-mlet fold, or fold_model)") if plain else stock_verdict(ckpt)
     kind = "MLET (unfolded)" if any(t["hidden_dim"] for t in tables) else "plain stock layout (a baseline or a folded MLET model)"
+    if plain:
+        kind += ", a state dict"
     if record.get("world_size", 1) > 1:
         kind += f", shard of rank {record['rank']} of {record['world_size']} (local table numbering)"
     return {

@@ -1,7 +1,14 @@
 """matplotlib, an optional dependency, for the commands that draw: one import and one way to save."""
 
+import importlib.util
+
 from ..errors import MLETError
 from ..files import atomic_write
+
+
+def has_matplotlib():
+    """Whether matplotlib can be imported here (a default plot is drawn only then)."""
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def pyplot(what="the plot"):

@@ -7,12 +7,13 @@ accuracy and log loss, test metrics by frequency bucket (all from
 ``--mlet-metrics-json``), training time, and the embedding bytes at training
 and at inference. A finished row is never run again, so an interrupted sweep
 resumes where it stopped. A run that diverges (non-finite loss or weights, or
-an AUC no better than chance) is a row with status ``diverged`` and the reason,
+predictions that collapsed to one value) is a row with status ``diverged`` and the reason,
 so the report can show it and never average it in. ``report.py`` chooses each
 arm's learning rate on the validation split and reports its test metrics.
 """
 
 import json
+import math
 import os
 import re
 import shutil
@@ -34,7 +35,6 @@ from ..progress import progress_bar
 from .results_csv import read_rows, run_key, write_rows
 
 DENSE_FEATURES = {"kaggle": 13, "avazu": 1}
-CHANCE_AUC = 0.51  # a model at or below this AUC learned nothing: recorded as diverged
 # DLRM's own words when a run's numbers are not finite (loss prints, BCE's input check, our save check)
 _DIVERGED = re.compile(r"loss (nan|inf)|training diverged|elements of input should be between 0 and 1",
                        re.IGNORECASE)
@@ -122,7 +122,7 @@ def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_arg
         if os.path.exists(saved):
             os.remove(saved)
     row = {key: "" if value is None else value for key, value in row.items()}
-    reason = _chance_or_worse(row)
+    reason = _collapsed(result, val)
     return {**row, "status": "diverged", "note": reason} if reason else row
 
 
@@ -157,11 +157,17 @@ def data_statistic(data_set, raw_data_file, extra_args, work):
     return share
 
 
-def _chance_or_worse(row):
-    for split in ("val", "test"):
-        auc = row[f"{split}_auc"]
-        if auc == "" or not float(auc) > CHANCE_AUC:  # also nan
-            return f"{split} AUC {auc or 'undefined'}: no better than chance"
+def _collapsed(test, val):
+    """Why a run that finished counts as diverged: predictions that are all one value, or not finite.
+
+    A low but finite AUC is an ordinary result, eligible for lr selection.
+    """
+    for split, metrics in (("test", test), ("val", val)):
+        if metrics.get("constant"):
+            return f"{split} predictions all equal: the model collapsed"
+        if metrics and metrics.get("auc") is None and metrics.get("log_loss") is not None and \
+                not math.isfinite(metrics["log_loss"]):
+            return f"{split} predictions not finite"
     return ""
 
 
@@ -187,6 +193,8 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
     extra_args = [a for a in extra_args if a != "--"]
     if any(a.startswith("--learning-rate") for a in extra_args):
         raise MLETError("give learning rates with --lrs, not --learning-rate after --")
+    if not os.path.isfile(os.path.join(dlrm_dir, "dlrm_s_pytorch.py")):
+        raise MLETError(f"{dlrm_dir}: not a DLRM checkout (no dlrm_s_pytorch.py); set --dlrm-dir or DLRM_DIR")
     work = os.path.abspath(work or os.path.splitext(out_csv)[0] + "_work")
     os.makedirs(work, exist_ok=True)
     script = patched_copy(dlrm_dir, work)

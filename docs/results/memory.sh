@@ -30,7 +30,7 @@ python -m dlrm_mlet plan --budget 16MiB --mlet-hidden-dim 256 --arch-sparse-feat
   --processed-data-file "$SYNTH/kaggleAdDisplayChallenge_processed.npz" --rule uniform > synthetic_budget_uniform_plan.txt
 for name in synthetic_table_fp32 synthetic_table_fp16 synthetic_table_bf16 synthetic_budget_uniform \
     synthetic_budget_rare; do
-  python -m dlrm_mlet report "$name.csv" --markdown "$name.md" --plot "$DATA/$name.png" --quiet >/dev/null
+  python -m dlrm_mlet report "$name.csv" --force --markdown "$name.md" --plot "$DATA/$name.png" --quiet >/dev/null
 done
 python compare.py synthetic_table_fp32.csv synthetic_table_fp16.csv synthetic_table_bf16.csv \
   --title "Embedded default, 200k rows: MLET d=16 k=256 tables in fp32, fp16 and bf16" > synthetic_table_dtype.md

@@ -36,10 +36,10 @@ fi
 sweep "$DATA/synth/train.txt" synthetic_tuned.csv --epochs 3 \
   --d 4,16 --k 256 --lrs 0.05,0.1,0.2,0.4,0.8 --seeds 0,1 --jobs 2 --quiet
 
-python -m dlrm_mlet report synthetic_tuned.csv --oracle "$DATA/synth/synth.json" --markdown synthetic_tuned.md \
+python -m dlrm_mlet report synthetic_tuned.csv --force --oracle "$DATA/synth/synth.json" --markdown synthetic_tuned.md \
   --title "Embedded default, 200k rows" --quiet >/dev/null
 cp "$DATA/synth/synth.json" synthetic_tuned_synth.json
 for name in synthetic_tuned_xavier criteo_sample_10k_tuned avazu_sample_10k_tuned; do
-  [ -f "$name.csv" ] && python -m dlrm_mlet report "$name.csv" --markdown "$name.md" --quiet >/dev/null
+  [ -f "$name.csv" ] && python -m dlrm_mlet report "$name.csv" --force --markdown "$name.md" --quiet >/dev/null
 done
 echo "done: $(ls *_tuned.*)"
