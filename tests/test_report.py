@@ -99,7 +99,7 @@ def test_an_lr_with_a_diverged_seed_is_not_eligible_and_the_map_shows_it(tmp_pat
     assert main(["report", csv, "--single-lr", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "| test AUC at lr 1 |" in out and "| 0.5000 ± 0.0000 | diverged (1/2) | 2 |" in out
-    assert "### At the single lr 1 (no tuning)\n\n- no baseline without a diverged seed to compare against\n" in out
+    assert "### At the single lr 1 (no tuning)\n\n- kaggle, epochs 1: no baseline was run at the single lr (it is not in their grid)\n" in out
 
 
 def test_an_arm_where_every_lr_diverged_is_reported_as_such(tmp_path):

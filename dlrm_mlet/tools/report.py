@@ -176,6 +176,8 @@ def iso_auc(arms, pick):
         ok = [(a, pick(a)) for a in group if pick(a) and a["inference_bytes"]]
         base = sorted(((a, s) for a, s in ok if a["k"] == 0), key=lambda b: b[0]["d"])
         mlet = [(a, s) for a, s in ok if a["k"]]
+        if not base:
+            lines.append(f"{where}: {_no_baseline(group, pick)}")
         ref = None
         for b, bs in base:
             if ref is None or bs["auc"] > ref[1]["auc"]:
@@ -202,7 +204,19 @@ def iso_auc(arms, pick):
             if bs is not None and ms["auc"] <= bs["auc"]:
                 lines.append(f"{where}: at d={d} no k beats the baseline (best MLET AUC {ms['auc']:.4f} "
                              f"with k={m['k']}, baseline {bs['auc']:.4f})")
-    return "\n".join(f"- {line}" for line in lines) or "- no baseline without a diverged seed to compare against"
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def _no_baseline(group, pick):
+    """Why a group has no baseline to compare against, in the reader's terms."""
+    baselines = [a for a in group if a["k"] == 0]
+    if not baselines:
+        return "no baseline in this data to compare against"
+    if pick is at_single_lr:
+        if all(a["single"] is None for a in baselines):
+            return "no baseline was run at the single lr (it is not in their grid)"
+        return "every baseline run at the single lr has a diverged seed"
+    return "no baseline has a learning rate at which no seed diverged"
 
 
 def lr_tables(arms):
