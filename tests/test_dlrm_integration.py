@@ -295,8 +295,12 @@ def test_grouped_tables_train_like_one_module_per_table(patched_module, tmp_path
         patched_module.run()
     modules_losses = re.findall(r"loss (\d+\.\d+)", capsys.readouterr().out)
     assert len(grouped_losses) == 8 and grouped_losses == modules_losses
+    # Adagrad's rule at the step sums a step's repeated rows in another order than a sparse gradient's
+    # coalesce: float32 rounding, grown by 32 normalised steps (in float64 the two agree to 1e-16:
+    # test_adaptive.py's twin runs).
+    tolerance = 1e-4 if optimizer == "adagrad" else 1e-5
     for a, b in zip(grouped, final_tables(patched_module)):
-        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+        assert torch.allclose(a, b, atol=tolerance), (a - b).abs().max()
 
 
 @pytest.mark.parametrize("flag", [None, "--mlet-fused-update", "--mlet-fused-update=fbgemm"])
@@ -503,8 +507,8 @@ def test_launcher_on_a_patched_checkout_does_not_hook_twice(patched_dlrm, tmp_pa
         (MLET + ["--mlet-proj-init=uniform"], "--mlet-proj-init: unknown projection init 'uniform'"),
         (["--mlet-min-rows=10"], "--mlet-min-rows has no effect without --mlet-hidden-dim"),
         (["--mlet-fused-update"], "--mlet-fused-update has no effect without --mlet-hidden-dim"),
-        (MLET + ["--mlet-fused-update", "--optimizer=adagrad"],
-         "--mlet-fused-update applies plain SGD steps; it cannot be combined with --optimizer=adagrad"),
+        (MLET + ["--mlet-fused-update=fbgemm", "--optimizer=adagrad"],
+         "--mlet-fused-update=fbgemm applies plain SGD steps; it cannot be combined with --optimizer=adagrad"),
         (MLET + ["--mlet-fused-update=cuda"], "--mlet-fused-update: expected no value, off or fbgemm, got 'cuda'"),
         (MLET + ["--mlet-fused-update=fbgemm", "--use-gpu"], "--mlet-fused-update=fbgemm runs fbgemm's CPU kernels"),
         (MLET + ["--mlet-table-dtype=fp8"], "--mlet-table-dtype: expected one of fp32, fp16, bf16, got 'fp8'"),

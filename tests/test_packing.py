@@ -150,13 +150,14 @@ def test_fused_update_with_the_projections_in_another_group_uses_each_groups_lr(
             assert torch.allclose(pa, pb, atol=1e-6)
 
 
-def test_the_dlrm_default_update_is_sgd_at_the_step_for_sgd_and_sparse_gradients_otherwise():
+def test_the_dlrm_default_update_is_the_optimizers_rule_at_the_step():
     from dlrm_mlet.dlrm.options import add_arguments, parse_config
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    for flags, optimizer, expected in (([], "sgd", "torch"), ([], "adagrad", ""), ([], "rwsadagrad", ""),
+    for flags, optimizer, expected in (([], "sgd", "torch"), ([], "adagrad", "torch"), ([], "rwsadagrad", "torch"),
                                        (["--mlet-fused-update=off"], "sgd", ""),
+                                       (["--mlet-fused-update=off"], "adagrad", ""),
                                        (["--mlet-fused-update"], "sgd", "torch")):
         args = parser.parse_args(["--mlet-hidden-dim=64"] + flags)
         args.arch_sparse_feature_size, args.optimizer = 16, optimizer

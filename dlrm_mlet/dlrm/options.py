@@ -10,7 +10,7 @@ import sys
 
 from ..core import budget
 from ..core.options import add_table_arguments, parse_table_options
-from ..engine import fused, tbe
+from ..engine import adaptive, fused, tbe
 from ..errors import MLETError, integer
 from ..files import check_writable
 from .checkpoints import MLET_SUFFIX
@@ -93,8 +93,8 @@ def parse_config(args):
     if rule != budget.DEFAULT_RULE and not memory_budget:
         raise MLETError("--mlet-budget-rule has no effect without --mlet-memory-budget")
     _check_against_dlrm(args, dims, fused_update, table_dtype)
-    # The default: SGD at the step, measured fastest on these CPUs (benchmarks/whole_run.py); SGD only.
-    auto = "torch" if getattr(args, "optimizer", "sgd") == "sgd" else ""
+    # The default: the optimizer's rule applied at its step to the packed tables (benchmarks/whole_run.py).
+    auto = "torch" if getattr(args, "optimizer", "sgd") in ("sgd",) + adaptive.RULES else ""
     fused_update = {AUTO: auto, "off": ""}.get(fused_update, fused_update)
     inference_only = bool(getattr(args, "inference_only", False))
     grad_accum = int(getattr(args, "mlperf_grad_accum_iter", 1) or 1) if getattr(args, "mlperf_logging", False) else 1
@@ -123,9 +123,12 @@ def _check_against_dlrm(args, dims, fused_update, table_dtype):
             "--quantize-emb-with-bit quantizes tables for inference; with --mlet-hidden-dim "
             "train first, then quantize the folded checkpoint with --inference-only"
         )
-    if fused_update in fused.BACKENDS and getattr(args, "optimizer", "sgd") != "sgd":
-        raise MLETError(f"--mlet-fused-update applies plain SGD steps; it cannot be combined with "
-                        f"--optimizer={args.optimizer}")
+    optimizer = getattr(args, "optimizer", "sgd")
+    if fused_update == "fbgemm" and optimizer != "sgd":
+        raise MLETError(f"--mlet-fused-update=fbgemm applies plain SGD steps; it cannot be combined with "
+                        f"--optimizer={optimizer}")
+    if fused_update == "torch" and optimizer not in ("sgd",) + adaptive.RULES:
+        raise MLETError(f"--mlet-fused-update applies SGD, Adagrad or RWSAdagrad at the step, not --optimizer={optimizer}")
     if fused_update == "fbgemm":
         if table_dtype != "fp32":
             raise MLETError(f"--mlet-fused-update=fbgemm trains fp32 tables; drop it with "

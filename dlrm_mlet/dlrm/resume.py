@@ -97,7 +97,9 @@ def _keep_loaded_rowwise_state(optimizer, args, kwargs):
     so is False again after ``load_state_dict``; a resumed run would restart
     Adagrad's accumulation from zero. Resumed MLET runs only (stock kept as is).
     """
+    # Only RWSAdagrad's own loop makes a dense parameter's "sum": with one there, the state was loaded.
+    # (Row-wise "momentum" alone is no sign: the MLET tables' update at the step makes it before that loop.)
     if (builds_tables() and getattr(optimizer, "momentum_initialized", True) is False
-            and any("momentum" in s or "sum" in s for s in optimizer.state.values())):
+            and any("sum" in s for s in optimizer.state.values())):
         optimizer.momentum_initialized = True
 

@@ -70,7 +70,7 @@ def create_emb(net, m, ln, weighted_pooling=None):
         emb_l.append(table)
         v_W_l.append(None if weighted_pooling is None else torch.ones(n, dtype=torch.float32))
     if config.fused_update:
-        fused.use(emb_l, config.fused_update)
+        fused.use(emb_l, config.fused_update, config.optimizer if config.fused_update == "torch" else "sgd")
     mlet = [t for t in emb_l if is_mlet(t)]
     train_bytes = sum(p.numel() * p.element_size() for p in emb_l.parameters())
     folded_bytes = sum(t.num_embeddings * int(m) * 4 for t in emb_l)

@@ -19,8 +19,9 @@ rows and applies the update in its own fused kernels, as TorchRec does.
 Either way the math is plain SGD applied at the same point of the iteration
 as with sparse gradients, at the learning rate of the optimizer group that
 holds each parameter, so loss curves match that path to float tolerance
-(only the summation order of repeated rows differs). Momentum, weight decay and
-Adagrad need the gradient itself, so they are refused, not approximated.
+(only the summation order of repeated rows differs). Momentum and weight decay
+need the gradient itself, so they are refused, not approximated; Adagrad and
+row-wise Adagrad have their own update at the step (``adaptive.py``).
 
 The choice belongs to each table (``use`` sets it, the grouped engine reads
 it): two models, one fused and one not, train side by side in one process.
@@ -35,29 +36,43 @@ from torch import nn
 from ..core import step
 from ..core.bag import MLETEmbeddingBag
 from ..errors import MLETError
+from . import adaptive
 
 BACKENDS = ("torch", "fbgemm")
 
 _ATTR = "fused_update"  # on an MLETEmbeddingBag: None (sparse gradients), "torch" or "fbgemm"
+_RULE = "fused_rule"  # with "torch": the optimizer rule applied at the step, "sgd" or one of adaptive.RULES
 
 
-def use(tables, backend="torch"):
+def use(tables, backend="torch", rule="sgd"):
     """Set how the MLET tables in ``tables`` (a module, or a list of modules) are updated.
 
     ``"torch"`` or ``"fbgemm"``: rows go to the next optimizer step; None: sparse
-    gradients, the default. Other modules are left alone. Returns how many
-    tables were set.
+    gradients, the default. ``rule``: the optimizer whose rule the step applies,
+    ``"sgd"`` (tables and projections) or ``"adagrad"`` / ``"rwsadagrad"``
+    (the tables: ``adaptive.py``; the projections keep their gradients);
+    fbgemm's is SGD. Other modules are left alone. Returns how many tables were set.
     """
     if backend is not None and backend not in BACKENDS:
         raise MLETError(f"fused update backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if rule != "sgd" and (rule not in adaptive.RULES or backend == "fbgemm"):
+        raise MLETError(f"the update at the step applies sgd{'' if backend == 'fbgemm' else ', adagrad or rwsadagrad'}"
+                        f"{' with fbgemm' if backend == 'fbgemm' else ''}, not {rule!r}")
     count = 0
     for table in _modules(tables):
         if isinstance(table, MLETEmbeddingBag):
             setattr(table, _ATTR, backend)
-            for param in (table.table.weight, table.proj.weight):
-                step.require(param, None if backend is None else check_plain_sgd)
+            setattr(table, _RULE, rule)
+            step.require(table.table.weight, None if backend is None else
+                         check_plain_sgd if rule == "sgd" else adaptive.check(rule))
+            step.require(table.proj.weight, check_plain_sgd if backend is not None and rule == "sgd" else None)
             count += 1
     return count
+
+
+def rule_of(table):
+    """The optimizer rule ``use`` set for this table's update at the step ("sgd" by default)."""
+    return vars(table).get(_RULE, "sgd")
 
 
 def backend_of(table):

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..core import half
 from ..core.bag import MLETEmbeddingBag
-from . import fused, packing, tbe
+from . import adaptive, fused, packing, tbe
 
 
 def _one_hot(indices, offsets):
@@ -41,6 +41,7 @@ class _Grouped(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mode, fuse, indices, offsets, weights, *params):
+        rule = fuse if isinstance(fuse, str) else "sgd"  # fuse: False, or the rule applied at the step
         count = len(indices)
         tables, projs = params[:count], params[count:]
         one_hot = _one_hot(indices, offsets)
@@ -67,7 +68,8 @@ class _Grouped(torch.autograd.Function):
         ctx.one_hot, ctx.halved = one_hot, halved
         ctx.shapes = [a.shape for a in tables]
         ctx.tables = tables if fuse or halved else None
-        ctx.projs = projs if fuse else None
+        ctx.projs = projs if fuse and rule == "sgd" else None
+        ctx.rule = rule
         ctx.packed = packed
         ctx.projs_packed = proj.data_ptr() == projs[0].data_ptr()  # a view of them, not a copy
         ctx.save_for_backward(pooled, proj)
@@ -94,6 +96,8 @@ class _Grouped(torch.autograd.Function):
         if ctx.halved:
             for t, (table, i) in enumerate(zip(ctx.tables, ctx.indices)):
                 half.add(table, i, rows[t])
+        elif ctx.rule != "sgd":
+            adaptive.add_group(ctx.tables, ctx.indices, rows, ctx.rule, packed=ctx.packed)
         if ctx.projs is None:
             return (None, None, None, None, None, *([None] * count), *grad_proj.unbind(0))
         fused.add_group(() if ctx.halved else ctx.tables, ctx.indices, rows, ctx.projs, grad_proj,
@@ -149,7 +153,8 @@ def _batch_key(t):
     weight, proj = _weights(t)
     if not (table.sparse or half.is_half(weight)) or table.padding_idx is not None or table.include_last_offset:
         return None
-    return (table.mode, fused.backend_of(t), weight.shape[1], proj.shape[0], weight.device, weight.dtype)
+    return (table.mode, fused.backend_of(t), fused.rule_of(t), weight.shape[1], proj.shape[0], weight.device,
+            weight.dtype)
 
 
 def grouped_forward(tables, indices, offsets, weights):
@@ -173,7 +178,7 @@ def grouped_forward(tables, indices, offsets, weights):
             key = _batch_key(t)
             if key is not None and i.dim() == 1 and o is not None and not (w is not None and w.requires_grad):
                 groups.setdefault(key + (o.numel(), w is None), []).append(j)
-    for (mode, backend, *_), members in groups.items():
+    for (mode, backend, rule, *_), members in groups.items():
         if len(members) < 2:
             continue
         members_indices, members_offsets = [indices[j] for j in members], [offsets[j] for j in members]
@@ -184,8 +189,8 @@ def grouped_forward(tables, indices, offsets, weights):
             group = tbe.group_for([tables[j] for j in members])
             grouped = tbe.Grouped.apply(group, members_indices, members_offsets, members_weights, *projs)
         else:
-            grouped = _Grouped.apply(mode, backend is not None, members_indices, members_offsets, members_weights,
-                                     *tables_weights, *projs)
+            grouped = _Grouped.apply(mode, rule if backend is not None else False, members_indices, members_offsets,
+                                     members_weights, *tables_weights, *projs)
         for j, out in zip(members, grouped.unbind(0)):
             outputs[j] = out
     for j, out in enumerate(outputs):

@@ -1,0 +1,132 @@
+"""Adagrad and DLRM's row-wise Adagrad on MLET tables at the optimizer's step, without gradient tensors.
+
+With sparse gradients, ``torch.optim.Adagrad`` (and DLRM's ``RWSAdagrad``)
+update each of DLRM's 26 k-wide tables alone: coalesce its sparse gradient,
+add the squares to its accumulator, gather, divide, scatter: a handful of
+small ops per table per step. Here backward hands a group's gradient rows to
+the optimizer's next step (``core/step.py``), which applies the same rule to
+the whole group at once when the tables lie in one buffer (``packing.py``):
+one unique-and-sum of the rows, one gather of the accumulator rows, one
+update of them and one of the table rows. The accumulators stay where the
+optimizer keeps them (``state[table]["sum"]``, or ``["momentum"]`` per row
+for ``RWSAdagrad``), so checkpoints, resume and folding see the same state
+dict; they are moved into one buffer aligned with the tables' (each table's
+state a view of it) the first time, and again whenever something replaced
+them (``load_state_dict``). The projections keep their dense gradients,
+which the optimizer applies itself.
+
+The math is the optimizer's own on a sparse gradient: rows of a table that
+repeat in a step are summed before the update (as ``coalesce`` does), the
+step count is kept in the same state, and ``lr_decay``, ``eps`` and the
+initial accumulator are honoured; only the order of float sums differs.
+Weight decay and ``maximize`` are refused, as torch refuses them with sparse
+gradients.
+"""
+
+import torch
+
+from ..core import step
+from ..errors import MLETError
+
+RULES = ("adagrad", "rwsadagrad")
+
+
+def _optimizer_class(rule):
+    return "Adagrad" if rule == "adagrad" else "RWSAdagrad"
+
+
+def check(rule):
+    """The optimizer check ``step.require`` holds a table to: the optimizer the rule is."""
+    def check_optimizer(optimizer, group, param=None):
+        if type(optimizer).__name__ != _optimizer_class(rule) or group.get("weight_decay") or \
+                group.get("maximize"):
+            raise MLETError(f"these MLET tables are updated at the step by {_optimizer_class(rule)}'s rule (DLRM's "
+                            f"--optimizer={rule}); this optimizer is {type(optimizer).__name__}"
+                            + (" with weight decay or maximize" if type(optimizer).__name__ == _optimizer_class(rule)
+                               else ""))
+    return check_optimizer
+
+
+def add_group(tables, indices, rows, rule, packed=None):
+    """Record one grouped backward's table rows for ``rule``'s update at the next step."""
+
+    def apply(optimizer, group, payloads):
+        check(rule)(optimizer, group)
+        held = [j for _, j in payloads]
+        lrs = _steps(optimizer, group, rule, [tables[j] for j in held])
+        if packed is not None and len(held) == len(tables) and len(set(lrs)) == 1:
+            _packed_update(optimizer, group, rule, tables, rows, packed, lrs[0])
+        else:  # some tables held elsewhere, or stepped apart under lr_decay: each alone, at its own rate
+            for j, lr in zip(held, lrs):
+                _table_update(optimizer, group, rule, tables[j], indices[j], rows[j], lr)
+
+    for j, table in enumerate(tables):
+        step.defer(table, apply, j, indices[j].numel())
+
+
+def _steps(optimizer, group, rule, tables):
+    """Count the step in each table's state (as the optimizer does); the lr this step takes."""
+    counts = []
+    for table in tables:
+        state = optimizer.state[table]
+        if rule == "adagrad":
+            state["step"].add_(1)
+            counts.append(float(state["step"]))
+        else:
+            state["step"] = state.get("step", 0) + 1
+            if "momentum" not in state:  # RWSAdagrad makes it at its first step, for parameters with a gradient
+                state["momentum"] = torch.full([table.shape[0]], optimizer.defaults["initial_accumulator_value"],
+                                               dtype=torch.float32, device=table.device)
+            counts.append(state["step"])
+    return [group["lr"] / (1.0 + (n - 1.0) * group["lr_decay"]) for n in counts]
+
+
+def _sum_rows(flat, rows):
+    """Unique rows and their summed gradient rows (what ``coalesce`` makes of a sparse gradient)."""
+    unique, inverse = torch.unique(flat, return_inverse=True)
+    return unique, rows.new_zeros(unique.numel(), rows.shape[1]).index_add_(0, inverse, rows)
+
+
+def _apply(weight, accumulator, unique, grad, rule, lr, eps):
+    """The rule on the unique rows of one weight (a table, or the packed buffer) and its accumulator."""
+    squares = grad * grad if rule == "adagrad" else (grad * grad).mean(dim=1)
+    total = accumulator.index_select(0, unique).add_(squares)
+    accumulator.index_copy_(0, unique, total)
+    std = total.sqrt().add_(eps)
+    weight.index_add_(0, unique, grad / (std if rule == "adagrad" else std.unsqueeze(1)), alpha=-lr)
+
+
+def _table_update(optimizer, group, rule, table, indices, rows, lr):
+    unique, grad = _sum_rows(indices, rows)
+    key = "sum" if rule == "adagrad" else "momentum"
+    _apply(table.data, optimizer.state[table][key], unique, grad, rule, lr, group["eps"])
+
+
+def _packed_update(optimizer, group, rule, tables, rows, packed, lr):
+    buffer, flat = packed
+    key = "sum" if rule == "adagrad" else "momentum"
+    accumulator = _packed_state(optimizer, tables, key, buffer)
+    unique, grad = _sum_rows(flat, rows.flatten(0, 1) if torch.is_tensor(rows) else torch.cat(rows))
+    _apply(buffer, accumulator, unique, grad, rule, lr, group["eps"])
+
+
+def _packed_state(optimizer, tables, key, buffer):
+    """The tables' accumulators as one tensor aligned with their packed buffer (made so once)."""
+    states = [optimizer.state[t][key] for t in tables]
+    row_wise = states[0].dim() == 1
+    width = 1 if row_wise else buffer.shape[1]
+    starts = [t.storage_offset() // buffer.shape[1] for t in tables]
+    first = states[0]
+    base = first.data_ptr() - first.storage_offset() * first.element_size()
+    aligned = all(s.is_contiguous() and s.data_ptr() - s.storage_offset() * s.element_size() == base
+                  and s.storage_offset() == start * width for s, start in zip(states, starts))
+    shape = (buffer.shape[0],) if row_wise else tuple(buffer.shape)
+    if aligned and first.untyped_storage().nbytes() == buffer.shape[0] * width * first.element_size():
+        return torch.empty(0, dtype=first.dtype, device=first.device).set_(first.untyped_storage(), 0, shape)
+    whole = torch.zeros(shape, dtype=first.dtype, device=first.device)
+    for t, state, start in zip(tables, states, starts):
+        view = whole[start:start + t.shape[0]]
+        view.copy_(state)
+        optimizer.state[t][key] = view
+    return whole
+
