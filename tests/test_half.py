@@ -290,3 +290,50 @@ def test_inspect_shows_each_tables_dtype_and_its_real_bytes(tmp_path):
     assert half_table["dtype"] == "float16" and plain["dtype"] == "float32"
     assert half_table["bytes"] == 300 * 32 * 2 + 4 * 32 * 4  # fp16 table, fp32 projection
     assert half_table["folded_bytes"] == 300 * 4 * 4  # folds to float32
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("kind", ["sgd", "adagrad", "rwsadagrad"])
+def test_packed_half_tables_update_bit_for_bit_as_one_table_at_a_time(dtype, kind, dlrm_dir):
+    """engine/half_update.py's one-pass update of a packed group equals half.py's table-by-table one exactly."""
+    import copy
+    import importlib.util
+
+    from dlrm_mlet.core.bag import MLETEmbeddingBag
+    from dlrm_mlet.engine import fused, packing
+    from dlrm_mlet.engine.grouped import grouped_forward
+
+    torch.manual_seed(0)
+    alone = [MLETEmbeddingBag(n, 4, 16, table_dtype=dtype) for n in (50, 70, 9)]
+    packed = copy.deepcopy(alone)
+    buffer = packing.Buffer(sum(t.num_embeddings for t in packed), 16, half.table_dtype(dtype))
+    for t in packed:
+        buffer.place(t.table.weight)
+    if kind == "rwsadagrad":
+        spec = importlib.util.spec_from_file_location("rwsadagrad", f"{dlrm_dir}/optim/rwsadagrad.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        make = lambda ps: module.RWSAdagrad(ps, lr=0.05)  # noqa: E731
+    elif kind == "adagrad":
+        make = lambda ps: torch.optim.Adagrad(ps, lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1)  # noqa: E731
+    else:
+        make = lambda ps: torch.optim.SGD(ps, lr=0.5)  # noqa: E731
+        fused.use(alone + packed, "torch")  # DLRM's default with SGD: projections at the step too
+    opts = [make([p for t in ts for p in t.parameters()]) for ts in (alone, packed)]
+    g = torch.Generator().manual_seed(3)
+    for _ in range(6):
+        indices = [torch.randint(0, t.num_embeddings, (20,), generator=g) for t in alone]
+        offsets = [torch.tensor([0, 2, 2, 5, 9, 12, 15, 19])] * 3
+        upstream = [torch.randn(8, 4, generator=g) for _ in alone]
+        for ts, opt in ((alone, opts[0]), (packed, opts[1])):
+            opt.zero_grad()
+            sum((o * u).sum() for o, u in zip(grouped_forward(ts, indices, offsets, [None] * 3), upstream)).backward()
+            opt.step()
+    assert packing.flat_indices([t.table.weight for t in packed], [torch.tensor([0])] * 3) is not None  # still packed
+    for a, b in zip(alone, packed):
+        assert torch.equal(a.table.weight, b.table.weight) and torch.equal(a.proj.weight, b.proj.weight)
+        sa, sb = opts[0].state[a.table.weight], opts[1].state[b.table.weight]
+        assert set(sa) == set(sb)
+        for key in sa:  # bitwise: the generator's state, stored in the table's dtype, holds NaN patterns
+            x, y = torch.as_tensor(sa[key]), torch.as_tensor(sb[key])
+            assert x.dtype == y.dtype and torch.equal(x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8)), key

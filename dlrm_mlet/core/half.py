@@ -211,7 +211,7 @@ def apply_rows(optimizer, group, payloads):
             rule = _rule(optimizer, group, table)
             updates.append((table, rows, rule(table, optimizer.state[table], group, optimizer.defaults, rows, grad)))
         state = optimizer.state[tables[0][0]]
-        generator = _generator(tables[0][0], state)
+        generator = generator_of(tables[0][0], state)
         values = updates[0][2] if len(updates) == 1 else torch.cat([u for _, _, u in updates])
         rounded = stochastic_round(values, dtype, generator)
         start = 0
@@ -248,7 +248,7 @@ def _option(group, defaults, key, default):
 
 
 def _sgd(param, state, group, defaults, rows, grad):
-    return param.index_select(0, rows).float() - group["lr"] * grad
+    return rule_on(_sgd, param, rows, grad, [state], group, defaults)
 
 
 def _adagrad(param, state, group, defaults, rows, grad):
@@ -256,26 +256,55 @@ def _adagrad(param, state, group, defaults, rows, grad):
     state.pop("sum", None)  # torch's own accumulator, in the table's dtype: never used for this table
     total = _float32(state, "mlet_sum", param, param.shape,
                      _option(group, defaults, "initial_accumulator_value", 0.0))
-    count = state.setdefault("step", torch.tensor(0.0))
-    count += 1
-    lr = group["lr"] / (1 + (float(count) - 1) * _option(group, defaults, "lr_decay", 0.0))
-    total.index_add_(0, rows, grad * grad)
-    std = total.index_select(0, rows).sqrt_().add_(_option(group, defaults, "eps", 1e-10))
-    return param.index_select(0, rows).float() - lr * grad / std
+    return rule_on(_adagrad, param, rows, grad, [state], group, defaults, total)
 
 
 def _rowwise_adagrad(param, state, group, defaults, rows, grad):
     """DLRM's ``RWSAdagrad``: one accumulator per row, the mean of the row's squared gradient."""
     total = _float32(state, "mlet_momentum", param, param.shape[:1],
                      _option(group, defaults, "initial_accumulator_value", 0.0))
-    state["step"] = state.get("step", 0) + 1
-    lr = group["lr"] / (1 + (state["step"] - 1) * _option(group, defaults, "lr_decay", 0.0))
-    total.index_add_(0, rows, grad.pow(2).mean(dim=1))
-    std = total.index_select(0, rows).sqrt_().add_(_option(group, defaults, "eps", 1e-10))
-    return param.index_select(0, rows).float() - lr * grad / std.unsqueeze(1)
+    return rule_on(_rowwise_adagrad, param, rows, grad, [state], group, defaults, total)
 
 
 _RULES = {torch.optim.SGD: _sgd, torch.optim.Adagrad: _adagrad, "RWSAdagrad": _rowwise_adagrad}
+sgd_rule = _sgd
+
+
+def rule(optimizer, group, param):
+    """The rule ``optimizer`` applies to half table ``param`` (one of ``_RULES``' values); refuses others."""
+    return _rule(optimizer, group, param)
+
+
+def accumulator_key(rule):
+    """``(state key, row-wise)`` of a rule's float32 accumulator."""
+    return ("mlet_momentum", True) if rule is _rowwise_adagrad else ("mlet_sum", False)
+
+
+def rule_on(rule, weight, rows, grad, states, group, defaults, accumulator=None):
+    """``rule``'s new float32 values for the unique ``rows`` of ``weight`` (a table, or a buffer of several).
+
+    ``grad``: their summed gradient rows; ``accumulator``: the float32 sums
+    aligned with ``weight``'s rows (Adagrad's per element, RWSAdagrad's per
+    row), updated in place; the step is counted in each of ``states``.
+    """
+    if rule is _sgd:
+        return weight.index_select(0, rows).float() - group["lr"] * grad
+    for state in states:
+        if rule is _adagrad:
+            count = state.setdefault("step", torch.tensor(0.0))
+            count += 1
+        else:
+            state["step"] = state.get("step", 0) + 1
+            count = state["step"]
+    lr = group["lr"] / (1 + (float(count) - 1) * _option(group, defaults, "lr_decay", 0.0))
+    eps = _option(group, defaults, "eps", 1e-10)
+    if rule is _adagrad:
+        accumulator.index_add_(0, rows, grad * grad)
+        std = accumulator.index_select(0, rows).sqrt_().add_(eps)
+        return weight.index_select(0, rows).float() - lr * grad / std
+    accumulator.index_add_(0, rows, grad.pow(2).mean(dim=1))
+    std = accumulator.index_select(0, rows).sqrt_().add_(eps)
+    return weight.index_select(0, rows).float() - lr * grad / std.unsqueeze(1)
 
 
 def _float32(state, key, param, shape, initial):
@@ -305,7 +334,7 @@ def float32_state(state):
     return out
 
 
-def _generator(param, state):
+def generator_of(param, state):
     """The table's rounding generator: restored from its state, else seeded from the table itself.
 
     Seeded from the table's first rows (no draw from a global RNG, so a run's

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..core import half
 from ..core.bag import MLETEmbeddingBag
-from . import adaptive, fused, packing, tbe
+from . import adaptive, fused, half_update, packing, tbe
 
 
 def _one_hot(indices, offsets):
@@ -94,8 +94,7 @@ class _Grouped(torch.autograd.Function):
             return (None, None, None, None, None, *grad_tables, *grad_proj.unbind(0))
         # The optimizer's next step applies the rows: half tables by their own rule, fused ones as SGD.
         if ctx.halved:
-            for t, (table, i) in enumerate(zip(ctx.tables, ctx.indices)):
-                half.add(table, i, rows[t])
+            half_update.add_group(ctx.tables, ctx.indices, rows, ctx.packed)
         elif ctx.rule != "sgd":
             adaptive.add_group(ctx.tables, ctx.indices, rows, ctx.rule, packed=ctx.packed)
         if ctx.projs is None:

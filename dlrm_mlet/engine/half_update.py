@@ -1,0 +1,101 @@
+"""Half-precision tables' update at the step, for a group packed in one buffer: one pass, not one per table.
+
+``core/half.py`` updates each half table alone: coalesce its rows, apply the
+optimizer's rule in float32, then (batched over the tables) round
+stochastically and write each table's rows back: about six small ops per
+table, 26 tables a step in DLRM. When a backward's tables lie in one buffer
+(``packing.py``) and one param group holds them all, this does the same on
+the buffer at once: one unique-and-sum over all rows, the rule on all of them
+(the accumulators aligned in one float32 buffer, each table's state a view
+of it, stored as ``half.py`` stores them), one rounding, one write.
+
+The result is ``half.py``'s, bit for bit: the same elementwise arithmetic,
+and the rounding noise drawn from the same generator for the same rows in
+the same order (table by table in buffer order, each table's rows sorted),
+which for DLRM's tables, packed in the order the optimizer holds them, is
+``half.py``'s order. Anything else (several backwards before a step, tables
+held apart, steps counted apart) goes to ``half.apply_rows``.
+"""
+
+import torch
+
+from ..core import half, step
+
+
+class _Call:
+    """One backward's group of half tables: what its deferred entries share."""
+
+    def __init__(self, tables, indices, rows, packed):
+        self.tables, self.indices, self.rows, self.packed = tables, indices, rows, packed
+
+
+def add_group(tables, indices, rows, packed=None):
+    """Record a grouped backward's gradient rows of half tables for the next step holding them."""
+    call = _Call(tables, indices, rows, packed)
+    for j, table in enumerate(tables):
+        step.defer(table, apply, (call, j), indices[j].numel())
+
+
+def apply(optimizer, group, payloads):
+    """Every half-table entry of ``group`` at this step (one call: ``apply`` is shared by all)."""
+    calls = {id(call): call for _, (call, _) in payloads}
+    if len(calls) == 1:
+        call = next(iter(calls.values()))
+        if call.packed is not None and len(payloads) == len(call.tables) and _packed(optimizer, group, call):
+            return
+    half.apply_rows(optimizer, group, [(table, (call.indices[j], call.rows[j].float()))
+                                       for table, (call, j) in payloads])
+
+
+def _packed(optimizer, group, call):
+    """The packed update; False (nothing done) when the tables' rule or step count differ."""
+    tables = call.tables
+    rules = {half.rule(optimizer, group, t) for t in tables}
+    if len(rules) != 1:
+        return False
+    rule = rules.pop()
+    states = [optimizer.state[t] for t in tables]
+    counts = {_count(rule, s) for s in states}
+    if len(counts) != 1:
+        return False
+    buffer, flat = call.packed
+    rows = call.rows.flatten(0, 1) if torch.is_tensor(call.rows) else torch.cat(list(call.rows))
+    unique, inverse = torch.unique(flat, return_inverse=True)
+    grad = rows.new_zeros(unique.numel(), rows.shape[1], dtype=torch.float32).index_add_(0, inverse, rows.float())
+    accumulator = None if rule is half.sgd_rule else _packed_state(optimizer, tables, rule, buffer)
+    values = half.rule_on(rule, buffer, unique, grad, states, group, optimizer.defaults, accumulator)
+    generator = half.generator_of(tables[0], states[0])
+    buffer.index_copy_(0, unique, half.stochastic_round(values, buffer.dtype, generator))
+    states[0]["mlet_rng"] = generator.get_state().view(buffer.dtype)
+    return True
+
+
+def _count(rule, state):
+    value = state.get("step", 0)
+    return float(value)
+
+
+def _packed_state(optimizer, tables, rule, buffer):
+    """The tables' float32 accumulators as one tensor aligned with their packed buffer (made so once)."""
+    key, row_wise = half.accumulator_key(rule)
+    initial = optimizer.defaults.get("initial_accumulator_value", 0.0)
+    shape = (buffer.shape[0],) if row_wise else tuple(buffer.shape)
+    width = 1 if row_wise else buffer.shape[1]
+    states = [optimizer.state[t] for t in tables]
+    stored = [s.get(key) for s in states]
+    starts = [t.storage_offset() // buffer.shape[1] for t in tables]
+    if all(x is not None for x in stored):
+        views = [x.view(torch.float32) for x in stored]
+        first = views[0]
+        base = first.data_ptr() - first.storage_offset() * 4
+        if all(v.data_ptr() - v.storage_offset() * 4 == base and v.storage_offset() == start * width
+               for v, start in zip(views, starts)) and first.untyped_storage().nbytes() == buffer.shape[0] * width * 4:
+            return torch.empty(0, dtype=torch.float32, device=first.device).set_(first.untyped_storage(), 0, shape)
+    whole = torch.full(shape, float(initial), dtype=torch.float32, device=buffer.device)
+    for table, state, old, start in zip(tables, states, stored, starts):
+        view = whole[start:start + table.shape[0]]
+        if old is not None:
+            view.copy_(old.view(torch.float32))
+        state.pop("sum", None)  # torch Adagrad's own accumulator in the table's dtype: never used for it
+        state[key] = view.view(buffer.dtype)
+    return whole
