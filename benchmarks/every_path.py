@@ -1,0 +1,148 @@
+"""Every path a big-table user takes, as whole DLRM runs: SGD, Adagrad, row-wise Adagrad x fp32/fp16/bf16 tables.
+
+Each optimizer's MLET runs (d=16, k=256, ``--mlet-table-dtype``) are timed
+against stock DLRM d=16 **with the same optimizer**, in real
+``dlrm_s_pytorch.py`` runs as ``whole_run.py`` times them (random data, the
+bench architecture, 26 tables at ``--scale`` x Criteo-Kaggle's sizes, batch
+128, DLRM's own ms/it, the warm-up print left out). All configurations are
+interleaved for ``--reps`` repetitions; each ratio is taken against the
+same repetition's run, and both summaries are kept: the median of the
+per-repetition ratios and the ratio of the median ms/it.
+
+The limit, stated: for each path, the work MLET adds to a step is counted
+(bytes of k-wide rows gathered and written back, accumulator rows for the
+Adagrads, the projections' multiply-adds) and priced at this machine's
+measured copy bandwidth and BLAS rate, beside the measured extra ms.
+
+    python benchmarks/every_path.py            # 3 repetitions, about 10 minutes on 2 cores
+
+Results go to results/every_path.json.
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+from common import criteo_rows, dlrm_copies, machine, machine_lines, md_table, run_measured, save
+from whole_run import dlrm_args, ms_per_it
+
+OPTIMIZERS = ("sgd", "adagrad", "rwsadagrad")
+DTYPES = ("fp32", "fp16", "bf16")
+LRS = {"sgd": 0.1, "adagrad": 0.01, "rwsadagrad": 0.01}
+K, D, BATCH = 256, 16, 128
+
+
+def configs():
+    for optimizer in OPTIMIZERS:
+        yield f"stock {optimizer}", optimizer, None
+        for dtype in DTYPES:
+            yield f"MLET {optimizer} {dtype}", optimizer, dtype
+
+
+def machine_rates():
+    """(bytes/s of a large copy, multiply-adds/s of the step's batched k-wide products) on this machine."""
+    a = torch.empty(64 * 2**20 // 4)
+    b = torch.empty_like(a)
+    copies = []
+    for _ in range(5):
+        start = time.perf_counter()
+        b.copy_(a)
+        copies.append(time.perf_counter() - start)
+    bandwidth = 2 * a.numel() * 4 / statistics.median(copies)  # read and write
+    x, w = torch.randn(26, BATCH, K), torch.randn(26, D, K)
+    products = []
+    for _ in range(20):
+        start = time.perf_counter()
+        torch.bmm(x, w.transpose(1, 2))
+        products.append(time.perf_counter() - start)
+    return bandwidth, 26 * BATCH * K * D / statistics.median(products)
+
+
+def extra_work(optimizer, dtype):
+    """Bytes moved and multiply-adds MLET adds to one step, beyond stock's d-wide tables."""
+    width = {"fp32": 4, "fp16": 2, "bf16": 2}[dtype]
+    rows = 26 * BATCH
+    gathered = rows * (K * width - D * 4)  # forward: k-wide rows instead of d-wide
+    written = 2 * rows * (K * width - D * 4)  # update: read and write the touched rows
+    state = {"sgd": 0, "adagrad": 2 * rows * (K - D) * 4, "rwsadagrad": 0}[optimizer]  # per-element sums
+    if dtype != "fp32":
+        written += 2 * rows * K * 4  # the rows also pass through float32 for the rule and the rounding
+    return gathered + written + state, 3 * rows * K * D  # projection forward and its two gradients
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--batches", type=int, default=240)
+    parser.add_argument("--scale", type=float, default=0.01)
+    args = parser.parse_args()
+    rows = criteo_rows(args.scale)
+    base = [a for a in dlrm_args(rows, args.batches, max(1, args.batches // 6))
+            if not a.startswith("--learning-rate")]
+    every = list(configs())
+    times = {name: [] for name, _, _ in every}
+    with tempfile.TemporaryDirectory() as work:
+        stock, patched = dlrm_copies(work)
+        for rep in range(args.reps):
+            for name, optimizer, dtype in every:
+                cmd = [sys.executable, stock if dtype is None else patched] + base + [
+                    f"--optimizer={optimizer}", f"--learning-rate={LRS[optimizer]}"]
+                if dtype is None:
+                    cmd = [c for c in cmd if c != "--mlet-log-freq=0"]
+                else:
+                    cmd += [f"--mlet-hidden-dim={K}", f"--mlet-table-dtype={dtype}"]
+                out, _ = run_measured(cmd, work)
+                times[name].append(ms_per_it(out))
+                print(f"rep {rep + 1}/{args.reps} {name}: {times[name][-1]:.2f} ms/it", flush=True)
+    bandwidth, macs = machine_rates()
+    results = []
+    for name, optimizer, dtype in every:
+        if dtype is None:
+            continue
+        own, base_t, fp32 = times[name], times[f"stock {optimizer}"], times[f"MLET {optimizer} fp32"]
+        ratios = [a / b for a, b in zip(own, base_t)]
+        to_fp32 = [a / b for a, b in zip(own, fp32)]
+        moved, products = extra_work(optimizer, dtype)
+        results.append({
+            "name": name, "optimizer": optimizer, "table_dtype": dtype, "ms_per_it": own,
+            "stock_ms_per_it": base_t, "ratio_median": statistics.median(ratios),
+            "ratio_of_medians": statistics.median(own) / statistics.median(base_t),
+            "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "to_fp32_median": statistics.median(to_fp32),
+            "to_fp32_of_medians": statistics.median(own) / statistics.median(fp32),
+            "extra_ms": statistics.median(own) - statistics.median(base_t),
+            "bound_ms": 1000 * (moved / bandwidth + products / macs),
+            "bytes_moved": moved, "multiply_adds": products,
+        })
+    payload = {"machine": machine(), "command": "python benchmarks/every_path.py " + " ".join(sys.argv[1:]),
+               "reps": args.reps, "batches": args.batches, "scale": args.scale, "tables": rows, "k": K, "d": D,
+               "bandwidth_bytes_per_s": bandwidth, "multiply_adds_per_s": macs, "results": results}
+    print(save("every_path", payload, render))
+
+
+def render(data):
+    lines = ["## Every path: SGD, Adagrad, row-wise Adagrad x fp32/fp16/bf16 tables (`benchmarks/every_path.py`)", ""]
+    lines += machine_lines(data["machine"], data["command"])
+    lines += ["", f"Whole `dlrm_s_pytorch.py` runs as in the section above (26 tables at {data['scale']} x "
+              f"Criteo-Kaggle's sizes, batch 128, {data['batches']} batches, d={data['d']}), MLET k={data['k']} "
+              "against stock DLRM **with the same optimizer** (lr 0.1 SGD, 0.01 the Adagrads). "
+              f"{data['reps']} interleaved repetitions: the median of the per-repetition ratios (min-max) and the "
+              "ratio of the median ms/it, both. Bound: the bytes MLET adds to a step (k-wide rows gathered, "
+              "written back, accumulator rows, the float32 pass of half rows) at this machine's copy bandwidth "
+              f"({data['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s), plus the projections' multiply-adds at its "
+              f"BLAS rate for these shapes ({data['multiply_adds_per_s'] / 1e9:.1f} G/s).", ""]
+    lines += md_table(["run", "stock ms/it (median)", "MLET ms/it (median)", "/ stock: median of ratios (min-max)",
+                       "/ stock: ratio of medians", "/ fp32 MLET (median, of medians)", "extra ms", "bound ms"], [
+        [r["name"], f"{statistics.median(r['stock_ms_per_it']):.2f}", f"{statistics.median(r['ms_per_it']):.2f}",
+         f"{r['ratio_median']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})", f"{r['ratio_of_medians']:.2f}",
+         f"{r['to_fp32_median']:.2f}, {r['to_fp32_of_medians']:.2f}", f"{r['extra_ms']:+.2f}", f"{r['bound_ms']:.2f}"]
+        for r in data["results"]])
+    return lines
+
+
+if __name__ == "__main__":
+    main()
