@@ -224,6 +224,10 @@ def fold_model(model):
     returned unchanged; an MLET module itself is returned folded.
     """
     places = _places(model, tuple(_KINDS))
+    outer = [name for name, _ in places]
+    places = [(name, m) for name, m in places  # a module inside another MLET module folds with it
+              if not any(name.startswith(o + ".") for o in outer if o != name and o != "")
+              and not (name and "" in outer)]
     folded = {}
     for name, module in places:
         if id(module) not in folded:

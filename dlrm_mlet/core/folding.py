@@ -19,6 +19,15 @@ FOLD_BLOCK_BYTES = 16 * 2**20
 
 TABLE_KEY = "table.weight"
 PROJ_KEY = "proj.weight"
+# An MLET pair standing in for one parameter of a composite table (DLRM's QREmbeddingBag keeps its two
+# tables as parameters weight_q and weight_r): it folds to that parameter, not to "<slot>.weight".
+PARAMETER_SLOTS = ("weight_q", "weight_r")
+
+
+def folded_key(prefix):
+    """The stock key an MLET pair at ``prefix`` (``'emb_l.3.'``) folds to: ``'emb_l.3.weight'``, or the slot."""
+    module = prefix.rstrip(".")
+    return module if module.rpartition(".")[2] in PARAMETER_SLOTS else prefix + "weight"
 
 
 def fold_weight(table_weight, proj_weight, name, block_bytes=FOLD_BLOCK_BYTES):
@@ -133,7 +142,7 @@ def fold_state_dict(state_dict, progress=None):
     for key, value in state_dict.items():
         table = _prefix(key, TABLE_KEY)
         if table in prefixes:
-            new_key = table + "weight"
+            new_key = folded_key(table)
             if new_key in state_dict:
                 raise MLETError(f"{table}: both an MLET pair and a plain {new_key!r} are present")
             out[new_key] = fold_weight(value, state_dict[table + PROJ_KEY], table.rstrip(".") or "table")
@@ -149,5 +158,9 @@ def fold_state_dict(state_dict, progress=None):
         for table in prefixes:
             module = table.rstrip(".")
             out._metadata.pop(table + "proj", None)
-            out._metadata[module] = out._metadata.pop(table + "table", {})
+            version = out._metadata.pop(table + "table", {})
+            if folded_key(table) == module:  # a parameter of its parent now, not a module of its own
+                out._metadata.pop(module, None)
+            else:
+                out._metadata[module] = version
     return out

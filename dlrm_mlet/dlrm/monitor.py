@@ -26,9 +26,22 @@ ROWS_PER_GROUP = 64
 
 
 def _factors(table):
+    """``(table, projection or None)`` of an embedding table as one matrix; None for a composite one.
+
+    DLRM's mixed-dimension tables are read as their ``n x d_i`` table (MD's
+    own projection after it changes no rank); a quotient-remainder table is
+    two tables combined elementwise, no one matrix: it is not logged.
+    """
+    table = getattr(table, "embs", table)
     if is_mlet(table):
         return table.table.weight, table.proj.weight
-    return table.weight, None
+    weight = getattr(table, "weight", None)
+    return None if weight is None else (weight, None)
+
+
+def _logged(model):
+    """Indices of the tables that have one matrix to log."""
+    return [i for i, table in enumerate(model.emb_l) if _factors(table) is not None]
 
 
 def _folded_rows(table, rows):
@@ -62,7 +75,7 @@ class Monitor:
         are never called one by one.
         """
         self.model = model
-        tables = sorted(range(len(model.emb_l)), key=lambda i: -_factors(model.emb_l[i])[0].shape[0])
+        tables = sorted(_logged(model), key=lambda i: -_factors(model.emb_l[i])[0].shape[0])
         self.sizes = {i: _factors(model.emb_l[i])[0].shape[0] for i in tables[: self.tracked_tables]}
         # In DLRM's distributed mode local table i is global table local_emb_indices[i].
         self.global_index = list(getattr(model, "local_emb_indices", range(len(model.emb_l))))
@@ -101,8 +114,8 @@ class Monitor:
 
     def log(self, model, writer, step):
         ranks = []
-        for i, table in enumerate(model.emb_l):
-            name = f"emb_l.{i}"
+        for i in _logged(model):
+            table, name = model.emb_l[i], f"emb_l.{i}"
             a, b = _factors(table)
             n = a.shape[0]
             rows = None if n <= self.sample_rows else torch.randperm(n, generator=self.generator)[: self.sample_rows]
@@ -115,7 +128,8 @@ class Monitor:
                 writer.add_scalar(f"MLET/proj_norm/{name}", float(b.detach().norm()), step)
             if i in self.counts:
                 self._log_updates(i, table, writer, step)
-        writer.add_scalar("MLET/effective_rank/mean", sum(ranks) / len(ranks), step)
+        if ranks:
+            writer.add_scalar("MLET/effective_rank/mean", sum(ranks) / len(ranks), step)
 
     def _log_updates(self, i, table, writer, step):
         name = f"emb_l.{i}"

@@ -111,12 +111,12 @@ def _check_against_dlrm(args, dims, fused_update, table_dtype):
             f"--mlet-hidden-dim={narrow} is below --arch-sparse-feature-size={d}; MLET needs "
             "K >> d (pass --mlet-allow-narrow to train a bottleneck anyway)"
         )
-    for flag in ("qr_flag", "md_flag"):
-        if getattr(args, flag, False):
-            raise MLETError(
-                f"--mlet-hidden-dim cannot be combined with --{flag.replace('_', '-')}: "
-                "both replace the embedding tables"
-            )
+    compressed = [f"--{flag.replace('_', '-')}" for flag in ("qr_flag", "md_flag") if getattr(args, flag, False)]
+    if compressed and args.mlet_memory_budget:
+        raise MLETError(f"--mlet-memory-budget plans plain tables' K; it cannot be combined with {compressed[0]} "
+                        "(give --mlet-hidden-dim K, or one K per table)")
+    if compressed and fused_update == "fbgemm":
+        raise MLETError(f"--mlet-fused-update=fbgemm trains plain tables only; drop it with {compressed[0]}")
     inference_only = bool(getattr(args, "inference_only", False))
     if getattr(args, "quantize_emb_with_bit", 32) in (4, 8) and not inference_only:
         raise MLETError(

@@ -1,7 +1,7 @@
 """DLRM's embedding tables with MLET: which tables, built how, called how.
 
-``create_emb`` replaces ``DLRM_Net.create_emb`` when MLET trains (QR and MD
-tables are refused earlier, in ``options``), and ``apply_emb`` its
+``create_emb`` replaces ``DLRM_Net.create_emb`` when MLET trains (DLRM's QR
+and MD tables with MLET inside: ``tricks.py``), and ``apply_emb`` its
 ``apply_emb``. The tables are the core's ``MLETEmbeddingBag``; plain ones
 keep DLRM's own class and init, so a table left plain is the one stock DLRM
 would build.
@@ -19,7 +19,7 @@ from ..core.pair import is_mlet
 from ..engine import fused, packing
 from ..engine.grouped import grouped_forward
 from ..errors import MLETError
-from . import evaluation, frequency
+from . import evaluation, frequency, tricks
 from .session import fail, session
 
 
@@ -32,6 +32,39 @@ def make_table(n, d, k):
     table = nn.EmbeddingBag(n, d, mode="sum", sparse=True, _weight=torch.empty(n, d))
     uniform_table_(table.weight)
     return table
+
+
+def _folded_bytes(tables):
+    """Bytes of ``tables`` once folded: each MLET table as n x d float32, every other parameter as it is."""
+    inside = {id(p) for t in tables.modules() if is_mlet(t) for p in t.parameters()}
+    return (sum(4 * t.num_embeddings * t.embedding_dim for t in tables.modules() if is_mlet(t))
+            + sum(p.numel() * p.element_size() for p in tables.parameters() if id(p) not in inside))
+
+
+def _composite(net, n):
+    """Which of DLRM's compressed tables table ``n`` rows is under its flags: "qr", "md" or None (plain)."""
+    if getattr(net, "qr_flag", False) and n > net.qr_threshold:
+        return "qr"
+    if getattr(net, "md_flag", False) and n > net.md_threshold:
+        return "md"
+    return None
+
+
+def _composite_table(net, kind, n, d, width, k):
+    """A QR or MD table as stock DLRM builds it, its tables MLET tables of hidden width ``k`` (0: stock's)."""
+    config = session.config
+
+    def make(rows, dim, hidden=k):
+        return MLETEmbeddingBag(rows, dim, hidden, mode="sum", sparse=True, proj_init=config.proj_init,
+                                table_dtype=config.table_dtype)
+
+    if kind == "md":
+        return tricks.md_table(net, n, d, width, tricks.md_hidden_dim(k, d, width) if k else 0, make)
+    if not k:
+        return tricks.stock_class(net, "QREmbeddingBag")(n, d, net.qr_collisions, operation=net.qr_operation,
+                                                          mode="sum", sparse=True)
+    return tricks.MLETQREmbeddingBag(tricks.stock_class(net, "QREmbeddingBag"), n, d, net.qr_collisions,
+                                     net.qr_operation, make)
 
 
 def create_emb(net, m, ln, weighted_pooling=None):
@@ -56,24 +89,36 @@ def create_emb(net, m, ln, weighted_pooling=None):
         fail("--mlet-fused-update=fbgemm is single-process only; in DLRM's distributed mode use "
              "--mlet-fused-update")
     built = [i for i in range(ln.size) if local is None or i in local]
+    if getattr(net, "md_flag", False):
+        small = [(i, int(ln[i])) for i in built if int(ln[i]) <= net.md_threshold]
+        if small:
+            fail(f"--md-flag: table {small[0][0]} has {small[0][1]} rows, at or below --md-threshold="
+                 f"{net.md_threshold}; stock DLRM cannot build such a table (it passes its list of widths to "
+                 "nn.EmbeddingBag), so it could not load the folded model: lower --md-threshold below it")
     widths = [hidden_dim_for(i, int(ln[i]), dims, config.min_rows) for i in built]
-    # Each width's tables in one buffer, and their projections in another (core/packing.py).
-    tables = {k: packing.Buffer(sum(int(ln[i]) for i, w in zip(built, widths) if w == k), k,
-                                half.table_dtype(config.table_dtype)) for k in sorted(set(widths) - {0})}
-    projs = {k: packing.Buffer(widths.count(k) * int(m), k) for k in tables}
-    for i, k in zip(built, widths):
+    composite = [_composite(net, int(ln[i])) for i in built]  # DLRM's QR / MD tables
+    plain_m = max(m) if isinstance(m, (list, tuple)) else int(m)
+    # Each width's tables in one buffer, and their projections in another (engine/packing.py).
+    packed = [k if not c else 0 for k, c in zip(widths, composite)]
+    tables = {k: packing.Buffer(sum(int(ln[i]) for i, w in zip(built, packed) if w == k), k,
+                                half.table_dtype(config.table_dtype)) for k in sorted(set(packed) - {0})}
+    projs = {k: packing.Buffer(packed.count(k) * plain_m, k) for k in tables}
+    for i, k, kind in zip(built, widths, composite):
         n = int(ln[i])
-        table = make_table(n, int(m), k)
-        if k:
-            tables[k].place(table.table.weight)
-            projs[k].place(table.proj.weight)
+        if kind:
+            table = _composite_table(net, kind, n, m[i] if kind == "md" else plain_m, plain_m, k)
+        else:
+            table = make_table(n, plain_m, k)
+            if k:
+                tables[k].place(table.table.weight)
+                projs[k].place(table.proj.weight)
         emb_l.append(table)
         v_W_l.append(None if weighted_pooling is None else torch.ones(n, dtype=torch.float32))
     if config.fused_update:
         fused.use(emb_l, config.fused_update, config.optimizer if config.fused_update == "torch" else "sgd")
-    mlet = [t for t in emb_l if is_mlet(t)]
+    mlet = [t for t in emb_l.modules() if is_mlet(t)]
     train_bytes = sum(p.numel() * p.element_size() for p in emb_l.parameters())
-    folded_bytes = sum(t.num_embeddings * int(m) * 4 for t in emb_l)
+    folded_bytes = _folded_bytes(emb_l)
     widths = "-".join(map(str, sorted({t.hidden_dim for t in mlet}))) or "-"
     dtype = "" if config.table_dtype == "fp32" else f" ({config.table_dtype})"
     print(
