@@ -114,9 +114,10 @@ def sweep_regime(dlrm_dir, data_dir, regime, optimizer, jobs):
                                 extra_args=extra, quiet=True, jobs=jobs, regime=regime, runs=runs)
     grid = GRIDS[optimizer]
     go([(d, k, lr, s) for s in SEEDS for d in DS for k in (0,) + KS for lr in grid[k]])
-    for _ in range(MAX_EXTENSIONS):
+    while True:  # each arm's grid grows by a factor of 2 at its edge, at most MAX_EXTENSIONS times
         more = [(a["d"], a["k"], lr, s) for a in arms(read_rows(CSV), regime, optimizer)
-                if (lr := next_lrs(a)) is not None for s in SEEDS]
+                if len(a["lrs"]) < len(grid[a["k"]]) + MAX_EXTENSIONS and (lr := next_lrs(a)) is not None
+                for s in SEEDS]
         if not more:
             break
         go(more)
