@@ -163,6 +163,9 @@ def _add_sweep(sub):
                    help="only the MLET arms (to compare an MLET option against baselines in another CSV)")
     p.add_argument("--regime", default="",
                    help="a name for this data in the CSV, so one CSV (and one report) can hold several datasets")
+    p.add_argument("--quantize", type=_int_list, default=[], metavar="BITS",
+                   help="also score each saved model as stock DLRM serves it with 8- and/or 4-bit tables "
+                        "(--quantize-emb-with-bit), comma-separated: 8,4 (plain tables only)")
     p.add_argument("--work", help="folder for the patched DLRM copy and logs (default: next to --out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("dlrm_args", nargs=argparse.REMAINDER, metavar="-- DLRM_ARGS",
@@ -188,6 +191,19 @@ def _add_report(sub):
                    help="the one learning rate to compare the tuned figures against")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=commands.cmd_report)
+
+
+def _add_frontier(sub):
+    p = sub.add_parser("frontier", help="served size against tuned AUC across table configurations and "
+                                        "int8/int4 serving: the Pareto set and the compression at the baseline's AUC")
+    p.add_argument("results", nargs="+", help="sweep CSVs (plain, QR and MD tables, with and without MLET; "
+                                              "int8/int4 from sweep --quantize)")
+    p.add_argument("--plot", metavar="OUT.png", help="plot file (default: the first CSV's name with "
+                                                     "_frontier.png, when matplotlib is installed)")
+    p.add_argument("--markdown", metavar="OUT.md", help="also write the markdown to this file")
+    p.add_argument("--force", action="store_true", help="replace output files that exist")
+    p.add_argument("--title", help="plot title")
+    p.set_defaults(func=commands.cmd_frontier)
 
 
 def _add_data(sub):
@@ -237,7 +253,7 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_fold, _add_verify, _add_patch, _add_run, _add_synth, _add_inspect, _add_sweep, _add_report,
-                _add_data, _add_plan):
+                _add_frontier, _add_data, _add_plan):
         add(sub)
     return parser
 

@@ -129,33 +129,56 @@ def cmd_sweep(args):
 
     rows = run_sweep(args.dlrm_dir, args.data_set, args.raw_data_file, args.out, args.d, args.k,
                      args.seeds, lrs=args.lrs, epochs=args.epochs, work=args.work, extra_args=args.dlrm_args,
-                     quiet=args.quiet, jobs=args.jobs, baseline=not args.no_baseline, regime=args.regime)
+                     quiet=args.quiet, jobs=args.jobs, baseline=not args.no_baseline, regime=args.regime,
+                     quantize=args.quantize)
     print(f"{len(rows)} runs in {args.out}; see them with: dlrm-mlet report {args.out}")
     return 0
 
 
 def cmd_report(args):
-    from .files import atomic_write_text
     from .progress import progress_bar
     from .tools.report import report
 
-    from .tools.plots import has_matplotlib
-
-    # The plot: when asked, or by default beside the first CSV when matplotlib is there; the text always.
-    png = args.plot or (os.path.splitext(args.results[0])[0] + ".png" if has_matplotlib() else None)
-    outputs = [path for path in (png, args.markdown, args.map_plot, args.map_json) if path]
-    existing = [path for path in outputs if os.path.exists(path)]
-    if existing and not args.force:
-        raise MLETError(f"{existing[0]} exists; pass --force to replace it (or name another file)")
+    png = _plot_path(args, ".png")
+    _refuse_existing(args, png, args.markdown, args.map_plot, args.map_json)
     with progress_bar(3, "report", quiet=args.quiet, unit=" stages") as bar:
         text = report(args.results, png, args.oracle, args.title, progress=bar.update, single_lr=args.single_lr,
                       map_png=args.map_plot, map_json=args.map_json)
+    _print_written(args, text, png, args.map_plot)
+    return 0
+
+
+def cmd_frontier(args):
+    from .tools.frontier import frontier
+
+    png = _plot_path(args, "_frontier.png")
+    _refuse_existing(args, png, args.markdown)
+    _print_written(args, frontier(args.results, png, args.title), png)
+    return 0
+
+
+def _plot_path(args, suffix):
+    """The plot: when asked, or by default beside the first CSV when matplotlib is there."""
+    from .tools.plots import has_matplotlib
+
+    return args.plot or (os.path.splitext(args.results[0])[0] + suffix if has_matplotlib() else None)
+
+
+def _refuse_existing(args, *outputs):
+    existing = [path for path in outputs if path and os.path.exists(path)]
+    if existing and not args.force:
+        raise MLETError(f"{existing[0]} exists; pass --force to replace it (or name another file)")
+
+
+def _print_written(args, text, png, map_png=None):
+    """The text (and ``--markdown``), then where the plots went, or why there is none."""
+    from .files import atomic_write_text
+
     if args.markdown:
         atomic_write_text(args.markdown, text + "\n")
     print(text)
-    written = [f"{what}: {path}" for what, path in (("plot", png), ("map plot", args.map_plot)) if path]
+    written = [f"{what}: {path}" for what, path in (("plot", png), ("map plot", map_png)) if path]
     print("\n" + "\n".join(written) if written else "\n(no plot: matplotlib is not installed; pip install matplotlib)")
-    return 0
 
 
 def cmd_data(args):

@@ -39,7 +39,7 @@ if [ "${TORCHREC_19:-1}" = 1 ]; then
     "$VENV19/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .
   fi
   echo "== the TorchRec tests with torch $("$VENV19/bin/python" -c 'import torch; print(torch.__version__)'), torchrec $("$VENV19/bin/python" -c 'import torchrec; print(torchrec.__version__)')"
-  "$VENV19/bin/python" -m pytest -ra tests/test_torchrec.py tests/test_torchrec_sharding.py tests/test_torchrec_memory.py \
+  "$VENV19/bin/python" -m pytest -ra tests/test_torchrec.py tests/test_torchrec_sharding.py tests/test_torchrec_memory.py tests/test_torchrec_quantize.py \
     tests/test_convert.py "$@" || status=$?
 fi
 exit $status

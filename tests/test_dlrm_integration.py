@@ -500,8 +500,10 @@ def test_launcher_on_a_patched_checkout_does_not_hook_twice(patched_dlrm, tmp_pa
         (["--mlet-hidden-dim=abc"], "--mlet-hidden-dim: expected an integer >= 0 or a dash-separated list"),
         (["--mlet-hidden-dim=64-8"], "--mlet-hidden-dim=8 is below --arch-sparse-feature-size=16"),
         (["--mlet-hidden-dim=8"], "--mlet-hidden-dim=8 is below --arch-sparse-feature-size=16"),
-        (MLET + ["--qr-flag"], "cannot be combined with --qr-flag"),
-        (MLET + ["--md-flag"], "cannot be combined with --md-flag"),
+        (MLET + ["--qr-flag", "--mlet-memory-budget=1GiB"], "--mlet-memory-budget plans plain tables' K; it "
+         "cannot be combined with --qr-flag"),
+        (MLET + ["--md-flag", "--mlet-fused-update=fbgemm"], "--mlet-fused-update=fbgemm trains plain tables only; "
+         "drop it with --md-flag"),
         (MLET + ["--quantize-emb-with-bit=8"], "--quantize-emb-with-bit quantizes tables for inference"),
         (MLET + ["--mlet-min-rows=x"], "--mlet-min-rows: expected an integer >= 0"),
         (MLET + ["--mlet-proj-init=uniform"], "--mlet-proj-init: unknown projection init 'uniform'"),

@@ -15,9 +15,9 @@ MIB = 2**20
 def row(**overrides):
     """One sweep row with every column filled; the embedding bytes follow d and k unless given."""
     r = dict.fromkeys(sweep.FIELDS, "")
-    r.update(dataset="kaggle", d=4, k=0, lr=0.1, seed=0, epochs=1, status="ok", val_auc=0.7, val_log_loss=0.5,
-             val_accuracy=0.75, test_auc=0.7, test_log_loss=0.5, test_accuracy=0.75, train_seconds=10,
-             train_ms_per_it=2.0)
+    r.update(dataset="kaggle", tables="plain", d=4, k=0, lr=0.1, seed=0, epochs=1, status="ok", val_auc=0.7,
+             val_log_loss=0.5, val_accuracy=0.75, test_auc=0.7, test_log_loss=0.5, test_accuracy=0.75,
+             train_seconds=10, train_ms_per_it=2.0)
     r.update(overrides)
     if "inference_embedding_bytes" not in overrides:
         r["inference_embedding_bytes"] = r["d"] * MIB // 4

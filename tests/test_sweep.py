@@ -62,3 +62,30 @@ def test_a_sweep_refused_for_a_missing_dlrm_leaves_no_folder(tmp_path, capsys):
                  "--dlrm-dir", str(tmp_path / "nodlrm"), "--quiet"]) == 2
     assert "not a DLRM checkout" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.txt"]
+
+
+def test_sweep_scores_int8_and_int4_serving_and_keeps_qr_tables_apart(dlrm_dir, tmp_path, capsys):
+    write_synthetic(tmp_path / "data", 3000, seed=1, progress=False)
+    out = tmp_path / "r.csv"
+    argv = ["sweep", "--raw-data-file", str(tmp_path / "data" / "train.txt"), "--out", str(out),
+            "--dlrm-dir", dlrm_dir, "--d", "4", "--k", "32", "--lrs", "0.1", "--quiet"]
+    assert main(argv + ["--quantize", "8,4"]) == 0
+    assert main(argv + ["--k", "0", "--", "--qr-flag", "--qr-threshold=100"]) == 0  # the same (d, k, lr): kept apart
+    rows = {(r["tables"], r["k"]): r for r in csv.DictReader(open(out))}
+    assert sorted(rows) == [("plain", "0"), ("plain", "32"), ("qr mult c4 t100", "0")]
+    for r in (rows["plain", "0"], rows["plain", "32"]):
+        n_rows = int(r["inference_embedding_bytes"]) // (4 * 4)  # fp32, d = 4
+        assert int(r["inference_embedding_bytes_int8"]) == n_rows * (4 + 8)  # a byte a value, fp32 scale and bias
+        assert int(r["inference_embedding_bytes_int4"]) == n_rows * (2 + 4)  # half a byte, fp16 scale and bias
+        for bits, tolerance in ((8, 0.01), (4, 0.05)):
+            assert abs(float(r[f"test_auc_int{bits}"]) - float(r["test_auc"])) < tolerance
+            assert float(r[f"test_log_loss_int{bits}"]) != float(r["test_log_loss"])  # really quantized
+            assert r[f"val_auc_int{bits}"] != ""
+    assert "quantized emb sizes" in open(tmp_path / "r_work" / "runs" / "d4_k32_lr0.1_s0_e1" / "int4.log").read()
+    qr = rows["qr mult c4 t100", "0"]
+    assert qr["test_auc_int8"] == "" and int(qr["inference_embedding_bytes"]) < int(rows["plain", "0"]["inference_embedding_bytes"])
+    assert main(["frontier", str(out), "--plot", str(tmp_path / "f.png")]) == 0
+    text = capsys.readouterr().out
+    assert "| MLET | int4 | 4 | 32 |" in text and "| QR mult c4 t100 | fp32 | 4 | - |" in text
+    assert main(argv + ["--quantize", "8", "--", "--qr-flag"]) == 2  # stock serves no quantized QR table
+    assert "stock DLRM quantizes only plain tables" in capsys.readouterr().err

@@ -17,9 +17,11 @@ from ..dlrm.frequency import BUCKET_RULE, BUCKETS
 from ..errors import MLETError
 from . import pays
 from .plots import pyplot, save
-from .results_csv import BUCKET_FIELDS, read_rows
+from .results_csv import BUCKET_FIELDS, FIELDS, read_rows
 
 MIB = 2**20
+NUMBERS = [f for f in FIELDS if f not in ("dataset", "regime", "optimizer", "tables", "d", "k", "seed", "epochs",
+                                          "status", "note")]
 LR_RULE = ("Each (dataset, epochs, d, k) is reported at its best lr: among the lrs where no seed diverged, the one "
            "with the highest mean validation AUC. The figures are that lr's test metrics, mean ± sd (ddof=1) over "
            "seeds; diverged runs are never averaged in. (edge): the chosen lr is the smallest or largest tried, so the "
@@ -63,15 +65,41 @@ def data_label(dataset, regime="", optimizer="sgd"):
     return (regime or dataset) + ("" if optimizer in ("", "sgd") else f" ({optimizer})")
 
 
+def config_label(tables="plain", serving="fp32"):
+    """What a group's models are beyond its data: QR/MD tables, a quantized serving precision ('' if neither)."""
+    return "".join(f" [{part}]" for part in (tables, serving) if part not in ("plain", "fp32"))
+
+
+def read_all(csv_paths):
+    """The rows of one sweep CSV or several, checked readable (numbers where numbers belong)."""
+    csv_paths = [csv_paths] if isinstance(csv_paths, (str, os.PathLike)) else list(csv_paths)
+    rows = []
+    for path in csv_paths:
+        more = read_rows(path)
+        if not more:
+            raise MLETError(f"{path}: no sweep results")
+        try:
+            for r in more:
+                int(r["d"]), int(r["k"]), int(r["epochs"]), int(r["seed"])
+                [_num(r[field]) for field in NUMBERS]
+        except ValueError as error:
+            raise MLETError(f"{path}: not a readable sweep results file ({error})") from None
+        rows += more
+    return rows
+
+
 def summarize(rows, single_lr=0.1):
     """One arm per (data, epochs, d, k): every lr's seeds, the lr chosen on validation, the single lr.
 
-    The data is (dataset, regime, optimizer). Sorted by data, epochs, then
-    baselines before MLET, MLET by k, each by d.
+    The data is (dataset, regime, optimizer), and the tables' QR/MD settings and
+    the serving precision (a ``serving`` key, which ``frontier.py``'s rows carry)
+    make their own groups. Sorted by data, epochs, then baselines before MLET,
+    MLET by k, each by d.
     """
     groups = {}
     for r in rows:
-        key = (data_label(r["dataset"], r["regime"], r["optimizer"]), int(r["epochs"]), int(r["d"]), int(r["k"]))
+        data = data_label(r["dataset"], r["regime"], r["optimizer"])
+        key = (data + config_label(r["tables"], r.get("serving", "fp32")), int(r["epochs"]), int(r["d"]), int(r["k"]))
         groups.setdefault(key, {}).setdefault(float(r["lr"]), []).append(r)
     arms = []
     order = lambda g: (g[0][0], g[0][1], g[0][3] > 0, g[0][3], g[0][2])  # noqa: E731
@@ -86,7 +114,9 @@ def summarize(rows, single_lr=0.1):
         every = [r for e in lrs.values() for r in e["runs"]]
         arms.append({
             "dataset": data, "epochs": epochs, "d": d, "k": k, "lrs": lrs, "best": best,
-            "regime": every[0]["regime"], "optimizer": every[0]["optimizer"],
+            "regime": every[0]["regime"], "optimizer": every[0]["optimizer"], "tables": every[0]["tables"],
+            "serving": every[0].get("serving", "fp32"),
+            "data": data_label(every[0]["dataset"], every[0]["regime"], every[0]["optimizer"]),
             "rare_lookup_share": _mean_sd(_num(r["rare_lookup_share"]) for r in every)[0],
             "tuned": lrs[best]["stats"] if best is not None else None,
             "why_none": "all lrs diverged" if all(e["diverged"] for e in lrs.values()) else "no validation AUC",
@@ -336,19 +366,10 @@ def report(csv_paths, out_png=None, oracle_path=None, title=None, progress=None,
     three stages (read, summarise, plot).
     """
     progress = progress or (lambda: None)
-    csv_paths = [csv_paths] if isinstance(csv_paths, (str, os.PathLike)) else list(csv_paths)
-    rows = []
-    for path in csv_paths:
-        more = read_rows(path)
-        if not more:
-            raise MLETError(f"{path}: no sweep results")
-        rows += more
+    rows = read_all(csv_paths)
     oracle = _oracle(oracle_path) if oracle_path else None
     progress()
-    try:
-        arms = summarize(rows, single_lr)
-    except ValueError as error:
-        raise MLETError(f"{', '.join(map(str, csv_paths))}: not a readable sweep results file ({error})") from None
+    arms = summarize(rows, single_lr)
     regimes = pays.summarize_regimes(arms, tuned)
     text = "\n\n".join([
         "## Test metrics at the learning rate chosen on validation", LR_RULE, tuned_table(arms, single_lr, oracle),

@@ -11,19 +11,22 @@ import os
 from ..dlrm.frequency import BUCKETS
 from ..errors import MLETError
 from ..files import atomic_write_text
+from .serving import BITS, fields
 
 BUCKET_FIELDS = [f"test_{slug}_{m}" for slug, *_ in BUCKETS for m in ("samples", "auc", "log_loss")]
 # Columns added after the first release, with the value an older file's rows take
-LATER_FIELDS = {"regime": "", "optimizer": "sgd", "rare_lookup_share": ""}
+SERVED_FIELDS = [field for bits in BITS for field in fields(bits)]
+LATER_FIELDS = {"regime": "", "optimizer": "sgd", "rare_lookup_share": "", "tables": "plain",
+                **dict.fromkeys(SERVED_FIELDS, "")}
 FIELDS = [
-    "dataset", "regime", "optimizer", "rare_lookup_share", "d", "k", "lr", "seed", "epochs", "status", "note",
+    "dataset", "regime", "optimizer", "tables", "rare_lookup_share", "d", "k", "lr", "seed", "epochs", "status", "note",
     "val_auc", "val_log_loss", "val_accuracy", "test_auc", "test_log_loss", "test_accuracy", *BUCKET_FIELDS,
-    "train_seconds", "train_ms_per_it", "inference_embedding_bytes", "training_embedding_bytes",
+    "train_seconds", "train_ms_per_it", "inference_embedding_bytes", "training_embedding_bytes", *SERVED_FIELDS,
 ]
 
 def run_key(row):
     """What makes a run: a CSV row with the same key is never run again."""
-    return (row["dataset"], row["regime"], row["optimizer"], int(row["d"]), int(row["k"]), float(row["lr"]),
+    return (row["dataset"], row["regime"], row["optimizer"], row["tables"], int(row["d"]), int(row["k"]), float(row["lr"]),
             int(row["seed"]), int(row["epochs"]))
 
 

@@ -32,6 +32,7 @@ from ..dlrm.processed import training_split
 from ..errors import MLETError
 from ..files import StagedFiles, atomic_write_text
 from ..progress import progress_bar
+from . import serving
 from .results_csv import read_rows, run_key, write_rows
 
 DENSE_FEATURES = {"kaggle": 13, "avazu": 1}
@@ -75,24 +76,30 @@ def embedding_bytes(model_path):
     return inference, training
 
 
-def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_args, threads=None, regime=""):
+def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_args, threads=None, regime="",
+            quantize=()):
     """One DLRM run in its own folder under ``work``; its CSV row (``diverged`` with the reason).
 
-    The run's checkpoints are deleted once their sizes are read (a k=256 one is
-    k/d times the folded model); its log stays.
+    The saved model is then scored as stock DLRM serves it at each of
+    ``quantize``'s bit widths (``serving.py``). The run's checkpoints are
+    deleted once their sizes are read (a k=256 one is k/d times the folded
+    model); its log stays.
     """
     optimizer = optimizer_of(extra_args)
     name = f"d{d}_k{k}_lr{lr}_s{seed}_e{epochs}" + ("" if optimizer == "sgd" else f"_{optimizer}")
+    tables = tables_of(extra_args)
+    name += "" if tables == "plain" else "_" + re.sub(r"[^\w.]+", "-", tables)
     work = os.path.join(work, "runs", name)
     if os.path.isdir(work):
         shutil.rmtree(work)  # a run that was interrupted: start it afresh
     os.makedirs(work)
     metrics, model, log = (os.path.join(work, name) for name in ("metrics.json", "model.pt", "run.log"))
-    args = bench_args(data_set, d, lr) + data_args + [
-        f"--numpy-rand-seed={seed}", f"--nepochs={epochs}", f"--mlet-metrics-json={metrics}",
-        f"--save-model={model}",
-        f"--tensor-board-filename={os.path.join(work, 'tb', f'd{d}_k{k}_lr{lr}_s{seed}')}",
-    ] + ([f"--mlet-hidden-dim={k}"] if k else []) + [a for a in extra_args if k or not a.startswith("--mlet-")]
+    # What every DLRM command of this run shares: the model, the data, the seed (--mlet-* for training only)
+    common = bench_args(data_set, d, lr) + data_args + [
+        f"--numpy-rand-seed={seed}", f"--tensor-board-filename={os.path.join(work, 'tb', f'd{d}_k{k}_lr{lr}_s{seed}')}",
+    ] + [a for a in extra_args if not a.startswith("--mlet-")]
+    args = common + [f"--nepochs={epochs}", f"--mlet-metrics-json={metrics}", f"--save-model={model}"] + (
+        [f"--mlet-hidden-dim={k}"] + [a for a in extra_args if a.startswith("--mlet-")] if k else [])
     start = time.perf_counter()
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     with open(log, "w") as out:
@@ -100,8 +107,8 @@ def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_arg
                               env=env)
     seconds = time.perf_counter() - start
     text = open(log).read()
-    row = {"dataset": data_set, "regime": regime, "optimizer": optimizer, "d": d, "k": k, "lr": lr, "seed": seed,
-           "epochs": epochs, "status": "ok", "note": "", "train_seconds": round(seconds, 2)}
+    row = {"dataset": data_set, "regime": regime, "optimizer": optimizer, "tables": tables, "d": d, "k": k,
+           "lr": lr, "seed": seed, "epochs": epochs, "status": "ok", "note": "", "train_seconds": round(seconds, 2)}
     if proc.returncode != 0 or not os.path.exists(metrics):
         sign = _DIVERGED.search(text)
         tail = (text.strip().splitlines() or ["no output"])[-1]
@@ -116,14 +123,29 @@ def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_arg
         row.update({f"test_{bucket['bucket']}_{m}": bucket[m] for m in ("samples", "auc", "log_loss")})
     times = [float(x) for x in re.findall(r"([\d.]+) ms/it", text)]
     row["train_ms_per_it"] = round(sum(times) / len(times), 3) if times else ""
+    reason = _collapsed(result, val)
     if os.path.exists(model):
         row["inference_embedding_bytes"], row["training_embedding_bytes"] = embedding_bytes(model)
+        for bits in () if reason else quantize:
+            row.update(serving.score(script, common, model, bits, work, env))
+            row[serving.fields(bits)[-1]] = serving.quantized_bytes(load_checkpoint(model)["state_dict"], bits)
     for saved in (model, model + MLET_SUFFIX):
         if os.path.exists(saved):
             os.remove(saved)
     row = {key: "" if value is None else value for key, value in row.items()}
-    reason = _collapsed(result, val)
     return {**row, "status": "diverged", "note": reason} if reason else row
+
+
+def tables_of(args):
+    """The CSV's ``tables``: ``plain``, or DLRM's QR or MD settings among ``args`` (DLRM's defaults filled in)."""
+    parts = []
+    if "--qr-flag" in args:
+        parts.append(f"qr {_option(args, '--qr-operation', 'mult')} c{_option(args, '--qr-collisions', '4')} "
+                     f"t{_option(args, '--qr-threshold', '200')}")
+    if "--md-flag" in args:
+        parts.append(f"md T{_option(args, '--md-temperature', '0.3')} t{_option(args, '--md-threshold', '200')}"
+                     + (" round" if "--md-round-dims" in args else ""))
+    return " + ".join(parts) or "plain"
 
 
 def optimizer_of(args):
@@ -172,7 +194,7 @@ def _collapsed(test, val):
 
 
 def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.1,), epochs=1, work=None,
-              extra_args=(), quiet=False, jobs=1, baseline=True, regime="", runs=None):
+              extra_args=(), quiet=False, jobs=1, baseline=True, regime="", runs=None, quantize=()):
     """Train every missing (d, k, lr, seed) and append it to ``out_csv``; returns all rows.
 
     ``extra_args`` go to every run, except ``--mlet-*`` ones, which the
@@ -180,7 +202,10 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
     MLET arms (to compare an MLET option against baselines in another CSV).
     ``runs``, a list of ``(d, k, lr, seed)``, replaces the grid (each arm its
     own lrs). Rows carry ``regime`` (a label: one CSV can hold several
-    datasets), DLRM's ``--optimizer`` and the data's rare-lookup share.
+    datasets), DLRM's ``--optimizer``, the tables' QR/MD settings (so one
+    CSV holds several configurations) and the data's rare-lookup share.
+    ``quantize`` (bits, 8 and/or 4) also scores each model as stock DLRM
+    serves it quantized.
 
     ``jobs`` runs at once, each with ``cores / jobs`` threads: at batch 128 a
     DLRM step is mostly single-threaded Python, so two runs on two cores
@@ -193,23 +218,24 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
     extra_args = [a for a in extra_args if a != "--"]
     if any(a.startswith("--learning-rate") for a in extra_args):
         raise MLETError("give learning rates with --lrs, not --learning-rate after --")
+    serving.check(quantize, {d for d, *_ in runs} if runs is not None else ds, extra_args)
     if not os.path.isfile(os.path.join(dlrm_dir, "dlrm_s_pytorch.py")):
         raise MLETError(f"{dlrm_dir}: not a DLRM checkout (no dlrm_s_pytorch.py); set --dlrm-dir or DLRM_DIR")
     work = os.path.abspath(work or os.path.splitext(out_csv)[0] + "_work")
     os.makedirs(work, exist_ok=True)
     script = patched_copy(dlrm_dir, work)
     rows = read_rows(out_csv)
-    optimizer = optimizer_of(extra_args)
+    optimizer, tables = optimizer_of(extra_args), tables_of(extra_args)
     done = {run_key(r) for r in rows}
     grid = runs if runs is not None else [
         (d, k, lr, s) for s in seeds for lr in lrs for d in ds for k in sorted(({0} if baseline else set()) | set(ks))]
     plan = [(d, k, lr, s) for d, k, lr, s in grid
-            if (data_set, regime, optimizer, d, k, float(lr), s, epochs) not in done]
+            if (data_set, regime, optimizer, tables, d, k, float(lr), s, epochs) not in done]
     data_args = [f"--raw-data-file={os.path.abspath(raw_data_file)}"]
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     with progress_bar(len(plan), "sweep", quiet=quiet, unit=" runs") as bar, ThreadPoolExecutor(jobs) as pool:
         submit = lambda d, k, lr, seed: pool.submit(  # noqa: E731
-            run_one, script, data_set, data_args, d, k, lr, seed, epochs, work, extra_args, threads, regime)
+            run_one, script, data_set, data_args, d, k, lr, seed, epochs, work, extra_args, threads, regime, quantize)
         runs = [submit(*plan[0])] if plan else []
         if jobs > 1 and runs:
             runs[0].exception()  # the first run preprocesses the data: the others wait for its files
