@@ -1,0 +1,42 @@
+"""The README and docs/ speak to users: every figure the README gives is a report's, and no page speaks
+of how the project was built (issue numbers, the machines it was built on)."""
+
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+REPORTS = [*sorted((ROOT / "docs" / "results").glob("*.md")), ROOT / "benchmarks" / "RESULTS.md"]
+FIGURE = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")  # 0.7501, 1.13: not 2.13.0, not x1.5y
+# Versions are not figures: "torch 2.13 and 2.14", "Python 3.11", "TorchRec 1.8 and 1.9"
+VERSIONS = re.compile(r"(?:Python|torch|numpy|TorchRec|fbgemm\S*)[ =]*\d+(?:\.\d+)+(?:\.x)?"
+                      r"(?:(?:,|\s+and|\s+or)\s+\d+(?:\.\d+)+(?:\.x)?)*")
+
+
+def test_every_figure_in_the_readme_is_a_reports_figure():
+    reports = "\n".join(path.read_text() for path in REPORTS)
+    readme = ROOT.joinpath("README.md").read_text()
+    prose = re.sub(r"```.*?```", "", readme, flags=re.S)  # the quickstart's printed table is a run, not a claim
+    prose = VERSIONS.sub("", re.sub(r"arXiv:\d+\.\d+|\(https?://[^)]*\)", "", prose))
+    missing = sorted({f for f in FIGURE.findall(prose) if f not in reports})
+    assert missing == []
+
+
+def test_the_readme_is_a_front_page():
+    assert len(ROOT.joinpath("README.md").read_text().splitlines()) <= 250
+
+
+def test_no_page_speaks_of_how_the_project_was_built():
+    words = re.compile(r"(?<!upstream issue )#\d+\b|\blent\b|shared/data|build machine|this project's shared"
+                       r"|before #|TODO|placeholder|[A-Z_]{8,}_(?:TABLE|PARAGRAPH)")
+    found = [f"{page.relative_to(ROOT)}: {m.group(0)}" for page in PAGES for m in words.finditer(page.read_text())]
+    assert found == []
+
+
+def test_links_between_pages_resolve():
+    broken = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert broken == []
