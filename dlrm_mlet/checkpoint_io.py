@@ -10,6 +10,7 @@
 
 import os
 import pickle
+import threading
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ _NUMPY_CORE = getattr(np, "_core", None) or np.core  # numpy 2 renamed it
 _NUMPY_SCALAR_GLOBALS = [np.dtype, _NUMPY_CORE.multiarray.scalar] + [
     type(np.dtype(t)) for t in ("float16", "float32", "float64", "int32", "int64", "bool")
 ]
+# torch's safe_globals context sets and restores one process-wide list: a thread leaving it while
+# another is inside torch.load takes the other's allowance away (sweep --jobs loads from threads).
+_SAFE_GLOBALS_LOCK = threading.Lock()
 
 
 def _checkpoint_file(path):
@@ -40,7 +44,7 @@ def load_checkpoint(path):
     """Load a checkpoint file on the CPU, refusing anything that is not data."""
     path = _checkpoint_file(path)
     try:
-        with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
+        with _SAFE_GLOBALS_LOCK, torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         blocked = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]

@@ -1,3 +1,4 @@
+import concurrent.futures
 import os
 
 import numpy as np
@@ -91,6 +92,15 @@ def test_numpy_scalars_as_stock_dlrm_writes_them_load_and_become_plain(tmp_path)
     assert ckpt["test_acc"] == 0.75
     plain = to_plain(ckpt)
     assert type(plain["train_loss"]) is float and type(plain["test_acc"]) is float
+
+
+def test_checkpoints_with_numpy_scalars_load_from_many_threads_at_once(tmp_path):
+    """sweep --jobs loads from threads; torch's allow-list of globals is one process-wide list."""
+    path = tmp_path / "stock.pt"
+    torch.save({"state_dict": {"w": torch.zeros(20_000)}, "train_loss": np.float32(0.5)}, path)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        losses = list(pool.map(lambda _: load_checkpoint(path)["train_loss"], range(200)))
+    assert losses == [0.5] * 200
 
 
 def test_to_plain_keeps_tensors_and_state_dict_metadata():
