@@ -1,6 +1,6 @@
 """The smallest stock model: size against AUC for every compression stock DLRM loads (writes frontier_*.csv here).
 
-    python docs/results/frontier.py DATA_DIR [--jobs 2] [--only criteo-like criteo-sample-10k avazu-sample-10k]
+    python docs/results/frontier.py DATA_DIR [--jobs 2] [--only criteo-like criteo-sample-10k avazu-sample-10k] [--seeds 0 1 2]
 
 On each dataset (the embedded default, ``dlrm-mlet synth`` at 200,000 rows, the
 map's ``criteo-like`` regime; and the real Criteo-Kaggle and Avazu samples of
@@ -73,18 +73,18 @@ def raw_file(data_dir, name):
     return raw
 
 
-def sweep_config(dlrm_dir, data_dir, name, out_csv, args, quantize, widths, jobs):
+def sweep_config(dlrm_dir, data_dir, name, out_csv, args, quantize, widths, jobs, seeds=SEEDS):
     data_set, _ = DATASETS[name]
     raw = raw_file(data_dir, name)
     go = lambda runs: run_sweep(dlrm_dir, data_set, raw, out_csv, (), (), (), regime=name, runs=runs,  # noqa: E731
                                 extra_args=args, quantize=quantize, quiet=True, jobs=jobs,
                                 work=os.path.join(data_dir, name, "work"))
-    go([(d, k, lr, s) for s in SEEDS for d, ks in widths.items() for k in ks for lr in GRID[k]])
+    go([(d, k, lr, s) for s in seeds for d, ks in widths.items() for k in ks for lr in GRID[k]])
     tables = tables_of(args)
     while True:
         arms = [a for a in summarize(read_rows(out_csv)) if a["tables"] == tables and a["regime"] == name]
         more = [(a["d"], a["k"], lr, s) for a in arms if len(a["lrs"]) < len(GRID[a["k"]]) + MAX_EXTENSIONS
-                and (lr := next_lrs(a)) is not None for s in SEEDS]
+                and (lr := next_lrs(a)) is not None for s in seeds]
         if not more:
             return
         go(more)
@@ -95,6 +95,7 @@ def main():
     parser.add_argument("data_dir")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=list(DATASETS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     args = parser.parse_args()
     dlrm_dir = os.environ.get("DLRM_DIR") or default_dlrm_dir()
     csvs = []
@@ -105,7 +106,7 @@ def main():
         out_csv = os.path.join(HERE, f"frontier_{name}.csv")
         for dlrm_args, quantize, widths in CONFIGS:
             print(f"== {name}: {tables_of(dlrm_args)}", flush=True)
-            sweep_config(dlrm_dir, args.data_dir, name, out_csv, dlrm_args, quantize, widths, args.jobs)
+            sweep_config(dlrm_dir, args.data_dir, name, out_csv, dlrm_args, quantize, widths, args.jobs, args.seeds)
         csvs.append(out_csv)
     text = frontier(csvs, os.path.join(HERE, "frontier.png"), title="Served size against AUC")
     with open(os.path.join(HERE, "frontier.md"), "w") as handle:
