@@ -277,7 +277,10 @@ def test_check_writable_removes_what_killed_saves_left_and_names_an_unwritable_f
 def test_ctrl_c_stops_patched_dlrm_with_one_line_and_complete_files(patched_dlrm, tmp_path):
     cmd = [sys.executable, os.path.join(patched_dlrm, "dlrm_s_pytorch.py"), *BASE, *MLET, "--nepochs=100000",
            f"--save-model={tmp_path}/m.pt"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell without job control starts background jobs with SIGINT ignored, and Python then installs
+    # no KeyboardInterrupt handler: give DLRM the Ctrl-C a terminal gives, however the tests were started.
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (tmp_path / "m.pt.mlet").exists() and time.time() < deadline:
         time.sleep(0.2)
