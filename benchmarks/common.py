@@ -10,6 +10,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -117,8 +118,18 @@ def run_measured(cmd, cwd, env=None):
     return out, int(last.split()[1])
 
 
+def command_line():
+    """How this benchmark was started, as a reader would retype it from the repository root."""
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), REPO)
+    return shlex.join(["python", script, *sys.argv[1:]])
+
+
 def save(name, payload, render):
-    """``results/<name>.json``, its section ``results/<name>.md`` (``render(payload)``: lines), RESULTS.md."""
+    """``results/<name>.json``, its section ``results/<name>.md`` (``render(payload)``: lines), RESULTS.md.
+
+    Every result records the machine it ran on and the command that made it.
+    """
+    payload = {"machine": machine(), "command": command_line(), **payload}
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.json")
     atomic_write_text(path, json.dumps(payload, indent=1))

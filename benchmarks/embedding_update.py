@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from common import criteo_rows, machine, machine_lines, md_table, save
+from common import criteo_rows, machine_lines, md_table, save
 
 
 def ours(rows, k, d, fused_update):
@@ -75,8 +75,7 @@ def main():
     base = statistics.median(times["sparse gradients (default)"])
     results = [{"name": name, "ms_per_step_median": statistics.median(t), "min": min(t), "max": max(t),
                 "ratio_to_default": statistics.median(t) / base} for name, t in times.items()]
-    save("embedding_update", {"machine": machine(), "command": "python benchmarks/embedding_update.py",
-                              "k": args.k, "d": args.d, "steps": args.steps, "reps": args.reps,
+    save("embedding_update", {"k": args.k, "d": args.d, "steps": args.steps, "reps": args.reps,
                               "tables": rows, "results": results, "missing": missing}, render)
 
 

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from common import criteo_rows, dlrm_copies, machine, machine_lines, md_table, run_measured, save
+from common import criteo_rows, dlrm_copies, machine_lines, md_table, run_measured, save
 from whole_run import dlrm_args, ms_per_it
 
 OPTIMIZERS = ("sgd", "adagrad", "rwsadagrad")
@@ -118,8 +118,7 @@ def main():
             "bound_ms": 1000 * (moved / bandwidth + products / macs),
             "bytes_moved": moved, "multiply_adds": products,
         })
-    payload = {"machine": machine(), "command": "python benchmarks/every_path.py " + " ".join(sys.argv[1:]),
-               "reps": args.reps, "batches": args.batches, "scale": args.scale, "tables": rows, "k": K, "d": D,
+    payload = {"reps": args.reps, "batches": args.batches, "scale": args.scale, "tables": rows, "k": K, "d": D,
                "bandwidth_bytes_per_s": bandwidth, "multiply_adds_per_s": macs, "results": results}
     print(save("every_path", payload, render))
 

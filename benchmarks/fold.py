@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 
-from common import REPO, machine, machine_lines, md_table, save
+from common import REPO, machine_lines, md_table, save
 
 CHILD = textwrap.dedent("""
     import json, resource, time, torch
@@ -57,8 +57,7 @@ def main():
         results.append(row)
         print(f"n={n:>9}: fold {row['fold_seconds']:.3f} s, one BLAS pass {row['mm_seconds']:.3f} s "
               f"({row['ratio_to_mm']:.2f}x), extra memory {row['extra_bytes'] / 2**20:.1f} MiB", flush=True)
-    command = "python benchmarks/fold.py" + (" --full" if args.full else "")
-    save("fold", {"machine": machine(), "command": command, "results": results}, render)
+    save("fold", {"results": results}, render)
 
 
 def render(data):

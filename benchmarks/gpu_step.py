@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from common import bench_batches, criteo_rows, dlrm_copies, import_script, machine, machine_lines, md_table, mib, save
+from common import bench_batches, criteo_rows, dlrm_copies, import_script, machine_lines, md_table, mib, save
 from train_step import Trainer
 
 CONFIGS = [("baseline d=16", 0, "fp32"), ("MLET d=16 k=256 fp32", 256, "fp32"), ("MLET d=16 k=256 fp16", 256, "fp16")]
@@ -85,8 +85,7 @@ def main():
         r["ratio_to_baseline"] = r["ms_per_it_median"] / base
     if not gpu:
         return
-    save("gpu_step", {"machine": machine(), "command": "python benchmarks/gpu_step.py " + " ".join(sys.argv[1:]),
-                      "scale": args.scale, "rows": sum(rows), "steps": args.steps, "results": results}, render)
+    save("gpu_step", {"scale": args.scale, "rows": sum(rows), "steps": args.steps, "results": results}, render)
 
 
 def render(data):

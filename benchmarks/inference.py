@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine, machine_lines, md_table, save
+from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine_lines, md_table, save
 
 
 def time_model(model, data):
@@ -68,8 +68,7 @@ def main():
                 "ratio_to_baseline_same_d": statistics.median(values) / base}
             print(f"batch {batch:>5} {name:<24} {statistics.median(values):8.3f} ms "
                   f"({statistics.median(values) / base:.2f}x baseline d={args.d})", flush=True)
-    save("inference", {"machine": machine(), "command": "python benchmarks/inference.py" +
-                       (" --full" if args.full else ""), "scale": scale, "reps": reps, "results": results}, render)
+    save("inference", {"scale": scale, "reps": reps, "results": results}, render)
     shutil.rmtree(work, ignore_errors=True)
 
 

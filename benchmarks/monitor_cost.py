@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine, machine_lines, md_table, save
+from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine_lines, md_table, save
 
 
 class NullWriter:
@@ -82,7 +82,7 @@ def main():
                                        + 1000 * result["log_seconds"] / args.freq) / step_ms
     for key, value in result.items():
         print(f"{key:<24} {value:.4f}" if isinstance(value, float) else f"{key:<24} {value}")
-    save("monitor_cost", {"machine": machine(), "command": "python benchmarks/monitor_cost.py", **result}, render)
+    save("monitor_cost", {**result}, render)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import textwrap
 
-from common import REPO, machine, machine_lines, md_table, mib, save
+from common import REPO, machine_lines, md_table, mib, save
 
 CHILD = textwrap.dedent("""
     import json, time
@@ -80,9 +80,7 @@ def main():
                       f"{row['lines_per_second']:.0f} lines/s", flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    command = ("python benchmarks/preprocess_memory.py --rows " + " ".join(map(str, args.rows))
-               + " --max-ind-range " + " ".join(map(str, args.max_ind_range)))
-    save("preprocess_memory", {"machine": machine(), "command": command, "results": results}, render)
+    save("preprocess_memory", {"results": results}, render)
 
 
 def render(data):

@@ -18,7 +18,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine, machine_lines, md_table, save
+from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine_lines, md_table, save
 
 
 def run(model, batches, steps, profiled):
@@ -79,7 +79,7 @@ def main():
     for row in table:
         print(f"{row['op']:<40} {row['baseline_ms']:7.3f} {row['mlet_ms']:7.3f} {row['extra_ms']:+7.3f}")
     save("profile_step", {
-        "machine": machine(), "command": "python benchmarks/profile_step.py", "k": args.k, "d": args.d,
+        "k": args.k, "d": args.d,
         "steps": args.steps, "baseline_ms_per_step": runs["baseline"]["ms_per_step"],
         "mlet_ms_per_step": runs["mlet"]["ms_per_step"],
         "profiled_extra_ms": sum(mlet.values()) - sum(base.values()), "top_extra": table}, render)

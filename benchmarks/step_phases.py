@@ -18,14 +18,13 @@ Results go to results/step_phases.json.
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-from common import bench_model, criteo_rows, dlrm_copies, import_script, machine, machine_lines, md_table, save
+from common import bench_model, criteo_rows, dlrm_copies, import_script, machine_lines, md_table, save
 
 CONFIGS = [  # name, MLET k (0: stock), --mlet-fused-update as the glue's Config takes it
     ("stock d=16", 0, ""),
@@ -83,8 +82,7 @@ def main():
                for (name, k, update), (_, _, _, _, times) in zip(CONFIGS, runs)]
     for r in results:
         print(r["name"], {p: round(v, 3) for p, v in r["ms"].items()}, f"ratio {r['ratio']:.3f}")
-    payload = {"machine": machine(), "command": "python benchmarks/step_phases.py " + " ".join(sys.argv[1:]),
-               "steps": args.steps, "scale": args.scale, "tables": rows, "results": results}
+    payload = {"steps": args.steps, "scale": args.scale, "tables": rows, "results": results}
     print(save("step_phases", payload, render))
 
 

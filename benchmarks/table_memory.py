@@ -28,7 +28,7 @@ import tempfile
 
 import torch
 
-from common import criteo_rows, dlrm_copies, machine, machine_lines, md_table, mib, run_measured, save
+from common import criteo_rows, dlrm_copies, machine_lines, md_table, mib, run_measured, save
 from whole_run import dlrm_args, ms_per_it
 
 # Criteo Terabyte's table sizes at --max-ind-range=40000000, as DLRM's torchrec_dlrm/README.MD trains it.
@@ -132,8 +132,7 @@ def main():
             "ratio_to_baseline": statistics.median(t / b for t, b in zip(times[name], baseline)),
             "ratio_to_fp32_mlet": statistics.median(t / b for t, b in zip(times[name], fp32)) if k else None,
         })
-    payload = {"machine": machine(), "command": "python benchmarks/table_memory.py " + " ".join(sys.argv[1:]),
-               "reps": args.reps, "batches": args.batches, "scale": args.scale, "d": D, "k": K, "tables": rows,
+    payload = {"reps": args.reps, "batches": args.batches, "scale": args.scale, "d": D, "k": K, "tables": rows,
                "results": results, "fits": fits(), "gpus": [name for name, _ in GPUS]}
     print(save("table_memory", payload, render))
 

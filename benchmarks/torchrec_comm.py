@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from common import criteo_rows, machine, machine_lines, md_table, mib, save
+from common import criteo_rows, machine_lines, md_table, mib, save
 
 D, K, BATCH, SCALE, DENSE = 16, 256, 128, 0.001, 13
 CONFIGS = ("stock d", "MLET today", "MLET d-wide")
@@ -263,7 +263,7 @@ def main():
         for world in SCALE_WORLDS
     }
     payload = {
-        "machine": machine(), "command": "python benchmarks/torchrec_comm.py", "d": D, "k": K, "batch": BATCH,
+        "d": D, "k": K, "batch": BATCH,
         "tables": tables, "rows": sum(criteo_rows(SCALE)), "rounds": args.rounds, "steps_per_round": args.steps,
         "results": results, "scale_batch": SCALE_BATCH,
         "arithmetic_bytes_per_gpu": arithmetic,

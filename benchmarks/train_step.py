@@ -31,7 +31,7 @@ import time
 
 import torch
 
-from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine, machine_lines, md_table, mib, run_measured, save
+from common import bench_batches, bench_model, criteo_rows, dlrm_copies, import_script, machine_lines, md_table, mib, run_measured, save
 
 CONFIGS = [  # name, MLET k (0: stock baseline), d, --mlet-fused-update ("torch": patched DLRM's default with SGD,
     # "": =off, sparse gradient tensors, "fbgemm")
@@ -171,10 +171,8 @@ def main():
             **({"peak_gpu_bytes": gpu_peak[-1]} if gpu_peak else {}),
         })
         print(f"{name:<22} {statistics.median(t):7.2f} ms/it  peak RSS in DLRM {rss / 2**20:8.1f} MiB", flush=True)
-    command = "python benchmarks/train_step.py" + (" --full" if args.full else "") + \
-        (" --use-gpu" if args.use_gpu else "") + (f' --only "{args.only}"' if args.only else "")
     save("train_step" + ("_gpu" if args.use_gpu else "") + ("_full" if args.full else ""), {
-        "device": device.type, "machine": machine(), "command": command, "scale": scale, "rounds": rounds,
+        "device": device.type, "scale": scale, "rounds": rounds,
         "steps_per_round": args.steps, "tables": rows, "results": results}, render)
     shutil.rmtree(work, ignore_errors=True)
 

@@ -25,7 +25,7 @@ import statistics
 import sys
 import tempfile
 
-from common import criteo_rows, dlrm_copies, load, machine, machine_lines, md_table, mib, run_measured, save
+from common import criteo_rows, dlrm_copies, load, machine_lines, md_table, mib, run_measured, save
 
 CONFIGS = [  # name, MLET k (0: stock DLRM), extra patched-DLRM flags
     ("stock d=16", 0, []),
@@ -92,8 +92,7 @@ def main():
             if k else None,
             "peak_rss_bytes": peak[name],
         })
-    payload = {"machine": machine(), "command": "python benchmarks/whole_run.py " + " ".join(sys.argv[1:]),
-               "reps": args.reps, "batches": args.batches, "scale": args.scale, "tables": rows, "results": results}
+    payload = {"reps": args.reps, "batches": args.batches, "scale": args.scale, "tables": rows, "results": results}
     print(save("whole_run", payload, render))
 
 
