@@ -27,6 +27,7 @@ import torch
 
 from ..core import step
 from ..errors import MLETError
+from .packing import state_over, summed_rows
 
 RULES = ("adagrad", "rwsadagrad")
 
@@ -81,12 +82,6 @@ def _steps(optimizer, group, rule, tables):
     return [group["lr"] / (1.0 + (n - 1.0) * group["lr_decay"]) for n in counts]
 
 
-def _sum_rows(flat, rows):
-    """Unique rows and their summed gradient rows (what ``coalesce`` makes of a sparse gradient)."""
-    unique, inverse = torch.unique(flat, return_inverse=True)
-    return unique, rows.new_zeros(unique.numel(), rows.shape[1]).index_add_(0, inverse, rows)
-
-
 def _apply(weight, accumulator, unique, grad, rule, lr, eps):
     """The rule on the unique rows of one weight (a table, or the packed buffer) and its accumulator."""
     squares = grad * grad if rule == "adagrad" else (grad * grad).mean(dim=1)
@@ -97,7 +92,7 @@ def _apply(weight, accumulator, unique, grad, rule, lr, eps):
 
 
 def _table_update(optimizer, group, rule, table, indices, rows, lr):
-    unique, grad = _sum_rows(indices, rows)
+    unique, grad = summed_rows(indices, rows)
     key = "sum" if rule == "adagrad" else "momentum"
     _apply(table.data, optimizer.state[table][key], unique, grad, rule, lr, group["eps"])
 
@@ -106,7 +101,7 @@ def _packed_update(optimizer, group, rule, tables, rows, packed, lr):
     buffer, flat = packed
     key = "sum" if rule == "adagrad" else "momentum"
     accumulator = _packed_state(optimizer, tables, key, buffer)
-    unique, grad = _sum_rows(flat, rows.flatten(0, 1) if torch.is_tensor(rows) else torch.cat(rows))
+    unique, grad = summed_rows(flat, rows)
     _apply(buffer, accumulator, unique, grad, rule, lr, group["eps"])
 
 
@@ -114,15 +109,12 @@ def _packed_state(optimizer, tables, key, buffer):
     """The tables' accumulators as one tensor aligned with their packed buffer (made so once)."""
     states = [optimizer.state[t][key] for t in tables]
     row_wise = states[0].dim() == 1
-    width = 1 if row_wise else buffer.shape[1]
-    starts = [t.storage_offset() // buffer.shape[1] for t in tables]
+    whole = state_over(states, tables, buffer, row_wise)
+    if whole is not None:
+        return whole
     first = states[0]
-    base = first.data_ptr() - first.storage_offset() * first.element_size()
-    aligned = all(s.is_contiguous() and s.data_ptr() - s.storage_offset() * s.element_size() == base
-                  and s.storage_offset() == start * width for s, start in zip(states, starts))
+    starts = [t.storage_offset() // buffer.shape[1] for t in tables]
     shape = (buffer.shape[0],) if row_wise else tuple(buffer.shape)
-    if aligned and first.untyped_storage().nbytes() == buffer.shape[0] * width * first.element_size():
-        return torch.empty(0, dtype=first.dtype, device=first.device).set_(first.untyped_storage(), 0, shape)
     whole = torch.zeros(shape, dtype=first.dtype, device=first.device)
     for t, state, start in zip(tables, states, starts):
         view = whole[start:start + t.shape[0]]

@@ -20,6 +20,7 @@ held apart, steps counted apart) goes to ``half.apply_rows``.
 import torch
 
 from ..core import half, step
+from .packing import state_over, summed_rows
 
 
 class _Call:
@@ -59,9 +60,7 @@ def _packed(optimizer, group, call):
     if len(counts) != 1:
         return False
     buffer, flat = call.packed
-    rows = call.rows.flatten(0, 1) if torch.is_tensor(call.rows) else torch.cat(list(call.rows))
-    unique, inverse = torch.unique(flat, return_inverse=True)
-    grad = rows.new_zeros(unique.numel(), rows.shape[1], dtype=torch.float32).index_add_(0, inverse, rows.float())
+    unique, grad = summed_rows(flat, call.rows, torch.float32)
     accumulator = None if rule is half.sgd_rule else _packed_state(optimizer, tables, rule, buffer)
     values = half.rule_on(rule, buffer, unique, grad, states, group, optimizer.defaults, accumulator)
     generator = half.generator_of(tables[0], states[0])
@@ -80,17 +79,13 @@ def _packed_state(optimizer, tables, rule, buffer):
     key, row_wise = half.accumulator_key(rule)
     initial = optimizer.defaults.get("initial_accumulator_value", 0.0)
     shape = (buffer.shape[0],) if row_wise else tuple(buffer.shape)
-    width = 1 if row_wise else buffer.shape[1]
     states = [optimizer.state[t] for t in tables]
     stored = [s.get(key) for s in states]
-    starts = [t.storage_offset() // buffer.shape[1] for t in tables]
     if all(x is not None for x in stored):
-        views = [x.view(torch.float32) for x in stored]
-        first = views[0]
-        base = first.data_ptr() - first.storage_offset() * 4
-        if all(v.data_ptr() - v.storage_offset() * 4 == base and v.storage_offset() == start * width
-               for v, start in zip(views, starts)) and first.untyped_storage().nbytes() == buffer.shape[0] * width * 4:
-            return torch.empty(0, dtype=torch.float32, device=first.device).set_(first.untyped_storage(), 0, shape)
+        whole = state_over([x.view(torch.float32) for x in stored], tables, buffer, row_wise)
+        if whole is not None:
+            return whole
+    starts = [t.storage_offset() // buffer.shape[1] for t in tables]
     whole = torch.full(shape, float(initial), dtype=torch.float32, device=buffer.device)
     for table, state, old, start in zip(tables, states, stored, starts):
         view = whole[start:start + table.shape[0]]

@@ -97,6 +97,41 @@ def stacked(weights):
         first.untyped_storage(), first.storage_offset(), (len(weights), *first.shape))
 
 
+def summed_rows(flat, rows, dtype=None):
+    """Unique buffer rows and their summed gradient rows: what ``coalesce`` makes of a sparse gradient.
+
+    ``rows``: the gradient rows in ``flat``'s order, as one tensor (2-D, or
+    stacked per table) or a list of one per table; summed in ``dtype``
+    (default theirs: half tables' updates sum in float32).
+    """
+    rows = rows.reshape(-1, rows.shape[-1]) if torch.is_tensor(rows) else torch.cat(list(rows))
+    unique, inverse = torch.unique(flat, return_inverse=True)
+    dtype = dtype or rows.dtype
+    return unique, torch.zeros(unique.numel(), rows.shape[1], dtype=dtype, device=rows.device).index_add_(
+        0, inverse, rows.to(dtype))
+
+
+def state_over(states, tables, buffer, row_wise):
+    """Per-table optimizer states as one tensor over ``buffer``'s rows, without a copy; None when they are not.
+
+    They are when each table's state is a contiguous view of one storage at
+    that table's rows of the buffer (one value per row when ``row_wise``),
+    as the packed updates leave them the first time they align them.
+    """
+    width = 1 if row_wise else buffer.shape[1]
+    first = states[0]
+    size = first.element_size()
+    base = first.data_ptr() - first.storage_offset() * size
+    for state, table in zip(states, tables):
+        if not state.is_contiguous() or state.data_ptr() - state.storage_offset() * size != base or \
+                state.storage_offset() != table.storage_offset() // buffer.shape[1] * width:
+            return None
+    if first.untyped_storage().nbytes() != buffer.shape[0] * width * size:
+        return None
+    shape = (buffer.shape[0],) if row_wise else tuple(buffer.shape)
+    return torch.empty(0, dtype=first.dtype, device=first.device).set_(first.untyped_storage(), 0, shape)
+
+
 def _out_of_range(indices, rows):
     for t, (i, n) in enumerate(zip(indices, rows)):
         bad = i[(i < 0) | (i >= n)]
