@@ -14,9 +14,9 @@ smallest point of a configuration that keeps its AUC.
 
 import math
 
-from .pays import _se
+from .pays import se_of_difference
 from .plots import pyplot, save
-from .report import MIB, _f, read_all, summarize, tuned
+from .report import MIB, format_or_dash, read_all, summarize, tuned
 from .results_csv import BUCKET_FIELDS
 from .serving import BITS, fields
 
@@ -90,7 +90,7 @@ def pareto(mine):
 
 def keeps(s, rs):
     """Whether a point keeps the reference's AUC: mean at least the reference's minus one se of the difference."""
-    return s["auc"] - rs["auc"] >= -_se(s, rs) - 1e-12
+    return s["auc"] - rs["auc"] >= -se_of_difference(s, rs) - 1e-12
 
 
 def table(key, mine, ref):
@@ -100,10 +100,10 @@ def table(key, mine, ref):
              "reference | AUC - reference ± se | Pareto |", "|" + "---|" * 11]
     for a, s in mine:
         ratio = f"{ref[0]['inference_bytes'] / a['inference_bytes']:.1f}x" if ref else "-"
-        gap = f"{s['auc'] - ref[1]['auc']:+.4f} ± {_se(s, ref[1]):.4f}" if ref else "-"
+        gap = f"{s['auc'] - ref[1]['auc']:+.4f} ± {se_of_difference(s, ref[1]):.4f}" if ref else "-"
         lines.append("| " + " | ".join([
             config_name(a), a["serving"], str(a["d"]), str(a["k"]) if a["k"] else "-", f"{a['best']:g}",
-            f"{s['auc']:.4f} ± {s['auc_sd']:.4f}", str(s["n"]), _f(a["inference_bytes"] / MIB, ".4f"), ratio, gap,
+            f"{s['auc']:.4f} ± {s['auc_sd']:.4f}", str(s["n"]), format_or_dash(a["inference_bytes"] / MIB, ".4f"), ratio, gap,
             "yes" if id(a) in front else ""]) + " |")
     return "\n".join(lines)
 
@@ -122,7 +122,7 @@ def compression(mine, ref):
         if hit is None:
             a, s = max(same, key=lambda p: p[1]["auc"])
             lines.append(f"{name[0]} {name[1]}: no point keeps the reference's AUC (best: d={a['d']}, "
-                         f"AUC {s['auc'] - rs['auc']:+.4f} ± {_se(s, rs):.4f})")
+                         f"AUC {s['auc'] - rs['auc']:+.4f} ± {se_of_difference(s, rs):.4f})")
         else:
             lines.append(f"{name[0]} {name[1]}: {_point(hit, ref)}")
     if kept:
@@ -134,7 +134,7 @@ def compression(mine, ref):
 def _point(point, ref):
     (a, s), (r, rs) = point, ref
     k = f" k={a['k']}" if a["k"] else ""
-    return (f"d={a['d']}{k}, AUC {s['auc'] - rs['auc']:+.4f} ± {_se(s, rs):.4f}, "
+    return (f"d={a['d']}{k}, AUC {s['auc'] - rs['auc']:+.4f} ± {se_of_difference(s, rs):.4f}, "
             f"{r['inference_bytes'] / a['inference_bytes']:.1f}x smaller")
 
 

@@ -29,7 +29,8 @@ RULE = ("Per regime (one dataset and optimizer), at each model's tuned lr: the s
 SUMMARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "map_summary.json")  # shipped with the package
 
 
-def _se(a, b):
+def se_of_difference(a, b):
+    """The standard error of the difference of two arms' mean test AUCs over their seeds: the rule's yardstick."""
     return math.sqrt(a["auc_sd"] ** 2 / a["n"] + b["auc_sd"] ** 2 / b["n"])
 
 
@@ -46,21 +47,21 @@ def summarize_regimes(arms, tuned):
         if math.isnan(share) or not base:
             continue
         ref, rs = max(base, key=lambda b: b[1]["auc"])
-        matches = [(a, s) for a, s in scored if a["k"] and s["auc"] - rs["auc"] >= _se(s, rs) - 1e-12]
+        matches = [(a, s) for a, s in scored if a["k"] and s["auc"] - rs["auc"] >= se_of_difference(s, rs) - 1e-12]
         match = min(matches, key=lambda m: (m[0]["inference_bytes"], -m[1]["auc"]), default=None)
         mlet = [(a, s) for a, s in scored if a["k"]]
         narrow = None
         if mlet:  # the narrowest MLET width, its best k, against the best baseline of any width
             d_min = min(a["d"] for a, _ in mlet)
             m, ms = max(((a, s) for a, s in mlet if a["d"] == d_min), key=lambda m: m[1]["auc"])
-            narrow = {"d": d_min, "k": m["k"], "gap": ms["auc"] - rs["auc"], "se": _se(ms, rs),
+            narrow = {"d": d_min, "k": m["k"], "gap": ms["auc"] - rs["auc"], "se": se_of_difference(ms, rs),
                       "smaller": ref["inference_bytes"] / m["inference_bytes"]}
         gains = []
         for b, bs in sorted(base, key=lambda b: b[0]["d"]):
             same = [(a, s) for a, s in scored if a["k"] and a["d"] == b["d"]]
             if same:
                 m, ms = max(same, key=lambda m: m[1]["auc"])
-                gains.append({"d": b["d"], "k": m["k"], "gain": ms["auc"] - bs["auc"], "se": _se(ms, bs),
+                gains.append({"d": b["d"], "k": m["k"], "gain": ms["auc"] - bs["auc"], "se": se_of_difference(ms, bs),
                               "seeds": min(ms["n"], bs["n"])})
         out.append({
             "data": data, "regime": group[0]["regime"], "optimizer": group[0]["optimizer"] or "sgd",

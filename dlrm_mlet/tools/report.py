@@ -144,7 +144,8 @@ def _groups(arms):
     return list(out.items())
 
 
-def _f(x, spec=".4f"):
+def format_or_dash(x, spec=".4f"):
+    """A figure for a table cell; "-" where there is none."""
     return "-" if x is None or math.isnan(x) else format(x, spec)
 
 
@@ -169,8 +170,8 @@ def tuned_table(arms, single_lr, oracle=None):
         single = "-" if e is None else (f"diverged ({e['diverged']}/{len(e['runs'])})" if e["diverged"]
                                         else _pm(e["stats"]["auc"], e["stats"]["auc_sd"]))
         cells = ([a["why_none"], "-", "-", "-", single, "-", "-"] if s is None else
-                 [f"{a['best']:g}" + (" (edge)" if _at_edge(a) else ""), _f(s["val_auc"]), _pm(s["auc"], s["auc_sd"]), _pm(s["loss"], s["loss_sd"]),
-                  single, str(len(a["lrs"][a["best"]]["runs"])), _f(s["ms_per_it"], ".2f")])
+                 [f"{a['best']:g}" + (" (edge)" if _at_edge(a) else ""), format_or_dash(s["val_auc"]), _pm(s["auc"], s["auc_sd"]), _pm(s["loss"], s["loss_sd"]),
+                  single, str(len(a["lrs"][a["best"]]["runs"])), format_or_dash(s["ms_per_it"], ".2f")])
         model, k = _model(a)
         lines.append("| " + " | ".join([a["dataset"], str(a["epochs"]), model, str(a["d"]), k, *cells[:-1],
                                         _mib(a["inference_bytes"]), _mib(a["training_bytes"]), cells[-1]]) + " |")
@@ -215,8 +216,7 @@ def iso_auc(arms, pick):
             r, rs = ref
             head = (f"{where}: baseline d={b['d']}: reference baseline d={r['d']} (AUC {rs['auc']:.4f}, "
                     f"{_mib(r['inference_bytes'])} MiB)")
-            se_of = lambda ms: math.sqrt(ms["auc_sd"] ** 2 / ms["n"] + rs["auc_sd"] ** 2 / rs["n"])  # noqa: E731
-            scored = [(m, ms, ms["auc"] - rs["auc"], se_of(ms)) for m, ms in mlet]
+            scored = [(m, ms, ms["auc"] - rs["auc"], pays.se_of_difference(ms, rs)) for m, ms in mlet]
             match = [x for x in scored if x[2] >= x[3] - 1e-12]  # the tolerance: float means of equal AUCs
             if not match:
                 close = max(scored, key=lambda x: x[1]["auc"], default=None)
@@ -268,7 +268,7 @@ def lr_tables(arms):
                     diverged += [f"- d={a['d']} k={a['k']} lr={lr:g} seed={r['seed']}: {r['note'] or 'no note'}"
                                  for r in e["runs"] if r["status"] != "ok"]
                 else:
-                    v = _f(e["stats"]["val_auc"])
+                    v = format_or_dash(e["stats"]["val_auc"])
                     cells.append(f"**{v}**" if lr == a["best"] else v)
             lines.append("| " + " | ".join([_model(a)[0], str(a["d"]), _model(a)[1], *cells]) + " |")
         lines += ["", "Diverged runs:" + ("\n" + "\n".join(diverged) if diverged else " none")]
@@ -294,11 +294,11 @@ def rare_items(arms):
                 s = a["tuned"]
                 for slug, label, *_ in BUCKETS:
                     n, auc = s[f"{slug}_samples"], s[f"{slug}_auc"]
-                    delta = "-" if a["k"] == 0 or base is None else _f(auc - base[f"{slug}_auc"], "+.4f")
+                    delta = "-" if a["k"] == 0 or base is None else format_or_dash(auc - base[f"{slug}_auc"], "+.4f")
                     lines.append("| " + " | ".join([
                         _model(a)[0], str(d), _model(a)[1], f"{a['best']:g}", label,
-                        _f(n, ".0f" if n == round(n) else ".1f") if not math.isnan(n) else "-",
-                        _f(auc), _f(s[f"{slug}_log_loss"]), delta]) + " |")
+                        format_or_dash(n, ".0f" if n == round(n) else ".1f") if not math.isnan(n) else "-",
+                        format_or_dash(auc), format_or_dash(s[f"{slug}_log_loss"]), delta]) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out)
 

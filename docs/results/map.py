@@ -24,7 +24,6 @@ alone (what ``dlrm-mlet data`` compares a user's data with).
 """
 
 import argparse
-import math
 import os
 import shutil
 import sys
@@ -103,7 +102,7 @@ def close_pairs(group):
         if not a["k"] or base is None or not tuned(a) or not tuned(base):
             continue
         m, b = tuned(a), tuned(base)
-        se = math.sqrt(m["auc_sd"] ** 2 / m["n"] + b["auc_sd"] ** 2 / b["n"])
+        se = pays.se_of_difference(m, b)
         if abs(m["auc"] - b["auc"]) < 2 * se or se == 0:
             out.append((base, a))
     return out
