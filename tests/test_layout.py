@@ -71,6 +71,14 @@ def test_no_import_circle_in_the_package():
     assert circles == []
 
 
+def test_no_module_borrows_another_modules_private_names():
+    """A name with a leading underscore is its module's own; another module needing it means it is not private."""
+    borrowed = [f"{name}: {node.module}.{alias.name}" for name, path, tree in _modules() for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and any(t.startswith("dlrm_mlet") for t in _target(name, path, node))
+                for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert borrowed == []
+
+
 def test_no_module_is_over_400_lines():
     long = {str(path.relative_to(PACKAGE)): n for _, path, _ in _modules()
             if (n := len(path.read_text().splitlines())) > MAX_LINES}

@@ -96,7 +96,7 @@ def first_non_finite(state_dict):
     return None
 
 
-def _prefix(key, suffix):
+def key_prefix(key, suffix):
     """``'emb_l.3.table.weight' -> 'emb_l.3.'``; None when ``key`` lacks ``suffix``."""
     if key == suffix:
         return ""
@@ -115,7 +115,7 @@ def mlet_prefixes(state_dict):
     return [
         p
         for key in state_dict
-        if (p := _prefix(key, TABLE_KEY)) is not None and p + PROJ_KEY in state_dict
+        if (p := key_prefix(key, TABLE_KEY)) is not None and p + PROJ_KEY in state_dict
     ]
 
 
@@ -140,7 +140,7 @@ def fold_state_dict(state_dict, progress=None):
     prefixes = set(mlet_prefixes(state_dict))
     out = OrderedDict()
     for key, value in state_dict.items():
-        table = _prefix(key, TABLE_KEY)
+        table = key_prefix(key, TABLE_KEY)
         if table in prefixes:
             new_key = folded_key(table)
             if new_key in state_dict:
@@ -148,7 +148,7 @@ def fold_state_dict(state_dict, progress=None):
             out[new_key] = fold_weight(value, state_dict[table + PROJ_KEY], table.rstrip(".") or "table")
             if progress:
                 progress(value.shape[0])
-        elif _prefix(key, PROJ_KEY) not in prefixes:
+        elif key_prefix(key, PROJ_KEY) not in prefixes:
             out[key] = value
     metadata = getattr(state_dict, "_metadata", None)
     if metadata is not None:

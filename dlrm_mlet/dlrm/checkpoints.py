@@ -6,7 +6,7 @@ A DLRM checkpoint is the dict ``dlrm_s_pytorch.py`` saves: ``state_dict``,
 
 import torch
 
-from ..core.folding import PROJ_KEY, TABLE_KEY, _prefix, fold_state_dict, mlet_prefixes
+from ..core.folding import PROJ_KEY, TABLE_KEY, fold_state_dict, key_prefix, mlet_prefixes
 from ..core.half import float32_state
 from ..errors import MLETError
 from ..checkpoint_io import to_plain
@@ -100,10 +100,10 @@ def fold_optimizer_state(opt_state, group_names, state_dict):
     for group, names in zip(groups, group_names):
         new_ids = []
         for old_id, name in zip(group["params"], names):
-            if _prefix(name, PROJ_KEY) in prefixes:
+            if key_prefix(name, PROJ_KEY) in prefixes:
                 continue
             state = opt_state["state"].get(old_id)
-            table = _prefix(name, TABLE_KEY)
+            table = key_prefix(name, TABLE_KEY)
             if table in prefixes and state is not None:
                 state = fold_param_state(state, state_dict[table + PROJ_KEY])
             if state is not None:
