@@ -62,6 +62,17 @@ def _int_list(text, least=1):
     return values
 
 
+def _precisions(text):
+    """sweep --quantize: stock DLRM's bit widths (8, 4) and onnx."""
+    from .tools.serving import PRECISIONS  # torch-free
+
+    values = [int(v) if v.strip().isdigit() else v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in PRECISIONS]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(f"expected 8, 4 and/or onnx, comma-separated, got {text!r}")
+    return values
+
+
 def _default_dlrm_dir():
     from .dlrm.script import default_dlrm_dir
 
@@ -82,6 +93,15 @@ def _add_fold(sub):
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=commands.cmd_fold)
+
+
+def _add_onnx_int8(sub):
+    p = sub.add_parser("onnx-int8", help="an exported model (--save-onnx) served int8 by ONNX Runtime: "
+                                         "tables row-wise int8, the MLPs by ONNX Runtime's dynamic quantization")
+    p.add_argument("input", help="the ONNX file (e.g. dlrm_s_pytorch.onnx)")
+    p.add_argument("output", help="where to write the int8 ONNX file")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.set_defaults(func=commands.cmd_onnx_int8)
 
 
 def _add_verify(sub):
@@ -163,9 +183,11 @@ def _add_sweep(sub):
                    help="only the MLET arms (to compare an MLET option against baselines in another CSV)")
     p.add_argument("--regime", default="",
                    help="a name for this data in the CSV, so one CSV (and one report) can hold several datasets")
-    p.add_argument("--quantize", type=_int_list, default=[], metavar="BITS",
-                   help="also score each saved model as stock DLRM serves it with 8- and/or 4-bit tables "
-                        "(--quantize-emb-with-bit), comma-separated: 8,4 (plain tables only)")
+    p.add_argument("--quantize", type=_precisions, default=[], metavar="8,4,onnx",
+                   help="also score each saved model as served quantized, comma-separated: 8 and 4 for stock "
+                        "DLRM's 8- and 4-bit tables (--quantize-emb-with-bit), onnx for its ONNX export in ONNX "
+                        "Runtime, int8 (needs onnxruntime); plain tables only. Added to a finished sweep, "
+                        "it retrains the runs that lack it")
     p.add_argument("--work", help="folder for the patched DLRM copy and logs (default: next to --out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("dlrm_args", nargs=argparse.REMAINDER, metavar="-- DLRM_ARGS",
@@ -195,9 +217,9 @@ def _add_report(sub):
 
 def _add_frontier(sub):
     p = sub.add_parser("frontier", help="served size against tuned AUC across table configurations and "
-                                        "int8/int4 serving: the Pareto set and the compression at the baseline's AUC")
+                                        "int8/int4/ONNX int8 serving: the Pareto set and the compression at the baseline's AUC")
     p.add_argument("results", nargs="+", help="sweep CSVs (plain, QR and MD tables, with and without MLET; "
-                                              "int8/int4 from sweep --quantize)")
+                                              "quantized serving from sweep --quantize)")
     p.add_argument("--plot", metavar="OUT.png", help="plot file (default: the first CSV's name with "
                                                      "_frontier.png, when matplotlib is installed)")
     p.add_argument("--markdown", metavar="OUT.md", help="also write the markdown to this file")
@@ -252,7 +274,7 @@ def build_parser():
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_fold, _add_verify, _add_patch, _add_run, _add_synth, _add_inspect, _add_sweep, _add_report,
+    for add in (_add_fold, _add_onnx_int8, _add_verify, _add_patch, _add_run, _add_synth, _add_inspect, _add_sweep, _add_report,
                 _add_frontier, _add_data, _add_plan):
         add(sub)
     return parser

@@ -46,6 +46,14 @@ def cmd_fold(args):
     return 0
 
 
+def cmd_onnx_int8(args):
+    from .tools.onnx_int8 import quantize_file
+
+    tables = quantize_file(args.input, args.output, force=args.force)
+    print(f"{len(tables)} tables row-wise int8 ({', '.join(tables)}), the MLPs int8; wrote {args.output}")
+    return 0
+
+
 def cmd_verify(args):
     from .checkpoint_io import load_dlrm_checkpoint
     from .tools.verify import verify_state_dict

@@ -445,6 +445,26 @@ def test_stock_dlrm_exports_the_folded_model_to_onnx_matching_pytorch(mlet_run, 
     assert np.abs(got - expected).max() <= 1e-5
 
 
+def test_onnx_serving_scores_what_dlrm_scores_in_fp32_and_close_to_dlrms_int8(patched_dlrm, tmp_path):
+    pytest.importorskip("onnxruntime")
+    path = tmp_path / "m.pt"  # DLRM's --mlperf-logging loads only what it saved
+    run_dlrm(patched_dlrm, BASE + MLET + ["--mlperf-logging", f"--save-model={path}"], tmp_path)
+    scored = {}
+    for name, flags in (("dlrm", []), ("onnx", ["--mlet-onnx-serving=fp32"]),
+                        ("dlrm8", ["--quantize-emb-with-bit=8"]), ("onnx8", ["--mlet-onnx-serving=int8"])):
+        metrics = tmp_path / f"{name}.json"
+        proc = run_dlrm(patched_dlrm, BASE + [f"--load-model={path}", "--inference-only", "--mlperf-logging",
+                                              f"--mlet-metrics-json={metrics}"] + flags, tmp_path)
+        assert ("ONNX Runtime serves" in proc.stdout) == name.startswith("onnx")
+        scored[name] = json.loads(metrics.read_text())
+    assert scored["onnx"]["auc"] == pytest.approx(scored["dlrm"]["auc"], abs=1e-5)  # float sums in another order
+    assert scored["onnx"]["log_loss"] == pytest.approx(scored["dlrm"]["log_loss"], abs=1e-6)
+    assert scored["onnx8"]["log_loss"] != scored["onnx"]["log_loss"]  # really quantized
+    # Tables as DLRM's int8, and the MLPs int8 too: close to DLRM's int8 (tables only)
+    assert scored["onnx8"]["log_loss"] == pytest.approx(scored["dlrm8"]["log_loss"], abs=2e-3)
+    assert scored["onnx8"]["auc"] == pytest.approx(scored["dlrm8"]["auc"], abs=0.01)
+
+
 def test_mlet_training_with_save_onnx_exports_a_folded_graph(patched_dlrm, stock_dlrm, tmp_path):
     from dlrm_mlet.core.bag import MLETEmbeddingBag
 
@@ -522,6 +542,11 @@ def test_launcher_on_a_patched_checkout_does_not_hook_twice(patched_dlrm, tmp_pa
         (["--mlet-hidden-dim=64-0-128-64", "--mlet-memory-budget=1GiB"],
          "--mlet-memory-budget picks the K per table; give one --mlet-hidden-dim K as its cap, not a list"),
         (MLET + ["--mlet-budget-rule=rare"], "--mlet-budget-rule has no effect without --mlet-memory-budget"),
+        (["--mlet-onnx-serving=int8"], "--mlet-onnx-serving scores a saved model: give it with --inference-only "
+         "--load-model=PATH"),
+        (["--mlet-onnx-serving=int4", "--inference-only"], "--mlet-onnx-serving: expected fp32 or int8, got 'int4'"),
+        (["--mlet-onnx-serving=int8", "--inference-only", "--load-model=m.pt", "--quantize-emb-with-bit=8"],
+         "drop --quantize-emb-with-bit"),
         (MLET + ["--mlet-memory-budget=1GiB", "--mlet-budget-rule=most"],
          "--mlet-budget-rule: expected one of uniform, rare, got 'most'"),
     ],

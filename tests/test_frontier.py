@@ -90,8 +90,9 @@ def test_the_served_bytes_are_what_dlrm_prepacks(bits, d):
 
 
 @pytest.mark.parametrize("bits, widths, args, message", [
-    ([3], [4], [], "8 or 4 bits, not 3"),
-    ([8], [4], ["--qr-flag"], "--quantize with --qr-flag: stock DLRM quantizes only plain tables"),
+    ([3], [4], [], "8, 4 .* or onnx .*, not 3"),
+    ([8], [4], ["--qr-flag"], "--quantize with --qr-flag: quantized serving is scored for plain tables only"),
+    (["onnx"], [4], ["--qr-flag"], "--quantize with --qr-flag"),
     ([4], [4], ["--md-flag", "--md-threshold=0"], "--quantize with --md-flag"),
     ([4], [4, 5], [], "4-bit tables need an even width, not d=5"),
     ([8], [4], ["--quantize-emb-with-bit=8"], "with --quantize, not --quantize-emb-with-bit"),

@@ -88,4 +88,17 @@ def test_sweep_scores_int8_and_int4_serving_and_keeps_qr_tables_apart(dlrm_dir, 
     text = capsys.readouterr().out
     assert "| MLET | int4 | 4 | 32 |" in text and "| QR mult c4 t100 | fp32 | 4 | - |" in text
     assert main(argv + ["--quantize", "8", "--", "--qr-flag"]) == 2  # stock serves no quantized QR table
-    assert "stock DLRM quantizes only plain tables" in capsys.readouterr().err
+    assert "quantized serving is scored for plain tables only" in capsys.readouterr().err
+    # A precision added to a finished sweep: its runs trained again (the same models), their rows completed
+    assert main(argv + ["--quantize", "onnx"]) == 0
+    again = {(r["tables"], r["k"]): r for r in csv.DictReader(open(out))}
+    assert sorted(again) == sorted(rows)
+    for key in (("plain", "0"), ("plain", "32")):
+        r, before = again[key], rows[key]
+        assert r["test_auc"] == before["test_auc"] and r["test_auc_int8"] == before["test_auc_int8"]
+        assert r["inference_embedding_bytes_onnx_int8"] == before["inference_embedding_bytes_int8"]
+        assert abs(float(r["test_auc_onnx_int8"]) - float(r["test_auc"])) < 0.01
+        assert float(r["test_log_loss_onnx_int8"]) != float(r["test_log_loss"]) and r["val_auc_onnx_int8"] != ""
+    assert "int8 ONNX export" in open(tmp_path / "r_work" / "runs" / "d4_k32_lr0.1_s0_e1" / "onnx_int8.log").read()
+    assert main(["frontier", str(out), "--plot", str(tmp_path / "g.png")]) == 0
+    assert "| MLET | onnx_int8 | 4 | 32 |" in capsys.readouterr().out

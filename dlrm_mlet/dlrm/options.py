@@ -5,6 +5,7 @@ calls ``add_arguments`` on it and ``configure`` right after ``parse_args``;
 everything MLET decides later reads the ``Config`` made here.
 """
 
+import importlib.util
 import os
 import sys
 
@@ -13,6 +14,7 @@ from ..core.options import add_table_arguments, parse_table_options
 from ..engine import adaptive, fused, tbe
 from ..errors import MLETError, integer
 from ..files import check_writable
+from . import onnx_serving
 from .checkpoints import MLET_SUFFIX
 from .session import Config, fail, session
 
@@ -60,6 +62,12 @@ def add_arguments(parser):
         help=f"which tables the budget gives the large K: {budget.RULE_HELP} (default %(default)s)",
     )
     group.add_argument(
+        "--mlet-onnx-serving", default="", metavar="fp32|int8",
+        help="with --inference-only --load-model: score the model as ONNX Runtime serves its ONNX export "
+        "(as --save-onnx writes it); int8: tables row-wise int8 as --quantize-emb-with-bit 8 packs them, the "
+        "MLPs by ONNX Runtime's dynamic quantization (dlrm-mlet onnx-int8 does the same to a file)",
+    )
+    group.add_argument(
         "--mlet-allow-narrow", action="store_true", default=False,
         help="allow K below --arch-sparse-feature-size (a bottleneck, not MLET)",
     )
@@ -80,13 +88,14 @@ def parse_config(args):
     if fused_update not in (AUTO, "off") + fused.BACKENDS:
         raise MLETError(f"--mlet-fused-update: expected no value, off or fbgemm, got {fused_update!r}")
     memory_budget = budget.parse_size(args.mlet_memory_budget) if args.mlet_memory_budget else 0
+    onnx_serving = _onnx_serving(args)
     rule = budget.rule_name(args.mlet_budget_rule, "--mlet-budget-rule")
     if hidden == 0:
         for flag, given in (("--mlet-fused-update", fused_update != AUTO), ("--mlet-memory-budget", memory_budget),
                             ("--mlet-budget-rule", rule != budget.DEFAULT_RULE)):
             if given:
                 raise MLETError(f"{flag} has no effect without --mlet-hidden-dim K (K > 0)")
-        return Config(log_freq=log_freq, metrics_json=metrics_json)
+        return Config(log_freq=log_freq, metrics_json=metrics_json, onnx_serving=onnx_serving)
     if memory_budget and per_table:
         raise MLETError("--mlet-memory-budget picks the K per table; give one --mlet-hidden-dim K as its cap, "
                         "not a list")
@@ -99,7 +108,26 @@ def parse_config(args):
     inference_only = bool(getattr(args, "inference_only", False))
     grad_accum = int(getattr(args, "mlperf_grad_accum_iter", 1) or 1) if getattr(args, "mlperf_logging", False) else 1
     return Config(hidden, per_table, min_rows, proj_init, inference_only, log_freq, metrics_json, fused_update,
-                  grad_accum, table_dtype, memory_budget, rule, getattr(args, "optimizer", "sgd"))
+                  grad_accum, table_dtype, memory_budget, rule, getattr(args, "optimizer", "sgd"), onnx_serving)
+
+
+def _onnx_serving(args):
+    """``--mlet-onnx-serving``'s precision ('' if not given), refused where ONNX Runtime cannot score the run."""
+    precision = getattr(args, "mlet_onnx_serving", "")
+    if not precision:
+        return ""
+    if precision not in onnx_serving.PRECISIONS:
+        raise MLETError(f"--mlet-onnx-serving: expected fp32 or int8, got {precision!r}")
+    if not (getattr(args, "inference_only", False) and getattr(args, "load_model", "")):
+        raise MLETError("--mlet-onnx-serving scores a saved model: give it with --inference-only --load-model=PATH")
+    for flag, given in (("--use-gpu", getattr(args, "use_gpu", False)),
+                        ("--quantize-emb-with-bit", getattr(args, "quantize_emb_with_bit", 32) in (4, 8))):
+        if given:
+            raise MLETError(f"--mlet-onnx-serving runs the model in ONNX Runtime on the CPU; drop {flag}")
+    missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MLETError(f"--mlet-onnx-serving needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+    return precision
 
 
 def _check_against_dlrm(args, dims, fused_update, table_dtype):

@@ -14,7 +14,7 @@ from ..core.folding import first_non_finite, fold_state_dict
 from ..core.pair import is_mlet
 from ..errors import MLETError
 from ..checkpoint_io import atomic_save, check_safe_to_load, load_checkpoint, to_plain
-from . import distributed
+from . import distributed, onnx_serving
 from .checkpoints import MLET_SUFFIX, fold_checkpoint, is_mlet_checkpoint, param_group_names
 from .resume import numpy_rng_state, start_resume
 from .session import builds_tables, fail, session
@@ -145,11 +145,17 @@ def loaded(ckpt, model, path):
       here, state and optimizer, so DLRM loads a stock checkpoint.
     * plain model, plain checkpoint: returned untouched (what stock loads), once its
       tables' shapes are checked: a file of another architecture is one line, naming them.
+
+    With ``--mlet-onnx-serving`` the model's forward then becomes ONNX Runtime's
+    on its export (``onnx_serving.py``), made once the weights are in.
     """
     try:
-        return _loaded(ckpt, model, path)
+        ckpt = _loaded(ckpt, model, path)
     except MLETError as error:
         fail(f"--load-model={path}: {error}")
+    if session.config.onnx_serving:
+        onnx_serving.install(model, session.config.onnx_serving)
+    return ckpt
 
 
 def _loaded(ckpt, model, path):

@@ -29,6 +29,7 @@ class Config:
     memory_budget: int = 0  # bytes of training embedding memory to plan the K per table for (0: off)
     budget_rule: str = "uniform"  # which tables the budget gives the large K (core.budget.RULES)
     optimizer: str = "sgd"  # DLRM's --optimizer: what the budget counts as optimizer state
+    onnx_serving: str = ""  # score with ONNX Runtime on the model's export: fp32 or int8 ('' off)
 
     @property
     def enabled(self):

@@ -3,8 +3,9 @@
 A serving team picks the smallest model that keeps its AUC, from every
 compression that still loads into stock DLRM: plain tables, QR and MD tables,
 each trained plain or with MLET, each served in fp32 or (plain tables only,
-stock's rule) with DLRM's int8/int4 tables. Sweep CSVs hold them as rows
-(``tables``, and the ``*_int8``/``*_int4`` columns of ``sweep --quantize``);
+stock's rule) with DLRM's int8/int4 tables or int8 in ONNX Runtime. Sweep CSVs
+hold them as rows (``tables``, and the ``*_int8``/``*_int4``/``*_onnx_int8``
+columns of ``sweep --quantize``);
 each (configuration, d, k, precision) is a point at its own tuned learning
 rate (``report.summarize``: chosen on validation AUC at that precision). The
 Pareto set is the points no other point beats on both size and AUC; the
@@ -18,13 +19,14 @@ from .pays import se_of_difference
 from .plots import pyplot, save
 from .report import MIB, format_or_dash, read_all, summarize, tuned
 from .results_csv import BUCKET_FIELDS
-from .serving import BITS, fields
+from .serving import PRECISIONS as SERVED, fields, name
 
-PRECISIONS = {"fp32": None, **{f"int{bits}": bits for bits in BITS}}
+PRECISIONS = {"fp32": None, **{name(p): p for p in SERVED}}
 RULE = ("Each point is one configuration (tables, trained plain or with MLET), width d, MLET k and serving "
         "precision, at its learning rate chosen on validation AUC at that precision; test AUC is mean ± sd "
-        "(ddof=1) over seeds. Bytes are the embedding tables as served (int8: a byte per value and a float32 "
-        "scale and bias per row; int4: half a byte per value, float16 scale and bias; QR and MD tables: every "
+        "(ddof=1) over seeds. Bytes are the embedding tables as served (int8, and onnx_int8: ONNX Runtime "
+        "running the export with the same int8 tables and int8 MLPs: a byte per value and a float32 scale and "
+        "bias per row; int4: half a byte per value, float16 scale and bias; QR and MD tables: every "
         "sub-table and projection). Pareto: no other point is both no larger and of higher mean AUC. The "
         "reference is the fp32 plain baseline of highest mean test AUC; a point keeps its AUC when its mean is "
         "at least the reference's minus one standard error of the difference, se = sqrt(sd^2/n + sd_ref^2/n_ref) "

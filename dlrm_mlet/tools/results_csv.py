@@ -11,11 +11,11 @@ import os
 from ..dlrm.frequency import BUCKETS
 from ..errors import MLETError
 from ..files import atomic_write_text
-from .serving import BITS, fields
+from .serving import PRECISIONS, fields
 
 BUCKET_FIELDS = [f"test_{slug}_{m}" for slug, *_ in BUCKETS for m in ("samples", "auc", "log_loss")]
 # Columns added after the first release, with the value an older file's rows take
-SERVED_FIELDS = [field for bits in BITS for field in fields(bits)]
+SERVED_FIELDS = [field for precision in PRECISIONS for field in fields(precision)]
 LATER_FIELDS = {"regime": "", "optimizer": "sgd", "rare_lookup_share": "", "tables": "plain",
                 **dict.fromkeys(SERVED_FIELDS, "")}
 FIELDS = [

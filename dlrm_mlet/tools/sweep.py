@@ -33,7 +33,7 @@ from ..errors import MLETError
 from ..files import StagedFiles, atomic_write_text
 from ..progress import progress_bar
 from . import serving
-from .results_csv import read_rows, run_key, write_rows
+from .results_csv import SERVED_FIELDS, read_rows, run_key, write_rows
 
 DENSE_FEATURES = {"kaggle": 13, "avazu": 1}
 # DLRM's own words when a run's numbers are not finite (loss prints, BCE's input check, our save check)
@@ -81,7 +81,7 @@ def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_arg
     """One DLRM run in its own folder under ``work``; its CSV row (``diverged`` with the reason).
 
     The saved model is then scored as stock DLRM serves it at each of
-    ``quantize``'s bit widths (``serving.py``). The run's checkpoints are
+    ``quantize``'s precisions (``serving.py``). The run's checkpoints are
     deleted once their sizes are read (a k=256 one is k/d times the folded
     model); its log stays.
     """
@@ -126,14 +126,35 @@ def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_arg
     reason = _collapsed(result, val)
     if os.path.exists(model):
         row["inference_embedding_bytes"], row["training_embedding_bytes"] = embedding_bytes(model)
-        for bits in () if reason else quantize:
-            row.update(serving.score(script, common, model, bits, work, env))
-            row[serving.fields(bits)[-1]] = serving.quantized_bytes(load_checkpoint(model)["state_dict"], bits)
+        for precision in () if reason else quantize:
+            row.update(serving.score(script, common, model, precision, work, env))
+            row[serving.fields(precision)[-1]] = serving.quantized_bytes(load_checkpoint(model)["state_dict"],
+                                                                        precision)
     for saved in (model, model + MLET_SUFFIX):
         if os.path.exists(saved):
             os.remove(saved)
     row = {key: "" if value is None else value for key, value in row.items()}
     return {**row, "status": "diverged", "note": reason} if reason else row
+
+
+def _replace(rows, row):
+    """``rows`` with ``row`` in place of a run with its key (one retrained for a serving precision it lacked).
+
+    The earlier run's other precisions are kept only when the retrained model
+    scores as that one did (the same test AUC, log loss to 1e-8: its sum's
+    order may change the last digits): they were measured on that model.
+    """
+    key = run_key(row)
+    old = next((r for r in rows if run_key(r) == key), None)
+    if old is not None:
+        same = old["status"] == row["status"] == "ok" and float(old["test_auc"]) == float(row["test_auc"]) and \
+            math.isclose(float(old["test_log_loss"]), float(row["test_log_loss"]), rel_tol=1e-8)
+        kept = {f: old[f] for f in SERVED_FIELDS if same and old.get(f) not in ("", None) and row.get(f) in ("", None)}
+        row = {**row, **kept}
+        if not same:
+            print(f"note: d={row['d']} k={row['k']} lr={row['lr']} seed={row['seed']} retrained to a different "
+                  "model; its earlier serving figures are dropped", flush=True)
+    return [r for r in rows if run_key(r) != key] + [row]
 
 
 def tables_of(args):
@@ -204,8 +225,9 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
     own lrs). Rows carry ``regime`` (a label: one CSV can hold several
     datasets), DLRM's ``--optimizer``, the tables' QR/MD settings (so one
     CSV holds several configurations) and the data's rare-lookup share.
-    ``quantize`` (bits, 8 and/or 4) also scores each model as stock DLRM
-    serves it quantized.
+    ``quantize`` (``serving.PRECISIONS``: 8, 4, onnx) also scores each
+    model as served quantized; a finished run without a precision asked for
+    is trained again to score it (DLRM's CPU runs repeat exactly).
 
     ``jobs`` runs at once, each with ``cores / jobs`` threads: at batch 128 a
     DLRM step is mostly single-threaded Python, so two runs on two cores
@@ -226,7 +248,8 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
     script = patched_copy(dlrm_dir, work)
     rows = read_rows(out_csv)
     optimizer, tables = optimizer_of(extra_args), tables_of(extra_args)
-    done = {run_key(r) for r in rows}
+    wanted = [serving.fields(p)[1] for p in quantize]
+    done = {run_key(r) for r in rows if r["status"] != "ok" or all(r.get(f) not in ("", None) for f in wanted)}
     grid = runs if runs is not None else [
         (d, k, lr, s) for s in seeds for lr in lrs for d in ds for k in sorted(({0} if baseline else set()) | set(ks))]
     plan = [(d, k, lr, s) for d, k, lr, s in grid
@@ -244,7 +267,7 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
             for run in as_completed(runs):
                 row = run.result()
                 row["rare_lookup_share"] = data_statistic(data_set, raw_data_file, extra_args, work)
-                rows.append(row)
+                rows = _replace(rows, row)
                 write_rows(out_csv, rows)
                 bar.update()
                 if quiet or not sys.stderr.isatty():
