@@ -175,7 +175,7 @@ def _steps(dmp, optimizer, batches):
         optimizer.step()
 
 
-def _worker(rank, world, port, rounds, steps, out):
+def _worker(rank, world, port, rounds, steps, out, kinds=None, configs=CONFIGS):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_WORLD_SIZE=str(LOCAL))
     if "lo" in {name for _, name in socket.if_nameindex()}:
         os.environ["GLOO_SOCKET_IFNAME"] = "lo"
@@ -185,9 +185,9 @@ def _worker(rank, world, port, rounds, steps, out):
     rows = criteo_rows(SCALE)
     batches = _batches(rows, rank, steps)
     results = {}
-    for kind in PLANS[world]:
-        models = {config: _build(config, kind, world, rows) for config in CONFIGS}
-        counted, times = {}, {config: [] for config in CONFIGS}
+    for kind in kinds or PLANS[world]:
+        models = {config: _build(config, kind, world, rows) for config in configs}
+        counted, times = {}, {config: [] for config in configs}
         for config, (dmp, optimizer) in models.items():  # warm up, then count one step's bytes
             _steps(dmp, optimizer, batches[:2])
             _counted.update(output=0, allreduce=0)
@@ -206,7 +206,7 @@ def _worker(rank, world, port, rounds, steps, out):
             config: {"output_bytes_per_step": counted[config][0], "allreduce_bytes_per_step": counted[config][1],
                      "ms_median": statistics.median(times[config]), "ms_min": min(times[config]),
                      "ms_max": max(times[config])}
-            for config in CONFIGS
+            for config in configs
         }
         del models
     if rank == 0:
@@ -225,13 +225,21 @@ def expected_bytes(kind, world, tables, width, batch, shards=1):
     return per * batch * tables * width * 4
 
 
-def _spawn(world, rounds, steps, work):
+def _spawn(world, rounds, steps, work, kinds=None, configs=CONFIGS):
+    """Per plan and configuration: bytes counted and step ms (median, min, max over ``rounds``)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = os.path.join(work, f"{world}.pt")
-    mp.start_processes(_worker, args=(world, port, rounds, steps, out), nprocs=world, start_method="spawn")
+    mp.start_processes(_worker, args=(world, port, rounds, steps, out, kinds, configs), nprocs=world,
+                       start_method="spawn")
     return torch.load(out, weights_only=True)
+
+
+def step_ms(kinds, rounds=1, steps=20, world=2):
+    """Stock d against MLET d-wide, step ms per plan: what ``every_path.py`` interleaves with its DLRM runs."""
+    with tempfile.TemporaryDirectory(prefix="dlrm-mlet-step-") as work:
+        return _spawn(world, rounds, steps, work, tuple(kinds), ("stock d", "MLET d-wide"))
 
 
 def main():

@@ -2,6 +2,7 @@
 
 import io
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -50,6 +51,22 @@ def test_representable_values_nan_and_inf_are_kept(dtype):
     x = torch.tensor([0.0, -0.0, 1.0, -2.5, 0.5, float("inf"), -float("inf"), float("nan")])
     out = half.stochastic_round(x, dtype, torch.Generator().manual_seed(1)).float()
     assert torch.equal(out[:7], x[:7]) and out[7].isnan()
+
+
+@pytest.mark.parametrize("dtype", HALVES)
+def test_the_fused_rounding_gives_the_eager_bits_for_every_kind_of_float(dtype):
+    """Random float32 bit patterns: normals, subnormals, zeros, infinities, NaNs, huge values."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(-2**31, 2**31 - 1, (4096, 96), generator=g, dtype=torch.int32).view(torch.float32)
+    x[:2048] *= 2.0 ** -100  # and many near fp16's subnormal range
+    noise = half._noise(x, g)
+    fused, eager = half._FUSED[dtype], {torch.float16: half._round_fp16, torch.bfloat16: half._round_bf16}[dtype]
+    got, expected = fused(x, noise), eager(x, noise)
+    if shutil.which("c++") or shutil.which("g++"):
+        assert fused.compiled is not eager  # torch.compile really ran here
+    nan = expected.isnan()
+    assert torch.equal(got.isnan(), nan)
+    assert torch.equal(got[~nan].view(torch.int16), expected[~nan].view(torch.int16))
 
 
 @settings(max_examples=100, deadline=None)

@@ -27,6 +27,7 @@ break the generator's bytes) on every resume; a cast to the dtype a tensor
 already has changes nothing. ``float32_state`` reads them back.
 """
 
+import warnings
 import zlib
 
 import torch
@@ -77,23 +78,60 @@ def stochastic_round(x, dtype, generator=None):
     rounded there and shifted back. Integer adds and masks only: on the CPU
     ``torch.where`` on these sizes costs 50x an add. Representable values
     and inf come back unchanged, NaN stays NaN. The random bits are
-    ``_noise``'s.
+    ``_noise``'s. On the CPU the elementwise part runs as one loop
+    (``_FUSED``), the same bits as eager.
     """
-    drop = 16 if dtype == torch.bfloat16 else 13
-    noise = _noise(x, generator) & ((1 << drop) - 1)
-    if dtype == torch.bfloat16:  # bf16 has float32's exponent range: its subnormals cut like the rest
-        return _cut(x, noise, drop).to(dtype)
+    return _FUSED[dtype](x, _noise(x, generator))
+
+
+def _round_bf16(x, noise):
+    # bf16 has float32's exponent range: its subnormals cut like the rest
+    return _cut(x, noise & 0xFFFF, 16).to(torch.bfloat16)
+
+
+def _round_fp16(x, noise):
     magnitude = x.abs()
     # 2^-14 below the smallest normal, else 0 (NaN stays NaN): elementwise arithmetic, no select
-    shift = (_FP16_SMALLEST_NORMAL - magnitude).clamp_(min=0).sign_().mul_(_FP16_SMALLEST_NORMAL)
-    rounded = _cut(magnitude + shift, noise, drop).sub_(shift)
+    shift = (_FP16_SMALLEST_NORMAL - magnitude).clamp(min=0).sign().mul(_FP16_SMALLEST_NORMAL)
+    rounded = _cut(magnitude + shift, noise & 0x1FFF, 13) - shift
     sign = x.view(torch.int32) & _SIGN_BIT
-    return (rounded.view(torch.int32) | sign).view(torch.float32).to(dtype)
+    return (rounded.view(torch.int32) | sign).view(torch.float32).to(torch.float16)
 
 
 def _cut(x, noise, drop):
     """``x``'s float32 bits plus ``noise``, the low ``drop`` bits then cleared (a carry rounds the magnitude up)."""
     return ((x.view(torch.int32) + noise) & ~((1 << drop) - 1)).view(torch.float32)
+
+
+class _Fused:
+    """An elementwise function compiled by ``torch.compile`` into one CPU loop at its first call.
+
+    Eager, the rounding is about ten passes over the rows, each a memory
+    round trip; fused, one (``benchmarks/every_path.py`` measures what it
+    saves). Where compiling fails (no C++ compiler), or off the CPU, or
+    with ``TORCH_COMPILE_DISABLE=1``, the eager function runs: the same bits.
+    """
+
+    def __init__(self, function):
+        self.function, self.compiled = function, None
+
+    def __call__(self, *args):
+        if args[0].device.type != "cpu":
+            return self.function(*args)
+        if self.compiled is None:
+            try:
+                compiled = torch.compile(self.function, dynamic=True)
+                result = compiled(*args)
+            except Exception as error:  # the compiler's failures have no common type
+                warnings.warn(f"torch.compile failed ({type(error).__name__}); half tables round eagerly")
+                self.compiled = self.function
+                return self.function(*args)
+            self.compiled = compiled
+            return result
+        return self.compiled(*args)
+
+
+_FUSED = {torch.bfloat16: _Fused(_round_bf16), torch.float16: _Fused(_round_fp16)}
 
 
 _WEYL = 40503  # 2^16 / golden ratio, odd: j * _WEYL mod 2^16 spreads the columns evenly
