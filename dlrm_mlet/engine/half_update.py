@@ -20,6 +20,7 @@ held apart, steps counted apart) goes to ``half.apply_rows``.
 import torch
 
 from ..core import half, step
+from ..core.rounding import stochastic_round
 from .packing import state_over, summed_rows
 
 
@@ -64,7 +65,7 @@ def _packed(optimizer, group, call):
     accumulator = None if rule is half.sgd_rule else _packed_state(optimizer, tables, rule, buffer)
     values = half.rule_on(rule, buffer, unique, grad, states, group, optimizer.defaults, accumulator)
     generator = half.generator_of(tables[0], states[0])
-    buffer.index_copy_(0, unique, half.stochastic_round(values, buffer.dtype, generator))
+    buffer.index_copy_(0, unique, stochastic_round(values, buffer.dtype, generator))
     states[0]["mlet_rng"] = generator.get_state().view(buffer.dtype)
     return True
 
