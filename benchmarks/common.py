@@ -155,7 +155,8 @@ NO_GPU_FULL = ["## MLET on one GPU at full Criteo-Kaggle size", "",
 ORDER = [("whole_run", None), ("every_path", None), ("step_phases", None), ("table_memory", None), ("train_step", None),
          ("train_step_full", None), ("profile_step", None), ("embedding_update", None),
          ("train_step_gpu", NO_GPU), ("gpu_step", NO_GPU_FULL), ("train_step_gpu_full", None), ("inference", None),
-         ("fold", None), ("monitor_cost", None), ("preprocess_memory", None), ("torchrec_comm", None)]
+         ("fold", None), ("monitor_cost", None), ("preprocess_memory", None), ("torchrec_comm", None),
+         ("torchrec_profile", None)]
 
 
 def write_results_md():

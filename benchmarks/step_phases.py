@@ -26,12 +26,35 @@ import torch
 
 from common import bench_model, criteo_rows, dlrm_copies, import_script, machine_lines, md_table, save
 
-CONFIGS = [  # name, MLET k (0: stock), --mlet-fused-update as the glue's Config takes it
-    ("stock d=16", 0, ""),
-    ("MLET k=256", 256, "torch"),  # patched DLRM's default with SGD
-    ("MLET k=256 sparse", 256, ""),  # --mlet-fused-update=off
+CONFIGS = [  # name, MLET k (0: stock), --mlet-fused-update as the glue's Config takes it, table dtype
+    ("stock d=16", 0, "", "fp32"),
+    ("MLET k=256", 256, "torch", "fp32"),  # patched DLRM's default with SGD
+    ("MLET k=256 sparse", 256, "", "fp32"),  # --mlet-fused-update=off
+    ("MLET k=256 fp16", 256, "torch", "fp16"),  # --mlet-table-dtype=fp16
+    ("MLET k=256 bf16", 256, "torch", "bf16"),
 ]
 PHASES = ("embeddings", "rest of forward", "backward", "optimizer", "step")
+# The half tables' update at the step, in its three parts (engine/half_update.py), timed where it runs
+HALF_PARTS = {"summed_rows": "sum repeated rows", "rule_on": "the rule in float32", "stochastic_round": "rounding"}
+_parts = {"current": None}
+
+
+def _time_half_parts():
+    """Wrap the half update's parts with timers that record into the running configuration's lists."""
+    from dlrm_mlet.engine import half_update
+
+    for module, name in ((half_update, "summed_rows"), (half_update.half, "rule_on"),
+                         (half_update, "stochastic_round")):
+        function = getattr(module, name)
+
+        def timed(*args, _function=function, _name=name, **kwargs):
+            start = time.perf_counter()
+            result = _function(*args, **kwargs)
+            if _parts["current"] is not None:
+                _parts["current"][HALF_PARTS[_name]].append((time.perf_counter() - start) * 1000)
+            return result
+
+        setattr(module, name, timed)
 
 
 def main():
@@ -49,16 +72,19 @@ def main():
     total = (args.steps + warm) * len(CONFIGS)
     data = stock.dp.RandomDataset(13, np.array(rows), 128 * total, total, 128, 1, True, round_targets=True)
     runs = []
-    for name, k, update in CONFIGS:
-        config = dlrm_glue.Config(hidden_dim=k, fused_update=update)
+    for name, k, update, dtype in CONFIGS:
+        config = dlrm_glue.Config(hidden_dim=k, fused_update=update, table_dtype=dtype)
         dlrm_glue.use_config(config)
         model = bench_model(patched if k else stock, rows, 16)
-        runs.append((name, model, torch.optim.SGD(model.parameters(), lr=0.1), config, {p: [] for p in PHASES}))
+        times = {p: [] for p in PHASES + tuple(HALF_PARTS.values())}
+        runs.append((name, model, torch.optim.SGD(model.parameters(), lr=0.1), config, times))
     dlrm_glue.reset()
+    _time_half_parts()
     batch = 0
     for step in range(args.steps + warm):
         for name, model, optimizer, config, times in runs:
             dlrm_glue.use_config(config)
+            _parts["current"] = times if step >= warm else None
             dense, offsets, indices, target = stock.dp.collate_wrapper_random_offset([data[batch]])
             batch += 1
             t0 = time.perf_counter()  # DLRM_Net.sequential_forward, its embedding call timed apart
@@ -76,10 +102,11 @@ def main():
                 for phase, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
                     times[phase].append(seconds * 1000)
     stock_step = statistics.mean(runs[0][4]["step"])
-    results = [{"name": name, "k": k, "fused_update": update,
+    results = [{"name": name, "k": k, "fused_update": update, "table_dtype": dtype,
                 "ms": {p: statistics.mean(times[p]) for p in PHASES},
+                "half_update_ms": {p: statistics.median(times[p]) for p in HALF_PARTS.values() if times[p]},
                 "ratio": statistics.mean(times["step"]) / stock_step}
-               for (name, k, update), (_, _, _, _, times) in zip(CONFIGS, runs)]
+               for (name, k, update, dtype), (_, _, _, _, times) in zip(CONFIGS, runs)]
     for r in results:
         print(r["name"], {p: round(v, 3) for p, v in r["ms"].items()}, f"ratio {r['ratio']:.3f}")
     payload = {"steps": args.steps, "scale": args.scale, "tables": rows, "results": results}
@@ -96,7 +123,13 @@ def render(data):
     lines += md_table(["run", *phases, "/ stock"], [
         [r["name"], *(f"{r['ms'][p]:.2f}" for p in phases), f"{r['ratio']:.2f}"] for r in data["results"]])
     lines += ["", "`MLET k=256`: patched DLRM's default update with SGD (applied at the step, packed tables); "
-              "`sparse`: `--mlet-fused-update=off`."]
+              "`sparse`: `--mlet-fused-update=off`; `fp16`/`bf16`: `--mlet-table-dtype`, the same update with "
+              "stochastic rounding."]
+    for r in data["results"]:
+        parts = r.get("half_update_ms") or {}
+        if parts:
+            lines += ["", f"- {r['name']}, the half tables' update inside the optimizer phase (median ms a step): "
+                      + ", ".join(f"{name} {ms:.2f}" for name, ms in parts.items()) + "."]
     stock = data["results"][0]["ms"]
     lines += ["", "Per step beyond stock, by phase: the embeddings gather k-wide rows (one op over the packed "
               "buffer, or one per table) and project them in one batched matmul, against stock's 26 "
