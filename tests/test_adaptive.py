@@ -37,12 +37,19 @@ def make_optimizer(kind, params, dlrm_dir, **options):
 
 @pytest.mark.parametrize("kind", ["adagrad", "rwsadagrad"])
 @pytest.mark.parametrize("one_hot", [True, False])
-def test_packed_update_at_the_step_equals_the_optimizer_on_sparse_gradients(kind, one_hot, dlrm_dir):
+@pytest.mark.parametrize("projections_packed", [True, False])
+def test_packed_update_at_the_step_equals_the_optimizer_on_sparse_gradients(kind, one_hot, projections_packed,
+                                                                            dlrm_dir):
     sparse = packed_tables([50, 70, 9])
     fast = copy.deepcopy(sparse)  # deepcopy unpacks: pack the copy again
     buffer = packing.Buffer(sum(t.num_embeddings for t in fast), 16)
     for t in fast:
         buffer.place(t.table.weight)
+    if projections_packed:  # back to back, as DLRM's are: Adagrad then updates them at the step too
+        projections = packing.Buffer(4 * len(fast), 16)
+        for t in fast:
+            projections.place(t.proj.weight)
+    at_step = projections_packed and kind == "adagrad"
     assert fused.use(fast, "torch", kind) == 3
     options = {"lr_decay": 0.01, "initial_accumulator_value": 0.1} if kind == "adagrad" else {}
     opts = [make_optimizer(kind, [p for t in ts for p in t.parameters()], dlrm_dir, **options) for ts in (sparse, fast)]
@@ -57,7 +64,8 @@ def test_packed_update_at_the_step_equals_the_optimizer_on_sparse_gradients(kind
             out = grouped_forward(ts, indices, offsets, [None] * 3)
             sum((o * u).sum() for o, u in zip(out, upstream)).backward()
             if on:
-                assert all(t.table.weight.grad is None for t in ts) and all(t.proj.weight.grad is not None for t in ts)
+                assert all(t.table.weight.grad is None for t in ts)
+                assert all((t.proj.weight.grad is None) == at_step for t in ts)
             opt.step()
             assert fused.pending_rows(ts) == 0
     key = "sum" if kind == "adagrad" else "momentum"
@@ -72,16 +80,23 @@ def test_packed_update_at_the_step_equals_the_optimizer_on_sparse_gradients(kind
     # the accumulators now lie in one buffer aligned with the tables', each table's state a view of it
     states = [opts[1].state[t.table.weight][key] for t in fast]
     assert len({s.untyped_storage().data_ptr() for s in states}) == 1
+    if at_step:  # and the projections' sums in one buffer of their own
+        assert len({opts[1].state[t.proj.weight]["sum"].untyped_storage().data_ptr() for t in fast}) == 1
     # state replaced by separate tensors (as a load from another layout leaves it): packed again, same result
     for t in fast:
         opts[1].state[t.table.weight][key] = opts[1].state[t.table.weight][key].clone()
+        if at_step:
+            opts[1].state[t.proj.weight]["sum"] = opts[1].state[t.proj.weight]["sum"].clone()
     indices, offsets = [torch.tensor([1, 3, 5, 7])] * 3, [torch.tensor([0, 1, 2, 3])] * 3
     for ts, opt in ((sparse, opts[0]), (fast, opts[1])):
         opt.zero_grad()
         sum(o.sum() for o in grouped_forward(ts, indices, offsets, [None] * 3)).backward()
         opt.step()
     assert len({opts[1].state[t.table.weight][key].untyped_storage().data_ptr() for t in fast}) == 1
+    if at_step:
+        assert len({opts[1].state[t.proj.weight]["sum"].untyped_storage().data_ptr() for t in fast}) == 1
     assert all(torch.allclose(a.table.weight, b.table.weight, atol=1e-6) for a, b in zip(sparse, fast))
+    assert all(torch.allclose(a.proj.weight, b.proj.weight, atol=1e-6) for a, b in zip(sparse, fast))
 
 
 def test_tables_held_by_another_optimizer_and_a_wrong_optimizer(dlrm_dir):

@@ -12,8 +12,11 @@ optimizer keeps them (``state[table]["sum"]``, or ``["momentum"]`` per row
 for ``RWSAdagrad``), so checkpoints, resume and folding see the same state
 dict; they are moved into one buffer aligned with the tables' (each table's
 state a view of it) the first time, and again whenever something replaced
-them (``load_state_dict``). The projections keep their dense gradients,
-which the optimizer applies itself.
+them (``load_state_dict``). With Adagrad, projections packed back to back
+(DLRM's) are updated the same way, all at once by Adagrad's dense rule, their
+sums in one buffer (``add_projections``): torch's Adagrad would step the 26
+of them one by one. Otherwise they keep their dense gradients, which the
+optimizer applies itself.
 
 The math is the optimizer's own on a sparse gradient: rows of a table that
 repeat in a step are summed before the update (as ``coalesce`` does), the
@@ -27,7 +30,7 @@ import torch
 
 from ..core import step
 from ..errors import MLETError
-from .packing import state_over, summed_rows
+from .packing import stacked, state_over, summed_rows
 
 RULES = ("adagrad", "rwsadagrad")
 
@@ -65,6 +68,42 @@ def add_group(tables, indices, rows, rule, packed=None):
         step.defer(table, apply, j, indices[j].numel())
 
 
+def add_projections(projections, gradients, stacked):
+    """Record one grouped backward's projection gradients (``gradients[p]`` for ``projections[p]``) for
+    Adagrad at the next step: one update over ``stacked`` (their packed view) when one group holds them all
+    and they step together, else each at its own rate. Torch's dense rule, unchanged.
+    """
+
+    def apply(optimizer, group, payloads):
+        check("adagrad")(optimizer, group)
+        held = [j for _, j in payloads]
+        lrs = _steps(optimizer, group, "adagrad", [projections[j] for j in held])
+        if len(held) == len(projections) and len(set(lrs)) == 1:
+            _dense(stacked, _packed_sums(optimizer, projections), gradients, lrs[0], group["eps"])
+        else:
+            for j, lr in zip(held, lrs):
+                _dense(projections[j], optimizer.state[projections[j]]["sum"], gradients[j], lr, group["eps"])
+
+    for j, projection in enumerate(projections):
+        step.defer(projection, apply, j)
+
+
+def _dense(weight, total, grad, lr, eps):
+    """``torch.optim.Adagrad``'s rule for a dense gradient."""
+    total.addcmul_(grad, grad, value=1)
+    weight.addcdiv_(grad, total.sqrt().add_(eps), value=-lr)
+
+
+def _packed_sums(optimizer, projections):
+    """The projections' Adagrad sums as one tensor, each projection's sum a view of it (made so once)."""
+    sums = [optimizer.state[p]["sum"] for p in projections]
+    whole = stacked(sums)
+    if whole.untyped_storage().data_ptr() != sums[0].untyped_storage().data_ptr():  # a copy: align them
+        for p, view in zip(projections, whole):
+            optimizer.state[p]["sum"] = view
+    return whole
+
+
 def _steps(optimizer, group, rule, tables):
     """Count the step in each table's state (as the optimizer does); the lr this step takes."""
     counts = []
@@ -85,10 +124,10 @@ def _steps(optimizer, group, rule, tables):
 def _apply(weight, accumulator, unique, grad, rule, lr, eps):
     """The rule on the unique rows of one weight (a table, or the packed buffer) and its accumulator."""
     squares = grad * grad if rule == "adagrad" else (grad * grad).mean(dim=1)
-    total = accumulator.index_select(0, unique).add_(squares)
-    accumulator.index_copy_(0, unique, total)
-    std = total.sqrt().add_(eps)
-    weight.index_add_(0, unique, grad / (std if rule == "adagrad" else std.unsqueeze(1)), alpha=-lr)
+    accumulator.index_add_(0, unique, squares)  # rows are unique: one add each, in place
+    std = accumulator.index_select(0, unique).sqrt_().add_(eps)
+    # ``grad`` is this update's own sum (summed_rows): divided in place, one pass fewer
+    weight.index_add_(0, unique, grad.div_(std if rule == "adagrad" else std.unsqueeze(1)), alpha=-lr)
 
 
 def _table_update(optimizer, group, rule, table, indices, rows, lr):

@@ -50,7 +50,8 @@ def use(tables, backend="torch", rule="sgd"):
     ``"torch"`` or ``"fbgemm"``: rows go to the next optimizer step; None: sparse
     gradients, the default. ``rule``: the optimizer whose rule the step applies,
     ``"sgd"`` (tables and projections) or ``"adagrad"`` / ``"rwsadagrad"``
-    (the tables: ``adaptive.py``; the projections keep their gradients);
+    (the tables, and Adagrad's packed projections: ``adaptive.py``; the other
+    projections keep their gradients);
     fbgemm's is SGD. Other modules are left alone. Returns how many tables were set.
     """
     if backend is not None and backend not in BACKENDS:
@@ -65,7 +66,8 @@ def use(tables, backend="torch", rule="sgd"):
             setattr(table, _RULE, rule)
             step.require(table.table.weight, None if backend is None else
                          check_plain_sgd if rule == "sgd" else adaptive.check(rule))
-            step.require(table.proj.weight, check_plain_sgd if backend is not None and rule == "sgd" else None)
+            step.require(table.proj.weight, None if backend is None else check_plain_sgd if rule == "sgd"
+                         else adaptive.check(rule) if rule == "adagrad" else None)
             count += 1
     return count
 

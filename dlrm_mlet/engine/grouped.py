@@ -68,7 +68,7 @@ class _Grouped(torch.autograd.Function):
         ctx.one_hot, ctx.halved = one_hot, halved
         ctx.shapes = [a.shape for a in tables]
         ctx.tables = tables if fuse or halved else None
-        ctx.projs = projs if fuse and rule == "sgd" else None
+        ctx.projs = projs if fuse and rule in ("sgd", "adagrad") else None
         ctx.rule = rule
         ctx.packed = packed
         ctx.projs_packed = proj.data_ptr() == projs[0].data_ptr()  # a view of them, not a copy
@@ -97,8 +97,11 @@ class _Grouped(torch.autograd.Function):
             half_update.add_group(ctx.tables, ctx.indices, rows, ctx.packed)
         elif ctx.rule != "sgd":
             adaptive.add_group(ctx.tables, ctx.indices, rows, ctx.rule, packed=ctx.packed)
-        if ctx.projs is None:
+        if ctx.projs is None or (ctx.rule == "adagrad" and not ctx.projs_packed):
             return (None, None, None, None, None, *([None] * count), *grad_proj.unbind(0))
+        if ctx.rule == "adagrad":  # the tables' rows are deferred above; the projections at once too
+            adaptive.add_projections(ctx.projs, grad_proj, proj)
+            return (None,) * (5 + 2 * count)
         fused.add_group(() if ctx.halved else ctx.tables, ctx.indices, rows, ctx.projs, grad_proj,
                         packed=ctx.packed, stacked=proj if ctx.projs_packed else None)
         return (None,) * (5 + 2 * count)
