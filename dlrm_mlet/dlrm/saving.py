@@ -154,6 +154,8 @@ def loaded(ckpt, model, path):
     except MLETError as error:
         fail(f"--load-model={path}: {error}")
     if session.config.onnx_serving:
+        if distributed.is_distributed():  # each rank holds only its own tables: no whole model to export
+            fail("--mlet-onnx-serving scores the whole model in one process; run it without the distributed launcher")
         onnx_serving.install(model, session.config.onnx_serving)
     return ckpt
 
