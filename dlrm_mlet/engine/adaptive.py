@@ -68,9 +68,9 @@ def add_group(tables, indices, rows, rule, packed=None):
         step.defer(table, apply, j, indices[j].numel())
 
 
-def add_projections(projections, gradients, stacked):
+def add_projections(projections, gradients, packed):
     """Record one grouped backward's projection gradients (``gradients[p]`` for ``projections[p]``) for
-    Adagrad at the next step: one update over ``stacked`` (their packed view) when one group holds them all
+    Adagrad at the next step: one update over ``packed`` (their stacked view) when one group holds them all
     and they step together, else each at its own rate. Torch's dense rule, unchanged.
     """
 
@@ -79,7 +79,7 @@ def add_projections(projections, gradients, stacked):
         held = [j for _, j in payloads]
         lrs = _steps(optimizer, group, "adagrad", [projections[j] for j in held])
         if len(held) == len(projections) and len(set(lrs)) == 1:
-            _dense(stacked, _packed_sums(optimizer, projections), gradients, lrs[0], group["eps"])
+            _dense(packed, _packed_sums(optimizer, projections), gradients, lrs[0], group["eps"])
         else:
             for j, lr in zip(held, lrs):
                 _dense(projections[j], optimizer.state[projections[j]]["sum"], gradients[j], lr, group["eps"])

@@ -68,10 +68,11 @@ class _Grouped(torch.autograd.Function):
         ctx.one_hot, ctx.halved = one_hot, halved
         ctx.shapes = [a.shape for a in tables]
         ctx.tables = tables if fuse or halved else None
-        ctx.projs = projs if fuse and rule in ("sgd", "adagrad") else None
+        ctx.projs_packed = proj.data_ptr() == projs[0].data_ptr()  # a view of them, not a copy
+        # the projections' update at the step: SGD's always, Adagrad's over packed ones
+        ctx.projs = projs if fuse and (rule == "sgd" or rule == "adagrad" and ctx.projs_packed) else None
         ctx.rule = rule
         ctx.packed = packed
-        ctx.projs_packed = proj.data_ptr() == projs[0].data_ptr()  # a view of them, not a copy
         ctx.save_for_backward(pooled, proj)
         return out
 
@@ -97,7 +98,7 @@ class _Grouped(torch.autograd.Function):
             half_update.add_group(ctx.tables, ctx.indices, rows, ctx.packed)
         elif ctx.rule != "sgd":
             adaptive.add_group(ctx.tables, ctx.indices, rows, ctx.rule, packed=ctx.packed)
-        if ctx.projs is None or (ctx.rule == "adagrad" and not ctx.projs_packed):
+        if ctx.projs is None:
             return (None, None, None, None, None, *([None] * count), *grad_proj.unbind(0))
         if ctx.rule == "adagrad":  # the tables' rows are deferred above; the projections at once too
             adaptive.add_projections(ctx.projs, grad_proj, proj)
