@@ -137,9 +137,21 @@ def _add_run(sub):
 
 
 def _add_synth(sub):
-    p = sub.add_parser("synth", help="write the embedded default dataset (synthetic, Criteo-Kaggle format)")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="folder for train.txt, train_prob.txt, synth.json")
-    p.add_argument("--rows", type=_positive_int, required=True, help="number of samples")
+    p = sub.add_parser("synth", help="write synthetic clicks in Criteo-Kaggle's format (the embedded default "
+                                     "dataset), as text or, at any size, as DLRM's processed file")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder for train.txt, train_prob.txt, synth.json (or, with "
+                   "--processed, DLRM's processed .npz and day counts)")
+    p.add_argument("--rows", "--samples", dest="rows", type=_positive_int, required=True,
+                   help="number of samples (Criteo-Kaggle has 45840617)")
+    p.add_argument("--processed", action="store_true",
+                   help="write DLRM's processed Criteo-Kaggle files directly (kaggleAdDisplayChallenge_processed.npz, "
+                        "train_day_count.npz), uncompressed, in bounded memory: minutes at full size, where text "
+                        "and DLRM's preprocessing take hours")
+    p.add_argument("--support", choices=["published", "calibrated"],
+                   help="each table's value support: its size (published), or widened until the values seen in "
+                        "Criteo-Kaggle's sample count times --scale number its size (calibrated: the law behind "
+                        "docs/results/criteo_regime.md; ids then exceed text's 31 bits at --scale 1). "
+                        "Default: calibrated with --processed, published for text")
     p.add_argument("--seed", type=int, help="random seed (0); the same seed gives the same bytes")
     p.add_argument("--scale", type=_positive_float,
                    help="table sizes as a fraction of Criteo-Kaggle's (0.01)")

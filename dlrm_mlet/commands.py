@@ -99,7 +99,18 @@ def cmd_run(args):
 def cmd_synth(args):
     from .tools.synth import write_synthetic, write_synthetic_days
 
-    options = {k: getattr(args, k) for k in ("seed", "scale", "rank", "zipf") if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in ("seed", "scale", "rank", "zipf", "support") if getattr(args, k) is not None}
+    if args.processed:
+        from .tools.synth_processed import write_processed
+
+        if args.days:
+            raise MLETError("--days writes Criteo-Terabyte text day files; --processed writes Kaggle's processed file")
+        info = write_processed(args.out_dir, args.rows, progress=not args.quiet, force=args.force, **options)
+        print(f"wrote {info['rows']} samples to {os.path.join(args.out_dir, info['files']['processed'])} "
+              f"({sum(info['table_sizes'])} table rows): base CTR {info['base_ctr']:.4f}, oracle AUC "
+              f"{info['oracle_auc']:.4f} (test split {info['test']['oracle_auc']:.4f}); DLRM's flags: "
+              + " ".join(info["dlrm_flags"]))
+        return 0
     if args.days:
         info = write_synthetic_days(args.out_dir, args.rows, args.days, progress=not args.quiet,
                                     force=args.force, **options)

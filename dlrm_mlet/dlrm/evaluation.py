@@ -18,6 +18,7 @@ import torch
 
 from .avazu import AvazuDataset
 from .frequency import BUCKETS, count_rows
+from .mapped import MappedLoader, MappedSplit
 
 _CHUNK = 1 << 20
 
@@ -34,6 +35,8 @@ def _numpy_rng_kept():
 
 def validation_loader(args, dp, test_ld):
     """The validation twin of DLRM's test loader (same batches, order and collate), or None."""
+    if isinstance(test_ld, MappedLoader):
+        return test_ld.twin("val")
     terabyte = dp.data_loader_terabyte
     if isinstance(test_ld, terabyte.DataLoader):
         return terabyte.DataLoader(test_ld.data_filename, test_ld.data_directory, test_ld.days,
@@ -65,7 +68,9 @@ def _categorical_chunks(dataset):
     From the arrays DLRM's datasets hold (or the day / bin files they read),
     never item by item: Criteo-Kaggle's 39M training rows take seconds.
     """
-    if isinstance(dataset, AvazuDataset):
+    if isinstance(dataset, MappedSplit):
+        yield from dataset.categorical_blocks()
+    elif isinstance(dataset, AvazuDataset):
         for start in range(0, len(dataset.rows), _CHUNK):
             yield np.asarray(dataset.x_cat[np.sort(dataset.rows[start:start + _CHUNK])])
     elif hasattr(dataset, "tot_fea") and hasattr(dataset, "file"):  # CriteoBinDataset: int32 rows

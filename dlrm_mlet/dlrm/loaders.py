@@ -11,7 +11,7 @@ import os
 import torch
 
 from ..errors import MLETError
-from . import criteo
+from . import criteo, mapped
 from .avazu import AvazuDataset, preprocess_avazu
 from .kaggle import kaggle_paths, preprocess_kaggle
 from .session import Scoring, fail, session
@@ -26,6 +26,8 @@ def make_data_and_loaders(args, dp):
     DLRM's files the same way, with MLET on, or without ``--max-ind-range``
     (where stock preprocessing fails on numpy 2, #394); otherwise stock does.
     Avazu: our cached, memory-mapped dataset with DLRM's own batch format.
+    ``--mlet-mmap-data``: a processed Criteo file memory-mapped (``mapped.py``),
+    the same batches as DLRM's loader.
     Anything else goes to DLRM untouched.
     """
     enabled = session.config.enabled
@@ -38,10 +40,13 @@ def make_data_and_loaders(args, dp):
             if not (os.path.exists(processed) and os.path.exists(day_count)):
                 print(f"Preprocessing {args.raw_data_file} into {processed}", flush=True)
                 preprocess_kaggle(args.raw_data_file, processed, args.max_ind_range, args.data_sub_sample_rate)
-        elif args.data_set in ("kaggle", "terabyte") and (enabled or args.max_ind_range <= 0):
+        elif args.data_set in ("kaggle", "terabyte") and (enabled or args.max_ind_range <= 0) \
+                and not session.config.mmap_data:
             criteo.ensure_preprocessed(args)
             if enabled and criteo.uses_bin_files(args):
                 _count_bin_samples(dp)
+        if session.config.mmap_data:
+            return _scored(args, dp, mapped.loaders(args))
     except MLETError as error:
         fail(str(error))
     return _scored(args, dp, dp.make_criteo_data_and_loaders(args))

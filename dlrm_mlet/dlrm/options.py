@@ -14,7 +14,7 @@ from ..core.options import add_table_arguments, parse_table_options
 from ..engine import adaptive, fused, tbe
 from ..errors import MLETError, integer
 from ..files import check_writable
-from . import onnx_serving
+from . import onnx_serving, resumable
 from .checkpoints import MLET_SUFFIX
 from .session import Config, fail, session
 
@@ -68,6 +68,33 @@ def add_arguments(parser):
         "MLPs by ONNX Runtime's dynamic quantization (dlrm-mlet onnx-int8 does the same to a file)",
     )
     group.add_argument(
+        "--mlet-mmap-data", action="store_true", default=False,
+        help="read DLRM's processed Criteo file (--processed-data-file, Kaggle or Terabyte without --memory-map) "
+        "memory-mapped and make each batch in one gather: the same batches as DLRM's loader, bit for bit, "
+        "without loading the file (a compressed file is first rewritten uncompressed beside it, once); "
+        "also works without MLET",
+    )
+    group.add_argument(
+        "--mlet-checkpoint", default="", metavar="PATH",
+        help="keep a resumable checkpoint of the run in PATH, written every --mlet-checkpoint-every batches and "
+        "at the end of each epoch; started again with PATH there, the run resumes from it exactly (same data "
+        "order, same result as if never stopped). MLET runs keep their unfolded training state there "
+        "(dlrm-mlet fold makes it a stock file); also works without MLET",
+    )
+    group.add_argument(
+        "--mlet-checkpoint-every", default="0", metavar="N",
+        help="batches between --mlet-checkpoint writes, a multiple of --print-freq (0: at epoch ends only)",
+    )
+    group.add_argument(
+        "--mlet-table-lr-scale", default="1", metavar="S",
+        help="train the embedding tables at S times --learning-rate (their own optimizer group; DLRM's lr "
+        "schedule scales it too); also works without MLET, for a baseline with its own table step",
+    )
+    group.add_argument(
+        "--mlet-proj-lr-scale", default="1", metavar="S",
+        help="train the MLET projections at S times --learning-rate; 0 keeps them at their initial values",
+    )
+    group.add_argument(
         "--mlet-allow-narrow", action="store_true", default=False,
         help="allow K below --arch-sparse-feature-size (a bottleneck, not MLET)",
     )
@@ -90,12 +117,15 @@ def parse_config(args):
     memory_budget = budget.parse_size(args.mlet_memory_budget) if args.mlet_memory_budget else 0
     onnx_serving = _onnx_serving(args)
     rule = budget.rule_name(args.mlet_budget_rule, "--mlet-budget-rule")
+    run = _run_options(args)
     if hidden == 0:
+        if run["proj_lr_scale"] != 1.0:
+            raise MLETError("--mlet-proj-lr-scale has no effect without --mlet-hidden-dim K (K > 0)")
         for flag, given in (("--mlet-fused-update", fused_update != AUTO), ("--mlet-memory-budget", memory_budget),
                             ("--mlet-budget-rule", rule != budget.DEFAULT_RULE)):
             if given:
                 raise MLETError(f"{flag} has no effect without --mlet-hidden-dim K (K > 0)")
-        return Config(log_freq=log_freq, metrics_json=metrics_json, onnx_serving=onnx_serving)
+        return Config(log_freq=log_freq, metrics_json=metrics_json, onnx_serving=onnx_serving, **run)
     if memory_budget and per_table:
         raise MLETError("--mlet-memory-budget picks the K per table; give one --mlet-hidden-dim K as its cap, "
                         "not a list")
@@ -108,7 +138,43 @@ def parse_config(args):
     inference_only = bool(getattr(args, "inference_only", False))
     grad_accum = int(getattr(args, "mlperf_grad_accum_iter", 1) or 1) if getattr(args, "mlperf_logging", False) else 1
     return Config(hidden, per_table, min_rows, proj_init, inference_only, log_freq, metrics_json, fused_update,
-                  grad_accum, table_dtype, memory_budget, rule, getattr(args, "optimizer", "sgd"), onnx_serving)
+                  grad_accum, table_dtype, memory_budget, rule, getattr(args, "optimizer", "sgd"), onnx_serving,
+                  **run)
+
+
+def _scale(args, name, flag):
+    text = getattr(args, name, "1")
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise MLETError(f"{flag}: expected a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise MLETError(f"{flag}: expected a number >= 0, got {text!r}")
+    return value
+
+
+def _run_options(args):
+    """The options that hold with or without MLET: data reading, resumable checkpoints, per-group lrs."""
+    mmap_data = bool(getattr(args, "mlet_mmap_data", False))
+    if mmap_data and (getattr(args, "data_generation", "dataset") != "dataset"
+                      or getattr(args, "data_set", "kaggle") not in ("kaggle", "terabyte")
+                      or getattr(args, "memory_map", False)):
+        raise MLETError("--mlet-mmap-data reads DLRM's processed Criteo file: it needs --data-generation=dataset, "
+                        "--data-set=kaggle or terabyte, and no --memory-map")
+    checkpoint = getattr(args, "mlet_checkpoint", "") or ""
+    every = integer(getattr(args, "mlet_checkpoint_every", "0") or "0", "--mlet-checkpoint-every", 0, text=True)
+    if every and not checkpoint:
+        raise MLETError("--mlet-checkpoint-every has no effect without --mlet-checkpoint PATH")
+    print_freq = int(getattr(args, "print_freq", 1) or 1)
+    if every % print_freq:
+        raise MLETError(f"--mlet-checkpoint-every={every} must be a multiple of --print-freq={print_freq} "
+                        "(a resumed run then prints the same losses)")
+    if checkpoint and getattr(args, "inference_only", False):
+        raise MLETError("--mlet-checkpoint keeps a training run's state; drop it with --inference-only")
+    table_scale = _scale(args, "mlet_table_lr_scale", "--mlet-table-lr-scale")
+    proj_scale = _scale(args, "mlet_proj_lr_scale", "--mlet-proj-lr-scale")
+    return {"mmap_data": mmap_data, "checkpoint": checkpoint, "checkpoint_every": every,
+            "table_lr_scale": table_scale, "proj_lr_scale": proj_scale}
 
 
 def _onnx_serving(args):
@@ -204,4 +270,6 @@ def configure(args):
             check_writable(args.save_model, os.path.basename(args.save_model) + MLET_SUFFIX)
         except MLETError as error:
             fail(f"--save-model: {error}")
-    return session.start(config)
+    session.start(config)
+    resumable.check(args)
+    return config

@@ -28,6 +28,7 @@ import zipfile
 import numpy as np
 
 from ..errors import MLETError
+from ..files import atomic_write
 from .avazu import AvazuDataset
 from .kaggle import KAGGLE_DAYS, day_sizes
 
@@ -220,3 +221,57 @@ def npz_blocks(path, name, rows):
             if len(data) != count * width:
                 raise MLETError(f"{path}: {name} ends early")
             yield np.frombuffer(data, dtype=dtype).reshape(count, shape[1])
+
+
+def npz_memmap(path, name):
+    """A read-only memory map of an .npz member, which must be stored, not compressed.
+
+    A stored member's ``.npy`` bytes lie in the file as they are, after the
+    member's local header and the ``.npy`` header, so no byte is read or
+    copied until it is used (``dlrm-mlet synth --processed`` writes such files;
+    DLRM's own preprocessing compresses its members: ``store_npz`` rewrites one).
+    """
+    archive, handle = _npz_member(path, name)
+    with archive, handle:
+        info = archive.getinfo(name + ".npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise MLETError(f"{path}: {name} is compressed and cannot be memory-mapped")
+        version = np.lib.format.read_magic(handle)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(handle)
+        header = handle.tell()
+    with open(path, "rb") as raw:  # the local header's own name and extra lengths can differ from the directory's
+        raw.seek(info.header_offset + 26)
+        name_length, extra_length = np.frombuffer(raw.read(4), dtype="<u2")
+    offset = info.header_offset + 30 + int(name_length) + int(extra_length) + header
+    if not np.prod(shape, dtype=np.int64):
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape), order="F" if fortran else "C")
+
+
+def is_stored(path, names):
+    """Whether every member ``names`` of the .npz at ``path`` is stored (not compressed)."""
+    with zipfile.ZipFile(path) as archive:
+        return all(archive.getinfo(name + ".npy").compress_type == zipfile.ZIP_STORED for name in names)
+
+
+def store_npz(source, target, progress=None):
+    """Rewrite the .npz ``source`` with its members stored, not compressed, into ``target`` (atomically).
+
+    Members are copied in blocks, never loaded whole (Criteo-Kaggle's ``X_cat``
+    is 4.8 GB uncompressed).
+    """
+    def write(tmp):
+        with zipfile.ZipFile(source) as archive, \
+                zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as out:
+            for info in archive.infolist():
+                with archive.open(info) as member, out.open(info.filename, "w", force_zip64=True) as copy:
+                    while True:
+                        block = member.read(1 << 24)
+                        if not block:
+                            break
+                        copy.write(block)
+                        if progress is not None:
+                            progress(len(block))
+
+    atomic_write(target, write)

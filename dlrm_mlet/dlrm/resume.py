@@ -3,8 +3,9 @@
 A resumed stock DLRM run does not continue the interrupted one: it loops
 forever after a finished epoch, skips batches in every epoch, restarts its
 learning-rate schedule and RWSAdagrad's accumulators, and draws other random
-data. Each function here fixes one of those for resumed MLET runs; with MLET
-off each keeps stock behaviour, byte for byte.
+data. Each function here fixes one of those for resumed MLET runs and for
+runs that keep ``--mlet-checkpoint`` (``session.resumes_exactly``); any other
+run keeps stock behaviour, byte for byte.
 """
 
 import warnings
@@ -13,29 +14,29 @@ import numpy as np
 import torch
 
 from ..core import step
-from .session import builds_tables, session
+from .session import resumes_exactly, session
 
 
 def epoch_after_skip(k):
     """Stock DLRM skips a finished epoch with ``continue`` but never advances ``k``.
 
     A checkpoint saved after the first epoch therefore makes a resumed run
-    loop forever. When resuming MLET training we advance; with MLET off the
-    stock behaviour is kept, byte for byte.
+    loop forever. When resuming exactly (MLET training, or ``--mlet-checkpoint``)
+    we advance; otherwise the stock behaviour is kept, byte for byte.
     """
-    return k + 1 if builds_tables() else k
+    return k + 1 if resumes_exactly() else k
 
 
 def skip_batch(k, j, skip_upto_epoch, skip_upto_batch):
     """Whether to skip batch ``j`` of epoch ``k`` when resuming.
 
     Stock DLRM skips the first ``skip_upto_batch`` batches of *every* epoch, so
-    a resumed multi-epoch run silently trains on less data. Resuming MLET
-    training skips them in the saved epoch only, and after the last skipped
+    a resumed multi-epoch run silently trains on less data. Resuming exactly
+    skips them in the saved epoch only, and after the last skipped
     batch puts back the numpy RNG state saved with the checkpoint, so the next
     batch is drawn as in the uninterrupted run (see ``numpy_rng_state``).
     """
-    if builds_tables():
+    if resumes_exactly():
         skip = k == skip_upto_epoch and j < skip_upto_batch
         if skip and j == skip_upto_batch - 1 and session.resume_rng is not None:
             set_numpy_rng_state(session.resume_rng)
@@ -51,9 +52,9 @@ def resume_schedule(lr_scheduler, ckpt):
     decay from step 0 (the MLPerf schedule warms up over thousands of steps).
     Here it is stepped once per optimizer step the saved run took, as the
     uninterrupted run stepped it, so every later step gets the same rate.
-    Resumed MLET runs only (stock kept as is).
+    Exact resumes only (stock kept as is).
     """
-    if not builds_tables():
+    if not resumes_exactly():
         return
     grad_accum = session.config.grad_accum
     per_epoch = ckpt["nbatches"] // grad_accum
@@ -65,7 +66,7 @@ def resume_schedule(lr_scheduler, ckpt):
 
 
 def start_resume(ckpt):
-    """A checkpoint is resuming MLET training: hold its RNG state, keep RWSAdagrad's accumulators."""
+    """A checkpoint is resuming training exactly: hold its RNG state, keep RWSAdagrad's accumulators."""
     session.resume_rng = ckpt.get("mlet", {}).get("numpy_rng")
     step.on_step("keep a resumed RWSAdagrad's accumulators", _keep_loaded_rowwise_state)
 
@@ -95,11 +96,11 @@ def _keep_loaded_rowwise_state(optimizer, args, kwargs):
     RWSAdagrad zeroes every ``momentum``/``sum`` on its first ``step`` because
     its ``momentum_initialized`` flag is an attribute, not optimizer state, and
     so is False again after ``load_state_dict``; a resumed run would restart
-    Adagrad's accumulation from zero. Resumed MLET runs only (stock kept as is).
+    Adagrad's accumulation from zero. Exact resumes only (stock kept as is).
     """
     # Only RWSAdagrad's own loop makes a dense parameter's "sum": with one there, the state was loaded.
     # (Row-wise "momentum" alone is no sign: the MLET tables' update at the step makes it before that loop.)
-    if (builds_tables() and getattr(optimizer, "momentum_initialized", True) is False
+    if (resumes_exactly() and getattr(optimizer, "momentum_initialized", True) is False
             and any("sum" in s for s in optimizer.state.values())):
         optimizer.momentum_initialized = True
 

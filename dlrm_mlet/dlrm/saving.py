@@ -17,7 +17,7 @@ from ..checkpoint_io import atomic_save, check_safe_to_load, load_checkpoint, to
 from . import distributed, onnx_serving
 from .checkpoints import MLET_SUFFIX, fold_checkpoint, is_mlet_checkpoint, param_group_names
 from .resume import numpy_rng_state, start_resume
-from .session import builds_tables, fail, session
+from .session import builds_tables, fail, resumes_exactly, session
 from .tables import has_mlet_tables
 
 FORMAT_VERSION = 1
@@ -38,21 +38,7 @@ def save_model(ckpt, path, model):
         except MLETError as error:
             fail(f"--save-model: {error}")
         return
-    config = session.config
-    record = {
-        "format": FORMAT_VERSION,
-        "hidden_dim": "-".join(map(str, config.per_table)) if config.per_table else config.hidden_dim,
-        "min_rows": config.min_rows,
-        "proj_init": config.proj_init,
-        "table_dtype": config.table_dtype,
-        "numpy_rng": numpy_rng_state(),
-    }
-    if ckpt.get("opt_state_dict") is not None:
-        record["param_groups"] = param_group_names(model, ckpt["opt_state_dict"])
-    if distributed.is_distributed():
-        record.update(world_size=distributed.dist.get_world_size(), rank=distributed.dist.get_rank(),
-                      local_emb_indices=list(model.local_emb_indices))
-    training = dict(to_plain(ckpt), mlet=record)
+    training = _training_state(ckpt, model)
     bad = first_non_finite(training["state_dict"])
     try:
         # Everything is checked and folded before anything is written: a diverged
@@ -80,15 +66,47 @@ def save_model(ckpt, path, model):
     print(f"MLET: wrote folded stock checkpoint {path} and MLET checkpoint {path}{MLET_SUFFIX}")
 
 
-def diverged(ckpt, path, where):
+def _training_state(ckpt, model):
+    """DLRM's checkpoint dict with our ``mlet`` record: what resuming needs beyond DLRM's keys."""
+    config = session.config
+    record = {"format": FORMAT_VERSION, "numpy_rng": numpy_rng_state()}
+    if builds_tables():
+        record.update({
+            "hidden_dim": "-".join(map(str, config.per_table)) if config.per_table else config.hidden_dim,
+            "min_rows": config.min_rows,
+            "proj_init": config.proj_init,
+            "table_dtype": config.table_dtype,
+        })
+    if ckpt.get("opt_state_dict") is not None:
+        record["param_groups"] = session.group_names or param_group_names(model, ckpt["opt_state_dict"])
+    if distributed.is_distributed():
+        record.update(world_size=distributed.dist.get_world_size(), rank=distributed.dist.get_rank(),
+                      local_emb_indices=list(model.local_emb_indices))
+    return dict(to_plain(ckpt), mlet=record)
+
+
+def save_training_checkpoint(ckpt, path, model):
+    """``--mlet-checkpoint``: the training state alone (MLET tables unfolded), atomically; a diverged
+    state is refused before anything is written, so PATH keeps the last good checkpoint."""
+    training = _training_state(ckpt, model)
+    bad = first_non_finite(training["state_dict"])
+    if bad:
+        fail(diverged(ckpt, path, f"{bad[0]} row {bad[1]}", "--mlet-checkpoint"))
+    try:
+        atomic_save(training, path)
+    except MLETError as error:
+        fail(f"--mlet-checkpoint: {error}")
+
+
+def diverged(ckpt, path, where, flag="--save-model"):
     """The line a save stops DLRM with when a parameter is NaN or inf: what, when, what to change."""
     epoch, it = ckpt.get("epoch", 0), ckpt.get("iter", 0)
     groups = (ckpt.get("opt_state_dict") or {}).get("param_groups") or [{}]
     lr = f" (now {groups[0]['lr']:g})" if "lr" in groups[0] else ""
-    return (f"--save-model: training diverged: {where} is not finite (nan or inf) at epoch {epoch}, "
-            f"iter {it} (step {ckpt.get('nbatches', 0) * epoch + it}); nothing was saved, {path} and "
-            f"{path}{MLET_SUFFIX} keep the last good checkpoint; lower --learning-rate{lr}, or K "
-            "(--mlet-hidden-dim)")
+    kept = f"{path} and {path}{MLET_SUFFIX} keep" if flag == "--save-model" else f"{path} keeps"
+    return (f"{flag}: training diverged: {where} is not finite (nan or inf) at epoch {epoch}, "
+            f"iter {it} (step {ckpt.get('nbatches', 0) * epoch + it}); nothing was saved, {kept} "
+            f"the last good checkpoint; lower --learning-rate{lr}, or K (--mlet-hidden-dim)")
 
 
 def _fail_together(message, dist):
@@ -187,11 +205,7 @@ def _loaded(ckpt, model, path):
                 f"load {path}{MLET_SUFFIX} instead, or add --inference-only"
             )
         check_shapes(state, model.state_dict(), dtypes=True)
-        if ckpt.get("iter", 0) >= ckpt.get("nbatches", float("inf")):
-            # Saved at the end of an epoch: resume at the start of the next one.
-            ckpt = dict(ckpt, epoch=ckpt["epoch"] + 1, iter=0)
-        start_resume(ckpt)
-        return ckpt
+        return _resuming(ckpt)
     if ckpt_is_mlet:
         if world > 1:
             raise MLETError("an MLET shard cannot be folded on load; load the folded checkpoint")
@@ -201,6 +215,15 @@ def _loaded(ckpt, model, path):
         check_shapes(ckpt["state_dict"], model.state_dict())
     elif world == 1:  # a plain file into a plain model: named here rather than by load_state_dict's traceback
         check_shapes(state, model.state_dict())
+    return _resuming(ckpt) if resumes_exactly() else ckpt
+
+
+def _resuming(ckpt):
+    """A checkpoint that resumes training exactly (``resume.py``): one saved at the end of an
+    epoch resumes at the start of the next."""
+    if ckpt.get("iter", 0) >= ckpt.get("nbatches", float("inf")):
+        ckpt = dict(ckpt, epoch=ckpt["epoch"] + 1, iter=0)
+    start_resume(ckpt)
     return ckpt
 
 

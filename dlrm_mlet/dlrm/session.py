@@ -30,6 +30,11 @@ class Config:
     budget_rule: str = "uniform"  # which tables the budget gives the large K (core.budget.RULES)
     optimizer: str = "sgd"  # DLRM's --optimizer: what the budget counts as optimizer state
     onnx_serving: str = ""  # score with ONNX Runtime on the model's export: fp32 or int8 ('' off)
+    mmap_data: bool = False  # read DLRM's processed Criteo file memory-mapped (mapped.py)
+    checkpoint: str = ""  # where the run keeps its resumable checkpoint ('' off)
+    checkpoint_every: int = 0  # batches between resumable checkpoints
+    table_lr_scale: float = 1.0  # the tables' learning rate, as a multiple of --learning-rate
+    proj_lr_scale: float = 1.0  # the MLET projections' learning rate, as a multiple (0: frozen at init)
 
     @property
     def enabled(self):
@@ -57,6 +62,7 @@ class Session:
         self.resume_rng = None  # numpy RNG state of the checkpoint being resumed, until its skip loop ends
         self.scoring = None  # Scoring, when --mlet-metrics-json asks for it
         self.training = None  # (train dataset, --max-ind-range), for --mlet-memory-budget's rare rule
+        self.group_names = None  # parameter names per optimizer group, when lr_groups made the groups
         # False under ``dlrm-mlet run``: without the patch's two lines in DLRM's resume
         # loop (epoch_after_skip, skip_batch) resuming would skip or repeat data.
         self.can_resume = True
@@ -68,6 +74,7 @@ class Session:
         self.resume_rng = None
         self.scoring = None
         self.training = None
+        self.group_names = None
         return config
 
 
@@ -85,6 +92,12 @@ def use_config(config):
 def reset():
     """Back to MLET off, as a process that never ran DLRM."""
     return session.start(Config())
+
+
+def resumes_exactly():
+    """Whether a resumed run continues the interrupted one exactly (``resume.py``'s fixes to DLRM's
+    resume loop): MLET training, or any run keeping ``--mlet-checkpoint``; stock DLRM otherwise."""
+    return builds_tables() or bool(session.config.checkpoint)
 
 
 def builds_tables():

@@ -88,36 +88,37 @@ def add_group(tables, indices, rows, projections=(), gradients=(), packed=None, 
     ``tables[t]`` (float32) gets ``rows[t]`` at ``indices[t]`` (repeats add
     up; ``rows`` a list, or one ``(tables, n, k)`` tensor when each table
     has n), ``projections[p]`` gets ``gradients[p]``. When one param group of
-    the stepping optimizer holds them all (DLRM's single group) they are applied
-    together: one sparse add over the tables' shared buffer when they are
-    packed (``packed``: ``packing.flat_indices`` of them), else one per
-    table, and one add over the projections (``stacked``: their
-    ``packing.stacked`` view, when they are packed too), else a foreach add.
-    Otherwise each one is applied alone, when the optimizer holding it
-    steps, at its group's lr: the same result either way.
+    the stepping optimizer holds all the tables (DLRM's single group, or the
+    tables' own group) they are applied together: one sparse add over the
+    tables' shared buffer when they are packed (``packed``:
+    ``packing.flat_indices`` of them), else one per table; the projections
+    a group holds in one add (``stacked``: their ``packing.stacked`` view,
+    when it holds them all and they are packed), else a foreach add. Each
+    group applies what it holds when its optimizer steps, at its lr: the
+    same result however the parameters are grouped.
     """
     params = list(tables) + list(projections)
 
     def apply(optimizer, group, payloads):
         lr = group["lr"]
-        if len(payloads) < len(params):  # the group holds only some: each at this group's lr
-            for _, j in payloads:
-                if j < len(tables):
-                    _sparse_add(tables[j], indices[j], rows[j], lr)
-                else:
-                    params[j].add_(gradients[j - len(tables)], alpha=-lr)
-            return
-        if tables:
+        held = {j for _, j in payloads}
+        # The tables together when this group holds them all (DLRM's single group, or a
+        # group of its own: --mlet-table-lr-scale), else each alone at this group's lr.
+        if tables and held.issuperset(range(len(tables))):
             if packed is None:
                 for table, i, r in zip(tables, indices, rows):
                     _sparse_add(table, i, r, lr)
             else:
                 buffer, flat = packed
                 _sparse_add(buffer, flat, rows.flatten(0, 1) if torch.is_tensor(rows) else torch.cat(rows), lr)
-        if stacked is not None:
+        else:
+            for j in sorted(held & set(range(len(tables)))):
+                _sparse_add(tables[j], indices[j], rows[j], lr)
+        mine = [j - len(tables) for j in sorted(held) if j >= len(tables)]
+        if len(mine) == len(projections) and stacked is not None:
             stacked.add_(gradients, alpha=-lr)
-        elif projections:
-            torch._foreach_add_(list(projections), list(gradients), alpha=-lr)
+        elif mine:
+            torch._foreach_add_([projections[p] for p in mine], [gradients[p] for p in mine], alpha=-lr)
 
     for j, param in enumerate(params):
         step.defer(param, apply, j, indices[j].numel() if j < len(tables) else 0)

@@ -36,6 +36,7 @@ from ..dlrm.kaggle import day_sizes
 from ..errors import MLETError
 from ..files import StagedFiles
 from ..progress import progress_bar
+from .synth_law import supports_for
 from .synth_model import (
     BIAS_STD,
     CALIBRATION_START,
@@ -61,6 +62,7 @@ from .synth_model import (
 )
 
 BLOCK_ROWS = 20_000
+MAX_TEXT_SUPPORT = 2**31 - 2  # written values are ids mixed over [1, 2^31 - 1)
 AUC_BINS = 10**6  # train_prob.txt has 6 decimals: one bin per printable value, so the AUC is exact
 
 # ---------------------------------------------------------------- formatting
@@ -136,10 +138,53 @@ def _auc_from_histograms(counts):
     return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
 
 
+class Statistics:
+    """Streaming label statistics of a synthetic set: the exact AUC and log loss of the true
+    probabilities (label counts per printed probability) and the AUC of the first-order part
+    alone (10^5 bins are plenty), with memory fixed by the bins."""
+
+    def __init__(self):
+        self.oracle = np.zeros((2, AUC_BINS + 1), np.int64)
+        self.first = np.zeros((2, 10**5 + 1), np.int64)
+        self.loss = 0.0
+
+    def add(self, labels, q, first_order_logit):
+        """One block: its labels, true probabilities in millionths, first-order logits."""
+        self.oracle += _histogram(labels, q, AUC_BINS + 1)
+        self.first += _histogram(labels, np.rint(sigmoid(first_order_logit) * 1e5), 10**5 + 1)
+        self.loss -= float(np.log(np.where(labels == 1, q, 1_000_000 - q) * 1e-6).sum())
+
+    def record(self, rows):
+        return {"base_ctr": int(self.oracle[1].sum()) / rows, "oracle_auc": _auc_from_histograms(self.oracle),
+                "oracle_log_loss": self.loss / rows, "first_order_auc": _auc_from_histograms(self.first)}
+
+
+def labelled(model, r, b0):
+    """A block's labels (uint8) and true click probabilities in millionths (1..999999)."""
+    logit = r["logit"] + b0
+    labels = (r["label_u"] < sigmoid(logit + r["noise"])).astype(np.uint8)
+    return labels, np.clip(np.rint(click_probability(model, logit) * 1e6), 1, 999_999).astype(np.int64)
+
+
+def model_record(model, b0):
+    """What synth.json says of the generator's parameters."""
+    return {
+        "zipf_exponent": model["zipf"],
+        "missing_rates": {
+            **{f"I{j + 1}": g[0] for g in MISSING for j in g[1]},
+            **{f"C{j + 1}": g[0] for g in MISSING for j in g[2]},
+        },
+        "model": {
+            "global_bias": b0, "bias_std": BIAS_STD, "interaction_std": INTERACTION_STD,
+            "dense_std": DENSE_STD, "noise_std": NOISE_STD, "target_ctr": TARGET_CTR,
+        },
+    }
+
+
 # ---------------------------------------------------------------- writing
 
 
-def _check_args(rows, seed, scale, rank, zipf):
+def check_args(rows, seed, scale, rank, zipf):
     if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
         raise MLETError(f"--rows must be a positive integer, got {rows!r}")
     if rows >= CALIBRATION_START:
@@ -161,10 +206,14 @@ def _write_block(model, train, probs, r, labels, q):
 
 
 def write_synthetic(out_dir, rows, seed=0, scale=DEFAULT_SCALE, rank=DEFAULT_RANK, zipf=ZIPF_EXPONENT,
-                    progress=True, force=False):
+                    progress=True, force=False, support="published"):
     """Write train.txt, train_prob.txt and synth.json into ``out_dir``; returns synth.json's
     content. Refuses to replace an existing train.txt unless ``force``."""
-    sizes = _check_args(rows, seed, scale, rank, zipf)
+    sizes = check_args(rows, seed, scale, rank, zipf)
+    supports = supports_for(scale, support)
+    if max(supports) >= MAX_TEXT_SUPPORT:
+        raise MLETError(f"--support {support} at --scale {scale:g} makes values beyond the 31 bits Criteo's text "
+                        "holds; write DLRM's processed file instead (--processed)")
     out_dir = os.fspath(out_dir)
     train_path = os.path.join(out_dir, "train.txt")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -176,13 +225,10 @@ def write_synthetic(out_dir, rows, seed=0, scale=DEFAULT_SCALE, rank=DEFAULT_RAN
     except OSError as error:
         raise MLETError(f"{out_dir}: cannot create it ({error.strerror})") from None
 
-    model = make_model(seed, scale, rank, zipf)
+    model = make_model(seed, scale, rank, zipf, supports=supports)
     b0 = global_bias(model)
     block = max(1024, min(BLOCK_ROWS, 400_000 // rank))
-    # Streaming statistics: label counts per printed probability give the exact AUC
-    # and log loss of train_prob.txt; 10^5 bins are plenty for the first-order AUC.
-    oracle, first = np.zeros((2, AUC_BINS + 1), np.int64), np.zeros((2, 10**5 + 1), np.int64)
-    loss = 0.0
+    stats = Statistics()
 
     with StagedFiles(out_dir, "synth", f"cannot write {out_dir}", "no train.txt was written") as stage:
         with open(stage.path("train.txt"), "wb") as train, open(stage.path("train_prob.txt"), "wb") as probs, \
@@ -191,37 +237,20 @@ def write_synthetic(out_dir, rows, seed=0, scale=DEFAULT_SCALE, rank=DEFAULT_RAN
             for start in range(0, rows, block):
                 count = min(block, rows - start)
                 r = generate_rows(model, start, count)
-                logit = r["logit"] + b0
-                labels = (r["label_u"] < sigmoid(logit + r["noise"])).astype(np.uint8)
-                q = np.clip(np.rint(click_probability(model, logit) * 1e6), 1, 999_999).astype(np.int64)
+                labels, q = labelled(model, r, b0)
 
                 if pending is not None:
                     pending.result()  # one block in flight at most: memory stays bounded
                 pending = writer.submit(_write_block, model, train, probs, r, labels, q)
-
-                oracle += _histogram(labels, q, AUC_BINS + 1)
-                first += _histogram(labels, np.rint(sigmoid(r["first_order"] + b0) * 1e5), 10**5 + 1)
-                loss -= float(np.log(np.where(labels == 1, q, 1_000_000 - q) * 1e-6).sum())
+                stats.add(labels, q, r["first_order"] + b0)
                 bar.update(count)
             pending.result()
 
         info = {
             "format": "criteo-kaggle", "generator": "dlrm-mlet synth", "version": 1,
             "rows": rows, "seed": seed, "scale": scale, "rank": rank,
-            "table_sizes": sizes, "zipf_exponent": model["zipf"],
-            "missing_rates": {
-                **{f"I{j + 1}": g[0] for g in MISSING for j in g[1]},
-                **{f"C{j + 1}": g[0] for g in MISSING for j in g[2]},
-            },
-            "model": {
-                "global_bias": b0, "bias_std": BIAS_STD, "interaction_std": INTERACTION_STD,
-                "dense_std": DENSE_STD, "noise_std": NOISE_STD, "target_ctr": TARGET_CTR,
-            },
+            "table_sizes": sizes, **({"support": support, "supports": supports} if support != "published" else {}), **model_record(model, b0), **stats.record(rows),
             "files": {"train": "train.txt", "prob": "train_prob.txt"},
-            "base_ctr": int(oracle[1].sum()) / rows,
-            "oracle_auc": _auc_from_histograms(oracle),
-            "oracle_log_loss": loss / rows,
-            "first_order_auc": _auc_from_histograms(first),
         }
         _write_json(stage.path("synth.json"), info)
         # train.txt goes last: it is the sign that the rest is complete

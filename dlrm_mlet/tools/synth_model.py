@@ -252,8 +252,10 @@ def zipf_probabilities(n, zipf):
     return ((i + 1.0) ** a - (i + 2.0) ** a) / (1.0 - (n + 1.0) ** a)
 
 
-def make_model(seed, scale, rank, zipf=ZIPF_EXPONENT):
-    sizes = np.array(table_sizes(scale), dtype=np.float64)
+def make_model(seed, scale, rank, zipf=ZIPF_EXPONENT, supports=None):
+    """The generator's parameters. ``supports`` (one per table) replaces the tables' sizes as the
+    law's supports, e.g. ``synth_law.calibrated_supports``: ids may then exceed 2^31 (processed form only)."""
+    sizes = np.array(table_sizes(scale) if supports is None else supports, dtype=np.float64)
     model = {
         "seed": seed, "rank": rank, "sizes": sizes, "zipf": check_zipf(zipf),
         "row_key": _key(seed, "rows"),
@@ -286,18 +288,30 @@ def sigmoid(x):
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def generate_rows(model, start, count):
-    """Features and logit parts of rows [start, start + count), before the global bias."""
-    rank, sizes = model["rank"], model["sizes"]
+def _row_hashes(model, start, count, first, last):
+    """Hash columns ``first..last-1`` of rows [start, start + count): one independent stream each."""
     counters = np.arange(start, start + count, dtype=np.uint64)[:, None] * _U64(_ROW_STRIDE)
-    h = _splitmix64((counters + np.arange(_NCOLS, dtype=np.uint64)) ^ model["row_key"])
+    return _splitmix64((counters + np.arange(first, last, dtype=np.uint64)) ^ model["row_key"])
 
-    ids = zipf_ids(_uniform(h[:, _COL_ZIPF:_COL_ZIPF + NCAT]), sizes, model["zipf"])
 
+def categorical_ids(model, start, count):
+    """``(ids, cat_missing, dense_missing)`` of rows [start, start + count): each feature's value id
+    (rows x 26, int64) and which categorical and dense values are missing. Cheap next to
+    ``generate_rows``: no per-value parameters."""
+    h = _row_hashes(model, start, count, _COL_ZIPF, _COL_NORMAL)
+    ids = zipf_ids(_uniform(h[:, _COL_ZIPF:_COL_ZIPF + NCAT]), model["sizes"], model["zipf"])
     miss_u = np.concatenate([_uniform(h[:, _COL_MISS:_COL_NORMAL]), np.ones((count, 1))], axis=1)
     rate = model["miss_rate"]
     cat_missing = miss_u[:, model["cat_group"]] < rate[model["cat_group"]]
     dense_missing = miss_u[:, model["dense_group"]] < rate[model["dense_group"]]
+    return ids, cat_missing, dense_missing
+
+
+def generate_rows(model, start, count):
+    """Features and logit parts of rows [start, start + count), before the global bias."""
+    rank = model["rank"]
+    ids, cat_missing, dense_missing = categorical_ids(model, start, count)
+    h = _row_hashes(model, start, count, _COL_NORMAL, _NCOLS)
 
     latent_sum = np.zeros((count, rank))
     square_sum = np.zeros(count)
@@ -321,7 +335,7 @@ def generate_rows(model, start, count):
     interaction = 0.5 * (np.einsum("ij,ij->i", latent_sum, latent_sum) - square_sum)
     interaction *= INTERACTION_STD / math.sqrt(NCAT * (NCAT - 1) // 2 * rank)
 
-    normals = _normals(h[:, _COL_NORMAL:_COL_LABEL])
+    normals = _normals(h[:, :_COL_LABEL - _COL_NORMAL])
     signal = latent_sum[:, np.arange(NDENSE) % rank] / math.sqrt(NCAT)
     rho, mu, sigma, low = model["rho"], model["mu"], model["sigma"], model["low"]
     g = rho * signal + np.sqrt(1.0 - rho**2) * normals[:, :NDENSE]
@@ -335,7 +349,7 @@ def generate_rows(model, start, count):
     return {
         "ids": ids, "cat_missing": cat_missing, "dense": dense, "dense_missing": dense_missing,
         "first_order": first_order, "logit": first_order + interaction,
-        "noise": NOISE_STD * normals[:, NDENSE], "label_u": _uniform(h[:, _COL_LABEL]),
+        "noise": NOISE_STD * normals[:, NDENSE], "label_u": _uniform(h[:, _COL_LABEL - _COL_NORMAL]),
     }
 
 

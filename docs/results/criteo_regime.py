@@ -9,90 +9,24 @@ rates) and the generator's law, P(id) ~ (id + 1)^-1.1. The law is first checked
 where it can be: on the first 10,000 real rows (when the sample is there), its
 expected distinct values and rare-lookup share against the measured ones.
 
-Expected counts are exact sums over rows of Poisson expectations: a row with
-probability p among N lookups is seen C ~ Poisson(Np) times, and the lookups it
-contributes to the rare class are E[C 1{1 <= C <= 10}] = Np P(Poisson(Np) <= 9).
-Supports beyond 10^5 rows are summed over 20,000 log-spaced bins.
+Expected counts are exact sums over rows of Poisson expectations
+(``dlrm_mlet/tools/synth_law.py``, which ``dlrm-mlet synth --support calibrated``
+generates from).
 """
 
 import argparse
-import math
 import os
 import shutil
 import sys
 import tempfile
 
-import numpy as np
-
 from dlrm_mlet.dlrm.kaggle import preprocess_kaggle
-from dlrm_mlet.dlrm.frequency import RARE_MAX, count_rows, profile
+from dlrm_mlet.dlrm.frequency import count_rows, profile
 from dlrm_mlet.dlrm.processed import training_split
-from dlrm_mlet.tools.synth_model import CRITEO_TABLE_SIZES, MISSING, NCAT, ZIPF_EXPONENT, table_sizes
+from dlrm_mlet.tools.synth_law import CRITEO_SAMPLES as SAMPLES, calibrated_supports, expected, law_share, missing_rates
+from dlrm_mlet.tools.synth_model import CRITEO_TABLE_SIZES, ZIPF_EXPONENT, table_sizes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SAMPLES = 45_840_617  # Criteo-Kaggle's train.txt
-TRAIN = 6 / 7  # DLRM trains on 6 of its 7 days
-EXACT = 100_000
-
-
-def missing_rates():
-    rates = np.zeros(NCAT)
-    for rate, _, cats in MISSING:
-        rates[list(cats)] = rate
-    return rates
-
-
-def _rows(support):
-    """Row ids (exact below EXACT, log-spaced bin centres above) and the rows each stands for."""
-    ids = np.arange(min(support, EXACT), dtype=np.float64)
-    weight = np.ones_like(ids)
-    if support > EXACT:
-        edges = np.unique(np.geomspace(EXACT, support, 20_000))
-        ids = np.concatenate([ids, np.sqrt(edges[:-1] * edges[1:])])
-        weight = np.concatenate([weight, np.diff(edges)])
-    return ids, weight
-
-
-def _lambda(support, lookups, zipf=ZIPF_EXPONENT):
-    ids, weight = _rows(support)
-    a = 1.0 - zipf
-    return lookups * ((ids + 1) ** a - (ids + 2) ** a) / (1 - (support + 1) ** a), weight
-
-
-def _at_most(lam, c):
-    term, out = np.exp(-lam), np.zeros_like(lam)
-    for i in range(c + 1):
-        out += term
-        term = term * lam / (i + 1)
-    return out
-
-
-def expected(support, lookups):
-    """(expected distinct rows seen, expected lookups on rows seen 1..RARE_MAX times)."""
-    lam, weight = _lambda(support, lookups)
-    return float(((1 - np.exp(-lam)) * weight).sum()), float((lam * _at_most(lam, RARE_MAX - 1) * weight).sum())
-
-
-def calibrated_support(published, lookups):
-    """The support whose expected distinct values in ``lookups`` draws is the published size (capped at 10^4 x)."""
-    if expected(published * 10**4, lookups)[0] < published:
-        return published * 10**4, False
-    lo, hi = published, published * 10**4
-    for _ in range(60):
-        mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if expected(mid, lookups)[0] < published else (lo, mid)
-    return hi, True
-
-
-def law_share(sizes, samples, supports=None):
-    """Expected rare-lookup share over all tables (training split), and per table."""
-    rates = missing_rates()
-    per_table = []
-    for f, n in enumerate(sizes):
-        lookups = samples * TRAIN * (1 - rates[f])
-        per_table.append(expected(int((supports or sizes)[f]), lookups)[1] / lookups if lookups else 0.0)
-    weights = 1 - rates  # every sample looks each table up once; a missing value is a frequent row
-    return float(np.sum(np.array(per_table) * weights) / NCAT), per_table
 
 
 def sample_check(path):
@@ -132,10 +66,8 @@ def main():
                   f"{sum(d[1] for d in distinct):,.0f}.", ""]
     else:
         lines += [f"(The real sample {args.sample} is absent: the check against real rows was skipped.)", ""]
-    rates = missing_rates()
     fixed, fixed_tables = law_share(CRITEO_TABLE_SIZES, SAMPLES)
-    supports, reached = zip(*(calibrated_support(n, SAMPLES * (1 - rates[f])) if n > 1000 else (n, True)
-                              for f, n in enumerate(CRITEO_TABLE_SIZES)))
+    supports, reached = zip(*calibrated_supports(CRITEO_TABLE_SIZES, SAMPLES))
     calibrated, calibrated_tables = law_share(CRITEO_TABLE_SIZES, SAMPLES, [int(s) for s in supports])
     lines += ["## Full size, from published facts", "",
               f"{SAMPLES:,} samples, 26 tables, {sum(CRITEO_TABLE_SIZES):,} rows. Two readings of the law:", "",
