@@ -177,7 +177,8 @@ def _add_inspect(sub):
 def _add_sweep(sub):
     p = sub.add_parser("sweep", help="the paper's experiment: baseline and MLET over d and k, to a CSV")
     p.add_argument("--data-set", choices=["kaggle", "avazu"], default="kaggle")
-    p.add_argument("--raw-data-file", required=True, help="Criteo-Kaggle train.txt or Avazu train.csv")
+    p.add_argument("--raw-data-file", required=True, help="Criteo-Kaggle train.txt or Avazu train.csv (need not "
+                   "exist when DLRM's processed file is given: -- --processed-data-file=PATH)")
     p.add_argument("--out", required=True, help="results CSV (appended to; finished runs are kept)")
     p.add_argument("--dlrm-dir", default=_default_dlrm_dir(),
                    help="DLRM checkout at the pinned commit (default: $DLRM_DIR or the cache folder)")
@@ -200,6 +201,9 @@ def _add_sweep(sub):
                         "DLRM's 8- and 4-bit tables (--quantize-emb-with-bit), onnx for its ONNX export in ONNX "
                         "Runtime, int8 (needs onnxruntime); plain tables only. Added to a finished sweep, "
                         "it retrains the runs that lack it")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=0, metavar="N",
+                   help="each run keeps a resumable checkpoint every N batches (a multiple of DLRM's --print-freq, "
+                        "1024): a sweep stopped in a long run resumes it there, not from its start")
     p.add_argument("--work", help="folder for the patched DLRM copy and logs (default: next to --out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("dlrm_args", nargs=argparse.REMAINDER, metavar="-- DLRM_ARGS",

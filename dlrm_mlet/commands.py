@@ -149,7 +149,7 @@ def cmd_sweep(args):
     rows = run_sweep(args.dlrm_dir, args.data_set, args.raw_data_file, args.out, args.d, args.k,
                      args.seeds, lrs=args.lrs, epochs=args.epochs, work=args.work, extra_args=args.dlrm_args,
                      quiet=args.quiet, jobs=args.jobs, baseline=not args.no_baseline, regime=args.regime,
-                     quantize=args.quantize)
+                     quantize=args.quantize, checkpoint_every=args.checkpoint_every)
     print(f"{len(rows)} runs in {args.out}; see them with: dlrm-mlet report {args.out}")
     return 0
 

@@ -22,7 +22,7 @@ resume (not inference)  resume     ``resume_schedule(lr_scheduler, ld_model)``
 ``--save-onnx``         saving     ``for_export(dlrm)``
 resume skip loop        resume     ``epoch_after_skip(k)``, ``skip_batch(...)``
 after optimizer step    metrics    ``after_step(dlrm, writer, step)``
-end of each batch       resumable  ``checkpoint(locals())`` (``--mlet-checkpoint``)
+end of each batch       resumable  ``checkpoint(dlrm, args, locals())``
 test scores (mlperf)    metrics    ``test_scores(scores, targets, step, forward)``
 ======================  =========  ===========================================================
 

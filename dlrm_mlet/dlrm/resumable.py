@@ -39,23 +39,23 @@ def check(args):
         print(f"MLET: resuming from {path}", flush=True)
 
 
-def checkpoint(state):
+def checkpoint(model, args, state):
     """At the end of each batch of DLRM's training loop (``state``: its local variables, read by
     name): write the run's checkpoint when one is due."""
     config = session.config
     if not config.checkpoint:
         return
-    args, j, k = state["args"], state["j"], state["k"]
+    j, k = state["j"], state["k"]
     nbatches = args.num_batches if args.num_batches > 0 else len(state["train_ld"])
     every = config.checkpoint_every
     if not (j + 1 == nbatches or every and (j + 1) % every == 0):
         return
     ckpt = {
         "nepochs": args.nepochs, "nbatches": nbatches, "nbatches_test": len(state["test_ld"]),
-        "state_dict": state["dlrm"].state_dict(), "test_acc": state["best_acc_test"],
+        "state_dict": model.state_dict(), "test_acc": state["best_acc_test"],
         "test_auc": state["best_auc_test"], "epoch": k, "iter": j + 1,
         # a due checkpoint follows a print (its batch is a multiple of --print-freq, or the last), which set these
         "train_loss": state["train_loss"], "total_loss": state["total_loss"],
         "opt_state_dict": state["optimizer"].state_dict(),
     }
-    save_training_checkpoint(ckpt, config.checkpoint, state["dlrm"])
+    save_training_checkpoint(ckpt, config.checkpoint, model)

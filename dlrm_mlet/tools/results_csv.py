@@ -16,12 +16,14 @@ from .serving import PRECISIONS, fields
 BUCKET_FIELDS = [f"test_{slug}_{m}" for slug, *_ in BUCKETS for m in ("samples", "auc", "log_loss")]
 # Columns added after the first release, with the value an older file's rows take
 SERVED_FIELDS = [field for precision in PRECISIONS for field in fields(precision)]
-LATER_FIELDS = {"regime": "", "optimizer": "sgd", "rare_lookup_share": "", "tables": "plain",
-                **dict.fromkeys(SERVED_FIELDS, "")}
+LATER_FIELDS = {"regime": "", "optimizer": "sgd", "rare_lookup_share": "", "tables": "plain", "train_samples": "",
+                "peak_memory_mib": "", **dict.fromkeys(SERVED_FIELDS, "")}
 FIELDS = [
-    "dataset", "regime", "optimizer", "tables", "rare_lookup_share", "d", "k", "lr", "seed", "epochs", "status", "note",
+    "dataset", "regime", "optimizer", "tables", "rare_lookup_share", "train_samples", "d", "k", "lr", "seed", "epochs",
+    "status", "note",
     "val_auc", "val_log_loss", "val_accuracy", "test_auc", "test_log_loss", "test_accuracy", *BUCKET_FIELDS,
-    "train_seconds", "train_ms_per_it", "inference_embedding_bytes", "training_embedding_bytes", *SERVED_FIELDS,
+    "train_seconds", "train_ms_per_it", "peak_memory_mib", "inference_embedding_bytes", "training_embedding_bytes",
+    *SERVED_FIELDS,
 ]
 
 def run_key(row):

@@ -17,8 +17,10 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -36,6 +38,8 @@ from . import serving
 from .results_csv import SERVED_FIELDS, read_rows, run_key, write_rows
 
 DENSE_FEATURES = {"kaggle": 13, "avazu": 1}
+# --mlet-* options that hold without MLET too: every arm gets them, the baselines included
+EVERY_ARM = ("--mlet-mmap-data", "--mlet-table-lr-scale")
 # DLRM's own words when a run's numbers are not finite (loss prints, BCE's input check, our save check)
 _DIVERGED = re.compile(r"loss (nan|inf)|training diverged|elements of input should be between 0 and 1",
                        re.IGNORECASE)
@@ -77,42 +81,65 @@ def embedding_bytes(model_path):
 
 
 def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_args, threads=None, regime="",
-            quantize=()):
+            quantize=(), checkpoint_every=0):
     """One DLRM run in its own folder under ``work``; its CSV row (``diverged`` with the reason).
 
-    The saved model is then scored as stock DLRM serves it at each of
-    ``quantize``'s precisions (``serving.py``). The run's checkpoints are
-    deleted once their sizes are read (a k=256 one is k/d times the folded
-    model); its log stays.
+    With ``checkpoint_every`` the run keeps a resumable checkpoint there
+    (``--mlet-checkpoint``, every that many batches): a run stopped and started
+    again resumes from it, its log and training seconds carried on; otherwise
+    a run that was interrupted starts afresh. The saved model is then scored as
+    stock DLRM serves it at each of ``quantize``'s precisions (``serving.py``).
+    The run's checkpoints are deleted once their sizes are read (a k=256 one
+    is k/d times the folded model); its log stays.
     """
     optimizer = optimizer_of(extra_args)
     name = f"d{d}_k{k}_lr{lr}_s{seed}_e{epochs}" + ("" if optimizer == "sgd" else f"_{optimizer}")
     tables = tables_of(extra_args)
     name += "" if tables == "plain" else "_" + re.sub(r"[^\w.]+", "-", tables)
     work = os.path.join(work, "runs", name)
-    if os.path.isdir(work):
-        shutil.rmtree(work)  # a run that was interrupted: start it afresh
-    os.makedirs(work)
+    resume = os.path.join(work, "resume.pt")
+    elapsed = os.path.join(work, "elapsed.json")
+    if os.path.isdir(work) and not (checkpoint_every and os.path.exists(resume)):
+        shutil.rmtree(work)  # a run that was interrupted with nothing to resume from: start it afresh
+    os.makedirs(work, exist_ok=True)
     metrics, model, log = (os.path.join(work, name) for name in ("metrics.json", "model.pt", "run.log"))
-    # What every DLRM command of this run shares: the model, the data, the seed (--mlet-* for training only)
+    # What every DLRM command of this run shares: the model, the data, the seed (--mlet-* for training only,
+    # but for those that hold without MLET)
     common = bench_args(data_set, d, lr) + data_args + [
         f"--numpy-rand-seed={seed}", f"--tensor-board-filename={os.path.join(work, 'tb', f'd{d}_k{k}_lr{lr}_s{seed}')}",
-    ] + [a for a in extra_args if not a.startswith("--mlet-")]
+    ] + [a for a in extra_args if not a.startswith("--mlet-") or a.startswith(EVERY_ARM)]
     args = common + [f"--nepochs={epochs}", f"--mlet-metrics-json={metrics}", f"--save-model={model}"] + (
-        [f"--mlet-hidden-dim={k}"] + [a for a in extra_args if a.startswith("--mlet-")] if k else [])
+        [f"--mlet-hidden-dim={k}"] + [a for a in extra_args if a.startswith("--mlet-") and not a.startswith(EVERY_ARM)]
+        if k else [])
+    if checkpoint_every:
+        args += [f"--mlet-checkpoint={resume}", f"--mlet-checkpoint-every={checkpoint_every}"]
+    # what earlier, stopped invocations of this run took (its seconds, its peak memory)
+    before = json.load(open(elapsed)) if os.path.exists(elapsed) and os.path.exists(resume) else {}
     start = time.perf_counter()
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-    with open(log, "w") as out:
-        proc = subprocess.run([sys.executable, script] + args, cwd=work, stdout=out, stderr=subprocess.STDOUT,
-                              env=env)
-    seconds = time.perf_counter() - start
+    with open(log, "a") as out:
+        proc = subprocess.Popen([sys.executable, script] + args, cwd=work, stdout=out, stderr=subprocess.STDOUT,
+                                env=env)
+        _CHILDREN.add(proc)
+        try:
+            returncode, peak_kib = _wait(proc, lambda peak: _record(elapsed, before, time.perf_counter() - start, peak))
+        except BaseException:
+            proc.kill()  # a stopped sweep leaves no training behind
+            proc.wait()
+            raise
+        finally:
+            _CHILDREN.discard(proc)
+    seconds = before.get("seconds", 0.0) + time.perf_counter() - start
+    peak_kib = max(peak_kib, before.get("peak_kib", 0))
     text = open(log).read()
     row = {"dataset": data_set, "regime": regime, "optimizer": optimizer, "tables": tables, "d": d, "k": k,
-           "lr": lr, "seed": seed, "epochs": epochs, "status": "ok", "note": "", "train_seconds": round(seconds, 2)}
-    if proc.returncode != 0 or not os.path.exists(metrics):
+           "lr": lr, "seed": seed, "epochs": epochs, "status": "ok", "note": "", "train_seconds": round(seconds, 2),
+           "peak_memory_mib": round(peak_kib / 1024)}
+    if returncode != 0 or not os.path.exists(metrics):
         sign = _DIVERGED.search(text)
         tail = (text.strip().splitlines() or ["no output"])[-1]
         if sign is None:
+            _record(elapsed, before, time.perf_counter() - start, peak_kib)
             raise MLETError(f"run d={d} k={k} lr={lr} seed={seed} failed ({tail}); full log: {log}")
         return {**row, "status": "diverged", "note": tail[:200] if "diverged" in tail else sign.group(0)}
     result = json.load(open(metrics))
@@ -130,11 +157,62 @@ def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_arg
             row.update(serving.score(script, common, model, precision, work, env))
             row[serving.fields(precision)[-1]] = serving.quantized_bytes(load_checkpoint(model)["state_dict"],
                                                                         precision)
-    for saved in (model, model + MLET_SUFFIX):
+    for saved in (model, model + MLET_SUFFIX, resume, elapsed):
         if os.path.exists(saved):
             os.remove(saved)
     row = {key: "" if value is None else value for key, value in row.items()}
     return {**row, "status": "diverged", "note": reason} if reason else row
+
+
+def _record(path, before, seconds, peak_kib):
+    """What a stopped invocation of a run took, added to what the earlier ones took."""
+    atomic_write_text(path, json.dumps({"seconds": before.get("seconds", 0.0) + seconds,
+                                        "peak_kib": max(peak_kib, before.get("peak_kib", 0))}) + "\n")
+
+
+def _wait(proc, record):
+    """``(return code, peak anonymous KiB)`` of a child process (its own, not the sweep's);
+    ``record(peak)`` every minute, so a sweep killed outright still knows what the run took.
+
+    Anonymous memory (``RssAnon``, sampled every half second) is what must fit:
+    the pages of a memory-mapped data file also count as resident but are the
+    kernel's page cache, shared between runs and dropped under pressure.
+    Where ``/proc`` has no such line, the peak resident size (``ru_maxrss``).
+    """
+    peak, polls = 0, 0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, peak or usage.ru_maxrss
+        peak = max(peak, _anonymous_kib(proc.pid))
+        polls += 1
+        if polls % 120 == 0:
+            record(peak)
+        time.sleep(0.5)
+
+
+_CHILDREN = set()  # the DLRM runs under way, for the SIGTERM handler to stop
+
+
+def _stop_children(signum, frame):
+    """SIGTERM (``kill``, ``timeout``, job schedulers): stop the runs under way, then the sweep.
+
+    Each run's resumable checkpoint stays (its writes are atomic), so the sweep
+    started again resumes them. SIGKILL cannot be caught: a run then goes on
+    alone until it ends.
+    """
+    for proc in list(_CHILDREN):
+        proc.terminate()
+    raise SystemExit(128 + signum)
+
+
+def _anonymous_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return next((int(line.split()[1]) for line in handle if line.startswith("RssAnon:")), 0)
+    except OSError:
+        return 0
 
 
 def _replace(rows, row):
@@ -158,7 +236,8 @@ def _replace(rows, row):
 
 
 def tables_of(args):
-    """The CSV's ``tables``: ``plain``, or DLRM's QR or MD settings among ``args`` (DLRM's defaults filled in)."""
+    """The CSV's ``tables``: ``plain``, or DLRM's QR or MD settings among ``args`` (DLRM's defaults filled in),
+    and the tables' and projections' lr scales when not 1."""
     parts = []
     if "--qr-flag" in args:
         parts.append(f"qr {_option(args, '--qr-operation', 'mult')} c{_option(args, '--qr-collisions', '4')} "
@@ -166,6 +245,10 @@ def tables_of(args):
     if "--md-flag" in args:
         parts.append(f"md T{_option(args, '--md-temperature', '0.3')} t{_option(args, '--md-threshold', '200')}"
                      + (" round" if "--md-round-dims" in args else ""))
+    for flag, what in (("--mlet-table-lr-scale", "table"), ("--mlet-proj-lr-scale", "proj")):
+        scale = float(_option(args, flag, "1"))
+        if scale != 1.0:
+            parts.append(f"{what} lr x{scale:g}")
     return " + ".join(parts) or "plain"
 
 
@@ -185,19 +268,26 @@ def _option(args, flag, default=None):
 
 
 def data_statistic(data_set, raw_data_file, extra_args, work):
-    """The rare-lookup share of the data the runs trained on, counted once (cached in ``work``)."""
-    cache = os.path.join(work, "rare_lookup_share.json")
+    """The data the runs trained on, counted once (cached in ``work``): its rare-lookup share and
+    training samples."""
+    cache = os.path.join(work, "data_statistic.json")
     if os.path.exists(cache):
         with open(cache) as handle:
-            return json.load(handle)["rare_lookup_share"]
-    processed = _option(extra_args, "--processed-data-file") or (
-        os.path.join(os.path.dirname(os.path.abspath(raw_data_file)), "avazu_processed") if data_set == "avazu"
-        else criteo_layout(data_set, raw_data_file)["processed"])
+            return json.load(handle)
+    processed = processed_file(data_set, raw_data_file, extra_args)
     max_ind_range = int(_option(extra_args, "--max-ind-range", -1))
     split = training_split(processed)
     share = rare_lookup_share(count_rows(split.blocks(), cap_rows(split.sizes, max_ind_range), max_ind_range))
-    atomic_write_text(cache, json.dumps({"rare_lookup_share": share, "processed": processed}) + "\n")
-    return share
+    found = {"rare_lookup_share": share, "train_samples": split.rows, "processed": processed}
+    atomic_write_text(cache, json.dumps(found) + "\n")
+    return found
+
+
+def processed_file(data_set, raw_data_file, extra_args):
+    """Where the runs' processed data is: ``--processed-data-file`` among ``extra_args``, else DLRM's default."""
+    return _option(extra_args, "--processed-data-file") or (
+        os.path.join(os.path.dirname(os.path.abspath(raw_data_file)), "avazu_processed") if data_set == "avazu"
+        else criteo_layout(data_set, raw_data_file)["processed"])
 
 
 def _collapsed(test, val):
@@ -215,7 +305,7 @@ def _collapsed(test, val):
 
 
 def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.1,), epochs=1, work=None,
-              extra_args=(), quiet=False, jobs=1, baseline=True, regime="", runs=None, quantize=()):
+              extra_args=(), quiet=False, jobs=1, baseline=True, regime="", runs=None, quantize=(), checkpoint_every=0):
     """Train every missing (d, k, lr, seed) and append it to ``out_csv``; returns all rows.
 
     ``extra_args`` go to every run, except ``--mlet-*`` ones, which the
@@ -229,15 +319,20 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
     model as served quantized; a finished run without a precision asked for
     is trained again to score it (DLRM's CPU runs repeat exactly).
 
+    ``checkpoint_every`` (batches): each run keeps a resumable checkpoint, so
+    a sweep stopped during a long run resumes that run where it stopped.
+
     ``jobs`` runs at once, each with ``cores / jobs`` threads: at batch 128 a
     DLRM step is mostly single-threaded Python, so two runs on two cores
     finish sooner than one run on both.
     """
     if data_set not in DENSE_FEATURES:
         raise MLETError(f"--data-set must be one of {', '.join(DENSE_FEATURES)}, got {data_set!r}")
-    if not os.path.isfile(raw_data_file):
-        raise MLETError(f"{raw_data_file}: no such file")
+    if not (os.path.isfile(raw_data_file) or os.path.exists(processed_file(data_set, raw_data_file, extra_args))):
+        raise MLETError(f"{raw_data_file}: no such file (nor the processed file DLRM would read instead)")
     extra_args = [a for a in extra_args if a != "--"]
+    if any(a.startswith("--mlet-checkpoint") for a in extra_args):
+        raise MLETError("the sweep keeps each run's checkpoint itself: give --checkpoint-every N, not --mlet-checkpoint")
     if any(a.startswith("--learning-rate") for a in extra_args):
         raise MLETError("give learning rates with --lrs, not --learning-rate after --")
     serving.check(quantize, {d for d, *_ in runs} if runs is not None else ds, extra_args)
@@ -256,26 +351,34 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
             if (data_set, regime, optimizer, tables, d, k, float(lr), s, epochs) not in done]
     data_args = [f"--raw-data-file={os.path.abspath(raw_data_file)}"]
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    with progress_bar(len(plan), "sweep", quiet=quiet, unit=" runs") as bar, ThreadPoolExecutor(jobs) as pool:
-        submit = lambda d, k, lr, seed: pool.submit(  # noqa: E731
-            run_one, script, data_set, data_args, d, k, lr, seed, epochs, work, extra_args, threads, regime, quantize)
-        runs = [submit(*plan[0])] if plan else []
-        if jobs > 1 and runs:
-            runs[0].exception()  # the first run preprocesses the data: the others wait for its files
-        runs += [submit(*run) for run in plan[1:]]
-        try:
-            for run in as_completed(runs):
-                row = run.result()
-                row["rare_lookup_share"] = data_statistic(data_set, raw_data_file, extra_args, work)
-                rows = _replace(rows, row)
-                write_rows(out_csv, rows)
-                bar.update()
-                if quiet or not sys.stderr.isatty():
-                    result = (f"val AUC {row['val_auc']}, test AUC {row['test_auc']}" if row["status"] == "ok"
-                              else f"diverged ({row['note']})")
-                    print(f"d={row['d']} k={row['k']} lr={row['lr']} seed={row['seed']}: {result}, "
-                          f"{row['train_seconds']} s", flush=True)
-        finally:
-            for run in runs:
-                run.cancel()
+    previous = signal.signal(signal.SIGTERM, _stop_children) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        with progress_bar(len(plan), "sweep", quiet=quiet, unit=" runs") as bar, ThreadPoolExecutor(jobs) as pool:
+            submit = lambda d, k, lr, seed: pool.submit(  # noqa: E731
+                run_one, script, data_set, data_args, d, k, lr, seed, epochs, work, extra_args, threads, regime, quantize,
+                checkpoint_every)
+            runs = [submit(*plan[0])] if plan else []
+            if jobs > 1 and runs:
+                runs[0].exception()  # the first run preprocesses the data: the others wait for its files
+            runs += [submit(*run) for run in plan[1:]]
+            try:
+                for run in as_completed(runs):
+                    row = run.result()
+                    found = data_statistic(data_set, raw_data_file, extra_args, work)
+                    row.update(rare_lookup_share=found["rare_lookup_share"], train_samples=found["train_samples"])
+                    rows = _replace(rows, row)
+                    write_rows(out_csv, rows)
+                    bar.update()
+                    if quiet or not sys.stderr.isatty():
+                        result = (f"val AUC {row['val_auc']}, test AUC {row['test_auc']}" if row["status"] == "ok"
+                                  else f"diverged ({row['note']})")
+                        print(f"d={row['d']} k={row['k']} lr={row['lr']} seed={row['seed']}: {result}, "
+                              f"{row['train_seconds']} s", flush=True)
+            finally:
+                for run in runs:
+                    run.cancel()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return rows

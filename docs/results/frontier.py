@@ -35,7 +35,8 @@ from dlrm_mlet.tools.report import summarize
 from dlrm_mlet.tools.results_csv import read_rows
 from dlrm_mlet.tools.sweep import run_sweep, tables_of
 from dlrm_mlet.tools.synth import write_synthetic
-from map import REGIMES, RANK, SHARED, next_lrs
+from dlrm_mlet.tools.tuning import tune
+from map import REGIMES, RANK, SHARED
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEEDS = (0, 1, 2)
@@ -84,15 +85,9 @@ def sweep_config(dlrm_dir, data_dir, name, out_csv, args, quantize, widths, jobs
     go = lambda runs: run_sweep(dlrm_dir, data_set, raw, out_csv, (), (), (), regime=name, runs=runs,  # noqa: E731
                                 extra_args=args, quantize=quantize, quiet=True, jobs=jobs,
                                 work=os.path.join(data_dir, name, "work"))
-    go([(d, k, lr, s) for s in seeds for d, ks in widths.items() for k in ks for lr in GRID[k]])
     tables = tables_of(args)
-    while True:
-        arms = [a for a in summarize(read_rows(out_csv)) if a["tables"] == tables and a["regime"] == name]
-        more = [(a["d"], a["k"], lr, s) for a in arms if len(a["lrs"]) < len(GRID[a["k"]]) + MAX_EXTENSIONS
-                and (lr := next_lrs(a)) is not None for s in seeds]
-        if not more:
-            return
-        go(more)
+    rows = lambda: [r for r in read_rows(out_csv) if r["tables"] == tables and r["regime"] == name]  # noqa: E731
+    tune(go, rows, [(d, k) for d, ks in widths.items() for k in ks], seeds, GRID.get, max_extensions=MAX_EXTENSIONS)
 
 
 def sweep_onnx(dlrm_dir, data_dir, name, out_csv, jobs, seeds=SEEDS):

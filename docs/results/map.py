@@ -36,6 +36,7 @@ from dlrm_mlet.dlrm.processed import training_split
 from dlrm_mlet.dlrm.script import default_dlrm_dir
 from dlrm_mlet.tools import pays
 from dlrm_mlet.tools.report import report, summarize, tuned
+from dlrm_mlet.tools.tuning import GRIDS, tune
 from dlrm_mlet.tools.results_csv import read_rows, write_rows
 from dlrm_mlet.tools.sweep import run_sweep
 from dlrm_mlet.tools.synth import write_synthetic
@@ -52,14 +53,7 @@ REGIMES = {
     "rarest": (200_000, 0.1, 0.5),
 }
 DS, KS, SEEDS = (4, 16, 64), (64, 256), (0, 1)
-EXTRA_SEED, MAX_EXTENSIONS = 2, 4
-# First grid per optimizer and k (0: baseline): SGD's optimum at batch 128 falls with k (the projection
-# multiplies the table's step); Adagrad's steps are normalised, so its grid sits ~30x lower.
-GRIDS = {
-    "sgd": {0: (0.2, 0.4, 0.8, 1.6), 64: (0.1, 0.2, 0.4, 0.8), 256: (0.025, 0.05, 0.1, 0.2)},
-    "adagrad": {0: (0.005, 0.01, 0.02, 0.04), 64: (0.0025, 0.005, 0.01, 0.02), 256: (0.0025, 0.005, 0.01, 0.02)},
-}
-GRIDS["rwsadagrad"] = GRIDS["adagrad"]
+EXTRA_SEED = 2
 # Optimizer regimes and their MLET k: one where SGD-MLET gave no saving (both k), one rare, where k=64 alone
 # to fit the time (on "dense", adaptive k=256 beat k=64 only at d=4 with rwsadagrad and lost at d=16 and 64).
 OPTIMIZER_REGIMES = {"dense": KS, "rare": (64,)}
@@ -78,53 +72,14 @@ def data_for(data_dir, name):
     return os.path.join(folder, "train.txt")
 
 
-def arms(rows, regime, optimizer):
-    return [a for a in summarize(rows) if a["regime"] == regime and a["optimizer"] == optimizer]
-
-
-def next_lrs(arm):
-    """The lr to add when the arm's best is at its grid's edge (or every lr diverged), else None."""
-    tried = sorted(arm["lrs"])
-    if arm["best"] is None:
-        return tried[0] / 2
-    if arm["best"] == tried[0]:
-        return tried[0] / 2
-    if arm["best"] == tried[-1]:
-        return tried[-1] * 2
-    return None
-
-
-def close_pairs(group):
-    """(baseline, MLET) arms of one d whose tuned test AUCs are within two standard errors."""
-    out = []
-    for a in group:
-        base = next((b for b in group if b["k"] == 0 and b["d"] == a["d"]), None)
-        if not a["k"] or base is None or not tuned(a) or not tuned(base):
-            continue
-        m, b = tuned(a), tuned(base)
-        se = pays.se_of_difference(m, b)
-        if abs(m["auc"] - b["auc"]) < 2 * se or se == 0:
-            out.append((base, a))
-    return out
-
-
 def sweep_regime(dlrm_dir, data_dir, regime, optimizer, jobs, ks=KS):
     raw = data_for(data_dir, regime)
     extra = [] if optimizer == "sgd" else [f"--optimizer={optimizer}"]
     go = lambda runs: run_sweep(dlrm_dir, "kaggle", raw, CSV, (), (), (), work=os.path.join(data_dir, f"work_{regime}"),  # noqa: E731
                                 extra_args=extra, quiet=True, jobs=jobs, regime=regime, runs=runs)
-    grid = GRIDS[optimizer]
-    go([(d, k, lr, s) for s in SEEDS for d in DS for k in (0,) + ks for lr in grid[k]])
-    while True:  # each arm's grid grows by a factor of 2 at its edge, at most MAX_EXTENSIONS times
-        more = [(a["d"], a["k"], lr, s) for a in arms(read_rows(CSV), regime, optimizer)
-                if len(a["lrs"]) < len(grid[a["k"]]) + MAX_EXTENSIONS and (lr := next_lrs(a)) is not None
-                for s in SEEDS]
-        if not more:
-            break
-        go(more)
-    third = {(a["d"], a["k"], a["best"], EXTRA_SEED) for pair in close_pairs(arms(read_rows(CSV), regime, optimizer))
-             for a in pair}
-    go(sorted(third))
+    rows = lambda: [r for r in read_rows(CSV) if r["regime"] == regime and r["optimizer"] == optimizer]  # noqa: E731
+    tune(go, rows, [(d, k) for d in DS for k in (0,) + ks], SEEDS, lambda k: GRIDS[optimizer][k],
+         extra_seeds=(EXTRA_SEED,), wider=False)
 
 
 def sample_share(data_set, raws):
