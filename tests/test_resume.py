@@ -147,3 +147,48 @@ def test_distributed_mid_epoch_resume_from_the_shards_reaches_the_uninterrupted_
         assert list(a) == list(b)
         for key in a:
             assert torch.allclose(a[key], b[key], atol=1e-6), (rank, key, (a[key] - b[key]).abs().max())
+
+
+def interrupt_after_checkpoint(monkeypatch, epoch, it):
+    """Let the run write its --mlet-checkpoint, then stop it right after the one at (epoch, it)."""
+    from dlrm_mlet import dlrm_glue
+
+    checkpoint = dlrm_glue.checkpoint
+
+    def checkpoint_then_stop(model, args, state):
+        checkpoint(model, args, state)
+        if (state["k"], state["j"] + 1) == (epoch, it):
+            raise Interrupted
+
+    monkeypatch.setattr(dlrm_glue, "checkpoint", checkpoint_then_stop)
+
+
+@pytest.mark.parametrize("flags", [
+    [],  # a stock model: the option holds without MLET
+    ["--mlet-hidden-dim=64"],
+    ["--mlet-hidden-dim=64", "--optimizer=adagrad", "--mlet-table-lr-scale=2", "--mlet-proj-lr-scale=0.5"],
+    ["--optimizer=rwsadagrad", "--mlet-table-lr-scale=4"],
+], ids=["stock", "mlet", "mlet-adagrad-lr-scales", "stock-rwsadagrad-table-lr"])
+def test_a_run_keeping_a_checkpoint_picks_it_up_when_started_again(patched_module, tmp_path, monkeypatch, capsys,
+                                                                   flags):
+    """The same command, run again after the job was stopped, continues from the last checkpoint (not
+    from zero, nor from a test-time save) to the uninterrupted run's losses, metrics and weights."""
+    monkeypatch.chdir(tmp_path)
+    metrics = tmp_path / "metrics.json"
+    argv = BASE + flags + ["--nepochs=2", "--test-freq=8", "--print-freq=2", "--mlperf-logging",
+                           f"--mlet-metrics-json={metrics}"]
+    reference = train(patched_module, argv, capsys)
+    metrics_ref = json.loads(metrics.read_text())
+    keep = argv + [f"--mlet-checkpoint={tmp_path / 'run.pt'}", "--mlet-checkpoint-every=4"]
+    with monkeypatch.context() as m:
+        interrupt_after_checkpoint(m, 0, 12)
+        with pytest.raises(Interrupted):
+            train(patched_module, keep, capsys)
+    capsys.readouterr()
+    out, state = train(patched_module, keep, capsys)
+    assert "MLET: resuming from" in out and "Saved at: epoch = 0/2, batch = 12/16" in out
+    resumed_part = out.split("Loading saved model")[-1]
+    assert losses_after(resumed_part, -1, 0) == losses_after(reference[0], 0, 12)
+    assert json.loads(metrics.read_text()) == metrics_ref
+    for key, value in reference[1].items():
+        assert torch.allclose(state[key], value, atol=1e-6), (key, (state[key] - value).abs().max())

@@ -102,3 +102,57 @@ def test_sweep_scores_int8_and_int4_serving_and_keeps_qr_tables_apart(dlrm_dir, 
     assert "int8 ONNX export" in open(tmp_path / "r_work" / "runs" / "d4_k32_lr0.1_s0_e1" / "onnx_int8.log").read()
     assert main(["frontier", str(out), "--plot", str(tmp_path / "g.png")]) == 0
     assert "| MLET | onnx_int8 | 4 | 32 |" in capsys.readouterr().out
+
+
+def _dlrm_processes(folder):
+    """Processes whose command line names ``folder`` (a sweep's DLRM runs)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if str(folder).encode() in handle.read() and int(pid) != os.getpid():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_sweep_stopped_by_sigterm_stops_its_run_and_resumes_it_from_its_checkpoint(dlrm_dir, tmp_path):
+    """What a job scheduler does: SIGTERM in the middle of a long run, later the same command again.
+    The run under way stops with the sweep, and the next sweep resumes it from its last checkpoint to
+    the result of a sweep never stopped (on processed data read memory-mapped, as at full size)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dlrm_mlet.tools.synth_processed import write_processed
+
+    write_processed(tmp_path / "data", 300_000, seed=2, scale=0.002, rank=4, support="published", progress=False)
+    data = ["--", f"--processed-data-file={tmp_path / 'data' / 'kaggleAdDisplayChallenge_processed.npz'}",
+            "--mlet-mmap-data"]
+
+    def sweep(out, work):
+        return ["sweep", "--raw-data-file", str(tmp_path / "data" / "train.txt"), "--out", str(out), "--dlrm-dir",
+                dlrm_dir, "--work", str(work), "--d", "4", "--k", "32", "--lrs", "0.1", "--no-baseline", "--quiet",
+                "--checkpoint-every", "1024"] + data
+
+    assert main(sweep(tmp_path / "ref.csv", tmp_path / "ref")) == 0
+    out, work = tmp_path / "r.csv", tmp_path / "w"
+    run = work / "runs" / "d4_k32_lr0.1_s0_e1"
+    proc = subprocess.Popen([sys.executable, "-m", "dlrm_mlet"] + sweep(out, work))
+    while not (run / "resume.pt").exists():
+        assert proc.poll() is None, "the sweep ended before its run wrote a checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    time.sleep(0.5)
+    assert _dlrm_processes(work) == []  # its run stopped with it
+    assert not out.exists() and (run / "resume.pt").exists()
+    assert main(sweep(out, work)) == 0
+    log = (run / "run.log").read_text()
+    assert "MLET: resuming from" in log and "Saved at: epoch = 0/1, batch = 1024/" in log
+    ref, row = next(csv.DictReader(open(tmp_path / "ref.csv"))), next(csv.DictReader(open(out)))
+    assert row["test_auc"] == ref["test_auc"] and row["val_auc"] == ref["val_auc"]
+    assert int(row["train_samples"]) == 257_143 and int(row["peak_memory_mib"]) > 0
+    assert not (run / "resume.pt").exists()  # removed with the run's other checkpoints once it is a row

@@ -17,8 +17,10 @@ calls the patch would add at the same places, then call its ``run()``:
   test scores, and a forward for the validation split, to the glue's ``test_scores``.
 
 Not hooked, because DLRM's loop has no seam to hold: the resume fix of
-``epoch_after_skip``/``skip_batch``. So resuming MLET training is refused here
-with a message pointing to the patch; loading for ``--inference-only`` works.
+``epoch_after_skip``/``skip_batch``, ``--mlet-checkpoint`` (at the end of each
+batch) and the lr scales (the optimizer's groups). So resuming MLET training
+and those options are refused here with a message pointing to the patch;
+loading for ``--inference-only`` works.
 
 Same glue functions as the patch, so both give the same model for the same
 arguments; a test holds them to that.
@@ -44,7 +46,13 @@ class _MLETParser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         dlrm_glue.add_arguments(self)
         parsed = super().parse_args(args, namespace)
-        dlrm_glue.configure(parsed)
+        config = dlrm_glue.configure(parsed)
+        for flag, given in (("--mlet-checkpoint", config.checkpoint),
+                            ("--mlet-table-lr-scale", config.table_lr_scale != 1.0),
+                            ("--mlet-proj-lr-scale", config.proj_lr_scale != 1.0)):
+            if given:  # their call sites are in DLRM's loop and optimizer line: only the patch reaches them
+                sys.exit(f"ERROR: {flag} needs the patched script: dlrm-mlet patch DLRM_DIR, then run "
+                         "DLRM_DIR/dlrm_s_pytorch.py")
         return parsed
 
 
