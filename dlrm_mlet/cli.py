@@ -259,6 +259,25 @@ def _add_data(sub):
     p.set_defaults(func=commands.cmd_data)
 
 
+def _add_advise(sub):
+    p = sub.add_parser("advise", help="will MLET pay on this data? a short tuned pilot on a subsample of it, "
+                                      "then a verdict, the detail and the cost of the full run")
+    p.add_argument("path", metavar="PROCESSED", help="DLRM's processed Criteo .npz "
+                   "(kaggleAdDisplayChallenge_processed.npz; its <stem>_day_count.npz beside it)")
+    p.add_argument("--minutes", type=_positive_float, default=60.0,
+                   help="time for the pilot (60): it sizes the subsample and how many seeds and lrs it tries")
+    p.add_argument("--d", type=_positive_int, default=16, help="the model's width d (16): baselines at d/4, d, 4d, "
+                   "MLET at d/4 and d")
+    p.add_argument("--k", type=_positive_int, default=64, help="MLET's hidden width k (64)")
+    p.add_argument("--samples", type=_positive_int, help="the pilot's samples (default: what fits --minutes)")
+    p.add_argument("--jobs", type=_positive_int, default=2, help="runs at once, sharing the cores (2)")
+    p.add_argument("--dlrm-dir", default=_default_dlrm_dir(),
+                   help="DLRM checkout at the pinned commit (default: $DLRM_DIR or the cache folder)")
+    p.add_argument("--work", help="folder for the pilot's data and runs (default: beside PROCESSED)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=commands.cmd_advise)
+
+
 def _add_plan(sub):
     from .core.budget import DEFAULT_RULE, OPTIMIZERS, RULE_HELP  # torch-free, like everything --help needs
 
@@ -291,7 +310,7 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_fold, _add_onnx_int8, _add_verify, _add_patch, _add_run, _add_synth, _add_inspect, _add_sweep, _add_report,
-                _add_frontier, _add_data, _add_plan):
+                _add_frontier, _add_data, _add_advise, _add_plan):
         add(sub)
     return parser
 

@@ -154,6 +154,15 @@ def cmd_sweep(args):
     return 0
 
 
+def cmd_advise(args):
+    from .tools.advise import advise
+
+    lines, _ = advise(args.path, args.minutes, args.dlrm_dir, args.d, args.k, args.work, args.samples, args.jobs,
+                      args.quiet)
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_report(args):
     from .progress import progress_bar
     from .tools.report import report

@@ -1,12 +1,16 @@
 """The install a user gets: a wheel built from the project, installed (not editable) into a new venv.
 
-The venv sees this Python's packages (torch and friends are not what is
-tested), but dlrm_mlet must come from the wheel: its patch files, its
-command and a patched DLRM run all work from there, away from the clone.
+The venv sees the packages of the Python running the tests (torch and
+friends are not what is tested: a ``.pth`` file names this Python's
+site-packages, whether it is a system Python or itself a venv, where
+``system_site_packages`` would show the base interpreter's instead), but
+dlrm_mlet must come from the wheel: its patch files, its command and a
+patched DLRM run all work from there, away from the clone.
 """
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import venv
@@ -30,8 +34,12 @@ def installed(tmp_path_factory):
     assert build.returncode == 0, build.stderr[-2000:]
     wheels = list((root / "dist").glob("dlrm_mlet-*.whl"))
     assert len(wheels) == 1
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(root / "venv")
+    venv.EnvBuilder(with_pip=True).create(root / "venv")
     python = str(root / "venv" / "bin" / "python")
+    own = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, env=env, check=True).stdout.strip()
+    with open(os.path.join(own, "tests-python.pth"), "w") as handle:  # after the venv's own: the wheel wins
+        handle.write("\n".join(site.getsitepackages()) + "\n")
     done = subprocess.run([python, "-m", "pip", "install", "--no-deps", "-q", str(wheels[0])],
                           capture_output=True, text=True, env=env, cwd=root)
     assert done.returncode == 0, done.stderr[-2000:]

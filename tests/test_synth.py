@@ -221,7 +221,8 @@ def test_cli_writes_and_refuses_to_overwrite(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, flag", [
-    (["--rows", "0"], "--rows"), (["--rows", "1.5"], "--rows"), (["--rows", "many"], "--rows"),
+    (["--rows", "0"], "--rows/--samples"), (["--rows", "1.5"], "--rows/--samples"),
+    (["--samples", "many"], "--rows/--samples"),
     (["--rows", "5", "--scale", "0"], "--scale"), (["--rows", "5", "--scale", "-1"], "--scale"),
     (["--rows", "5", "--scale", "x"], "--scale"), (["--rows", "5", "--rank", "0"], "--rank"),
     (["--rows", "5", "--rank", "2.5"], "--rank"), (["--rows", "5", "--seed", "s"], "--seed"),

@@ -159,7 +159,13 @@ def _bins(path):
 
 
 def kaggle_train_rows(path, total):
-    """How many leading rows DLRM trains on: all days but the last.
+    """How many leading rows DLRM trains on: all days but the last (``kaggle_days``)."""
+    days, source = kaggle_days(path, total)
+    return sum(days[:-1]), source
+
+
+def kaggle_days(path, total):
+    """``(rows per day, where they came from)`` of a processed .npz of ``total`` rows.
 
     The days' sizes are in DLRM's ``<stem>_day_count.npz``, named after the
     raw file, not this one: a sibling whose days add up to ``total`` is taken;
@@ -169,15 +175,39 @@ def kaggle_train_rows(path, total):
     for other in glob.glob(os.path.join(os.path.dirname(os.path.abspath(path)), "*_day_count.npz")):
         try:
             with np.load(other) as data:
-                days = [int(v) for v in data["total_per_file"]]
+                days = tuple(int(v) for v in data["total_per_file"])
         except (OSError, KeyError, ValueError, zipfile.BadZipFile):
             continue
         if sum(days) == total:
-            found.add((sum(days[:-1]), os.path.basename(other)))
-    if len({rows for rows, _ in found}) == 1:
-        rows, name = min(found)
-        return rows, f"days from {name}"
-    return sum(day_sizes(total)[:-1]), f"{KAGGLE_DAYS} near-equal days, as DLRM splits them"
+            found.add((days, os.path.basename(other)))
+    if len({days for days, _ in found}) == 1:
+        days, name = min(found)
+        return list(days), f"days from {name}"
+    return day_sizes(total), f"{KAGGLE_DAYS} near-equal days, as DLRM splits them"
+
+
+def read_row_ranges(path, name, ranges):
+    """Rows ``[start, stop)`` for each of ``ranges`` (in file order) of a 2-D or 1-D .npz member, in one
+    array: sliced from a memory map when the member is stored, else read through once in blocks."""
+    with zipfile.ZipFile(path) as archive:
+        stored = archive.getinfo(name + ".npy").compress_type == zipfile.ZIP_STORED
+    if stored:
+        data = npz_memmap(path, name)
+        return np.concatenate([np.asarray(data[a:b]) for a, b in ranges])
+    archive, handle = _npz_member(path, name)
+    with archive, handle:
+        version = np.lib.format.read_magic(handle)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(handle)
+        width = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        parts, at = [], 0
+        for a, b in ranges:
+            skip = (a - at) * width
+            while skip > 0:  # a zip stream skips by reading, in bounded pieces
+                skip -= len(handle.read(min(skip, 1 << 26)))
+            parts.append(np.frombuffer(handle.read((b - a) * width), dtype=dtype).reshape((b - a,) + tuple(shape[1:])))
+            at = b
+        return np.concatenate(parts)
 
 
 def _npz_member(path, name):

@@ -59,4 +59,6 @@ def format_data_report(info):
         lines += [f"  {pays.describe(e)}" for e in info["map"]]
     elif share is not None:
         lines += ["", "No map is installed with this copy of dlrm-mlet: see docs/results/map.md in the project."]
+    lines += ["", "The share alone does not decide it (data built otherwise went against the map). For a verdict "
+                  f"measured on this data: dlrm-mlet advise {info['path']} --minutes 60"]
     return "\n".join(lines)

@@ -305,7 +305,8 @@ def _collapsed(test, val):
 
 
 def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.1,), epochs=1, work=None,
-              extra_args=(), quiet=False, jobs=1, baseline=True, regime="", runs=None, quantize=(), checkpoint_every=0):
+              extra_args=(), quiet=False, jobs=1, baseline=True, regime="", runs=None, quantize=(), checkpoint_every=0,
+              log=None):
     """Train every missing (d, k, lr, seed) and append it to ``out_csv``; returns all rows.
 
     ``extra_args`` go to every run, except ``--mlet-*`` ones, which the
@@ -318,6 +319,9 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
     ``quantize`` (``serving.PRECISIONS``: 8, 4, onnx) also scores each
     model as served quantized; a finished run without a precision asked for
     is trained again to score it (DLRM's CPU runs repeat exactly).
+
+    A line per finished run goes to ``log`` (stdout by default) when ``quiet``
+    or not on a terminal.
 
     ``checkpoint_every`` (batches): each run keeps a resumable checkpoint, so
     a sweep stopped during a long run resumes that run where it stopped.
@@ -374,7 +378,7 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
                         result = (f"val AUC {row['val_auc']}, test AUC {row['test_auc']}" if row["status"] == "ok"
                                   else f"diverged ({row['note']})")
                         print(f"d={row['d']} k={row['k']} lr={row['lr']} seed={row['seed']}: {result}, "
-                              f"{row['train_seconds']} s", flush=True)
+                              f"{row['train_seconds']} s", file=log or sys.stdout, flush=True)
             finally:
                 for run in runs:
                     run.cancel()

@@ -1,0 +1,228 @@
+"""``dlrm-mlet advise``: will MLET pay on this data? A short tuned pilot on a subsample, and a verdict.
+
+A map of synthetic regimes cannot answer for a user's data: the rare-lookup
+share alone did not predict the outcome on data built otherwise
+(``docs/results.md``). So the pilot measures it on the user's own processed
+file: the first part of each day (DLRM's days, so the split keeps its shape),
+its values renumbered as DLRM's preprocessing would number a file that size,
+then a tuned sweep (``sweep.run_sweep``) of the arms that decide the question:
+baselines at d/4, d and 4d, MLET (k) at d/4 and d, three lrs each around where
+tuned sweeps found the optima, seed 0 for all, then seed 1, then an lr beyond
+any optimum at its grid's edge, then seed 2 for close pairs, each step only
+while the time asked for allows (its runs' measured times say). The verdict
+is the report's rule (``pays.py``): the best baseline against the smallest
+MLET model whose AUC is not below it by more than one standard error, and the
+gain at equal d.
+
+What a pilot cannot see is said with the verdict: it trains on a fraction of
+the samples, so its rows are rarer than the full data's (both rare-lookup
+shares are printed), and a few hours' tuning is not the full run's.
+"""
+
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from ..dlrm.frequency import cap_rows, count_rows, rare_lookup_share
+from ..dlrm.kaggle import KAGGLE_PROCESSED
+from ..dlrm.processed import kaggle_days, npz_shape, read_counts, read_row_ranges, training_split
+from ..errors import MLETError
+from ..files import StagedFiles
+from ..core.budget import format_bytes, training_bytes
+from . import pays
+from .report import summarize, tuned
+from .results_csv import read_rows
+from .sweep import run_sweep
+from .tuning import close_pairs, first_grid, next_lr
+
+MIN_PILOT = 20_000  # samples: below this a pilot's AUCs are noise
+RUNS_PLANNED = 30  # 5 arms x 3 lrs x 2 seeds: what the pilot's size is chosen to fit in the time asked for
+STARTUP_SECONDS = 15.0  # a DLRM run's start and test, before its first measured run says otherwise
+MS_PER_STEP = 6.0  # a first guess at batch 128, replaced by the pilot's own runs
+
+
+def arms(d, k):
+    """The (d, k) arms a verdict needs: baselines at d/4, d, 4d; MLET at d/4 and d."""
+    low = max(1, d // 4)
+    return [(low, 0), (d, 0), (4 * d, 0), (low, k), (d, k)]
+
+
+def centre_lrs(k):
+    """Three lrs around where tuned sweeps found an arm's optimum: its first grid's middle."""
+    grid = first_grid("sgd", k)
+    return tuple(grid[1:4]) if len(grid) > 3 else tuple(grid)
+
+
+def full_data(path):
+    """What the pilot is a sample of: rows, days, table sizes, training split and its rare-lookup share."""
+    if not os.path.isfile(path) or not path.endswith(".npz"):
+        raise MLETError(f"{path}: give DLRM's processed Criteo .npz (e.g. kaggleAdDisplayChallenge_processed.npz)")
+    sizes, members = read_counts(path)
+    missing = [m for m in ("X_cat", "X_int", "y") if m not in members]
+    if missing:
+        raise MLETError(f"{path}: no {', '.join(missing)}; give DLRM's processed Criteo .npz")
+    total = npz_shape(path, "X_cat")[0]
+    days, source = kaggle_days(path, total)
+    split = training_split(path)
+    share = rare_lookup_share(count_rows(split.blocks(), cap_rows(split.sizes, -1)))
+    return {"path": path, "rows": total, "days": days, "days_source": source, "sizes": sizes,
+            "train": split.rows, "share": share}
+
+
+def pilot_samples(data, minutes, ms_per_step=MS_PER_STEP, startup=STARTUP_SECONDS, jobs=2):
+    """The pilot's sample count: what lets ``RUNS_PLANNED`` runs fit in ``minutes`` (``jobs`` at once),
+    at least ``MIN_PILOT`` and at most the data."""
+    per_run = minutes * 60 * jobs / RUNS_PLANNED - startup
+    train = per_run * 1000 / ms_per_step * 128
+    return int(min(data["rows"], max(MIN_PILOT, train * 7 / 6)))
+
+
+def write_pilot(data, samples, folder):
+    """The first ``samples / rows`` of each of the data's days, values renumbered per table (DLRM's
+    numbering of a file that size: only values seen, 0..n-1), as DLRM's processed files in ``folder``."""
+    target = os.path.join(folder, KAGGLE_PROCESSED)
+    if os.path.exists(target):
+        return target
+    fraction = samples / data["rows"]
+    starts = np.cumsum([0] + data["days"][:-1])
+    keep = [max(1, math.ceil(n * fraction)) for n in data["days"]]
+    ranges = [(int(a), int(a) + n) for a, n in zip(starts, keep)]
+    arrays = {name: read_row_ranges(data["path"], name, ranges) for name in ("X_cat", "X_int", "y")}
+    x_cat = arrays["X_cat"]
+    counts = np.zeros(x_cat.shape[1], dtype=np.int32)
+    for f in range(x_cat.shape[1]):
+        values, x_cat[:, f] = np.unique(x_cat[:, f], return_inverse=True)
+        counts[f] = len(values)
+    os.makedirs(folder, exist_ok=True)
+    with StagedFiles(folder, "pilot", f"cannot write {folder}") as stage:
+        np.savez(stage.path("train_day_count.npz"), total_per_file=np.array(keep))
+        np.savez(stage.path(KAGGLE_PROCESSED), counts=counts, **arrays)  # savez stores: memory-mappable
+        stage.publish([(stage.path(n), os.path.join(folder, n)) for n in ("train_day_count.npz", KAGGLE_PROCESSED)])
+    return target
+
+
+class Pilot:
+    """The pilot's sweep under a deadline: each step runs only if the time its runs took so far says it fits."""
+
+    def __init__(self, dlrm_dir, processed, work, d, k, minutes, jobs, quiet):
+        self.csv = os.path.join(work, "pilot.csv")
+        self.plan, self.deadline, self.jobs = arms(d, k), time.monotonic() + minutes * 60, jobs
+        folder = os.path.dirname(processed)
+        self.sweep = lambda runs: run_sweep(  # noqa: E731
+            dlrm_dir, "kaggle", os.path.join(folder, "train.txt"), self.csv, (), (), (), runs=runs, jobs=jobs,
+            quiet=quiet, work=os.path.join(work, "runs"), log=sys.stderr,
+            extra_args=[f"--processed-data-file={processed}", "--mlet-mmap-data"])
+        self.skipped = []
+
+    def rows(self):
+        return read_rows(self.csv)
+
+    def arms(self):
+        return [a for a in summarize(self.rows()) if (a["d"], a["k"]) in self.plan]
+
+    def seconds_per_run(self):
+        done = [float(r["train_seconds"]) for r in self.rows() if r["train_seconds"] not in ("", None)]
+        return sorted(done)[len(done) // 2] if done else None
+
+    def step(self, what, runs):
+        """Run ``runs`` when they fit before the deadline (their count over ``jobs``, at the median run's time)."""
+        per = self.seconds_per_run()
+        done = {(int(r["d"]), int(r["k"]), float(r["lr"]), int(r["seed"])) for r in self.rows()}
+        runs = [r for r in runs if (r[0], r[1], float(r[2]), r[3]) not in done]
+        if not runs:
+            return
+        if per is not None and time.monotonic() + math.ceil(len(runs) / self.jobs) * per > self.deadline:
+            self.skipped.append(what)
+            return
+        self.sweep(runs)
+
+    def run(self):
+        self.step("seed 0", [(d, k, lr, 0) for d, k in self.plan for lr in centre_lrs(k)])
+        self.step("seed 1", [(d, k, lr, 1) for d, k in self.plan for lr in centre_lrs(k)])
+        edges = [(a["d"], a["k"], lr, s) for a in self.arms() if (lr := next_lr(a)) is not None
+                 for s in sorted({int(r["seed"]) for e in a["lrs"].values() for r in e["runs"]})]
+        self.step("an lr beyond the edge of the grid", edges)
+        close = sorted({(a["d"], a["k"], a["best"], 2) for pair in close_pairs(self.arms()) for a in pair})
+        self.step("seed 2 for close arms", close)
+        return self.arms()
+
+
+def verdict(arms, d):
+    """``(first line, entry)``: the report's rule on the pilot's arms, in plain words."""
+    entries = pays.summarize_regimes([dict(a, rare_lookup_share=0.0) for a in arms], tuned)
+    if not entries:
+        return "verdict: none: the pilot has no tuned baseline (every run diverged?); see the runs below", None
+    e = entries[0]
+    best = e["best_baseline"]
+    seeds = min(tuned(a)["n"] for a in arms if tuned(a))
+    if seeds < 2:
+        return (f"verdict: undecided: the pilot's time allowed one seed per arm, so no standard error tells a "
+                f"gap from seed noise (best baseline d={best['d']}, test AUC {best['auc']:.4f}); give more "
+                "--minutes or fewer --samples"), e
+    gain = next((g for g in e["gains"] if g["d"] == d), None)
+    at_d = "" if gain is None else (f"; at equal d={d} MLET gains {gain['gain']:+.4f} ± {gain['se']:.4f} AUC"
+                                    + (" (within noise)" if abs(gain["gain"]) < 2 * gain["se"] else ""))
+    if e["match"] and e["saving"] and e["saving"] > 1:
+        m = e["match"]
+        line = (f"verdict: MLET pays on this pilot: MLET d={m['d']} (k={m['k']}) beat the best baseline (d={best['d']}) "
+                f"by {m['auc'] - best['auc']:+.4f} AUC, at least one standard error, with tables {e['saving']:.0f}x "
+                f"smaller once folded{at_d}")
+    else:
+        n = e["narrowest"]
+        near = "" if n is None else (f": the narrowest, d={n['d']} (k={n['k']}), scored {n['gap']:+.4f} ± "
+                                     f"{n['se']:.4f} against it")
+        line = (f"verdict: MLET does not shrink the model on this pilot: no narrower MLET model matched the best "
+                f"baseline (d={best['d']}, test AUC {best['auc']:.4f}){near}{at_d}")
+    return line, e
+
+
+def advise(path, minutes, dlrm_dir, d=16, k=64, work=None, samples=None, jobs=2, quiet=False):
+    """Run the pilot and return the report's lines, the verdict first."""
+    if minutes <= 0:
+        raise MLETError(f"--minutes must be > 0, got {minutes}")
+    if d < 4 or k <= d:
+        raise MLETError(f"--d must be >= 4 and --k above it (MLET needs k >> d), got d={d} k={k}")
+    if not os.path.isfile(os.path.join(dlrm_dir, "dlrm_s_pytorch.py")):
+        raise MLETError(f"{dlrm_dir}: not a DLRM checkout (no dlrm_s_pytorch.py); set --dlrm-dir or DLRM_DIR")
+    path = os.path.abspath(path)
+    work = os.path.abspath(work or os.path.splitext(path)[0] + "_advise")
+    started = time.monotonic()
+    data = full_data(path)
+    samples = min(data["rows"], samples or pilot_samples(data, minutes, jobs=jobs))
+    folder = os.path.join(work, f"pilot-{samples}")
+    processed = write_pilot(data, samples, folder)
+    pilot = full_data(processed)
+    left = minutes - (time.monotonic() - started) / 60
+    runner = Pilot(dlrm_dir, processed, folder, d, k, max(left, 0.1), jobs, quiet)
+    found = runner.run()
+    line, entry = verdict(found, d)
+    lines = [line, ""]
+    lines += [f"What the pilot could not see: it trained on {pilot['train']:,} of your {data['train']:,} training "
+              f"samples ({pilot['train'] / data['train']:.1%}), so its rows were seen less often: rare-lookup share "
+              f"{pilot['share']:.3f} in the pilot, {data['share']:.3f} in your data (docs/results.md: how MLET's "
+              "gain moved with the sample count on a full-size law). Its lrs were tuned around where tuned sweeps "
+              "found the optima" + ("; not done for lack of time: " + ", ".join(runner.skipped)
+                                    if runner.skipped else "") + ".", ""]
+    lines += ["Pilot arms (test AUC at the lr chosen on validation, mean ± sd over seeds):", ""]
+    for a in found:
+        t = tuned(a)
+        name = f"MLET d={a['d']} k={a['k']}" if a["k"] else f"baseline d={a['d']}"
+        lines.append(f"  {name:<20} " + ("all runs diverged" if t is None else
+                     f"lr {a['best']:<6g} AUC {t['auc']:.4f} ± {t['auc_sd']:.4f} ({t['n']} seeds)"
+                     + ("  (the chosen lr is at the grid's edge)" if next_lr(a) is not None else "")))
+    lines += ["", "The full run (one epoch of your data, batch 128, on this machine, at the pilot's step times):", ""]
+    batches = math.ceil(data["train"] / 128)
+    for a in found:
+        steps = [float(r["train_ms_per_it"]) for e in a["lrs"].values() for r in e["runs"]
+                 if r["train_ms_per_it"] not in ("", None)]
+        table = sum(training_bytes(n, a["d"], a["k"]) for n in data["sizes"])
+        seconds = batches * float(np.median(steps)) / 1000 if steps else None
+        hours = "-" if seconds is None else f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+        name = f"MLET d={a['d']} k={a['k']}" if a["k"] else f"baseline d={a['d']}"
+        lines.append(f"  {name:<20} {hours:>7} training, embedding tables {format_bytes(table)} to train, "
+                     f"{format_bytes(sum(n * a['d'] * 4 for n in data['sizes']))} served")
+    lines += ["", f"Pilot data, runs and logs: {folder} (run again to resume or extend it)"]
+    return lines, entry

@@ -1,0 +1,186 @@
+"""The report of ``full_size.py``: the curve to full size, tuned and at the paper's protocol, the controls, the plot.
+
+    python docs/results/full_size_report.py      (reads full_size.csv here; writes full_size.md, full_size.png)
+
+Every figure is the project's report rule (``dlrm_mlet/tools/report.py``,
+``pays.py``): each arm's lr chosen on validation, its test AUC mean ± sd over
+seeds; the saving is the best baseline's bytes over the smallest MLET model
+whose AUC leads it by at least one standard error of the difference; the gain
+at equal d is the best MLET arm of that d minus the baseline of that d, ±
+that standard error. At the paper's protocol (lr 0.1, one seed) there is no
+standard error: its gaps are printed as they are and marked so.
+"""
+
+import os
+import sys
+
+from dlrm_mlet.tools import pays
+from dlrm_mlet.tools.plots import pyplot, save
+from dlrm_mlet.tools.report import at_single_lr, summarize, tuned
+from dlrm_mlet.tools.results_csv import read_rows
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SIZES = ("1%", "10%", "100%")
+
+
+def _size(regime):
+    return regime.rsplit(", ", 1)[-1]
+
+
+def _rows(rows, tables="plain", optimizer="sgd"):
+    return [r for r in rows if r["tables"] == tables and r["optimizer"] == optimizer]
+
+
+def _arm_name(a):
+    return f"MLET d={a['d']} k={a['k']}" if a["k"] else f"baseline d={a['d']}"
+
+
+def _pm(s):
+    return "-" if not s else f"{s['auc']:.4f} ± {s['auc_sd']:.4f} ({s['n']})"
+
+
+def curve_entries(rows, pick):
+    """Per size, ``pays.summarize_regimes``' entry for the plain SGD arms picked by ``pick``."""
+    arms = summarize(_rows(rows))
+    out = {}
+    for entry in pays.summarize_regimes(arms, pick):
+        out[_size(entry["regime"])] = entry
+    return out
+
+
+def what_it_took(rows):
+    lines = ["| size | training samples | rare-lookup share | runs (diverged) | training hours | median run | "
+             "peak memory (largest run) |", "|" + "---|" * 7]
+    for size in SIZES:
+        mine = [r for r in rows if _size(r["regime"]) == size]
+        if not mine:
+            continue
+        seconds = sorted(float(r["train_seconds"]) for r in mine if r["train_seconds"])
+        peaks = [int(r["peak_memory_mib"]) for r in mine if r["peak_memory_mib"] not in ("", None)]
+        lines.append(f"| {size} | {int(mine[0]['train_samples']):,} | {float(mine[0]['rare_lookup_share']):.3f} | "
+                     f"{len(mine)} ({sum(r['status'] != 'ok' for r in mine)}) | {sum(seconds) / 3600:.1f} | "
+                     f"{seconds[len(seconds) // 2] / 60:.1f} min | "
+                     f"{'-' if not peaks else f'{max(peaks) / 1024:.1f} GiB'} |")
+    return lines
+
+
+def arms_table(rows):
+    lines = ["| size | arm | tuned lr | tuned test AUC (seeds) | lr at the grid's edge? | lr 0.1 test AUC (seeds) |",
+             "|" + "---|" * 6]
+    for a in summarize(_rows(rows)):
+        tried = sorted(a["lrs"])
+        edge = a["best"] is not None and len(tried) >= 3 and a["best"] in (tried[0], tried[-1])
+        lines.append(f"| {_size(a['regime'])} | {_arm_name(a)} | {a['best'] if a['best'] is not None else '-'} | "
+                     f"{_pm(tuned(a))} | {'yes' if edge else 'no'} | {_pm(at_single_lr(a))} |")
+    return lines
+
+
+def _gains(entry):
+    if entry is None:
+        return "-"
+    return "; ".join(f"d={g['d']}: {g['gain']:+.4f} ± {g['se']:.4f}" for g in entry["gains"]) or "-"
+
+
+def _saving(entry):
+    if entry is None:
+        return "-"
+    if entry["saving"] and entry["saving"] > 1:
+        m = entry["match"]
+        return f"{entry['saving']:.0f}x (MLET d={m['d']} k={m['k']})"
+    n = entry["narrowest"]
+    return "none" + ("" if n is None else f" (narrowest d={n['d']} k={n['k']}: {n['gap']:+.4f} ± {n['se']:.4f})")
+
+
+def curve_table(rows):
+    tuned_entries, paper = curve_entries(rows, tuned), curve_entries(rows, at_single_lr)
+    lines = ["| size | best baseline, tuned | saving, tuned | gain at equal d, tuned | saving, lr 0.1 (one seed) | "
+             "gain at equal d, lr 0.1 (one seed) |", "|" + "---|" * 6]
+    for size in SIZES:
+        t, p = tuned_entries.get(size), paper.get(size)
+        if t is None and p is None:
+            continue
+        best = "-" if t is None else f"d={t['best_baseline']['d']} ({t['best_baseline']['auc']:.4f})"
+        lines.append(f"| {size} | {best} | {_saving(t)} | {_gains(t)} | {_saving(p)} | {_gains(p)} |")
+    return lines
+
+
+def controls_table(rows):
+    """Each control's tuned arms against the curve's arms of the same size."""
+    lines = ["| size | control | arm | tuned test AUC (seeds) | against | difference ± se |", "|" + "---|" * 6]
+    plain = {(_size(a["regime"]), a["d"], a["k"]): a for a in summarize(_rows(rows))}
+    labels = sorted({(r["tables"], r["optimizer"]) for r in rows} - {("plain", "sgd")})
+    for tables, optimizer in labels:
+        for a in summarize(_rows(rows, tables, optimizer)):
+            size, mine = _size(a["regime"]), tuned(a)
+            if optimizer != "sgd":
+                other = [b for b in summarize(_rows(rows, tables, optimizer))
+                         if b["regime"] == a["regime"] and not b["k"] and b["d"] == a["d"] and a["k"]]
+            elif a["k"]:  # an MLET control against the plain MLET arm of its d, k
+                other = [plain.get((size, a["d"], a["k"]))]
+            else:  # a baseline control against the plain baseline and the best MLET arm of its d
+                other = [plain.get((size, a["d"], 0))] + sorted(
+                    (b for (s, d, k), b in plain.items() if s == size and d == a["d"] and k and tuned(b)),
+                    key=lambda b: -tuned(b)["auc"])[:1]
+            for b in other:
+                if b is None or not tuned(b) or not mine:
+                    continue
+                diff, se = mine["auc"] - tuned(b)["auc"], pays.se_of_difference(mine, tuned(b))
+                control = optimizer if optimizer != "sgd" else tables
+                lines.append(f"| {size} | {control} | {_arm_name(a)} | {_pm(mine)} | "
+                             f"{_arm_name(b)}{'' if b['tables'] == 'plain' else ' ' + b['tables']} | "
+                             f"{diff:+.4f} ± {se:.4f} |")
+    return lines
+
+
+def plot(rows, out_png):
+    plt, _ = pyplot("the full-size plot")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for pick, style, what in ((tuned, "-o", "tuned"), (at_single_lr, "--s", "lr 0.1, one seed")):
+        entries = curve_entries(rows, pick)
+        sizes = [s for s in SIZES if s in entries]
+        samples = {s: int(next(r["train_samples"] for r in rows if _size(r["regime"]) == s)) for s in sizes}
+        for d in (4, 16):
+            pts = [(samples[s], g) for s in sizes for g in entries[s]["gains"] if g["d"] == d]
+            if pts:
+                left.errorbar([x for x, _ in pts], [g["gain"] for _, g in pts],
+                              yerr=[g["se"] for _, g in pts], fmt=style, capsize=3, label=f"d={d}, {what}")
+        pts = [(samples[s], entries[s]["narrowest"]) for s in sizes if entries[s].get("narrowest")]
+        if pts:
+            right.errorbar([x for x, _ in pts], [n["gap"] for _, n in pts], yerr=[n["se"] for _, n in pts],
+                           fmt=style, capsize=3, label=f"narrowest MLET - best baseline, {what}")
+            for x, n in pts:
+                right.annotate(f"d={n['d']}, {n['smaller']:.0f}x", (x, n["gap"]), fontsize=7,
+                               textcoords="offset points", xytext=(4, 4))
+    for ax, title in ((left, "MLET's AUC gain at equal d"), (right, "the narrowest MLET model against the best baseline")):
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("training samples (one epoch)")
+        ax.set_ylabel("test AUC difference")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle("The full-size law: 1 %, 10 %, 100 % of Criteo-Kaggle's samples")
+    save(fig, out_png)
+
+
+def write_report(csv_path, out_dir):
+    rows = read_rows(csv_path)
+    text = ["# At full size: the curve to Criteo-Kaggle's 45.8M samples", "",
+            "Written by `full_size_report.py` from `full_size.csv` (`full_size.py` ran the sweeps; their docstrings "
+            "say how). " + __doc__.split("\n\n")[2].replace("\n", " "), "",
+            "## What it took", "", *what_it_took(rows), "",
+            "## Saving and gain at equal d against the number of samples", "", *curve_table(rows), "",
+            "## Every arm", "", *arms_table(rows), "",
+            "## The controls", "",
+            "(a) `table lr xS`: the baseline with its tables at S times the dense lr (each S its own tuned arm: a "
+            "2-D grid); (b) `proj lr x0`: MLET with its projection frozen at its init; (c) `adagrad`: both arms "
+            "with Adagrad, MLET against the Adagrad baseline of its d.", "", *controls_table(rows), ""]
+    with open(os.path.join(out_dir, "full_size.md"), "w") as handle:
+        handle.write("\n".join(text))
+    if any(r["tables"] == "plain" for r in rows):
+        plot(rows, os.path.join(out_dir, "full_size.png"))
+    return text
+
+
+if __name__ == "__main__":
+    print("\n".join(write_report(os.path.join(HERE, "full_size.csv"), HERE)))
+    sys.exit(0)
