@@ -48,7 +48,7 @@ _BUILD = (  # one loader pair built in a fresh process: seconds, printed last (r
     "args = types.SimpleNamespace(data_set='kaggle', max_ind_range=-1, data_sub_sample_rate=0.0,\n"
     "    data_randomize='total', raw_data_file=sys.argv[3] + '/train.txt', processed_data_file=sys.argv[3]\n"
     "    + '/kaggleAdDisplayChallenge_processed.npz', memory_map=False, dataset_multiprocessing=False,\n"
-    "    mini_batch_size=128, test_mini_batch_size=16384, num_workers=0, test_num_workers=0)\n"
+    "    mini_batch_size=128, test_mini_batch_size=16384, num_workers=0, test_num_workers=0, mlperf_logging=False)\n"
     "np.random.seed(0); start = time.perf_counter()\n"
     "made = (dp.make_criteo_data_and_loaders if sys.argv[2] == 'dlrm' else mapped.loaders)(args)\n"
     "print('seconds', time.perf_counter() - start)\n"
@@ -72,13 +72,19 @@ def loader_args(folder):
         raw_data_file=os.path.join(folder, "train.txt"),
         processed_data_file=os.path.join(folder, "kaggleAdDisplayChallenge_processed.npz"), memory_map=False,
         dataset_multiprocessing=False, mini_batch_size=128, test_mini_batch_size=16384, num_workers=0,
-        test_num_workers=0)
+        test_num_workers=0, mlperf_logging=False)
 
 
 def build(stock_dir, folder, kind):
     out, peak = run_measured([sys.executable, "-c", _BUILD, stock_dir, kind, folder], cwd=stock_dir,
                              env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__))))
     return {"seconds": float(out.split("seconds")[-1]), "peak_rss": peak}
+
+
+def _epochs(loader):
+    """The loader's batches, epoch after epoch (a small file has fewer batches than the benchmark's steps)."""
+    while True:
+        yield from loader
 
 
 def step_phases(stock, patched, folder, steps, reps):
@@ -94,7 +100,7 @@ def step_phases(stock, patched, folder, steps, reps):
         config = dlrm_glue.Config(hidden_dim=k, fused_update="torch" if k else "")
         dlrm_glue.use_config(config)
         model = bench_model(patched if k else stock, list(train_data.counts), 16)
-        runs.append({"name": name, "loader": kind, "config": config, "model": model, "batches": iter(train_ld),
+        runs.append({"name": name, "loader": kind, "config": config, "model": model, "batches": _epochs(train_ld),
                      "optimizer": torch.optim.SGD(model.parameters(), lr=0.1),
                      "times": [{p: [] for p in PHASES} for _ in range(reps)]})
     dlrm_glue.reset()
