@@ -167,21 +167,20 @@ def cmd_report(args):
     from .progress import progress_bar
     from .tools.report import report
 
-    png = _plot_path(args, ".png")
-    _refuse_existing(args, png, args.markdown, args.map_plot, args.map_json)
+    png, markdown, map_png, map_json = _not_kept(args, _plot_path(args, ".png"), args.markdown, args.map_plot,
+                                                 args.map_json)
     with progress_bar(3, "report", quiet=args.quiet, unit=" stages") as bar:
         text = report(args.results, png, args.oracle, args.title, progress=bar.update, single_lr=args.single_lr,
-                      map_png=args.map_plot, map_json=args.map_json)
-    _print_written(args, text, png, args.map_plot)
+                      map_png=map_png, map_json=map_json)
+    _print_written(args, text, markdown, png, map_png)
     return 0
 
 
 def cmd_frontier(args):
     from .tools.frontier import frontier
 
-    png = _plot_path(args, "_frontier.png")
-    _refuse_existing(args, png, args.markdown)
-    _print_written(args, frontier(args.results, png, args.title), png)
+    png, markdown = _not_kept(args, _plot_path(args, "_frontier.png"), args.markdown)
+    _print_written(args, frontier(args.results, png, args.title), markdown, png)
     return 0
 
 
@@ -192,21 +191,24 @@ def _plot_path(args, suffix):
     return args.plot or (os.path.splitext(args.results[0])[0] + suffix if has_matplotlib() else None)
 
 
-def _refuse_existing(args, *outputs):
-    existing = [path for path in outputs if path and os.path.exists(path)]
-    if existing and not args.force:
-        raise MLETError(f"{existing[0]} exists; pass --force to replace it (or name another file)")
+def _not_kept(args, *outputs):
+    """``outputs`` with None for each that exists and is kept (no ``--force``); the tables print anyway."""
+    args.kept = [path for path in outputs if path and os.path.exists(path) and not args.force]
+    return [None if path in args.kept else path for path in outputs]
 
 
-def _print_written(args, text, png, map_png=None):
-    """The text (and ``--markdown``), then where the plots went, or why there is none."""
+def _print_written(args, text, markdown, png, map_png=None):
+    """The text (and ``--markdown``), then where the files went, which were kept, or why there is no plot."""
     from .files import atomic_write_text
 
-    if args.markdown:
-        atomic_write_text(args.markdown, text + "\n")
+    if markdown:
+        atomic_write_text(markdown, text + "\n")
     print(text)
-    written = [f"{what}: {path}" for what, path in (("plot", png), ("map plot", map_png)) if path]
-    print("\n" + "\n".join(written) if written else "\n(no plot: matplotlib is not installed; pip install matplotlib)")
+    lines = [f"{what}: {path}" for what, path in (("plot", png), ("map plot", map_png)) if path]
+    lines += [f"{path} exists: kept (pass --force to replace it)" for path in args.kept]
+    if not lines and not getattr(args, "plot", None):
+        lines = ["(no plot: matplotlib is not installed; pip install matplotlib)"]
+    print("\n" + "\n".join(lines))
 
 
 def cmd_data(args):

@@ -69,11 +69,13 @@ def test_frontier_gives_the_pareto_set_and_the_smallest_model_that_keeps_the_bas
     assert "Smallest model that keeps the reference's AUC: QR mult c4 t200+MLET fp32" in text  # ties: higher AUC
 
 
-def test_frontier_command_refuses_to_replace_and_names_a_bad_file(frontier_csv, tmp_path, capsys):
+def test_frontier_command_keeps_a_file_that_exists_and_names_a_bad_file(frontier_csv, tmp_path, capsys):
     out = tmp_path / "f.md"
     out.write_text("mine")
-    assert main(["frontier", frontier_csv, "--markdown", str(out), "--plot", str(tmp_path / "p.png")]) == 2
-    assert "pass --force" in capsys.readouterr().err and out.read_text() == "mine"
+    assert main(["frontier", frontier_csv, "--markdown", str(out), "--plot", str(tmp_path / "p.png")]) == 0
+    printed = capsys.readouterr().out
+    assert f"{out} exists: kept (pass --force to replace it)" in printed and out.read_text() == "mine"
+    assert "| MLET |" in printed and (tmp_path / "p.png").exists()  # the tables print, the new plot is drawn
     bad = write(tmp_path, [row(d="four", inference_embedding_bytes=1, training_embedding_bytes=1)], "bad.csv")
     with pytest.raises(MLETError, match="bad.csv: not a readable sweep results file"):
         frontier(bad)

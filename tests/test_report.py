@@ -256,14 +256,19 @@ def test_rows_of_an_older_csv_read_as_one_sgd_regime_without_a_share(tmp_path):
 
 def test_report_never_replaces_a_file_without_force_and_needs_no_matplotlib_for_text(iso_csv, tmp_path, capsys,
                                                                                      monkeypatch):
+    """A report can be read again: the tables always print; a file that exists is kept, one line says so."""
     png = tmp_path / "r.png"
     png.write_bytes(b"a committed plot")
-    assert main(["report", iso_csv, "--quiet"]) == 2  # the default plot, r.png beside r.csv, exists
-    assert "r.png exists; pass --force" in capsys.readouterr().err and png.read_bytes() == b"a committed plot"
+    assert main(["report", iso_csv, "--quiet"]) == 0  # the default plot, r.png beside r.csv, exists
+    out = capsys.readouterr().out
+    assert "## Iso-AUC size reduction" in out and f"{png} exists: kept (pass --force to replace it)" in out
+    assert png.read_bytes() == b"a committed plot"
+    assert main(["report", iso_csv, "--quiet"]) == 0 and "## Iso-AUC size reduction" in capsys.readouterr().out
     md = tmp_path / "t.md"
     md.write_text("mine")
-    assert main(["report", iso_csv, "--plot", str(tmp_path / "new.png"), "--markdown", str(md), "--quiet"]) == 2
-    assert md.read_text() == "mine" and not (tmp_path / "new.png").exists()
+    assert main(["report", iso_csv, "--plot", str(tmp_path / "new.png"), "--markdown", str(md), "--quiet"]) == 0
+    assert md.read_text() == "mine" and (tmp_path / "new.png").exists()
+    assert f"{md} exists: kept" in capsys.readouterr().out
     assert main(["report", iso_csv, "--force", "--quiet"]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()

@@ -192,3 +192,21 @@ def test_a_run_keeping_a_checkpoint_picks_it_up_when_started_again(patched_modul
     assert json.loads(metrics.read_text()) == metrics_ref
     for key, value in reference[1].items():
         assert torch.allclose(state[key], value, atol=1e-6), (key, (state[key] - value).abs().max())
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["load-model", "mlet-checkpoint"])
+def test_a_finished_checkpoint_is_refused_in_one_line_saying_how_to_train_on(patched_module, tmp_path, monkeypatch,
+                                                                            capsys, keep):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "m.pt"
+    argv = BASE + ["--mlet-hidden-dim=64", "--nepochs=1", "--print-freq=4"]
+    saved = [f"--mlet-checkpoint={path}"] if keep else [f"--save-model={path}"]
+    train(patched_module, argv + saved, capsys)
+    again = [f"--mlet-checkpoint={path}"] if keep else [f"--load-model={path}.mlet"]
+    with pytest.raises(SystemExit) as stop:
+        train(patched_module, argv + again, capsys)
+    message = str(stop.value.code)
+    assert "finished epoch 1 of 1 already: nothing is left to train; pass --nepochs=2" in message
+    assert message.startswith(f"ERROR: {'--mlet-checkpoint' if keep else '--load-model'}=") and "\n" not in message
+    out, _ = train(patched_module, argv[:-2] + ["--nepochs=2", "--print-freq=4"] + again, capsys)
+    assert "MLET: resuming at epoch 2 of 2, batch 0 of 16" in out and "Finished training it 16/16 of epoch 1" in out

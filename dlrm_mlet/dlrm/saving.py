@@ -170,7 +170,8 @@ def loaded(ckpt, model, path):
     try:
         ckpt = _loaded(ckpt, model, path)
     except MLETError as error:
-        fail(f"--load-model={path}: {error}")
+        flag = "--mlet-checkpoint" if session.config.checkpoint == path else "--load-model"
+        fail(f"{flag}={path}: {error}")
     if session.config.onnx_serving:
         if distributed.is_distributed():  # each rank holds only its own tables: no whole model to export
             fail("--mlet-onnx-serving scores the whole model in one process; run it without the distributed launcher")
@@ -220,9 +221,16 @@ def _loaded(ckpt, model, path):
 
 def _resuming(ckpt):
     """A checkpoint that resumes training exactly (``resume.py``): one saved at the end of an
-    epoch resumes at the start of the next."""
+    epoch resumes at the start of the next; one with nothing left to train is refused."""
     if ckpt.get("iter", 0) >= ckpt.get("nbatches", float("inf")):
         ckpt = dict(ckpt, epoch=ckpt["epoch"] + 1, iter=0)
+    epochs = session.config.nepochs
+    if ckpt["epoch"] >= epochs:
+        raise MLETError(f"this checkpoint finished epoch {ckpt['epoch']} of {epochs} already: nothing is left to "
+                        f"train; pass --nepochs={ckpt['epoch'] + 1} (or more) to train on, or --inference-only to "
+                        "score it")
+    print(f"MLET: resuming at epoch {ckpt['epoch'] + 1} of {epochs}, batch {ckpt['iter']} of {ckpt['nbatches']} "
+          "(the batches before it are skipped)", flush=True)
     start_resume(ckpt)
     return ckpt
 

@@ -35,6 +35,7 @@ class Config:
     checkpoint_every: int = 0  # batches between resumable checkpoints
     table_lr_scale: float = 1.0  # the tables' learning rate, as a multiple of --learning-rate
     proj_lr_scale: float = 1.0  # the MLET projections' learning rate, as a multiple (0: frozen at init)
+    nepochs: int = 1  # DLRM's --nepochs: what a resumed checkpoint has left to train
 
     @property
     def enabled(self):
