@@ -142,6 +142,11 @@ def test_data_command_prints_the_share_and_the_nearest_regimes(terabyte, tmp_pat
     pays.write_summary(regimes, str(tmp_path / "map.json"))
     assert main(["data", plain["processed"], "--map", str(tmp_path / "map.json"), "--quiet"]) == 0
     out = capsys.readouterr().out
+    first = out.splitlines()[0]  # the verdict first: which evidence, how sure, what to run for a measured one
+    assert first.startswith("verdict: the share alone cannot decide it; the nearest measured regime (") and \
+        "had no tuned size saving" in first and f"dlrm-mlet advise {plain['processed']} --minutes 60" in first
+    once = profile(counts)["overall"]["classes"]["1"]["lookups"]
+    assert ("warning: " in out.splitlines()[1]) == (once > 0.05)
     assert f"rare-lookup share: {100 * share:.1f} % of {split.rows * 26} training lookups" in out
     near = out.split("Where this falls on the map")[1]
     assert "low (rare-lookup share" in near and "high (rare-lookup share" in near and "higher" not in near
@@ -149,5 +154,20 @@ def test_data_command_prints_the_share_and_the_nearest_regimes(terabyte, tmp_pat
     assert main(["data", plain["processed"], "--map", str(tmp_path / "map.json"), "--quiet", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["overall"]["rare_lookup_share"] == share and [e["regime"] for e in info["map"]] == ["low", "high"]
+    assert info["verdict"] == first and set(info) >= {"tables", "overall", "map", "sample_warning", "verdict"}
     assert main(["data", plain["fea_count"], "--quiet"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_small_sample_of_larger_data_is_warned_about_and_a_full_file_is_not(tmp_path, capsys):
+    """Good-Turing: many lookups on values seen once mean more samples would keep finding new values."""
+    from dlrm_mlet.tools.data_report import data_report
+    from dlrm_mlet.tools.synth_processed import write_processed
+
+    small = tmp_path / "small"
+    write_processed(small, 3000, seed=1, scale=1.0, rank=2, support="calibrated", progress=False)
+    info = data_report(str(small / "kaggleAdDisplayChallenge_processed.npz"), quiet=True)
+    assert info["sample_warning"].startswith("warning: ") and "count the full data" in info["sample_warning"]
+    dense = tmp_path / "dense"
+    write_processed(dense, 20000, seed=1, scale=0.0001, rank=2, support="published", progress=False)
+    assert data_report(str(dense / "kaggleAdDisplayChallenge_processed.npz"), quiet=True)["sample_warning"] is None

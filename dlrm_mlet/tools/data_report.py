@@ -31,7 +31,41 @@ def data_report(path, max_ind_range=-1, quiet=False, map_path=pays.SUMMARY):
     info["map"] = [] if share is None else [
         e for optimizer in sorted({e["optimizer"] for e in entries}, key=lambda o: (o != "sgd", o))
         for e in pays.nearest(entries, share, optimizer)]
+    info["sample_warning"] = sample_warning(info)
+    info["verdict"] = verdict(info)
     return info
+
+
+# Lookups on rows seen once, as a share of all: Good-Turing's estimate of how often a further lookup
+# would find a value never seen. Above this, counting more of the data would move the share.
+UNSEEN_MASS = 0.05
+
+
+def sample_warning(info):
+    """A line when the file looks like a small sample of larger data: its share then overstates the full data's."""
+    once = info["overall"]["classes"]["1"]["lookups"]
+    if once is None or once <= UNSEEN_MASS:
+        return None
+    return (f"warning: {100 * once:.1f} % of the training lookups land on values seen only once, so more samples "
+            f"would keep finding new values (Good-Turing; above {100 * UNSEEN_MASS:.0f} % this is said): if this file "
+            "is a sample of a larger data set, the full data's share is lower than this one; count the full data")
+
+
+def verdict(info):
+    """The first line: what the evidence says for this data, with its uncertainty, and which evidence."""
+    share = info["overall"]["rare_lookup_share"]
+    if share is None:
+        return "verdict: none: the training split has no lookups"
+    near = sorted((e for e in info["map"] if e["optimizer"] == "sgd"), key=lambda e: abs(e["rare_lookup_share"] - share))
+    how = f"dlrm-mlet advise {info['path']} --minutes 60"
+    if not near:
+        return f"verdict: not measured near here (no map installed); measure it on this data: {how}"
+    e = near[0]
+    pays_there = bool(e["saving"] and e["saving"] > 1)
+    return (f"verdict: the share alone cannot decide it; the nearest measured regime ({e['regime'] or e['data']}, "
+            f"synthetic, share {e['rare_lookup_share']:.3f} against {share:.3f} here) "
+            + (f"had a tuned size saving of {e['saving']:.0f}x" if pays_there else "had no tuned size saving")
+            + f", but data built otherwise went against the map; measure it on this data: {how}")
 
 
 def _pct(share):
@@ -51,6 +85,7 @@ def format_data_report(info):
                      + " ".join(f"{_pct(t['classes'][lb]['lookups']):>6}" for lb in labels[1:])
                      + f" | {_pct(t['rare_lookup_share']):>5} %")
     share = info["overall"]["rare_lookup_share"]
+    lines = [info["verdict"]] + ([info["sample_warning"]] if info["sample_warning"] else []) + [""] + lines
     lines += ["", f"{NAME}: {_pct(share)} % of {info['overall']['lookups']} training lookups land on an embedding "
                   f"row seen at most {RARE_MAX} times in training."]
     if info["map"]:
@@ -59,6 +94,4 @@ def format_data_report(info):
         lines += [f"  {pays.describe(e)}" for e in info["map"]]
     elif share is not None:
         lines += ["", "No map is installed with this copy of dlrm-mlet: see docs/results/map.md in the project."]
-    lines += ["", "The share alone does not decide it (data built otherwise went against the map). For a verdict "
-                  f"measured on this data: dlrm-mlet advise {info['path']} --minutes 60"]
     return "\n".join(lines)

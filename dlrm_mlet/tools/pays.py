@@ -78,15 +78,20 @@ def summarize_regimes(arms, tuned):
 def _saving(entry):
     s = entry["saving"]
     if s is None:
-        return "no MLET model matches"
+        return "none (no MLET model matched the best baseline)"
     m = entry["match"]
     return f"{s:.1f}x (MLET d={m['d']} k={m['k']})" if s > 1 else f"none (best match: MLET d={m['d']} k={m['k']})"
 
 
 def _narrowest(entry):
+    """The narrowest MLET model's gap to the best baseline; its size ratio only when that gap is a match
+    (at least one standard error ahead), so a ratio never stands beside a model that did not match."""
     n = entry.get("narrowest")
-    return "-" if n is None else (f"d={n['d']} k={n['k']}: {n['gap']:+.4f} ± {n['se']:.4f} "
-                                  f"({n['smaller']:.0f}x smaller)")
+    if n is None:
+        return "-"
+    matched = n["gap"] >= n["se"] - 1e-12
+    return (f"d={n['d']} k={n['k']}: {n['gap']:+.4f} ± {n['se']:.4f}"
+            + (f", a match {n['smaller']:.0f}x smaller" if matched else ", no match"))
 
 
 def _gains(entry):
@@ -167,5 +172,5 @@ def nearest(entries, share, optimizer="sgd"):
 def describe(entry):
     """One line of what the map measured in a regime."""
     return (f"{entry['regime'] or entry['data']} ({NAME} {entry['rare_lookup_share']:.3f}, {entry['optimizer']}): "
-            f"tuned iso-AUC saving {_saving(entry)}; narrowest MLET against the best baseline "
-            f"{_narrowest(entry)}; AUC gain at equal d {_gains(entry)}")
+            f"tuned iso-AUC saving: {_saving(entry)}; the narrowest MLET model against the best baseline: "
+            f"{_narrowest(entry)}; AUC gain at equal d: {_gains(entry)}")
