@@ -40,7 +40,8 @@ def installed(tmp_path_factory):
                          capture_output=True, text=True, env=env, check=True).stdout.strip()
     with open(os.path.join(own, "tests-python.pth"), "w") as handle:  # after the venv's own: the wheel wins
         handle.write("\n".join(site.getsitepackages()) + "\n")
-    done = subprocess.run([python, "-m", "pip", "install", "--no-deps", "-q", str(wheels[0])],
+    # as the README says, with DLRM's run-time needs (here already there: the .pth above names them)
+    done = subprocess.run([python, "-m", "pip", "install", "-q", f"{wheels[0]}[dlrm]"],
                           capture_output=True, text=True, env=env, cwd=root)
     assert done.returncode == 0, done.stderr[-2000:]
     return python, str(root / "venv" / "bin" / "dlrm-mlet"), env
