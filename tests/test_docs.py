@@ -40,3 +40,52 @@ def test_links_between_pages_resolve():
             if not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert broken == []
+
+
+def _shell_lines(text):
+    """The logical command lines of a page's fenced code blocks: continuations joined, prompts and
+    comments dropped."""
+    lines = []
+    for block in re.findall(r"```(?:bash|sh|shell|console)?\n(.*?)```", text, flags=re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            line = re.sub(r"^\$ ", "", line.strip())
+            line = re.sub(r"\s+#.*$", "", line)
+            if line and not line.startswith("#"):
+                lines.append(line)
+    return lines
+
+
+def test_every_command_a_page_shows_works_verbatim():
+    """Each ``dlrm-mlet`` command in a code block parses with the options the CLI has; each script it names
+    exists; a patch applied by hand names a path that holds from inside the DLRM folder."""
+    import shlex
+
+    from dlrm_mlet.cli import build_parser
+
+    problems, checked = [], 0
+    for page in PAGES:
+        for line in _shell_lines(page.read_text()):
+            where = f"{page.relative_to(ROOT)}: {line}"
+            if not line.startswith(("dlrm-mlet ", "python ", "run_scripts/", ".ci/", "docs/", "git -C")):
+                continue  # output, Python code, other tools' commands
+            words = shlex.split(line.replace("<any DLRM args>", "--nepochs=1"))
+            if words[0] == "dlrm-mlet":
+                checked += 1
+                try:
+                    build_parser().parse_args(words[1:])
+                except SystemExit:
+                    problems.append(where)
+            elif words[0] == "python" and words[1].startswith(("docs/", "benchmarks/")):
+                checked += 1
+                if not (ROOT / words[1]).is_file():
+                    problems.append(where)
+            elif words[0].startswith(("run_scripts/", ".ci/", "docs/")):
+                checked += 1
+                if not (ROOT / words[0]).is_file():
+                    problems.append(where)
+            elif words[:2] == ["git", "-C"] and "apply" in words:
+                checked += 1
+                patch = words[words.index("apply") + 1]
+                if not (patch.startswith(("/", "$PWD", "${PWD}")) or "dlrm_s_pytorch" in patch):
+                    problems.append(where + "  (a relative patch path is read inside the DLRM folder)")
+    assert problems == [] and checked >= 12  # the pages show this many; fewer means the extraction broke
