@@ -8,6 +8,7 @@ and must predict as before folding, with stock module classes, options and
 state-dict keys.
 """
 
+import math
 import warnings
 
 import numpy as np
@@ -305,12 +306,38 @@ def test_init_keep_folds_to_the_trained_weights_at_step_0_and_training_then_move
     assert not torch.allclose(moved, trained)  # training moves it on from there
 
 
-def test_converting_trained_weights_without_keep_says_they_are_replaced():
-    model = nn.ModuleDict({"fresh": nn.Embedding(500, 8), "trained": nn.Embedding(500, 8)})
-    with torch.no_grad():
-        model["trained"].weight.mul_(0.01)
+def _trained(table, steps=300):
+    """``table`` (xavier-initialised) after SGD on skewed lookups (Zipf-like, as real features are) with a
+    learnable signal."""
+    nn.init.xavier_uniform_(table.weight)
+    head = nn.Linear(table.embedding_dim, 1)
+    opt = torch.optim.SGD([*table.parameters(), *head.parameters()], lr=0.5)
+    truth = torch.randn(table.num_embeddings)
+    for _ in range(steps):
+        ids = (torch.exp(torch.rand(256) * math.log(table.num_embeddings + 1.0)) - 1).long()
+        ids = ids.clamp(max=table.num_embeddings - 1)
+        loss = nn.functional.binary_cross_entropy_with_logits(head(table(ids)).squeeze(1), (truth[ids] > 0).float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return table
+
+
+def test_converting_trained_weights_without_keep_says_they_are_replaced_and_fresh_inits_are_quiet():
+    """Freshly built models use many inits (torch's N(0, 1), xavier, kaiming, small uniform, truncated normal:
+    torchfm, DeepCTR, TorchRec): none warns; a table trained on skewed lookups does."""
+    inits = {"torch": lambda w: None, "xavier_u": nn.init.xavier_uniform_, "xavier_n": nn.init.xavier_normal_,
+             "kaiming": nn.init.kaiming_uniform_, "uniform": lambda w: nn.init.uniform_(w, -0.05, 0.05),
+             "trunc": lambda w: nn.init.trunc_normal_(w, std=0.02)}
+    model = nn.ModuleDict({name: nn.Embedding(2000, 16) for name in inits})
+    for name, init in inits.items():
+        init(model[name].weight)
+    model["trained"] = _trained(nn.Embedding(2000, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning about the fresh ones
+        to_mlet(nn.ModuleDict({k: v for k, v in model.items() if k != "trained"}), 32)
     with pytest.warns(UserWarning, match=r"replaced the weights of trained by the MLET init; pass init='keep'") as caught:
-        to_mlet(model, 32)
+        to_mlet(nn.ModuleDict({"fresh": nn.Embedding(500, 8), "trained": model["trained"]}), 32)
     assert "fresh" not in str(caught[0].message)
 
 

@@ -127,16 +127,29 @@ def keep_weights(mlet, weight):
 
 
 def _fresh(module):
-    """Whether the module's weights still look like torch's own init, N(0, 1), so nothing trained is lost.
+    """Whether the weights could be what an init produced, so nothing trained is lost.
 
-    Five standard errors either way for the mean and the standard deviation of
-    its values (the padding row, zero by construction, left out).
+    An init draws every value alone from one symmetric law (torch's N(0, 1),
+    xavier, kaiming, uniform, truncated normal: any scale), so: a mean within
+    five standard errors of 0, a kurtosis between the uniform's (1.8) and the
+    normal's (3), and rows alike (their mean squares vary no more than
+    independent values allow, within five standard errors). Training moves the
+    rows of frequent values and leaves rare ones: rows then differ far beyond
+    that (the padding row, zero by construction, left out).
     """
-    w = module.weight.detach().float()
+    w = module.weight.detach().double()
     if module.padding_idx is not None:
         w = torch.cat([w[:module.padding_idx], w[module.padding_idx + 1:]])
-    n = w.numel()
-    return n < 2 or (abs(float(w.mean())) < 5 / math.sqrt(n) and abs(float(w.std()) - 1) < 5 * math.sqrt(0.5 / n))
+    n, rows = w.numel(), w.shape[0]
+    std = float(w.std()) if n > 1 else 0.0
+    if std == 0.0:
+        return True  # one value everywhere: nothing learned
+    mean = float(w.mean())
+    kurtosis = float((((w - mean) / std) ** 4).mean())
+    squares = w.pow(2)
+    spread = float(squares.mean(dim=1).var()) / (float(squares.var()) / w.shape[1]) if rows > 2 else 1.0
+    return (abs(mean) < 5 * std / math.sqrt(n) and 1.8 - 15 / math.sqrt(n) <= kurtosis <= 3 + 5 * math.sqrt(24 / n)
+            and spread < 1 + 5 * math.sqrt(2 / max(rows - 1, 1)))
 
 
 def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal", table_dtype=None, init="mlet"):
@@ -155,8 +168,8 @@ def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal", t
     ``init="mlet"`` (default): the MLET authors' init, new tables drawn from
     numpy's global RNG (as DLRM's are: seed with ``np.random.seed``) on the
     original module's device and dtype; the module's own weights are dropped
-    (a warning names the modules whose weights do not look freshly
-    initialised). ``init="keep"``: a warm start, each MLET module folding to
+    (a warning names the modules whose weights could not come from an init:
+    ``_fresh``). ``init="keep"``: a warm start, each MLET module folding to
     the original weights exactly at step 0 (``keep_weights``), so a trained
     model can be fine-tuned with MLET.
     Build the optimizer after ``to_mlet``: one built before holds the replaced
