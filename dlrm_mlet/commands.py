@@ -15,6 +15,30 @@ def _mib(nbytes):
     return f"{nbytes / 2**20:.2f} MiB"
 
 
+def _tensor_bytes(obj):
+    """Bytes of every tensor in a checkpoint (nested dicts and lists)."""
+    import torch
+
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _check_room(path, size):
+    """Refuse, before the work, a file that would not fit where it goes (with the runs' margin)."""
+    from .core.budget import format_bytes
+    from .dlrm.space import MARGIN, MARGIN_BYTES, free_bytes
+
+    want, have = int(size * MARGIN) + MARGIN_BYTES, free_bytes(path)
+    if have < want:
+        raise MLETError(f"{path}: needs {format_bytes(want)} free with a margin, its folder has {format_bytes(have)}; "
+                        "free some space or write elsewhere")
+
+
 def cmd_fold(args):
     from .core.folding import TABLE_KEY, mlet_prefixes, mlet_table_bytes
     from .checkpoint_io import atomic_save, load_model_file
@@ -31,6 +55,8 @@ def cmd_fold(args):
     if not prefixes:
         raise MLETError(f"{args.input}: no MLET tables (is it already folded?)")
     rows = sum(ckpt["state_dict"][p + TABLE_KEY].shape[0] for p in prefixes)
+    before, after = mlet_table_bytes(ckpt["state_dict"])
+    _check_room(args.output, _tensor_bytes(ckpt) - before + after)
     try:
         with progress_bar(rows, "fold", quiet=args.quiet) as bar:
             # a state dict stays a state dict (it loads into the model to_mlet came from, folded)
@@ -38,7 +64,6 @@ def cmd_fold(args):
     except MLETError as error:
         raise MLETError(f"{args.input}: {error}") from None
     atomic_save(folded, args.output)
-    before, after = mlet_table_bytes(ckpt["state_dict"])
     print(
         f"folded {len(prefixes)} MLET tables: embedding weights "
         f"{_mib(before)} -> {_mib(after)}; wrote {args.output}"

@@ -122,3 +122,14 @@ def test_inspect_fold_and_verify_take_a_state_dict_saved_from_a_to_mlet_model(tm
     torch.save([1, 2], tmp_path / "list.pt")
     assert main(["inspect", str(tmp_path / "list.pt"), "--quiet"]) == 2
     assert "neither a DLRM checkpoint" in capsys.readouterr().err
+
+
+def test_fold_refuses_an_output_that_would_not_fit_before_folding(tmp_path, capsys, monkeypatch):
+    from dlrm_mlet.dlrm import space
+
+    _, src = saved_mlet(tmp_path)
+    monkeypatch.setattr(space, "free_bytes", lambda path: 1024)
+    assert main(["fold", str(src), str(tmp_path / "out.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "needs" in err and "its folder has 1 KiB" in err and err.count("\n") == 1
+    assert not (tmp_path / "out.pt").exists()

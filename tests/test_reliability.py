@@ -411,3 +411,37 @@ def test_fuzz_fold_is_exact(n, d, k, mode, bags, max_bag, weighted, seed):
             per_sample_weights=None if psw is None else psw.abs()) @ table.proj.weight.abs().t()
     scale = max(float(magnitude.max()), 1e-30)
     assert float((expected - got).abs().max()) <= 1e-5 * scale
+
+
+def test_a_disk_too_full_for_the_checkpoints_is_refused_before_the_first_batch(patched_module, tmp_path, monkeypatch,
+                                                                              capsys):
+    """--save-model (and --mlet-checkpoint) know the sizes they will write once the tables are built: a disk
+    without room for them stops the run in one line before any training, naming both sizes."""
+    import sys
+
+    from dlrm_mlet.dlrm import space
+    from test_dlrm_integration import BASE
+
+    monkeypatch.chdir(tmp_path)
+    training, folded = {}, {}
+    real = space.file_sizes
+
+    def sizes(tables):
+        training["bytes"], folded["bytes"] = real(tables)
+        return training["bytes"], folded["bytes"]
+
+    monkeypatch.setattr(space, "file_sizes", sizes)
+    monkeypatch.setattr(space, "free_bytes", lambda path: 10 * 2**20)  # 10 MiB left
+    sys.argv = ["dlrm_s_pytorch.py"] + BASE + ["--mlet-hidden-dim=64", f"--save-model={tmp_path / 'm.pt'}",
+                                               f"--mlet-checkpoint={tmp_path / 'run.pt'}"]
+    with pytest.raises(SystemExit) as stop:
+        patched_module.run()
+    message = str(stop.value.code)
+    assert message.startswith("ERROR: --save-model (") and "--mlet-checkpoint (" in message and "\n" not in message
+    assert "has 10 MiB: free some space or write elsewhere" in message
+    assert "Finished training" not in capsys.readouterr().out and not list(tmp_path.glob("*.pt*"))
+    # the sizes are the files' own: the training file holds 64-wide tables, the folded one 16-wide
+    assert training["bytes"] > 3.9 * folded["bytes"]
+    monkeypatch.setattr(space, "free_bytes", lambda path: 10 * 2**30)
+    patched_module.run()  # with room, the same run trains and saves
+    assert (tmp_path / "m.pt").exists() and (tmp_path / "m.pt.mlet").exists()

@@ -174,7 +174,8 @@ def _run_options(args):
     table_scale = _scale(args, "mlet_table_lr_scale", "--mlet-table-lr-scale")
     proj_scale = _scale(args, "mlet_proj_lr_scale", "--mlet-proj-lr-scale")
     return {"mmap_data": mmap_data, "checkpoint": checkpoint, "checkpoint_every": every,
-            "table_lr_scale": table_scale, "proj_lr_scale": proj_scale, "nepochs": int(getattr(args, "nepochs", 1))}
+            "table_lr_scale": table_scale, "proj_lr_scale": proj_scale, "nepochs": int(getattr(args, "nepochs", 1)),
+            "save_model": getattr(args, "save_model", "") or ""}
 
 
 def _onnx_serving(args):

@@ -36,6 +36,7 @@ class Config:
     table_lr_scale: float = 1.0  # the tables' learning rate, as a multiple of --learning-rate
     proj_lr_scale: float = 1.0  # the MLET projections' learning rate, as a multiple (0: frozen at init)
     nepochs: int = 1  # DLRM's --nepochs: what a resumed checkpoint has left to train
+    save_model: str = ""  # DLRM's --save-model: where the run's checkpoints go (space is checked first)
 
     @property
     def enabled(self):

@@ -19,7 +19,7 @@ from ..core.pair import is_mlet
 from ..engine import fused, packing
 from ..engine.grouped import grouped_forward
 from ..errors import MLETError
-from . import evaluation, frequency, tricks
+from . import evaluation, frequency, space, tricks
 from .session import fail, session
 
 
@@ -127,6 +127,11 @@ def create_emb(net, m, ln, weighted_pooling=None):
         f"{folded_bytes / 2**20:.1f} MiB once folded",
         flush=True,
     )
+    if local is None:  # distributed ranks write shards of their own tables
+        try:
+            space.check(emb_l, config.save_model)
+        except MLETError as error:
+            fail(str(error))
     return emb_l, v_W_l
 
 

@@ -1,0 +1,73 @@
+"""Before the first batch: the files a run will write fit on their disks.
+
+A full disk found at the first save loses the whole run (``--save-model``
+writes only after a test). The tables are built by then, so the files' sizes
+are known: ``--save-model PATH`` writes the unfolded training checkpoint
+``PATH.mlet`` (tables, projections, the optimizer's state) and the folded
+``PATH``; ``--mlet-checkpoint`` another training checkpoint. Each is written
+beside the one it replaces before the rename (``files.atomic_write``), so each
+needs its whole size free. The MLPs and the bookkeeping are small next to the
+tables: a margin covers them.
+"""
+
+import os
+import shutil
+
+from ..core.budget import format_bytes, training_bytes
+from ..core.half import dtype_name
+from ..core.pair import is_mlet
+from ..errors import MLETError
+from .session import session
+
+MARGIN = 1.05  # and 64 MiB: the MLPs, pickling, the file system's own blocks
+MARGIN_BYTES = 64 * 2**20
+
+
+def free_bytes(path):
+    """Bytes free for this process where ``path`` will be written (its folder's file system)."""
+    return shutil.disk_usage(os.path.dirname(os.path.abspath(path)) or ".").free
+
+
+def _device(path):
+    return os.stat(os.path.dirname(os.path.abspath(path)) or ".").st_dev
+
+
+def file_sizes(tables):
+    """``(training checkpoint bytes, folded checkpoint bytes)`` of DLRM's ``emb_l`` as built."""
+    optimizer, training, folded = session.config.optimizer, 0, 0
+    for t in tables:
+        if is_mlet(t):
+            n, d, k = t.num_embeddings, t.embedding_dim, t.hidden_dim
+            training += training_bytes(n, d, k, dtype_name(t.table.weight.dtype), optimizer)
+            folded += training_bytes(n, d, 0, "fp32", optimizer)
+        else:
+            size = sum(p.numel() * p.element_size() for p in t.parameters())
+            training += size * (2 if optimizer == "adagrad" else 1)
+            folded += size * (2 if optimizer == "adagrad" else 1)
+    return training, folded
+
+
+def check(tables, save_model=""):
+    """Refuse in one line, before training, a run whose files would not fit (``MLETError``)."""
+    config = session.config
+    if config.inference_only:
+        return
+    training, folded = file_sizes(tables)
+    writes = []
+    if save_model:
+        writes += [(save_model, training + folded, f"--save-model ({format_bytes(training)} for {save_model}.mlet, "
+                                                   f"{format_bytes(folded)} for {save_model})")]
+    if config.checkpoint:
+        writes += [(config.checkpoint, training, f"--mlet-checkpoint ({format_bytes(training)})")]
+    needed = {}
+    for path, size, what in writes:
+        device = _device(path)
+        total, whats, _ = needed.get(device, (0, [], path))
+        needed[device] = (total + size, whats + [what], path)
+    for total, whats, path in needed.values():
+        want = int(total * MARGIN) + MARGIN_BYTES
+        have = free_bytes(path)
+        if have < want:
+            raise MLETError(f"{' and '.join(whats)} need {format_bytes(want)} free where they go, with a margin; "
+                            f"{os.path.dirname(os.path.abspath(path))} has {format_bytes(have)}: free some space or "
+                            "write elsewhere")
