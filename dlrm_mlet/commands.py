@@ -87,11 +87,13 @@ def cmd_verify(args):
     folded = load_dlrm_checkpoint(args.against)["state_dict"] if args.against else None
     try:
         checks = verify_state_dict(
-            ckpt["state_dict"], folded, bags=args.bags, max_bag=args.max_bag,
+            ckpt["state_dict"], folded, folded_name=args.against, bags=args.bags, max_bag=args.max_bag,
             tolerance=args.tolerance, seed=args.seed,
         )
     except MLETError as error:
-        raise MLETError(f"{args.input}: {error}") from None
+        message = str(error)
+        raise MLETError(message if args.against and message.startswith(args.against) else f"{args.input}: {message}") \
+            from None
     if args.json:
         rows = [dict(vars(c), ok=c.ok) for c in checks]
         print(json.dumps({"tables": rows, "ok": all(c.ok for c in checks)}, indent=2))
@@ -110,15 +112,21 @@ def cmd_verify(args):
 
 def cmd_patch(args):
     from .dlrm.patching import patch_checkout
+    from .dlrm.script import SCRIPT
 
-    print(patch_checkout(args.dlrm_dir, reverse=args.reverse, check_only=args.check))
+    folder = args.dlrm_dir
+    if os.path.basename(os.path.normpath(folder)) == SCRIPT and os.path.isfile(folder):
+        folder = os.path.dirname(os.path.abspath(folder))  # the script named: its checkout is meant
+    print(patch_checkout(folder, reverse=args.reverse, check_only=args.check))
     return 0
 
 
 def cmd_run(args):
     from .dlrm.launcher import run_script
+    from .dlrm.script import SCRIPT
 
-    return run_script(args.script, args.dlrm_args)
+    script = os.path.join(args.script, SCRIPT) if os.path.isdir(args.script) else args.script  # a checkout named
+    return run_script(script, args.dlrm_args)
 
 
 def cmd_synth(args):

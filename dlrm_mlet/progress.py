@@ -23,4 +23,5 @@ def progress_bar(total, desc, quiet=False, unit=" rows"):
         from tqdm import tqdm
     except ImportError:
         return contextlib.nullcontext(_NoBar())
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr)
+    # counts of rows read as 1.2M; runs, tables and stages as whole numbers
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit.strip() == "rows", file=sys.stderr)

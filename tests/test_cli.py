@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 
 import torch
@@ -133,3 +134,12 @@ def test_fold_refuses_an_output_that_would_not_fit_before_folding(tmp_path, caps
     err = capsys.readouterr().err
     assert "needs" in err and "its folder has 1 KiB" in err and err.count("\n") == 1
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_small_mistakes_get_the_line_a_user_expects(dlrm_dir, tmp_path, capsys):
+    """A script named where a checkout is asked for (and the reverse) is understood; a missing CSV is named."""
+    script = os.path.join(dlrm_dir, "dlrm_s_pytorch.py")
+    assert main(["patch", script, "--check"]) == 0 and "patch applies cleanly" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "nope.csv")]) == 2
+    assert capsys.readouterr().err.strip() == f"dlrm-mlet: error: {tmp_path / 'nope.csv'}: no such file"
+    assert main(["report", str(tmp_path)]) == 2 and "is a folder, not a CSV" in capsys.readouterr().err

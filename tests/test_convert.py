@@ -351,3 +351,11 @@ def test_an_optimizer_built_before_to_mlet_is_refused_by_attach():
         dlrm_mlet.attach(early)
     dlrm_mlet.attach(torch.optim.SGD(model.parameters(), lr=0.1)).remove()
 
+
+
+def test_a_target_that_matches_nothing_names_itself_and_the_names_there_are():
+    model = nn.ModuleDict({"users": nn.Embedding(50, 4), "ads": nn.Embedding(60, 4)})
+    with pytest.raises(MLETError, match=r"target 'user' matches no embedding module's full name \(they are: "
+                                        r"'users', 'ads'\)"):
+        to_mlet(model, 16, target=r"user")  # a regular expression must match the whole name
+    assert to_mlet(model, 16, target=r"users")["users"].hidden_dim == 16

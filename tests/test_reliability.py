@@ -288,7 +288,9 @@ def test_ctrl_c_stops_patched_dlrm_with_one_line_and_complete_files(patched_dlrm
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("ERROR: interrupted: every checkpoint on disk is complete")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ERROR: interrupted: every checkpoint on disk is complete")
+    assert last.endswith(f"; to resume from the last save, add --load-model={tmp_path / 'm.pt'}.mlet")
     assert load_checkpoint(tmp_path / "m.pt")["state_dict"] and load_checkpoint(tmp_path / "m.pt.mlet")["state_dict"]
 
 
@@ -304,11 +306,13 @@ def test_fold_refuses_a_checkpoint_with_non_finite_weights(tmp_path, capsys):
     assert not (tmp_path / "m.pt").exists()
 
 
-def test_verify_against_an_unfolded_file(tmp_path, capsys):
+def test_verify_against_an_unfolded_file_names_that_file(tmp_path, capsys):
     model = TinyDLRM()
     atomic_save(dlrm_ckpt(model, torch.optim.SGD(model.parameters(), lr=0.1)), tmp_path / "m.pt.mlet")
-    assert main(["verify", str(tmp_path / "m.pt.mlet"), "--against", str(tmp_path / "m.pt.mlet")]) == 2
-    assert "the folded checkpoint has no 'emb_l.0.weight'" in capsys.readouterr().err
+    atomic_save(dlrm_ckpt(model, torch.optim.SGD(model.parameters(), lr=0.1)), tmp_path / "other.pt")
+    assert main(["verify", str(tmp_path / "m.pt.mlet"), "--against", str(tmp_path / "other.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dlrm-mlet: error: {tmp_path / 'other.pt'}: no 'emb_l.0.weight' for table emb_l.0")
 
 
 def test_a_truncated_data_file_names_its_last_line(tmp_path):

@@ -62,6 +62,9 @@ def _selector(target, names):
         return lambda name, module: True
     if isinstance(target, str):
         pattern = re.compile(target)
+        if not any(pattern.fullmatch(n) for n in names):
+            raise MLETError(f"to_mlet: target {target!r} matches no embedding module's full name (they are: "
+                            f"{', '.join(map(repr, names[:5]))}{' ...' if len(names) > 5 else ''})")
         return lambda name, module: pattern.fullmatch(name) is not None
     if callable(target):
         return target

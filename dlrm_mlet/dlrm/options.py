@@ -240,6 +240,19 @@ INTERRUPTED = ("interrupted: every checkpoint on disk is complete (a save under 
                "rolled back, leaving the previous file)")
 
 
+def interrupted_line():
+    """The Ctrl-C line: what is on disk, and how to go on from it."""
+    config = session.config
+    if config.checkpoint:
+        how = f"; run the same command again to resume from {config.checkpoint}"
+    elif config.save_model:
+        resume = config.save_model + (MLET_SUFFIX if config.enabled else "")
+        how = f"; to resume from the last save, add --load-model={resume}"
+    else:
+        how = ""
+    return f"ERROR: {INTERRUPTED}{how}"
+
+
 def _interrupted_in_one_line(previous):
     """Ctrl-C ends the run with one line, not a traceback; anything else is reported as before."""
     if getattr(previous, "one_line_interrupt", False):
@@ -247,7 +260,7 @@ def _interrupted_in_one_line(previous):
 
     def hook(kind, value, traceback):
         if issubclass(kind, KeyboardInterrupt):
-            sys.stderr.write(f"ERROR: {INTERRUPTED}\n")
+            sys.stderr.write(interrupted_line() + "\n")
         else:
             previous(kind, value, traceback)
 

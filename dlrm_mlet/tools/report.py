@@ -75,6 +75,8 @@ def read_all(csv_paths):
     csv_paths = [csv_paths] if isinstance(csv_paths, (str, os.PathLike)) else list(csv_paths)
     rows = []
     for path in csv_paths:
+        if not os.path.isfile(path):
+            raise MLETError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: is a folder, not a CSV")
         more = read_rows(path)
         if not more:
             raise MLETError(f"{path}: no sweep results")

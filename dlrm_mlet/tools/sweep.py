@@ -196,7 +196,8 @@ _CHILDREN = set()  # the DLRM runs under way, for the SIGTERM handler to stop
 
 
 def _stop_children(signum, frame):
-    """SIGTERM (``kill``, ``timeout``, job schedulers): stop the runs under way, then the sweep.
+    """SIGTERM (``kill``, ``timeout``, job schedulers) or SIGHUP (a closed terminal): stop the runs under
+    way, then the sweep.
 
     Each run's resumable checkpoint stays (its writes are atomic), so the sweep
     started again resumes them. SIGKILL cannot be caught: a run then goes on
@@ -355,8 +356,8 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
             if (data_set, regime, optimizer, tables, d, k, float(lr), s, epochs) not in done]
     data_args = [f"--raw-data-file={os.path.abspath(raw_data_file)}"]
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    previous = signal.signal(signal.SIGTERM, _stop_children) if threading.current_thread() is threading.main_thread() \
-        else None
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _stop_children) for sig in (signal.SIGTERM, signal.SIGHUP)} if main else {}
     try:
         with progress_bar(len(plan), "sweep", quiet=quiet, unit=" runs") as bar, ThreadPoolExecutor(jobs) as pool:
             submit = lambda d, k, lr, seed: pool.submit(  # noqa: E731
@@ -383,6 +384,6 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
                 for run in runs:
                     run.cancel()
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return rows

@@ -72,8 +72,9 @@ def check_table(name, table_weight, proj_weight, folded_weight=None, bags=512, m
     return TableCheck(name, n, k, d, worst, max(scale, torch.finfo(torch.float32).tiny), tolerance)
 
 
-def verify_state_dict(state_dict, folded_state_dict=None, **kwargs):
-    """Check every MLET table of ``state_dict``; optionally against a saved folded one."""
+def verify_state_dict(state_dict, folded_state_dict=None, folded_name=None, **kwargs):
+    """Check every MLET table of ``state_dict``; optionally against a saved folded one (``folded_name``:
+    how an error about it names it)."""
     prefixes = mlet_prefixes(state_dict)
     if not prefixes:
         raise MLETError("no MLET tables to verify (the checkpoint is plain or already folded)")
@@ -84,8 +85,13 @@ def verify_state_dict(state_dict, folded_state_dict=None, **kwargs):
         if folded_state_dict is not None:
             folded = folded_state_dict.get(prefix + "weight")
             if folded is None:
-                raise MLETError(f"the folded checkpoint has no {prefix + 'weight'!r} for table {name}")
-        checks.append(
-            check_table(name, state_dict[prefix + TABLE_KEY], state_dict[prefix + PROJ_KEY], folded, **kwargs)
-        )
+                raise MLETError(f"{folded_name or 'the folded checkpoint'}: no {prefix + 'weight'!r} for table {name} "
+                                "(is it the fold of this checkpoint?)")
+        try:
+            checks.append(
+                check_table(name, state_dict[prefix + TABLE_KEY], state_dict[prefix + PROJ_KEY], folded, **kwargs)
+            )
+        except MLETError as error:  # a folded table of the wrong shape: the folded file's fault
+            raise MLETError(f"{folded_name or 'the folded checkpoint'}: {error}" if folded is not None
+                            else str(error)) from None
     return checks
