@@ -128,3 +128,21 @@ def test_inspect_unreadable_files_one_line(tmp_path, capsys):
         assert main(["inspect", str(tmp_path / path)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("dlrm-mlet: error: ") and err.count("\n") == 1
+
+
+def test_a_run_shorter_than_the_log_frequency_says_it_writes_no_mlet_scalars(patched_module, tmp_path, monkeypatch,
+                                                                              capsys):
+    import sys
+
+    from dlrm_mlet.tools.synth_processed import write_processed
+
+    monkeypatch.chdir(tmp_path)
+    write_processed(tmp_path, 3000, seed=1, scale=0.001, rank=2, support="published", progress=False)
+    sys.argv = ["dlrm_s_pytorch.py", "--arch-sparse-feature-size=4", "--arch-mlp-bot=13-8-4", "--arch-mlp-top=8-1",
+                "--data-generation=dataset", "--data-set=kaggle", f"--raw-data-file={tmp_path / 'train.txt'}",
+                f"--processed-data-file={tmp_path / 'kaggleAdDisplayChallenge_processed.npz'}", "--mlet-mmap-data",
+                "--mini-batch-size=128", "--mlet-hidden-dim=16", "--print-freq=8", "--loss-function=bce",
+                "--round-targets=True"]
+    patched_module.run()
+    assert "MLET: --mlet-log-freq=1024 is more than this run's 21 steps: no MLET/* scalars will be written" in \
+        capsys.readouterr().out

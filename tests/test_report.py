@@ -69,7 +69,7 @@ def test_the_lr_is_chosen_on_validation_and_its_test_metrics_are_reported(tmp_pa
         row(lr=0.1, seed=1, val_auc=0.70, test_auc=0.75, test_log_loss=0.40),
     ])
     text = report(csv)
-    assert ("| kaggle | 1 | baseline | 4 | - | 0.01 | 0.7100 | 0.6950 ± 0.0071 | 0.5300 ± 0.0141 | "
+    assert ("| kaggle | 1 | baseline | 4 | - | 0.01 (edge) | 0.7100 | 0.6950 ± 0.0071 | 0.5300 ± 0.0141 | "
             "0.7500 ± 0.0000 | 2 | 1.000 | 1.000 | 2.00 |") in text
     assert section(text, "### kaggle, epochs 1")[2] == "| baseline | 4 | - | **0.7100** | 0.7000 |"
 
@@ -89,7 +89,7 @@ def test_an_lr_with_a_diverged_seed_is_not_eligible_and_the_map_shows_it(tmp_pat
         row(k=64, lr=1.0, seed=0, val_auc=0.80, test_auc=0.80), diverged(k=64, lr=1.0, seed=1),
     ])
     text = report(csv)
-    assert ("| kaggle | 1 | MLET | 4 | 64 | 0.1 | 0.7200 | 0.7300 ± 0.0000 | 0.5000 ± 0.0000 | 0.7300 ± 0.0000 | 2 |"
+    assert ("| kaggle | 1 | MLET | 4 | 64 | 0.1 (edge) | 0.7200 | 0.7300 ± 0.0000 | 0.5000 ± 0.0000 | 0.7300 ± 0.0000 | 2 |"
             in text)
     assert section(text, "### kaggle, epochs 1")[2:] == [
         "| baseline | 4 | - | **0.7000** | - |",
@@ -138,7 +138,7 @@ def test_iso_auc_follows_the_frontier_and_the_one_standard_error_rule(iso_csv):
         "- kaggle, epochs 1: at d=8 no k beats the baseline (best MLET AUC 0.7300 with k=64, baseline 0.7400)",
         "- kaggle, epochs 1: at d=16 no k beats the baseline (best MLET AUC 0.7150 with k=64, baseline 0.7200)",
     ]
-    assert "test AUC at lr 0.1 |" in text and "| MLET | 4 | 64 | 0.01 | 0.7450 | 0.7450 ± 0.0141 |" in text
+    assert "test AUC at lr 0.1 |" in text and "| MLET | 4 | 64 | 0.01 (edge) | 0.7450 | 0.7450 ± 0.0141 |" in text
 
 
 def test_rare_items_per_bucket_at_the_best_lr_against_the_baseline_of_the_same_d(tmp_path):
@@ -203,9 +203,11 @@ def test_report_refuses_a_csv_from_before_the_lr_column_in_one_line(tmp_path, ca
 def test_a_best_lr_at_the_edge_of_the_grid_is_flagged(tmp_path):
     rows = [row(lr=lr, val_auc=v) for lr, v in ((0.1, 0.70), (0.2, 0.71), (0.4, 0.72))]  # rising to the end
     rows += [row(d=8, lr=lr, val_auc=v) for lr, v in ((0.1, 0.70), (0.2, 0.72), (0.4, 0.71))]  # inside
+    rows += [row(d=16, lr=lr, val_auc=v) for lr, v in ((0.1, 0.72), (0.2, 0.71))]  # two lrs: always an edge
     text = report(write(tmp_path, rows))
     assert "| kaggle | 1 | baseline | 4 | - | 0.4 (edge) |" in text
     assert "| kaggle | 1 | baseline | 8 | - | 0.2 |" in text
+    assert "| kaggle | 1 | baseline | 16 | - | 0.1 (edge) |" in text
 
 
 # --------------------------------------------------------------------------- where MLET pays

@@ -55,7 +55,11 @@ def make_data_and_loaders(args, dp):
 def _scored(args, dp, loaders):
     """Remember what ``--mlet-metrics-json`` needs to score validation and buckets later,
     and what ``--mlet-memory-budget`` counts rare rows in."""
-    train_data, _, _, test_ld = loaders
+    train_data, train_ld, _, test_ld = loaders
+    steps = (args.num_batches if getattr(args, "num_batches", 0) > 0 else len(train_ld)) * args.nepochs
+    if 0 < steps < session.config.log_freq:
+        print(f"MLET: --mlet-log-freq={session.config.log_freq} is more than this run's {steps} steps: no MLET/* "
+              "scalars will be written (give a smaller --mlet-log-freq to see them)", flush=True)
     if session.config.metrics_json:
         session.scoring = Scoring(args, dp, train_data, test_ld)
     if session.config.memory_budget:

@@ -172,7 +172,7 @@ def tuned_table(arms, single_lr, oracle=None):
         single = "-" if e is None else (f"diverged ({e['diverged']}/{len(e['runs'])})" if e["diverged"]
                                         else _pm(e["stats"]["auc"], e["stats"]["auc_sd"]))
         cells = ([a["why_none"], "-", "-", "-", single, "-", "-"] if s is None else
-                 [f"{a['best']:g}" + (" (edge)" if _at_edge(a) else ""), format_or_dash(s["val_auc"]), _pm(s["auc"], s["auc_sd"]), _pm(s["loss"], s["loss_sd"]),
+                 [f"{a['best']:g}" + _edge_mark(a), format_or_dash(s["val_auc"]), _pm(s["auc"], s["auc_sd"]), _pm(s["loss"], s["loss_sd"]),
                   single, str(len(a["lrs"][a["best"]]["runs"])), format_or_dash(s["ms_per_it"], ".2f")])
         model, k = _model(a)
         lines.append("| " + " | ".join([a["dataset"], str(a["epochs"]), model, str(a["d"]), k, *cells[:-1],
@@ -183,10 +183,11 @@ def tuned_table(arms, single_lr, oracle=None):
     return "\n".join(lines)
 
 
-def _at_edge(arm):
-    """The chosen lr is the smallest or largest tried: the optimum may lie outside the grid."""
+def _edge_mark(arm):
+    """" (edge)" when the chosen lr is the smallest or largest of two or more tried: the optimum may lie
+    outside the grid (with two lrs it always may)."""
     tried = sorted(arm["lrs"])
-    return len(tried) >= 3 and arm["best"] in (tried[0], tried[-1])
+    return " (edge)" if len(tried) >= 2 and arm["best"] in (tried[0], tried[-1]) else ""
 
 
 def _who(m, ms, gap, se):
