@@ -99,16 +99,24 @@ common=(
 )
 arch() { echo "--arch-sparse-feature-size=$1 --arch-mlp-bot=13-512-256-64-$1"; }
 
+# A DLRM run, its output (DLRM's and MLPerf's log lines) in a log file; its last test line shown, or
+# the log's tail when it fails.
+logged() {
+  local log=$1; shift
+  if ! "$@" > "$log" 2>&1; then tail -30 "$log"; echo "error: the run failed; its log: $log" >&2; exit 1; fi
+  grep -E "^recall .* auc " "$log" | tail -1 | sed -E 's/.*(auc [0-9.]+),.*(accuracy [0-9.]+ %).*/   \1, \2/'
+}
+
 cd "$WORK"
-echo "== MLET d=$D k=$K at its chosen lr $LR, saved folded (patched DLRM, TensorBoard logs in tb/)"
+echo "== MLET d=$D k=$K at its chosen lr $LR, saved folded (patched DLRM, TensorBoard logs in tb/; log: mlet.log)"
 # shellcheck disable=SC2046
-$PY "$WORK/dlrm-patched/dlrm_s_pytorch.py" $(arch "$D") "${common[@]}" --learning-rate="$LR" \
+logged "$WORK/mlet.log" $PY "$WORK/dlrm-patched/dlrm_s_pytorch.py" $(arch "$D") "${common[@]}" --learning-rate="$LR" \
   --mlet-hidden-dim="$K" --mlet-log-freq=128 --save-model="$WORK/mlet_d${D}_k$K.pt" \
-  --tensor-board-filename="tb/mlet_d${D}_k$K" | tee "$WORK/mlet.log"
-echo "== unpatched DLRM (a copy of $DLRM_DIR) loads the folded MLET model"
+  --tensor-board-filename="tb/mlet_d${D}_k$K"
+echo "== unpatched DLRM (a copy of $DLRM_DIR) loads the folded MLET model (log: stock_load.log)"
 # shellcheck disable=SC2046
-$PY "$WORK/dlrm-stock/dlrm_s_pytorch.py" $(arch "$D") "${common[@]}" --learning-rate="$LR" \
-  --load-model="$WORK/mlet_d${D}_k$K.pt" --inference-only | tee "$WORK/stock_load.log"
+logged "$WORK/stock_load.log" $PY "$WORK/dlrm-stock/dlrm_s_pytorch.py" $(arch "$D") "${common[@]}" \
+  --learning-rate="$LR" --load-model="$WORK/mlet_d${D}_k$K.pt" --inference-only
 
 $PY - "$WORK" "$D" "$K" <<'PYTHON'
 import json, re, sys

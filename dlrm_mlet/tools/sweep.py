@@ -376,8 +376,9 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
                     write_rows(out_csv, rows)
                     bar.update()
                     if quiet or not sys.stderr.isatty():
-                        result = (f"val AUC {row['val_auc']}, test AUC {row['test_auc']}" if row["status"] == "ok"
-                                  else f"diverged ({row['note']})")
+                        auc = lambda v: "-" if v in ("", None) else f"{float(v):.4f}"  # noqa: E731
+                        result = (f"val AUC {auc(row['val_auc'])}, test AUC {auc(row['test_auc'])}"
+                                  if row["status"] == "ok" else f"diverged ({row['note']})")
                         print(f"d={row['d']} k={row['k']} lr={row['lr']} seed={row['seed']}: {result}, "
                               f"{row['train_seconds']} s", file=log or sys.stdout, flush=True)
             finally:
