@@ -138,7 +138,7 @@ def format_report(info):
 
 def plot_spectra(info, out_path):
     """Normalised singular values per table (left) and effective rank per table (right)."""
-    plt, _ = pyplot("--plot")
+    plt, matplotlib = pyplot("--plot")
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     cmap = plt.get_cmap("viridis")
     tables = info["tables"]
@@ -150,14 +150,18 @@ def plot_spectra(info, out_path):
     left.set(xlabel="singular value index", ylabel="singular value / largest",
              title="Spectrum of each (folded) table")
     left.grid(True, which="both", alpha=0.3)
+    left.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # indices are whole numbers
     if len(tables) <= 10:
         left.legend(fontsize=8)
+    else:  # too many lines to name: their colour is the table's number
+        scale = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, len(tables) - 1))
+        fig.colorbar(scale, ax=left, label="table (emb_l.<i>)", pad=0.01)
     names = [t["name"].replace("emb_l.", "") for t in tables]
     right.bar(names, [t["effective_rank"] for t in tables], color="tab:blue")
     right.axhline(max(t["width"] for t in tables), color="gray", ls="--", lw=1, label="width d")
     right.set(xlabel="table (emb_l.<i>)", ylabel="effective rank", title="Effective rank")
     right.tick_params(axis="x", labelsize=7, rotation=90)
-    right.legend(fontsize=8)
-    fig.suptitle(f"{info['path']} ({info['kind']})", fontsize=10)
+    right.legend(fontsize=8, loc="lower right")  # the bars reach up to d: keep their tops clear
+    fig.suptitle(f"{info['path']}: {info['kind']}", fontsize=10)
     fig.tight_layout()
     save(fig, out_path)
