@@ -140,12 +140,14 @@ def test_a_sweep_stopped_by_sigterm_stops_its_run_and_resumes_it_from_its_checkp
     assert main(sweep(tmp_path / "ref.csv", tmp_path / "ref")) == 0
     out, work = tmp_path / "r.csv", tmp_path / "w"
     run = work / "runs" / "d4_k32_lr0.1_s0_e1"
-    proc = subprocess.Popen([sys.executable, "-m", "dlrm_mlet"] + sweep(out, work))
+    proc = subprocess.Popen([sys.executable, "-m", "dlrm_mlet"] + sweep(out, work), stderr=subprocess.PIPE, text=True)
     while not (run / "resume.pt").exists():
         assert proc.poll() is None, "the sweep ended before its run wrote a checkpoint"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert "interrupted: d=4 k=32 lr=0.1 seed=0 (run the sweep again to resume it from its checkpoint)" in \
+        proc.stderr.read()
     time.sleep(0.5)
     assert _dlrm_processes(work) == []  # its run stopped with it
     assert not out.exists() and (run / "resume.pt").exists()

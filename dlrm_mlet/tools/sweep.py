@@ -120,6 +120,7 @@ def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_arg
     with open(log, "a") as out:
         proc = subprocess.Popen([sys.executable, script] + args, cwd=work, stdout=out, stderr=subprocess.STDOUT,
                                 env=env)
+        proc.label = f"d={d} k={k} lr={lr} seed={seed}"
         _CHILDREN.add(proc)
         try:
             returncode, peak_kib = _wait(proc, lambda peak: _record(elapsed, before, time.perf_counter() - start, peak))
@@ -205,6 +206,9 @@ def _stop_children(signum, frame):
     """
     for proc in list(_CHILDREN):
         proc.terminate()
+        print(f"interrupted: {proc.label} (run the sweep again to resume it"
+              f"{' from its checkpoint' if '--mlet-checkpoint-every' in ' '.join(proc.args) else ''})",
+              file=sys.stderr, flush=True)
     raise SystemExit(128 + signum)
 
 
