@@ -1,11 +1,11 @@
 """The glue between ``dlrm_s_pytorch.py`` and dlrm_mlet: the one module DLRM imports.
 
 DLRM has no plugin hooks, so our patch adds a handful of one-line calls into
-this module at the places that matter, and ``dlrm-mlet run`` installs the same
-calls on an unmodified checkout (``dlrm/launcher.py``, which calls through
-this module too). Either way DLRM's own code decides nothing about MLET: every
-decision is in ``dlrm_mlet.dlrm``; this module only names the call sites.
-Both callers look each function up here at call time (``mlet.save_model``),
+this module at the places that matter (``dlrm-mlet run`` runs a patched copy
+of an unmodified checkout's script: ``dlrm/launcher.py``). DLRM's own code
+decides nothing about MLET: every decision is in ``dlrm_mlet.dlrm``; this
+module only names the call sites.
+The patched script looks each function up here at call time (``mlet.save_model``),
 so replacing one here replaces it for DLRM.
 
 ======================  =========  ===========================================================

@@ -508,6 +508,23 @@ def test_launcher_on_an_unmodified_checkout_equals_the_patch(stock_dlrm, patched
     assert "dlrm_mlet" not in open(os.path.join(stock_dlrm, "dlrm_s_pytorch.py")).read()
 
 
+def test_resuming_through_dlrm_mlet_run_is_resuming_through_the_patched_checkout(stock_dlrm, patched_dlrm,
+                                                                                tmp_path):
+    """One way into DLRM: a run saved, then resumed for a second epoch, through ``dlrm-mlet run`` on an
+    unmodified checkout prints and saves what the same through the patched checkout does."""
+    outputs = {}
+    for name, dlrm, launcher in (("p", patched_dlrm, False), ("l", stock_dlrm, True)):
+        (tmp_path / name).mkdir()
+        save = [f"--save-model={tmp_path}/{name}/m.pt"]
+        run_dlrm(dlrm, BASE + MLET + ["--nepochs=1"] + save, tmp_path / name, launcher=launcher)
+        outputs[name] = run_dlrm(dlrm, BASE + MLET + ["--nepochs=2", f"--load-model={tmp_path}/{name}/m.pt.mlet"]
+                                 + save, tmp_path / name, launcher=launcher).stdout
+    assert "MLET: resuming at epoch 2 of 2, batch 0 of 16" in outputs["l"]
+    assert outputs["l"].replace("/l/", "/p/") == outputs["p"]
+    for file in ("m.pt", "m.pt.mlet"):
+        assert (tmp_path / "l" / file).read_bytes() == (tmp_path / "p" / file).read_bytes()
+
+
 def test_launcher_on_a_patched_checkout_does_not_hook_twice(patched_dlrm, tmp_path):
     proc = run_dlrm(patched_dlrm, BASE + MLET, tmp_path, launcher=True)
     assert proc.stdout.count("MLET: 4 of 4 tables") == 1
@@ -636,3 +653,15 @@ def test_one_k_per_table(patched_module, tmp_path, monkeypatch, capsys):
 def test_narrow_hidden_dim_with_explicit_opt_in(patched_dlrm, tmp_path):
     proc = run_dlrm(patched_dlrm, BASE + ["--mlet-hidden-dim=8", "--mlet-allow-narrow"], tmp_path)
     assert "trained as n x 8 -> 16" in proc.stdout
+
+
+def test_dlrm_mlet_run_refuses_a_script_that_is_not_the_pinned_commit(stock_dlrm, tmp_path, capsys):
+    from dlrm_mlet.cli import main
+
+    other = tmp_path / "dlrm"
+    shutil.copytree(stock_dlrm, other)
+    with open(other / "dlrm_s_pytorch.py", "a") as handle:
+        handle.write("# a local change\n")
+    assert main(["run", str(other / "dlrm_s_pytorch.py"), "--nepochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert "dlrm_s_pytorch.py differs from DLRM commit 090956ee" in err and err.count("\n") == 1

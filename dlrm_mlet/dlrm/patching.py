@@ -160,3 +160,23 @@ def is_patched_checkout(dlrm_dir):
 
 def is_patched_source(text):
     return "dlrm_mlet.dlrm_glue" in text
+
+
+def patched_script(source, name="dlrm_s_pytorch.py"):
+    """The patched text of DLRM's ``name``, from its pinned ``source`` (already patched: as it is).
+
+    The same hunks and the same blob checks as ``patch_checkout``, in memory:
+    ``dlrm-mlet run`` patches a copy, never the user's file.
+    """
+    with open(patch_path(), encoding="utf-8") as handle:
+        wanted = next(f for f in parse_patch(handle.read()) if f.path == name)
+    blob = git_blob_id(source.encode("utf-8"))
+    if blob == wanted.new_blob:
+        return source
+    if blob != wanted.old_blob:
+        raise MLETError(f"{name} differs from DLRM commit {PINNED_COMMIT[:8]} (git blob {blob[:12]}); dlrm-mlet run "
+                        f"needs a clean checkout at {PINNED_COMMIT} (or a checkout patched by dlrm-mlet patch)")
+    patched = "".join(apply_hunks(source.splitlines(keepends=True), wanted.hunks))
+    if git_blob_id(patched.encode("utf-8")) != wanted.new_blob:
+        raise MLETError(f"{name}: patching gave unexpected content")
+    return patched

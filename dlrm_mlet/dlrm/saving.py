@@ -194,12 +194,6 @@ def _loaded(ckpt, model, path):
     state = ckpt["state_dict"]
     ckpt_is_mlet = is_mlet_checkpoint(ckpt)
     if has_mlet_tables(model):
-        if not session.can_resume:
-            raise MLETError(
-                "dlrm-mlet run cannot resume MLET training: DLRM's resume loop needs the patch "
-                "(it skips batches in every epoch and never leaves a skipped epoch); "
-                "run the patched script (dlrm-mlet patch DLRM_DIR) to resume"
-            )
         if not ckpt_is_mlet:
             raise MLETError(
                 f"this is a folded (stock) checkpoint and cannot resume MLET training; "

@@ -1,7 +1,7 @@
 """Where the user's DLRM checkout is, and importing its ``dlrm_s_pytorch.py`` as a module.
 
-The launcher, the tests and the benchmarks all run DLRM's script in-process;
-they find and import it the same way, here. No torch import: ``dlrm-mlet
+The tests and the benchmarks run DLRM's script in-process; they find and
+import it the same way, here (``dlrm-mlet run`` runs a patched copy: ``launcher.py``). No torch import: ``dlrm-mlet
 patch`` and the CLI's defaults need only the folder.
 """
 

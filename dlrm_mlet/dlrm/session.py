@@ -65,12 +65,9 @@ class Session:
         self.scoring = None  # Scoring, when --mlet-metrics-json asks for it
         self.training = None  # (train dataset, --max-ind-range), for --mlet-memory-budget's rare rule
         self.group_names = None  # parameter names per optimizer group, when lr_groups made the groups
-        # False under ``dlrm-mlet run``: without the patch's two lines in DLRM's resume
-        # loop (epoch_after_skip, skip_batch) resuming would skip or repeat data.
-        self.can_resume = True
 
     def start(self, config):
-        """A new run: its config, and nothing left over from the last one (``can_resume`` stays)."""
+        """A new run: its config, and nothing left over from the last one."""
         self.config = config
         self.monitor = None
         self.resume_rng = None
