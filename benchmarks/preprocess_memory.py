@@ -1,4 +1,4 @@
-"""Peak memory and speed of the Terabyte preprocessing (dlrm_mlet.dlrm.criteo), by day size.
+"""Peak memory and speed of the Terabyte preprocessing (dlrm_mlet.data.criteo), by day size.
 
 Synthetic Terabyte-layout days (``dlrm-mlet synth --days 24``) at a few day
 sizes, each preprocessed in a fresh process (``--memory-map`` with the
@@ -28,7 +28,7 @@ from common import REPO, machine_lines, md_table, mib, save
 CHILD = textwrap.dedent("""
     import json, time
     import numpy as np
-    from dlrm_mlet.dlrm.criteo import preprocess_criteo
+    from dlrm_mlet.data.criteo import preprocess_criteo
     raw, max_ind_range = {raw!r}, {max_ind_range}
     def status(field):
         with open("/proc/self/status") as handle:

@@ -44,7 +44,7 @@ _BUILD = (  # one loader pair built in a fresh process: seconds, printed last (r
     "import sys, time, types, numpy as np\n"
     "sys.path.insert(0, sys.argv[1])\n"
     "import dlrm_data_pytorch as dp\n"
-    "from dlrm_mlet.dlrm import mapped\n"
+    "from dlrm_mlet.data import mapped\n"
     "args = types.SimpleNamespace(data_set='kaggle', max_ind_range=-1, data_sub_sample_rate=0.0,\n"
     "    data_randomize='total', raw_data_file=sys.argv[3] + '/train.txt', processed_data_file=sys.argv[3]\n"
     "    + '/kaggleAdDisplayChallenge_processed.npz', memory_map=False, dataset_multiprocessing=False,\n"
@@ -89,7 +89,7 @@ def _epochs(loader):
 
 def step_phases(stock, patched, folder, steps, reps):
     from dlrm_mlet import dlrm_glue
-    from dlrm_mlet.dlrm import mapped
+    from dlrm_mlet.data import mapped
 
     args = loader_args(folder)
     runs = []

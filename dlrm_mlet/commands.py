@@ -72,7 +72,7 @@ def cmd_fold(args):
 
 
 def cmd_onnx_int8(args):
-    from .tools.onnx_int8 import quantize_file
+    from .dlrm.onnx_int8 import quantize_file
 
     tables = quantize_file(args.input, args.output, force=args.force)
     print(f"{len(tables)} tables row-wise int8 ({', '.join(tables)}), the MLPs int8; wrote {args.output}")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dlrm_mlet.cli import main
-from dlrm_mlet.dlrm.kaggle import KAGGLE_PROCESSED
+from dlrm_mlet.data.kaggle import KAGGLE_PROCESSED
 from dlrm_mlet.errors import MLETError
 from dlrm_mlet.tools import advise
 from dlrm_mlet.tools.report import summarize

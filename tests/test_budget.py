@@ -24,11 +24,11 @@ from dlrm_mlet.core.budget import (
     training_cost,
 )
 from dlrm_mlet.core.options import hidden_dim_for, parse_hidden_dims
-from dlrm_mlet.dlrm.avazu import AVAZU_COLUMNS, preprocess_avazu
+from dlrm_mlet.data.avazu import AVAZU_COLUMNS, preprocess_avazu
 from dlrm_mlet.errors import MLETError
-from dlrm_mlet.dlrm.frequency import count_rows
-from dlrm_mlet.dlrm.frequency import rare_rows as rare_rows_of
-from dlrm_mlet.dlrm.processed import kaggle_train_rows
+from dlrm_mlet.data.frequency import count_rows
+from dlrm_mlet.data.frequency import rare_rows as rare_rows_of
+from dlrm_mlet.data.processed import kaggle_train_rows
 from dlrm_mlet.tools.plan import read_processed
 
 

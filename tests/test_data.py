@@ -1,4 +1,4 @@
-"""Criteo-Kaggle and Avazu parsing and preprocessing (dlrm_mlet.dlrm.criteo_text, kaggle, avazu)."""
+"""Criteo-Kaggle and Avazu parsing and preprocessing (dlrm_mlet.data.criteo_text, kaggle, avazu)."""
 
 import json
 import os
@@ -11,9 +11,9 @@ import pytest
 
 from conftest import SHARED_DATA
 from dlrm_mlet import MLETError
-from dlrm_mlet.dlrm.avazu import AVAZU_COLUMNS, AvazuDataset, avazu_split, preprocess_avazu
-from dlrm_mlet.dlrm.criteo_text import parse_criteo_line
-from dlrm_mlet.dlrm.kaggle import kaggle_paths, preprocess_kaggle
+from dlrm_mlet.data.avazu import AVAZU_COLUMNS, AvazuDataset, avazu_split, preprocess_avazu
+from dlrm_mlet.data.criteo_text import parse_criteo_line
+from dlrm_mlet.data.kaggle import kaggle_paths, preprocess_kaggle
 
 GOOD = "\t".join(["1"] + ["5", "", "-3"] + ["0"] * 10 + ["68fd1e64", "", "FFFFFFFF"] + ["0a"] * 23)
 

@@ -10,7 +10,7 @@ import torch
 
 from conftest import import_script, run_dlrm
 from dlrm_mlet.dlrm import evaluation, session
-from dlrm_mlet.dlrm.kaggle import day_sizes
+from dlrm_mlet.data.days import day_sizes
 from dlrm_mlet.dlrm.loaders import make_data_and_loaders
 from dlrm_mlet.tools.synth import write_synthetic
 

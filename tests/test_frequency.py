@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from dlrm_mlet.cli import main
-from dlrm_mlet.dlrm.criteo import preprocess_criteo
-from dlrm_mlet.dlrm.avazu import preprocess_avazu
-from dlrm_mlet.dlrm.frequency import count_rows, profile, rare_lookup_share
-from dlrm_mlet.dlrm.processed import training_split
+from dlrm_mlet.data.criteo import preprocess_criteo
+from dlrm_mlet.data.avazu import preprocess_avazu
+from dlrm_mlet.data.frequency import count_rows, profile, rare_lookup_share
+from dlrm_mlet.data.processed import training_split
 from dlrm_mlet.errors import MLETError
 from dlrm_mlet.tools import pays
 from dlrm_mlet.tools.synth import write_synthetic_days

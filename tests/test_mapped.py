@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from conftest import import_script
-from dlrm_mlet.dlrm import evaluation, mapped
-from dlrm_mlet.dlrm.kaggle import KAGGLE_PROCESSED, preprocess_kaggle
+from dlrm_mlet.dlrm import evaluation
+from dlrm_mlet.data import mapped
+from dlrm_mlet.data.kaggle import KAGGLE_PROCESSED, preprocess_kaggle
 from dlrm_mlet.errors import MLETError
 from dlrm_mlet.tools import synth
 from dlrm_mlet.tools.synth_processed import write_processed

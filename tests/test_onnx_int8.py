@@ -11,7 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from dlrm_mlet.cli import main  # noqa: E402
 from dlrm_mlet.errors import MLETError  # noqa: E402
-from dlrm_mlet.tools.onnx_int8 import quantize, quantize_file, tables_to_int8  # noqa: E402
+from dlrm_mlet.dlrm.onnx_int8 import quantize, quantize_file, tables_to_int8  # noqa: E402
 
 ROWS, D, L, B = (300, 50), 8, 3, 16
 

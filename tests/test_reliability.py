@@ -23,8 +23,8 @@ from conftest import run_dlrm
 from dlrm_mlet import MLETEmbeddingBag, MLETError
 from dlrm_mlet.checkpoint_io import atomic_save, load_checkpoint
 from dlrm_mlet.cli import main
-from dlrm_mlet.dlrm.avazu import AVAZU_COLUMNS, preprocess_avazu
-from dlrm_mlet.dlrm.criteo_text import parse_criteo_line
+from dlrm_mlet.data.avazu import AVAZU_COLUMNS, preprocess_avazu
+from dlrm_mlet.data.criteo_text import parse_criteo_line
 from dlrm_mlet.tools.verify import random_bags
 from test_checkpoint import RunsCode, dlrm_ckpt, train
 from test_dlrm_integration import BASE, MLET
@@ -316,7 +316,7 @@ def test_verify_against_an_unfolded_file_names_that_file(tmp_path, capsys):
 
 
 def test_a_truncated_data_file_names_its_last_line(tmp_path):
-    from dlrm_mlet.dlrm.kaggle import preprocess_kaggle
+    from dlrm_mlet.data.kaggle import preprocess_kaggle
     from test_data import GOOD
 
     raw = tmp_path / "train.txt"

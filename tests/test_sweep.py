@@ -4,7 +4,7 @@ import csv
 import os
 
 from dlrm_mlet.cli import main
-from dlrm_mlet.dlrm.frequency import BUCKETS
+from dlrm_mlet.data.frequency import BUCKETS
 from dlrm_mlet.tools.synth import write_synthetic
 
 

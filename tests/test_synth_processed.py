@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from dlrm_mlet.cli import main
-from dlrm_mlet.dlrm.kaggle import KAGGLE_PROCESSED, day_sizes, preprocess_kaggle
-from dlrm_mlet.dlrm.processed import npz_memmap, training_split
+from dlrm_mlet.data.days import day_sizes
+from dlrm_mlet.data.kaggle import KAGGLE_PROCESSED, preprocess_kaggle
+from dlrm_mlet.data.processed import npz_memmap, training_split
 from dlrm_mlet.errors import MLETError
 from dlrm_mlet.tools import synth, synth_law
 from dlrm_mlet.tools.synth_model import table_sizes

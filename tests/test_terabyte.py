@@ -1,4 +1,4 @@
-"""Criteo Terabyte and memory-map preprocessing (dlrm_mlet.dlrm.criteo) against DLRM's own.
+"""Criteo Terabyte and memory-map preprocessing (dlrm_mlet.data.criteo) against DLRM's own.
 
 The reference is DLRM's ``data_utils.getCriteoAdData`` run under numpy 1.26
 (where it works): every file DLRM's loaders read is compared array by array,
@@ -19,8 +19,8 @@ import pytest
 
 from conftest import import_script, run_dlrm  # noqa: F401
 from dlrm_mlet import MLETError
-from dlrm_mlet.dlrm.criteo import criteo_layout, preprocess_criteo
-from dlrm_mlet.dlrm.criteo_shuffle import first_pass_buckets
+from dlrm_mlet.data.criteo import criteo_layout, preprocess_criteo
+from dlrm_mlet.data.criteo_shuffle import first_pass_buckets
 from dlrm_mlet.tools.synth import write_synthetic_days
 
 DAYS, PER_DAY = 24, 300
@@ -142,7 +142,7 @@ def test_bin_files_are_what_dlrm_converts_from_its_reordered_files(days_dir, dlr
 
 def test_bin_files_from_existing_reordered_files_draw_nothing(days_dir, dlrm_dir, tmp_path):
     """Only the .bin files missing (a run without --mlperf-bin-loader came first): converted, no RNG."""
-    from dlrm_mlet.dlrm.criteo import reordered_to_bins
+    from dlrm_mlet.data.criteo import reordered_to_bins
 
     raw = copy_days(days_dir, tmp_path / "data")
     layout = preprocess_criteo("terabyte", raw, "", 40000000, 0.0, True, quiet=True)
@@ -204,7 +204,7 @@ def test_a_malformed_line_in_a_day_file_is_named_and_nothing_is_written(days_dir
 
 def test_a_failure_while_writing_leaves_no_final_file(days_dir, tmp_path, monkeypatch):
     """A crash after the scratch is written (here: in the last reordered day) renames nothing."""
-    from dlrm_mlet.dlrm import criteo_shuffle
+    from dlrm_mlet.data import criteo_shuffle
 
     raw = copy_days(days_dir, tmp_path / "data")
     real = criteo_shuffle._write_npz
@@ -292,7 +292,7 @@ def test_mlet_trains_and_stock_dlrm_scores_the_folded_checkpoint_the_same(
 
 
 def test_block_parser_reads_lines_as_the_line_parser_does(days_dir):
-    from dlrm_mlet.dlrm.criteo_text import parse_criteo_block, parse_criteo_line
+    from dlrm_mlet.data.criteo_text import parse_criteo_block, parse_criteo_line
 
     lines = (days_dir / "day_3").read_text().splitlines()
     edge = lines[0].split("\t")
@@ -311,7 +311,7 @@ def test_block_parser_reads_lines_as_the_line_parser_does(days_dir):
 def test_key_table_numbers_keys_as_dlrm_dicts_do_before_and_after_it_turns_dense(cap):
     """DLRM numbers keys by first appearance (``convertDicts``); a capped table moves from a dict
     to a dense lookup once that is smaller (here after cap/30 keys): the numbering must not notice."""
-    from dlrm_mlet.dlrm.criteo_parse import KeyTable
+    from dlrm_mlet.data.criteo_text import KeyTable
 
     rng = np.random.default_rng(0)
     high = cap if cap > 0 else 2**31

@@ -16,9 +16,9 @@ import contextlib
 import numpy as np
 import torch
 
-from .avazu import AvazuDataset
-from .frequency import BUCKETS, count_rows
-from .mapped import MappedLoader, MappedSplit
+from ..data.avazu import AvazuDataset
+from ..data.frequency import BUCKETS, count_rows
+from ..data.mapped import MappedLoader, MappedSplit
 
 _CHUNK = 1 << 20
 

@@ -1,8 +1,8 @@
 """DLRM's data loaders, with our preprocessing in front and Avazu beside them.
 
 DLRM's ``make_criteo_data_and_loaders`` stays the loader for Criteo; what is
-added is the preprocessing that fails or is missing upstream (``kaggle.py``,
-``criteo.py``), the Avazu dataset (no upstream support) and one fix to the
+added is the preprocessing that fails or is missing upstream (``data/kaggle.py``,
+``data/criteo.py``), the Avazu dataset (no upstream support) and one fix to the
 MLPerf bin loader.
 """
 
@@ -11,9 +11,9 @@ import os
 import torch
 
 from ..errors import MLETError
-from . import criteo, mapped
-from .avazu import AvazuDataset, preprocess_avazu
-from .kaggle import kaggle_paths, preprocess_kaggle
+from ..data import criteo, mapped
+from ..data.avazu import AvazuDataset, preprocess_avazu
+from ..data.kaggle import kaggle_paths, preprocess_kaggle
 from .session import Scoring, fail, session
 
 
@@ -22,7 +22,7 @@ def make_data_and_loaders(args, dp):
 
     Criteo-Kaggle: when the processed file is missing, ours writes it (numpy 2
     safe, malformed lines named, atomic) and DLRM then reads it as usual.
-    Criteo-Terabyte, and Kaggle with ``--memory-map``: ``criteo.py`` writes
+    Criteo-Terabyte, and Kaggle with ``--memory-map``: ``data/criteo.py`` writes
     DLRM's files the same way, with MLET on, or without ``--max-ind-range``
     (where stock preprocessing fails on numpy 2, #394); otherwise stock does.
     Avazu: our cached, memory-mapped dataset with DLRM's own batch format.
@@ -56,7 +56,7 @@ def _scored(args, dp, loaders):
     """Remember what ``--mlet-metrics-json`` needs to score validation and buckets later,
     and what ``--mlet-memory-budget`` counts rare rows in."""
     train_data, train_ld, _, test_ld = loaders
-    steps = (args.num_batches if getattr(args, "num_batches", 0) > 0 else len(train_ld)) * args.nepochs
+    steps = (args.num_batches if getattr(args, "num_batches", 0) > 0 else len(train_ld)) * getattr(args, "nepochs", 1)
     if 0 < steps < session.config.log_freq:
         print(f"MLET: --mlet-log-freq={session.config.log_freq} is more than this run's {steps} steps: no MLET/* "
               "scalars will be written (give a smaller --mlet-log-freq to see them)", flush=True)

@@ -13,7 +13,7 @@ import torch
 from ..errors import MLETError
 from ..files import atomic_write_text
 from . import distributed, evaluation
-from .frequency import BUCKET_RULE, cap_rows
+from ..data.frequency import BUCKET_RULE, cap_rows
 from .monitor import Monitor
 from .session import fail, session
 

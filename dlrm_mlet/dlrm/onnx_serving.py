@@ -1,7 +1,7 @@
 """``--mlet-onnx-serving``: DLRM's test scored by ONNX Runtime running the loaded model's ONNX export.
 
 A serving team that exports with ``--save-onnx`` runs the file in ONNX
-Runtime, often int8 (``tools/onnx_int8.py``). To measure what that costs in
+Runtime, often int8 (``onnx_int8.py``, beside this module). To measure what that costs in
 AUC on exactly DLRM's test and validation splits, the loaded model's
 forward is replaced by a session over its export, made at the first batch
 with DLRM's own export call (legacy exporter, opset 11, its input names and
@@ -14,7 +14,7 @@ import io
 import numpy as np
 import torch
 
-from ..tools import onnx_int8
+from . import onnx_int8
 
 PRECISIONS = ("fp32", "int8")
 

@@ -19,7 +19,8 @@ from ..core.pair import is_mlet
 from ..engine import fused, packing
 from ..engine.grouped import grouped_forward
 from ..errors import MLETError
-from . import evaluation, frequency, space, tricks
+from ..data import frequency
+from . import evaluation, space, tricks
 from .session import fail, session
 
 

@@ -26,9 +26,10 @@ import time
 
 import numpy as np
 
-from ..dlrm.frequency import cap_rows, count_rows, rare_lookup_share
-from ..dlrm.kaggle import KAGGLE_PROCESSED
-from ..dlrm.processed import kaggle_days, npz_shape, read_counts, read_row_ranges, training_split
+from ..data.frequency import cap_rows, count_rows, rare_lookup_share
+from ..data.kaggle import KAGGLE_PROCESSED
+from ..data.days import kaggle_days
+from ..data.processed import npz_shape, read_counts, read_row_ranges, training_split
 from ..errors import MLETError
 from ..files import StagedFiles
 from ..core.budget import format_bytes, training_bytes

@@ -1,8 +1,8 @@
 """``dlrm-mlet data``: how often each embedding row of a user's data is trained, and what the map says there.
 
-It reads the processed data DLRM trains from (``dlrm/processed.py``: every
+It reads the processed data DLRM trains from (``data/processed.py``: every
 loader's files), counts each row's lookups over the training split
-(``dlrm/frequency.py``, on the row the model sees after ``--max-ind-range``),
+(``data/frequency.py``, on the row the model sees after ``--max-ind-range``),
 and prints per table and overall the rows, the rows seen, the share of rows
 and of lookups by training count, and the rare-lookup share. Then it places
 that share on the map shipped with the package (``tools/map_summary.json``,
@@ -12,8 +12,8 @@ evidence: the regimes are generated data, so it says where to expect a gain,
 not what a user's model will gain.
 """
 
-from ..dlrm.frequency import CLASSES, NAME, RARE_MAX, cap_rows, count_rows, profile
-from ..dlrm.processed import training_split
+from ..data.frequency import CLASSES, NAME, RARE_MAX, cap_rows, count_rows, profile
+from ..data.processed import training_split
 from ..progress import progress_bar
 from . import pays
 

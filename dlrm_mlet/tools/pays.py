@@ -15,7 +15,7 @@ import json
 import math
 import os
 
-from ..dlrm.frequency import NAME
+from ..data.frequency import NAME
 from ..errors import MLETError
 from ..files import atomic_write_text
 from .plots import pyplot, save

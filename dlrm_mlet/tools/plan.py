@@ -17,8 +17,8 @@ import os
 import types
 
 from ..core.budget import format_plan, parse_size, plan_tables, rule_name
-from ..dlrm.frequency import cap_rows, count_rows, rare_rows
-from ..dlrm.processed import holds_values, table_sizes, training_split
+from ..data.frequency import cap_rows, count_rows, rare_rows
+from ..data.processed import holds_values, table_sizes, training_split
 from ..errors import MLETError, integer
 from ..progress import progress_bar
 

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from ..dlrm.frequency import BUCKET_RULE, BUCKETS
+from ..data.frequency import BUCKET_RULE, BUCKETS
 from ..errors import MLETError
 from . import pays
 from .plots import pyplot, save

@@ -8,7 +8,7 @@ import csv
 import io
 import os
 
-from ..dlrm.frequency import BUCKETS
+from ..data.frequency import BUCKETS
 from ..errors import MLETError
 from ..files import atomic_write_text
 from .serving import PRECISIONS, fields

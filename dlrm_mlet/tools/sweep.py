@@ -27,10 +27,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from ..checkpoint_io import load_checkpoint
 from ..core.folding import mlet_table_bytes
 from ..dlrm.checkpoints import MLET_SUFFIX
-from ..dlrm.criteo import criteo_layout
-from ..dlrm.frequency import cap_rows, count_rows, rare_lookup_share
+from ..data.criteo import criteo_layout
+from ..data.frequency import cap_rows, count_rows, rare_lookup_share
 from ..dlrm.patching import is_patched_checkout, patch_checkout
-from ..dlrm.processed import training_split
+from ..data.processed import training_split
 from ..errors import MLETError
 from ..files import StagedFiles, atomic_write_text
 from ..progress import progress_bar

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..dlrm.kaggle import day_sizes
+from ..data.days import day_sizes
 from ..errors import MLETError
 from ..files import StagedFiles
 from ..progress import progress_bar

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from ..dlrm.frequency import RARE_MAX
+from ..data.frequency import RARE_MAX
 from ..errors import MLETError
 from .synth_model import MISSING, NCAT, ZIPF_EXPONENT, table_sizes
 

@@ -37,7 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..dlrm.kaggle import KAGGLE_PROCESSED, day_sizes
+from ..data.days import day_sizes
+from ..data.kaggle import KAGGLE_PROCESSED
 from ..errors import MLETError
 from ..files import StagedFiles
 from ..progress import progress_bar

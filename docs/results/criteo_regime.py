@@ -20,9 +20,9 @@ import shutil
 import sys
 import tempfile
 
-from dlrm_mlet.dlrm.kaggle import preprocess_kaggle
-from dlrm_mlet.dlrm.frequency import count_rows, profile
-from dlrm_mlet.dlrm.processed import training_split
+from dlrm_mlet.data.kaggle import preprocess_kaggle
+from dlrm_mlet.data.frequency import count_rows, profile
+from dlrm_mlet.data.processed import training_split
 from dlrm_mlet.tools.synth_law import CRITEO_SAMPLES as SAMPLES, calibrated_supports, expected, law_share, missing_rates
 from dlrm_mlet.tools.synth_model import CRITEO_TABLE_SIZES, ZIPF_EXPONENT, table_sizes
 

@@ -40,7 +40,7 @@ import argparse
 import os
 import sys
 
-from dlrm_mlet.dlrm.kaggle import KAGGLE_PROCESSED
+from dlrm_mlet.data.kaggle import KAGGLE_PROCESSED
 from dlrm_mlet.dlrm.script import default_dlrm_dir
 from dlrm_mlet.tools.report import summarize
 from dlrm_mlet.tools.results_csv import read_rows

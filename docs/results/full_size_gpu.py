@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from dlrm_mlet import dlrm_glue
-from dlrm_mlet.dlrm.frequency import rare_lookup_share
+from dlrm_mlet.data.frequency import rare_lookup_share
 from dlrm_mlet.dlrm.patching import patch_checkout
 from dlrm_mlet.dlrm.script import default_dlrm_dir, import_dlrm_script
 from dlrm_mlet.tools import synth_model as law

@@ -29,10 +29,10 @@ import shutil
 import sys
 import tempfile
 
-from dlrm_mlet.dlrm.avazu import preprocess_avazu
-from dlrm_mlet.dlrm.kaggle import preprocess_kaggle
-from dlrm_mlet.dlrm.frequency import count_rows, rare_lookup_share
-from dlrm_mlet.dlrm.processed import training_split
+from dlrm_mlet.data.avazu import preprocess_avazu
+from dlrm_mlet.data.kaggle import preprocess_kaggle
+from dlrm_mlet.data.frequency import count_rows, rare_lookup_share
+from dlrm_mlet.data.processed import training_split
 from dlrm_mlet.dlrm.script import default_dlrm_dir
 from dlrm_mlet.tools import pays
 from dlrm_mlet.tools.report import report, summarize, tuned

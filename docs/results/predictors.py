@@ -31,7 +31,7 @@ import json
 import os
 import sys
 
-from dlrm_mlet.dlrm.kaggle import KAGGLE_PROCESSED
+from dlrm_mlet.data.kaggle import KAGGLE_PROCESSED
 from dlrm_mlet.dlrm.script import default_dlrm_dir
 from dlrm_mlet.tools import pays
 from dlrm_mlet.tools.advise import advise

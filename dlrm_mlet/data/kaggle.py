@@ -18,9 +18,9 @@ from ..errors import MLETError
 from ..files import atomic_write
 from ..progress import progress_bar
 from .criteo_text import parse_criteo_line
+from .days import day_sizes
 from .text import count_lines, numbered_lines, open_text
 
-KAGGLE_DAYS = 7
 KAGGLE_PROCESSED = "kaggleAdDisplayChallenge_processed.npz"
 
 
@@ -30,12 +30,6 @@ def kaggle_paths(raw_path, processed_path=""):
     stem = os.path.basename(raw_path).split(".")[0]
     day_count = os.path.join(directory, f"{stem}_day_count.npz")
     return day_count, processed_path or os.path.join(directory, KAGGLE_PROCESSED)
-
-
-def day_sizes(total, days=KAGGLE_DAYS):
-    """DLRM's split of ``total`` rows into ``days`` near-equal parts."""
-    size, extra = divmod(total, days)
-    return [size + (j < extra) for j in range(days)]
 
 
 def preprocess_kaggle(raw_path, processed_path="", max_ind_range=-1, sub_sample_rate=0.0, quiet=False):

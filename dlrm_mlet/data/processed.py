@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import MLETError
 from ..files import atomic_write
 from .avazu import AvazuDataset
-from .kaggle import KAGGLE_DAYS, day_sizes
+from .days import kaggle_days
 
 CHUNK = 1 << 20  # rows per block of categorical values
 NCAT_CRITEO, NDENSE_CRITEO = 26, 13
@@ -162,28 +162,6 @@ def kaggle_train_rows(path, total):
     """How many leading rows DLRM trains on: all days but the last (``kaggle_days``)."""
     days, source = kaggle_days(path, total)
     return sum(days[:-1]), source
-
-
-def kaggle_days(path, total):
-    """``(rows per day, where they came from)`` of a processed .npz of ``total`` rows.
-
-    The days' sizes are in DLRM's ``<stem>_day_count.npz``, named after the
-    raw file, not this one: a sibling whose days add up to ``total`` is taken;
-    without one, DLRM's split of the rows into 7 near-equal days.
-    """
-    found = set()
-    for other in glob.glob(os.path.join(os.path.dirname(os.path.abspath(path)), "*_day_count.npz")):
-        try:
-            with np.load(other) as data:
-                days = tuple(int(v) for v in data["total_per_file"])
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-            continue
-        if sum(days) == total:
-            found.add((days, os.path.basename(other)))
-    if len({days for days, _ in found}) == 1:
-        days, name = min(found)
-        return list(days), f"days from {name}"
-    return day_sizes(total), f"{KAGGLE_DAYS} near-equal days, as DLRM splits them"
 
 
 def read_row_ranges(path, name, ranges):

@@ -15,7 +15,7 @@ import zipfile
 import numpy as np
 
 from ..errors import MLETError
-from .criteo_parse import BLOCK, FIELDS, scratch_blocks
+from .criteo_text import BLOCK, FIELDS, scratch_blocks
 
 
 def first_pass_buckets(i, size, caps, fill, randomize):

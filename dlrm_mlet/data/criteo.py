@@ -26,7 +26,7 @@ Kaggle's split text files) is kept in a hidden temporary folder beside the
 output, in compact int32 form, and removed at the end; final files are renamed
 into place when everything is written, the file DLRM takes as "done" last.
 
-Stages: ``criteo_parse`` (raw days into int32 scratch files, key numbering),
+Stages: ``criteo_text`` (raw days into int32 scratch files, key numbering),
 ``criteo_shuffle`` (DLRM's two-pass shuffle, the npz and .bin files); this module
 holds the layout, the entry points, and the hidden work folder they share.
 
@@ -48,7 +48,7 @@ import os
 import numpy as np
 
 from ..files import StagedFiles
-from .criteo_parse import parse_days
+from .criteo_text import parse_days
 from .criteo_shuffle import bins_from_reordered, shuffle_days, write_processed
 
 WORK_LABEL = "dlrm-mlet-criteo"  # the hidden work folder: .dlrm-mlet-criteo.HOST-PID.XXXX.tmp

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from ..errors import MLETError
+from .days import DAYS, day_count_path, split_rows
 from .processed import is_stored, npz_memmap, store_npz
 
-DAYS = {"kaggle": 7, "terabyte": 24}
 _COLUMNS = ("X_int", "X_cat", "y")
 _COUNT_CHUNK = 1 << 20
 
@@ -40,25 +40,6 @@ def stored_file(path):
               "--mlet-mmap-data can memory-map them", flush=True)
         store_npz(path, copy)
     return copy
-
-
-def split_rows(day_sizes, split, randomize):
-    """The rows of ``split`` in DLRM's order, drawing from numpy's global RNG exactly as DLRM does.
-
-    DLRM's ``CriteoDataset`` (not memory-mapped) shuffles each training day
-    (``randomize="day"``) or the whole training split (``"total"``) whichever
-    split it builds, and halves the last day into test and validation.
-    """
-    offsets = np.cumsum(day_sizes)
-    days = np.array_split(np.arange(offsets[-1]), offsets[:-1])
-    if randomize == "day":
-        for i in range(len(days) - 1):
-            days[i] = np.random.permutation(days[i])
-    train = np.concatenate(days[:-1])
-    test, val = np.array_split(days[-1], 2)
-    if randomize == "total":
-        train = np.random.permutation(train)
-    return {"train": train, "test": test, "val": val}[split]
 
 
 class MappedSplit(torch.utils.data.Dataset):
@@ -123,12 +104,6 @@ class MappedLoader:
         finally:
             np.random.set_state(state)
         return MappedLoader(twin, self.batch_size)
-
-
-def day_count_path(data_set, raw_data_file):
-    """Where DLRM's ``CriteoDataset`` reads the days' sizes: beside ``--raw-data-file``, named after it."""
-    folder, name = os.path.split(os.path.abspath(raw_data_file))
-    return os.path.join(folder, (name.split(".")[0] if data_set == "kaggle" else name) + "_day_count.npz")
 
 
 def loaders(args):
