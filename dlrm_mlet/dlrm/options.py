@@ -137,9 +137,11 @@ def parse_config(args):
     fused_update = {AUTO: auto, "off": ""}.get(fused_update, fused_update)
     inference_only = bool(getattr(args, "inference_only", False))
     grad_accum = int(getattr(args, "mlperf_grad_accum_iter", 1) or 1) if getattr(args, "mlperf_logging", False) else 1
-    return Config(hidden, per_table, min_rows, proj_init, inference_only, log_freq, metrics_json, fused_update,
-                  grad_accum, table_dtype, memory_budget, rule, getattr(args, "optimizer", "sgd"), onnx_serving,
-                  **run)
+    return Config(hidden_dim=hidden, per_table=per_table, min_rows=min_rows, proj_init=proj_init,
+                  inference_only=inference_only, log_freq=log_freq, metrics_json=metrics_json,
+                  fused_update=fused_update, grad_accum=grad_accum, table_dtype=table_dtype,
+                  memory_budget=memory_budget, budget_rule=rule, optimizer=getattr(args, "optimizer", "sgd"),
+                  onnx_serving=onnx_serving, **run)
 
 
 def _scale(args, name, flag):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 @dataclass
 class Config:
-    """What the ``--mlet-*`` options (and the DLRM options they depend on) asked for."""
+    """What the ``--mlet-*`` options (and the DLRM options they depend on) asked for; built by keywords."""
 
     hidden_dim: int = 0  # the largest k (0: MLET off)
     per_table: tuple = ()  # one k per table when given as a dash-separated list (0: plain)
