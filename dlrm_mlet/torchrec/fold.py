@@ -30,7 +30,7 @@ def _unwrap(model):
     return model.module if isinstance(model, DistributedModelParallel) else model
 
 
-class _Projection(NamedTuple):
+class _ProjectionKey(NamedTuple):
     """Where a table's projection is in the state dict (``prefix``: ``...proj.<table>.``), its d and dtype."""
 
     prefix: str
@@ -48,7 +48,7 @@ class _Projection(NamedTuple):
 
 
 def _table_keys(root):
-    """Map each table's state-dict key inside an MLET collection to (folded key, ``_Projection``).
+    """Map each table's state-dict key inside an MLET collection to (folded key, ``_ProjectionKey``).
 
     The projection is None for a plain table, which is renamed only. Also
     returns the prefixes of all projection keys: those are folded into their
@@ -67,7 +67,7 @@ def _table_keys(root):
                 # A sharded collection's projections are float32 (and absent on some ranks).
                 sharded = isinstance(module, ShardedMLETEmbeddingBagCollection)
                 dtype = torch.float32 if sharded else module.proj[table].weight.dtype
-                proj = _Projection(f"{prefix}proj.{table}.", config.embedding_dim, dtype)
+                proj = _ProjectionKey(f"{prefix}proj.{table}.", config.embedding_dim, dtype)
             keys[f"{prefix}ebc.embedding_bags.{table}.weight"] = (f"{prefix}embedding_bags.{table}.weight", proj)
     return keys, tuple(projections)
 
