@@ -29,7 +29,7 @@ setup(
     install_requires=["torch>=2.5", "numpy>=1.24", "onnx", "tensorboard"],
     extras_require={
         "dlrm": DLRM_RUNTIME + ["mlperf-logging"],
-        "test": DLRM_RUNTIME + ["mlperf-logging", "pytest", "pytest-timeout", "hypothesis", "onnxruntime"],
+        "test": DLRM_RUNTIME + ["mlperf-logging", "pytest", "pytest-timeout", "hypothesis", "onnxruntime", "mypy"],
         "plot": ["matplotlib"],
         # torchrec itself must come with `pip install --no-deps torchrec==1.8.0`: it requires
         # the CUDA fbgemm-gpu, which pip cannot be told to skip; these are its other needs

@@ -23,6 +23,8 @@ NUMPY1="${XDG_CACHE_HOME:-$HOME/.cache}/dlrm-mlet/numpy1"
 export DLRM_MLET_NUMPY1="$NUMPY1"
 status=0
 python -m pytest -ra "$@" || status=$?
+echo "== type check (mypy, configured in pyproject.toml)"
+python -m mypy || status=$?
 
 # TorchRec 1.9 needs torch 2.14 (fbgemm-gpu-cpu 1.9.0 does not load with torch 2.13): a CUDA
 # build of about 5.5 GB, installed once into its own venv; CPU only here as everywhere.

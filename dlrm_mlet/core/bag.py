@@ -4,6 +4,8 @@ The training form and its folded inference form live in one class (as RepVGG
 keeps a block and its equivalent kernel together), so the two can never drift.
 """
 
+from typing import Optional, Union
+
 import torch
 from torch import nn
 
@@ -28,17 +30,17 @@ class MLETEmbeddingBag(TwoLayer):
 
     def __init__(
         self,
-        num_embeddings,
-        embedding_dim,
-        hidden_dim,
-        mode="sum",
-        sparse=True,
-        proj_init="normal",
-        padding_idx=None,
-        include_last_offset=False,
-        table_dtype=None,
-        _init=True,
-    ):
+        num_embeddings: int,
+        embedding_dim: int,
+        hidden_dim: int,
+        mode: str = "sum",
+        sparse: bool = True,
+        proj_init: str = "normal",
+        padding_idx: Optional[int] = None,
+        include_last_offset: bool = False,
+        table_dtype: Union[str, torch.dtype, None] = None,
+        _init: bool = True,
+    ) -> None:
         super().__init__()
         n, d, k = check_sizes("MLETEmbeddingBag", num_embeddings=num_embeddings, embedding_dim=embedding_dim,
                               hidden_dim=hidden_dim)
@@ -87,7 +89,7 @@ class MLETEmbeddingBag(TwoLayer):
             return self.proj(pooled.to(self.proj.weight.dtype))
         return self.proj(self.table(input, offsets, per_sample_weights=per_sample_weights))
 
-    def fold(self, name=None):
+    def fold(self, name: Optional[str] = None) -> nn.EmbeddingBag:
         """Return the equivalent plain ``nn.EmbeddingBag(n, d)``: same options, dtype and device."""
         return nn.EmbeddingBag(
             self.num_embeddings,
@@ -95,7 +97,7 @@ class MLETEmbeddingBag(TwoLayer):
             mode=self.mode,
             sparse=self.sparse,
             padding_idx=self.padding_idx,
-            include_last_offset=self.table.include_last_offset,
+            include_last_offset=bool(self.table.include_last_offset),
             _weight=self.folded_weight(name),
         )
 

@@ -25,6 +25,7 @@ What is left alone, and why (``to_mlet`` says so in one warning):
 import math
 import re
 import warnings
+from typing import Callable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -37,7 +38,12 @@ from .embedding import MLETEmbedding
 from .options import hidden_dims, parse_proj_init
 from .pair import TwoLayer
 
-_KINDS = [TwoLayer]  # MLETEmbeddingBag, MLETEmbedding; integrations add theirs (register_kind)
+# to_mlet's forms: one k, a k per module name, a list in named_modules() order, or (name, module) -> k
+HiddenDim = Union[int, Mapping[str, Optional[int]], Sequence[Optional[int]], Callable[[str, nn.Module], Optional[int]]]
+# which modules: a regular expression on the full name, a list of names, or (name, module) -> bool
+Target = Union[str, Sequence[str], Callable[[str, nn.Module], bool], None]
+
+_KINDS: List[type] = [TwoLayer]  # MLETEmbeddingBag, MLETEmbedding; integrations add theirs (register_kind)
 
 
 def _places(model, kinds):
@@ -112,7 +118,7 @@ def _mlet_form(module, k, proj_init, name, table_dtype, keep):
     return mlet
 
 
-def keep_weights(mlet, weight):
+def keep_weights(mlet: TwoLayer, weight: torch.Tensor) -> TwoLayer:
     """Set ``mlet`` so that it folds to ``weight`` (n x d) exactly: a warm start from a trained table.
 
     The projection gets orthonormal rows (``B B^T = I``, drawn from numpy's
@@ -122,10 +128,10 @@ def keep_weights(mlet, weight):
     """
     d, k = mlet.proj.weight.shape
     q, r = np.linalg.qr(np.random.normal(size=(k, d)))
-    q = torch.from_numpy(q * np.sign(np.diag(r))).to(weight.device, torch.float64)  # k x d, orthonormal columns
+    basis = torch.from_numpy(q * np.sign(np.diag(r))).to(weight.device, torch.float64)  # k x d, orthonormal columns
     with torch.no_grad():
-        mlet.proj.weight.copy_(q.T.to(mlet.proj.weight.dtype))
-        mlet.table.weight.copy_((weight.detach().to(torch.float64) @ q.T).to(mlet.table.weight.dtype))
+        mlet.proj.weight.copy_(basis.T.to(mlet.proj.weight.dtype))
+        mlet.table.weight.copy_((weight.detach().to(torch.float64) @ basis.T).to(mlet.table.weight.dtype))
     return mlet
 
 
@@ -155,7 +161,9 @@ def _fresh(module):
             and spread < 1 + 5 * math.sqrt(2 / max(rows - 1, 1)))
 
 
-def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal", table_dtype=None, init="mlet"):
+def to_mlet(model: nn.Module, hidden_dim: HiddenDim, *, target: Target = None, min_rows: int = 0,
+            proj_init: str = "normal", table_dtype: Union[str, torch.dtype, None] = None,
+            init: str = "mlet") -> nn.Module:
     """Replace, in place, each ``nn.Embedding`` / ``nn.EmbeddingBag`` of ``model`` by its MLET form.
 
     ``hidden_dim``: one ``k`` for all, a mapping ``{module name: k}``, a list in
@@ -218,7 +226,7 @@ def to_mlet(model, hidden_dim, *, target=None, min_rows=0, proj_init="normal", t
     return _replace(model, converted, new)
 
 
-def register_kind(cls):
+def register_kind(cls: type) -> type:
     """Let ``fold_model`` fold ``cls`` too: an MLET module class with a ``fold()`` returning its plain form.
 
     The TorchRec collection registers itself when imported, so core never imports TorchRec.
@@ -228,7 +236,7 @@ def register_kind(cls):
     return cls
 
 
-def fold_model(model):
+def fold_model(model: nn.Module) -> nn.Module:
     """Fold every MLET module of ``model`` back into its plain class, in place; returns the model.
 
     ``MLETEmbeddingBag`` becomes ``nn.EmbeddingBag``, ``MLETEmbedding``

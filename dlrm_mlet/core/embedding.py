@@ -7,6 +7,8 @@ the same two layers as ``MLETEmbeddingBag``: an ``n x k`` table, then a
 ``n x d`` table because a lookup is linear in the table.
 """
 
+from typing import Optional, Union
+
 import torch
 from torch import nn
 
@@ -25,8 +27,9 @@ class MLETEmbedding(TwoLayer):
     folded equivalent. ``table_dtype`` as in ``MLETEmbeddingBag``.
     """
 
-    def __init__(self, num_embeddings, embedding_dim, hidden_dim, padding_idx=None, sparse=False,
-                 proj_init="normal", table_dtype=None, _init=True):
+    def __init__(self, num_embeddings: int, embedding_dim: int, hidden_dim: int, padding_idx: Optional[int] = None,
+                 sparse: bool = False, proj_init: str = "normal", table_dtype: Union[str, torch.dtype, None] = None,
+                 _init: bool = True) -> None:
         super().__init__()
         n, d, k = check_sizes("MLETEmbedding", num_embeddings=num_embeddings, embedding_dim=embedding_dim,
                               hidden_dim=hidden_dim)
@@ -40,7 +43,7 @@ class MLETEmbedding(TwoLayer):
             return self.proj(half.lookup(weight, input, self.padding_idx).to(self.proj.weight.dtype))
         return self.proj(self.table(input))
 
-    def fold(self, name=None):
+    def fold(self, name: Optional[str] = None) -> nn.Embedding:
         """The equivalent ``nn.Embedding(n, d)`` with the same options, dtype and device.
 
         Finite-checked and blocked like ``MLETEmbeddingBag.fold``.

@@ -8,6 +8,7 @@ because pooling and projection are both linear:
 """
 
 from collections import OrderedDict
+from typing import Callable, Dict, Mapping, Optional
 
 import torch
 
@@ -129,7 +130,8 @@ def mlet_table_bytes(state_dict):
     return now, folded
 
 
-def fold_state_dict(state_dict, progress=None):
+def fold_state_dict(state_dict: Mapping[str, torch.Tensor],
+                    progress: Optional[Callable[[int], object]] = None) -> Dict[str, torch.Tensor]:
     """Return a new state dict with each MLET pair replaced by the stock key.
 
     ``emb_l.3.table.weight`` + ``emb_l.3.proj.weight`` become
@@ -152,15 +154,16 @@ def fold_state_dict(state_dict, progress=None):
             out[key] = value
     metadata = getattr(state_dict, "_metadata", None)
     if metadata is not None:
-        # Module versions travel with a state dict; the folded table takes the
-        # place (and the version) of the EmbeddingBag it came from.
-        out._metadata = OrderedDict(metadata)
+        # Module versions travel with a state dict (torch keeps them in its _metadata attribute); the
+        # folded table takes the place (and the version) of the EmbeddingBag it came from.
+        versions = OrderedDict(metadata)
         for table in prefixes:
             module = table.rstrip(".")
-            out._metadata.pop(table + "proj", None)
-            version = out._metadata.pop(table + "table", {})
+            versions.pop(table + "proj", None)
+            version = versions.pop(table + "table", {})
             if folded_key(table) == module:  # a parameter of its parent now, not a module of its own
-                out._metadata.pop(module, None)
+                versions.pop(module, None)
             else:
-                out._metadata[module] = version
+                versions[module] = version
+        setattr(out, "_metadata", versions)
     return out

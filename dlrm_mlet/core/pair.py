@@ -5,6 +5,8 @@ or a lookup) and so in the plain class they fold back into; sizes, init,
 the padding row and the folded weight are the same rule for both, kept here.
 """
 
+from typing import Union
+
 import torch
 from torch import nn
 
@@ -26,6 +28,9 @@ def is_mlet(module):
 
 class TwoLayer(nn.Module):
     """Base of the MLET forms: ``table`` (``n x k``) then ``proj`` (``k -> d``, no bias)."""
+
+    table: Union[nn.EmbeddingBag, nn.Embedding]
+    proj: nn.Linear
 
     def _attach(self, table, embedding_dim, proj_init, init):
         self.table = table

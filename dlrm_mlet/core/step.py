@@ -28,9 +28,11 @@ logging, a resumed row-wise Adagrad) by name, once each.
 """
 
 import weakref
+from typing import Dict
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+from torch.utils.hooks import RemovableHandle
 
 from ..errors import MLETError
 
@@ -68,9 +70,9 @@ _pending = _ByParam()  # param -> [(rows, apply, payload), ...] in the order def
 _required = _ByParam()  # param -> check(optimizer, group, param)
 _held = _ByParam()  # parameters of attached optimizers: they need no global hook
 _replaced = _ByParam()  # parameters to_mlet took out of a model: param -> why
-_attached = {}  # id(optimizer) -> hook handle
+_attached: Dict[int, RemovableHandle] = {}  # id(optimizer) -> hook handle
 _global = None
-_named = {}  # name -> handle of an on_step hook
+_named: Dict[str, RemovableHandle] = {}  # name -> handle of an on_step hook
 
 
 def defer(param, apply, payload=None, rows=0):
@@ -119,7 +121,7 @@ def check(optimizer):
                 needs(optimizer, group, param)
 
 
-def attach(optimizer):
+def attach(optimizer: torch.optim.Optimizer) -> RemovableHandle:
     """Apply deferred work at ``optimizer``'s steps through a hook of its own; checks it first.
 
     Returns the hook's handle (``remove()`` detaches). Attaching twice is one hook.
@@ -135,7 +137,7 @@ def attach(optimizer):
     return _attached[id(optimizer)]
 
 
-def detach(optimizer):
+def detach(optimizer: torch.optim.Optimizer) -> None:
     handle = _attached.pop(id(optimizer), None)
     if handle is not None:
         handle.remove()

@@ -193,7 +193,7 @@ def _wait(proc, record):
         time.sleep(0.5)
 
 
-_CHILDREN = set()  # the DLRM runs under way, for the SIGTERM handler to stop
+_CHILDREN: "set[subprocess.Popen]" = set()  # the DLRM runs under way, for the SIGTERM handler to stop
 
 
 def _stop_children(signum, frame):
