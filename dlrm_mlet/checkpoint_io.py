@@ -31,12 +31,23 @@ _SAFE_GLOBALS_LOCK = threading.Lock()
 
 
 def _checkpoint_file(path):
-    """``path`` as a string when it is a file; one line naming what it is otherwise."""
+    """``path`` as a string when it is a ``torch.save`` file; one line naming what it is otherwise.
+
+    ``torch.save`` writes a zip archive (or, in its legacy format, a pickle): a
+    text file, a CSV or a JSON file given by mistake is named as what it is,
+    before torch's own advice about ``weights_only`` (which would not help).
+    """
     path = os.fspath(path)
     if os.path.isdir(path):
         raise MLETError(f"{path}: is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise MLETError(f"{path}: no such file")
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        text = head.decode("utf-8", "replace").splitlines()[0][:40] if head else ""
+        kind = "an empty file" if not head else f"it begins {text!r}"
+        raise MLETError(f"{path}: not a checkpoint (not a file torch.save wrote: {kind})")
     return path
 
 

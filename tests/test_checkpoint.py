@@ -56,15 +56,20 @@ def test_load_refuses_code_and_runs_nothing(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize(
-    "content", [b"", b"not a checkpoint\n", b"PK\x03\x04 truncated zip"], ids=["empty", "text", "zip"]
-)
-def test_load_damaged_files_gives_one_line(tmp_path, content):
+@pytest.mark.parametrize("content, message", [
+    (b"", r"not a checkpoint \(not a file torch.save wrote: an empty file\)"),
+    (b"0\t1\t5\t\t68fd1e64\n", r"not a checkpoint \(not a file torch.save wrote: it begins '0\\t1\\t5"),  # train.txt
+    (b'{"rows": 3}\n', r"not a checkpoint \(not a file torch.save wrote: it begins '\{"),  # a JSON file
+    (b"PK\x03\x04 truncated zip", r"not a readable checkpoint"),
+], ids=["empty", "text", "json", "zip"])
+def test_load_damaged_files_gives_one_line(tmp_path, content, message):
+    """What was given is named as what it is; torch's advice about weights_only (which would not help) is not
+    relayed."""
     path = tmp_path / "bad.pt"
     path.write_bytes(content)
-    with pytest.raises(MLETError, match=r"bad\.pt: not a readable checkpoint") as info:
+    with pytest.raises(MLETError, match=r"bad\.pt: " + message) as info:
         load_checkpoint(path)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
 
 
 def test_load_truncated_checkpoint(tmp_path):

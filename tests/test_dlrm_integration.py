@@ -665,3 +665,10 @@ def test_dlrm_mlet_run_refuses_a_script_that_is_not_the_pinned_commit(stock_dlrm
     assert main(["run", str(other / "dlrm_s_pytorch.py"), "--nepochs=1"]) == 2
     err = capsys.readouterr().err
     assert "dlrm_s_pytorch.py differs from DLRM commit 090956ee" in err and err.count("\n") == 1
+
+
+def test_dlrm_mlet_run_takes_the_checkout_folder_too(stock_dlrm, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dlrm_mlet", "run", stock_dlrm] + BASE + MLET, cwd=tmp_path,
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED="0"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "MLET: 4 of 4 tables" in proc.stdout
