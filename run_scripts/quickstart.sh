@@ -104,7 +104,7 @@ arch() { echo "--arch-sparse-feature-size=$1 --arch-mlp-bot=13-512-256-64-$1"; }
 logged() {
   local log=$1; shift
   if ! "$@" > "$log" 2>&1; then tail -30 "$log"; echo "error: the run failed; its log: $log" >&2; exit 1; fi
-  grep -E "^recall .* auc " "$log" | tail -1 | sed -E 's/.*(auc [0-9.]+),.*(accuracy [0-9.]+ %).*/   \1, \2/'
+  grep -E "^recall .* auc " "$log" | tail -1 | sed -E 's/.* (auc [0-9.]+), best auc [0-9.]+, (accuracy [0-9.]+ %).*/   \1, \2/'
 }
 
 cd "$WORK"
