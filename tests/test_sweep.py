@@ -158,3 +158,27 @@ def test_a_sweep_stopped_by_sigterm_stops_its_run_and_resumes_it_from_its_checkp
     assert row["test_auc"] == ref["test_auc"] and row["val_auc"] == ref["val_auc"]
     assert int(row["train_samples"]) == 257_143 and int(row["peak_memory_mib"]) > 0
     assert not (run / "resume.pt").exists()  # removed with the run's other checkpoints once it is a row
+
+
+def _add_rows(path, seed, count):
+    from dlrm_mlet.tools.results_csv import FIELDS, update_rows
+
+    for i in range(count):
+        row = {**dict.fromkeys(FIELDS, ""), "dataset": "kaggle", "regime": "r", "optimizer": "sgd", "tables": "plain",
+               "d": "4", "k": "0", "lr": str(0.001 * (i + 1)), "seed": str(seed), "epochs": "1", "status": "ok"}
+        update_rows(path, lambda rows, row=row: rows + [row])
+
+
+def test_sweeps_writing_one_csv_at_once_keep_each_others_rows(tmp_path):
+    """A curve and its controls sweep into one CSV from two processes: every row of both is kept."""
+    import multiprocessing
+
+    path = str(tmp_path / "r.csv")
+    procs = [multiprocessing.get_context("fork").Process(target=_add_rows, args=(path, seed, 25)) for seed in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    rows = list(csv.DictReader(open(path)))
+    assert sorted((r["seed"], r["lr"]) for r in rows) == sorted(
+        (str(seed), str(0.001 * (i + 1))) for seed in (0, 1) for i in range(25))

@@ -5,6 +5,7 @@ Columns added later read as their defaults in an older file.
 """
 
 import csv
+import fcntl
 import io
 import os
 
@@ -52,3 +53,14 @@ def write_rows(path, rows):
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, text.getvalue())
+
+
+def update_rows(path, change):
+    """Rewrite the CSV with ``change(rows)`` of the rows on disk now, under a lock: sweeps that write
+    one CSV at once (a curve and its controls) each add their rows, and none drops another's."""
+    folder, name = os.path.split(os.path.abspath(path))
+    with open(os.path.join(folder, f".{name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = change(read_rows(path))
+        write_rows(path, rows)
+    return rows

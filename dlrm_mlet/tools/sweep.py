@@ -35,7 +35,7 @@ from ..errors import MLETError
 from ..files import StagedFiles, atomic_write_text
 from ..progress import progress_bar
 from . import serving
-from .results_csv import SERVED_FIELDS, read_rows, run_key, write_rows
+from .results_csv import SERVED_FIELDS, read_rows, run_key, update_rows
 
 DENSE_FEATURES = {"kaggle": 13, "avazu": 1}
 # --mlet-* options that hold without MLET too: every arm gets them, the baselines included
@@ -376,8 +376,7 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
                     row = run.result()
                     found = data_statistic(data_set, raw_data_file, extra_args, work)
                     row.update(rare_lookup_share=found["rare_lookup_share"], train_samples=found["train_samples"])
-                    rows = _replace(rows, row)
-                    write_rows(out_csv, rows)
+                    rows = update_rows(out_csv, lambda current: _replace(current, row))
                     bar.update()
                     if quiet or not sys.stderr.isatty():
                         auc = lambda v: "-" if v in ("", None) else f"{float(v):.4f}"  # noqa: E731
