@@ -182,3 +182,18 @@ def test_sweeps_writing_one_csv_at_once_keep_each_others_rows(tmp_path):
     rows = list(csv.DictReader(open(path)))
     assert sorted((r["seed"], r["lr"]) for r in rows) == sorted(
         (str(seed), str(0.001 * (i + 1))) for seed in (0, 1) for i in range(25))
+
+
+def test_a_sweep_whose_largest_run_would_not_fit_is_refused_before_any_run(dlrm_dir, tmp_path, capsys, monkeypatch):
+    from dlrm_mlet.dlrm import space
+    from dlrm_mlet.tools.synth_processed import write_processed
+
+    write_processed(tmp_path / "data", 4000, seed=2, scale=0.01, rank=2, support="published", progress=False)
+    monkeypatch.setattr(space, "free_bytes", lambda path: 2**20)
+    argv = ["sweep", "--raw-data-file", str(tmp_path / "data" / "train.txt"), "--out", str(tmp_path / "r.csv"),
+            "--dlrm-dir", dlrm_dir, "--d", "4,16", "--k", "256", "--lrs", "0.1", "--quiet", "--",
+            f"--processed-data-file={tmp_path / 'data' / 'kaggleAdDisplayChallenge_processed.npz'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "the run d=16 k=256 writes" in err and "it has 1 MiB: free some space or give --work elsewhere" in err
+    assert not (tmp_path / "r.csv").exists() and not (tmp_path / "r_work" / "runs").exists()

@@ -71,3 +71,22 @@ def check(tables, save_model=""):
             raise MLETError(f"{' and '.join(whats)} need {format_bytes(want)} free where they go, with a margin; "
                             f"{os.path.dirname(os.path.abspath(path))} has {format_bytes(have)}: free some space or "
                             "write elsewhere")
+
+
+def check_runs(folder, sizes, widths, optimizer="sgd", resumable=False):
+    """Before a sweep's first run: the largest run's files fit in ``folder`` (``widths``: the runs' ``(d, k)``).
+
+    A run writes its folded model, its MLET training checkpoint and, with
+    ``resumable``, a second training checkpoint (``--mlet-checkpoint``), all
+    deleted once its row is written: the largest run's files must fit at once.
+    """
+    def files(d, k):
+        training = sum(training_bytes(n, d, k, "fp32", optimizer) for n in sizes)
+        folded = sum(training_bytes(n, d, 0, "fp32", optimizer) for n in sizes)
+        return (training if k else 0) + folded + (training if resumable else 0)
+
+    d, k = max(widths, key=lambda w: files(*w))
+    want, have = int(files(d, k) * MARGIN) + MARGIN_BYTES, free_bytes(os.path.join(folder, "x"))
+    if have < want:
+        raise MLETError(f"the run d={d} k={k} writes {format_bytes(want)} of checkpoints into {folder} (with a "
+                        f"margin); it has {format_bytes(have)}: free some space or give --work elsewhere")

@@ -29,6 +29,7 @@ from ..core.folding import mlet_table_bytes
 from ..dlrm.checkpoints import MLET_SUFFIX
 from ..data.criteo import criteo_layout
 from ..data.frequency import cap_rows, count_rows, rare_lookup_share
+from ..dlrm import space
 from ..dlrm.patching import is_patched_checkout, patch_checkout
 from ..data.processed import training_split
 from ..errors import MLETError
@@ -358,6 +359,9 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
         (d, k, lr, s) for s in seeds for lr in lrs for d in ds for k in sorted(({0} if baseline else set()) | set(ks))]
     plan = [(d, k, lr, s) for d, k, lr, s in grid
             if (data_set, regime, optimizer, tables, d, k, float(lr), s, epochs) not in done]
+    if plan and os.path.exists(processed_file(data_set, raw_data_file, extra_args)):
+        space.check_runs(work, training_split(processed_file(data_set, raw_data_file, extra_args)).sizes,
+                         {(d, k) for d, k, _, _ in plan}, optimizer, bool(checkpoint_every))
     data_args = [f"--raw-data-file={os.path.abspath(raw_data_file)}"]
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     main = threading.current_thread() is threading.main_thread()
