@@ -112,3 +112,11 @@ def test_help_and_torch_free_commands_start_without_torch():
             "import dlrm_mlet.dlrm.patching; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_layout_page_names_every_module():
+    """docs/layout.md is the map of the house: a module it does not name is a room nobody can find."""
+    page = (PACKAGE.parent / "docs" / "layout.md").read_text()
+    missing = [str(path.relative_to(PACKAGE)) for path in sorted(PACKAGE.rglob("*.py"))
+               if path.name != "__init__.py" and f"`{path.stem}" not in page]
+    assert missing == []
