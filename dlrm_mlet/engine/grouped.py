@@ -63,7 +63,7 @@ class _Grouped(torch.autograd.Function):
                 _pool_into(pooled.flatten(0, 1), buffer, flat, joined,
                            None if weights[0] is None else torch.cat(weights), mode, one_hot)
             proj = packing.stacked(projs)
-            out = torch.bmm(pooled, proj.transpose(1, 2))
+            out = packing.project(pooled, proj)
         ctx.mode, ctx.indices, ctx.offsets, ctx.weights = mode, indices, offsets, weights
         ctx.one_hot, ctx.halved = one_hot, halved
         ctx.shapes = [a.shape for a in tables]
@@ -80,7 +80,7 @@ class _Grouped(torch.autograd.Function):
     def backward(ctx, grad_out):
         pooled, proj = ctx.saved_tensors
         grad_out = grad_out.contiguous()
-        grad_proj = torch.bmm(grad_out.transpose(1, 2), pooled)
+        grad_proj = packing.projection_grad(grad_out, pooled)
         grad_pooled = torch.bmm(grad_out, proj)
         if ctx.one_hot and ctx.weights[0] is None:
             rows = grad_pooled  # a one-row bag's gradient is its row's

@@ -138,3 +138,14 @@ def _out_of_range(indices, rows):
         if bad.numel():
             return f"index {int(bad[0])} is out of range for table {t} of the group ({n} rows)"
     return "index out of range"
+
+
+def project(pooled, projections):
+    """Each table's pooled rows through its projection, all tables in one product:
+    ``(tables, bags, k)`` and ``(tables, d, k)`` give ``(tables, bags, d)``."""
+    return torch.bmm(pooled, projections.transpose(1, 2))
+
+
+def projection_grad(grad_out, pooled):
+    """The projections' gradient of ``project``, all tables in one product: ``(tables, d, k)``."""
+    return torch.bmm(grad_out.transpose(1, 2), pooled)

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import MLETError
 from ..core import step
-from . import fused
+from . import fused, packing
 
 
 def available():
@@ -123,7 +123,7 @@ class Grouped(torch.autograd.Function):
             pooled = group.tbe(torch.cat(indices), all_offsets, per_sample_weights=psw)  # (bags, count * k)
         stacked = pooled.detach().view(bags, count, k).transpose(0, 1)  # table-major, for bmm
         proj = torch.stack(projs)
-        out = torch.bmm(stacked, proj.transpose(1, 2))
+        out = packing.project(stacked, proj)
         ctx.group, ctx.pooled = group, pooled
         ctx.save_for_backward(stacked, proj)
         return out
@@ -132,7 +132,7 @@ class Grouped(torch.autograd.Function):
     def backward(ctx, grad_out):
         stacked, proj = ctx.saved_tensors
         grad_out = grad_out.contiguous()
-        grad_proj = torch.bmm(grad_out.transpose(1, 2), stacked).unbind(0)
+        grad_proj = packing.projection_grad(grad_out, stacked).unbind(0)
         group, pooled = ctx.group, ctx.pooled
 
         def apply(optimizer, param_group, payloads):
