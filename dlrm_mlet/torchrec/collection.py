@@ -107,7 +107,24 @@ def _check_table_dtype(dtype, device, dense_device):
 
 
 @register_kind  # fold_model folds it like core's MLET modules
-class MLETEmbeddingBagCollection(nn.Module):
+class TableAccessors:
+    """What an MLET collection says of its tables, sharded or not (from its ``_configs``, ``_is_weighted``
+    and ``hidden_dims``): the accessors DLRM and TorchRec read."""
+
+    def embedding_bag_configs(self):
+        """The d-wide configs: what DLRM reads, and what the folded model is built from."""
+        return self._configs
+
+    def is_weighted(self):
+        return self._is_weighted
+
+    @property
+    def hidden_dim(self):
+        """The largest k (0 when every table is plain)."""
+        return max(self.hidden_dims.values())
+
+
+class MLETEmbeddingBagCollection(TableAccessors, nn.Module):
     """Stands in for ``EmbeddingBagCollection`` in a TorchRec model, trained as MLET.
 
     ``ebc`` is a standard collection of the same tables, each at its width k
@@ -194,18 +211,6 @@ class MLETEmbeddingBagCollection(nn.Module):
     def hidden_dims(self):
         """Each table's k; 0 for the tables that train plain."""
         return {c.name: self.proj[c.name].weight.shape[1] if c.name in self.proj else 0 for c in self._configs}
-
-    @property
-    def hidden_dim(self):
-        """The largest k (0 when every table is plain)."""
-        return max(self.hidden_dims.values())
-
-    def embedding_bag_configs(self):
-        """The d-wide configs: what DLRM reads, and what the folded model is built from."""
-        return self._configs
-
-    def is_weighted(self):
-        return self._is_weighted
 
     def forward(self, features):
         # Under DMP self.ebc is sharded and returns a lazy KeyedTensor; to_dict

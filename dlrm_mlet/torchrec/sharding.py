@@ -59,7 +59,7 @@ from torchrec.distributed.utils import append_prefix
 from torchrec.modules.embedding_modules import get_embedding_names_by_table
 
 from ..errors import MLETError
-from .collection import MLETEmbeddingBagCollection
+from .collection import MLETEmbeddingBagCollection, TableAccessors
 from .projected import add_column_blocks, local_projections, send_projected
 
 SHARDING_TYPES = tuple(
@@ -121,7 +121,7 @@ class MLETEmbeddingBagCollectionSharder(BaseEmbeddingSharder[MLETEmbeddingBagCol
 
 
 class ShardedMLETEmbeddingBagCollection(
-    ShardedEmbeddingModule[KJTList, list, KeyedTensor, EmbeddingBagCollectionContext]
+    TableAccessors, ShardedEmbeddingModule[KJTList, list, KeyedTensor, EmbeddingBagCollectionContext]
 ):
     """An ``MLETEmbeddingBagCollection`` sharded so that its output distribution carries d-wide rows.
 
@@ -157,16 +157,6 @@ class ShardedMLETEmbeddingBagCollection(
         blocks = [dim // mlet_width.get(name, dim)
                   for name, dim in zip(self.ebc._embedding_names, self.ebc._embedding_dims)]
         self._column_blocks = blocks if any(n > 1 for n in blocks) else None
-
-    @property
-    def hidden_dim(self):
-        return max(self.hidden_dims.values())
-
-    def embedding_bag_configs(self):
-        return self._configs
-
-    def is_weighted(self):
-        return self._is_weighted
 
     def create_context(self):
         return self.ebc.create_context()
