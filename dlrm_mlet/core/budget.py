@@ -21,10 +21,10 @@ from collections.abc import Mapping
 from fractions import Fraction
 
 from ..errors import MLETError, integer
+from . import rules
 from .options import TABLE_DTYPE_BYTES, hidden_dim_for, parse_table_dtype_option
 
-OPTIMIZERS = ("sgd", "adagrad", "rwsadagrad")  # DLRM's --optimizer names
-OPTIMIZER_ALIASES = {"rowwise_adagrad": "rwsadagrad"}  # TorchRec's name for the row-wise one
+OPTIMIZERS = tuple(rules.RULES)  # DLRM's --optimizer names
 RULES = ("uniform", "rare")
 DEFAULT_RULE = "uniform"
 RULE_HELP = "uniform (one K for all tables, the largest that fits) or rare (tables with the most rows seen " \
@@ -66,11 +66,7 @@ def format_bytes(nbytes):
 
 def optimizer_name(name):
     """DLRM's ``--optimizer`` name for ``name`` (``rowwise_adagrad`` is ``rwsadagrad``)."""
-    key = str(name).strip().lower()
-    key = OPTIMIZER_ALIASES.get(key, key)
-    if key not in OPTIMIZERS:
-        raise MLETError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}, got {name!r}")
-    return key
+    return rules.named(name).name
 
 
 def rule_name(name, flag="--rule"):
@@ -94,14 +90,13 @@ def training_cost(n, d, k, table_dtype="fp32", optimizer="sgd"):
     ``table_dtype`` says (that option only stores k-wide tables). Activations
     and gradients are per batch, not per row, and are left out.
     """
-    optimizer, size = optimizer_name(optimizer), _dtype_bytes(table_dtype)
+    rule, size = rules.named(optimizer), _dtype_bytes(table_dtype)
     n, d, k = integer(n, "table size", 0), integer(d, "embedding width d", 1), integer(k, "hidden width k", 0)
     if k == 0:
-        state = {"sgd": 0, "adagrad": n * d * FLOAT32, "rwsadagrad": n * FLOAT32}[optimizer]
-        return Cost(n * d * FLOAT32, state)
+        return Cost(n * d * FLOAT32, rule.state_bytes(n, d))
     proj = d * k * FLOAT32
-    state = {"sgd": 0, "adagrad": n * k * FLOAT32 + proj, "rwsadagrad": n * FLOAT32 + proj}[optimizer]
-    return Cost(n * k * size + proj, state)
+    dense = 0 if rule.state_key is None else proj  # a dense projection: a value per element, row-wise or not
+    return Cost(n * k * size + proj, rule.state_bytes(n, k) + dense)
 
 
 def training_bytes(n, d, k, table_dtype="fp32", optimizer="sgd"):

@@ -32,7 +32,7 @@ import zlib
 import torch
 
 from ..errors import MLETError
-from . import step
+from . import rules, step
 from .rounding import stochastic_round
 
 TABLE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # options.TABLE_DTYPE_BYTES' names
@@ -155,8 +155,10 @@ def apply_rows(optimizer, group, payloads):
                 torch.cat([i for i, _ in entries]), torch.cat([g for _, g in entries]))
             rows, inverse = torch.unique(indices, return_inverse=True)
             grad = grads.new_zeros(rows.numel(), grads.shape[1]).index_add_(0, inverse, grads)
-            rule = _rule(optimizer, group, table)
-            updates.append((table, rows, rule(table, optimizer.state[table], group, optimizer.defaults, rows, grad)))
+            rule, state = rule_of(optimizer, group, table), optimizer.state[table]
+            total = accumulator(rule, state, table, table.shape[0], group, optimizer.defaults)
+            updates.append((table, rows, step_values(rule, table, rows, grad, [state], group, optimizer.defaults,
+                                                     total)))
         state = optimizer.state[tables[0][0]]
         generator = generator_of(tables[0][0], state)
         values = updates[0][2] if len(updates) == 1 else torch.cat([u for _, _, u in updates])
@@ -170,98 +172,45 @@ def apply_rows(optimizer, group, payloads):
 
 def check_optimizer(optimizer, group, param):
     """Raise now if ``optimizer`` has no stochastic-rounding rule here for half table ``param``."""
-    _rule(optimizer, group, param)
+    rule_of(optimizer, group, param)
 
 
-def _rule(optimizer, group, param):
-    kind = type(optimizer)
-    rule = _RULES.get(kind.__name__ if kind.__name__ == "RWSAdagrad" else kind)
+def rule_of(optimizer, group, param):
+    """The rule (``rules.py``) ``optimizer`` applies to half table ``param``; one line refusing any other."""
+    rule = rules.of(optimizer)
+    what = f"{dtype_name(param.dtype)} MLET tables"
     if rule is None:
-        raise MLETError(
-            f"{dtype_name(param.dtype)} MLET tables are updated by dlrm-mlet's stochastic-rounding "
-            f"rules for SGD, Adagrad and DLRM's RWSAdagrad, not {kind.__name__}; use one of those, "
-            "or float32 tables (to_mlet's table_dtype=None; DLRM: --mlet-table-dtype=fp32)"
-        )
-    for option in ("momentum", "weight_decay", "maximize", "nesterov"):
-        if group.get(option):
-            raise MLETError(f"{dtype_name(param.dtype)} MLET tables: {kind.__name__} with {option} "
-                            "is not supported (it needs dense state per element); use float32 tables "
-                            "(to_mlet's table_dtype=None; DLRM: --mlet-table-dtype=fp32)")
+        names = [r.optimizer if r.module else f"DLRM's {r.optimizer}" for r in rules.RULES.values()]
+        known = ", ".join(names[:-1]) + " and " + names[-1]
+        raise MLETError(f"{what} are updated by dlrm-mlet's stochastic-rounding rules for {known}, not "
+                        f"{type(optimizer).__name__}; use one of those, or float32 tables (to_mlet's "
+                        "table_dtype=None; DLRM: --mlet-table-dtype=fp32)")
+    rule.refuse(optimizer, group, what)
     return rule
 
 
-def _option(group, defaults, key, default):
-    return group.get(key, defaults.get(key, default))
+def accumulator(rule, state, param, rows, group, defaults):
+    """The rule's float32 accumulator of half table ``param`` (or of ``rows`` rows of a buffer), kept in
+    ``state[rule.half_key]`` as bytes in ``param``'s dtype (module docstring); None when the rule keeps none."""
+    if rule.half_key is None:
+        return None
+    if not rule.row_wise:
+        state.pop(rule.state_key, None)  # the optimizer's own accumulator, in the table's dtype: never used here
+    stored = state.get(rule.half_key)
+    if stored is not None:
+        return stored.view(torch.float32)
+    initial = float(group.get("initial_accumulator_value", defaults.get("initial_accumulator_value", 0.0)))
+    total = torch.full(rule.accumulator_shape(rows, param.shape[1]), initial, dtype=torch.float32,
+                       device=param.device)
+    state[rule.half_key] = total.view(param.dtype)
+    return total
 
 
-def _sgd(param, state, group, defaults, rows, grad):
-    return rule_on(_sgd, param, rows, grad, [state], group, defaults)
-
-
-def _adagrad(param, state, group, defaults, rows, grad):
-    """``torch.optim.Adagrad`` on a sparse gradient: per-element sums of squares."""
-    state.pop("sum", None)  # torch's own accumulator, in the table's dtype: never used for this table
-    total = _float32(state, "mlet_sum", param, param.shape,
-                     _option(group, defaults, "initial_accumulator_value", 0.0))
-    return rule_on(_adagrad, param, rows, grad, [state], group, defaults, total)
-
-
-def _rowwise_adagrad(param, state, group, defaults, rows, grad):
-    """DLRM's ``RWSAdagrad``: one accumulator per row, the mean of the row's squared gradient."""
-    total = _float32(state, "mlet_momentum", param, param.shape[:1],
-                     _option(group, defaults, "initial_accumulator_value", 0.0))
-    return rule_on(_rowwise_adagrad, param, rows, grad, [state], group, defaults, total)
-
-
-_RULES = {torch.optim.SGD: _sgd, torch.optim.Adagrad: _adagrad, "RWSAdagrad": _rowwise_adagrad}
-sgd_rule = _sgd
-
-
-def rule(optimizer, group, param):
-    """The rule ``optimizer`` applies to half table ``param`` (one of ``_RULES``' values); refuses others."""
-    return _rule(optimizer, group, param)
-
-
-def accumulator_key(rule):
-    """``(state key, row-wise)`` of a rule's float32 accumulator."""
-    return ("mlet_momentum", True) if rule is _rowwise_adagrad else ("mlet_sum", False)
-
-
-def rule_on(rule, weight, rows, grad, states, group, defaults, accumulator=None):
-    """``rule``'s new float32 values for the unique ``rows`` of ``weight`` (a table, or a buffer of several).
-
-    ``grad``: their summed gradient rows; ``accumulator``: the float32 sums
-    aligned with ``weight``'s rows (Adagrad's per element, RWSAdagrad's per
-    row), updated in place; the step is counted in each of ``states``.
-    """
-    if rule is _sgd:
-        return weight.index_select(0, rows).float() - group["lr"] * grad
-    for state in states:
-        if rule is _adagrad:
-            count = state.setdefault("step", torch.tensor(0.0))
-            count += 1
-        else:
-            state["step"] = state.get("step", 0) + 1
-            count = state["step"]
-    lr = group["lr"] / (1 + (float(count) - 1) * _option(group, defaults, "lr_decay", 0.0))
-    eps = _option(group, defaults, "eps", 1e-10)
-    if rule is _adagrad:
-        accumulator.index_add_(0, rows, grad * grad)
-        std = accumulator.index_select(0, rows).sqrt_().add_(eps)
-        return weight.index_select(0, rows).float() - lr * grad / std
-    accumulator.index_add_(0, rows, grad.pow(2).mean(dim=1))
-    std = accumulator.index_select(0, rows).sqrt_().add_(eps)
-    return weight.index_select(0, rows).float() - lr * grad / std.unsqueeze(1)
-
-
-def _float32(state, key, param, shape, initial):
-    """A float32 accumulator kept in ``state[key]`` as bytes in ``param``'s dtype (module docstring)."""
-    stored = state.get(key)
-    if stored is None:
-        stored = torch.full(tuple(shape), float(initial), dtype=torch.float32, device=param.device)
-        state[key] = stored.view(param.dtype)
-        return stored
-    return stored.view(torch.float32)
+def step_values(rule, weight, rows, grad, states, group, defaults, total=None):
+    """``rule``'s new float32 values for the unique ``rows`` of ``weight`` (a table, or a buffer of several):
+    the step counted in each of ``states``, ``total`` (the float32 accumulator) updated in place."""
+    steps = [rule.count(state) for state in states][-1]
+    return rule.new_rows(weight, rows, grad, rule.lr(group, defaults, steps), rule.eps(group, defaults), total)
 
 
 def float32_state(state):

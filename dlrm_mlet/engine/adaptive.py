@@ -26,43 +26,37 @@ Weight decay and ``maximize`` are refused, as torch refuses them with sparse
 gradients.
 """
 
-import torch
+from ..core import rules, step
+from .packing import aligned_state, stacked, summed_rows
 
-from ..core import step
-from ..errors import MLETError
-from .packing import stacked, state_over, summed_rows
-
-RULES = ("adagrad", "rwsadagrad")
-
-
-def _optimizer_class(rule):
-    return "Adagrad" if rule == "adagrad" else "RWSAdagrad"
+RULES = rules.ADAPTIVE  # the rules applied here: those with an accumulator
 
 
 def check(rule):
-    """The optimizer check ``step.require`` holds a table to: the optimizer the rule is."""
+    """The optimizer check ``step.require`` holds a table to: the optimizer the rule (its name) is."""
     def check_optimizer(optimizer, group, param=None):
-        if type(optimizer).__name__ != _optimizer_class(rule) or group.get("weight_decay") or \
-                group.get("maximize"):
-            raise MLETError(f"these MLET tables are updated at the step by {_optimizer_class(rule)}'s rule (DLRM's "
-                            f"--optimizer={rule}); this optimizer is {type(optimizer).__name__}"
-                            + (" with weight decay or maximize" if type(optimizer).__name__ == _optimizer_class(rule)
-                               else ""))
+        rules.named(rule).refuse(optimizer, group, "these MLET tables")
     return check_optimizer
 
 
 def add_group(tables, indices, rows, rule, packed=None):
     """Record one grouped backward's table rows for ``rule``'s update at the next step."""
+    rule = rules.named(rule)
 
     def apply(optimizer, group, payloads):
-        check(rule)(optimizer, group)
+        rule.refuse(optimizer, group, "these MLET tables")
         held = [j for _, j in payloads]
         lrs = _steps(optimizer, group, rule, [tables[j] for j in held])
+        eps = rule.eps(group, optimizer.defaults)
         if packed is not None and len(held) == len(tables) and len(set(lrs)) == 1:
-            _packed_update(optimizer, group, rule, tables, rows, packed, lrs[0])
+            buffer, flat = packed
+            total = aligned_state(optimizer, tables, buffer, rule.state_key, rule.row_wise)
+            unique, grad = summed_rows(flat, rows)
+            rule.apply(buffer, total, unique, grad, lrs[0], eps)
         else:  # some tables held elsewhere, or stepped apart under lr_decay: each alone, at its own rate
             for j, lr in zip(held, lrs):
-                _table_update(optimizer, group, rule, tables[j], indices[j], rows[j], lr)
+                unique, grad = summed_rows(indices[j], rows[j])
+                rule.apply(tables[j].data, optimizer.state[tables[j]][rule.state_key], unique, grad, lr, eps)
 
     for j, table in enumerate(tables):
         step.defer(table, apply, j, indices[j].numel())
@@ -73,16 +67,18 @@ def add_projections(projections, gradients, packed):
     Adagrad at the next step: one update over ``packed`` (their stacked view) when one group holds them all
     and they step together, else each at its own rate. Torch's dense rule, unchanged.
     """
+    rule = rules.ADAGRAD
 
     def apply(optimizer, group, payloads):
-        check("adagrad")(optimizer, group)
+        rule.refuse(optimizer, group, "these MLET tables")
         held = [j for _, j in payloads]
-        lrs = _steps(optimizer, group, "adagrad", [projections[j] for j in held])
+        lrs = _steps(optimizer, group, rule, [projections[j] for j in held])
+        eps = rule.eps(group, optimizer.defaults)
         if len(held) == len(projections) and len(set(lrs)) == 1:
-            _dense(packed, _packed_sums(optimizer, projections), gradients, lrs[0], group["eps"])
+            _dense(packed, _packed_sums(optimizer, projections), gradients, lrs[0], eps)
         else:
             for j, lr in zip(held, lrs):
-                _dense(projections[j], optimizer.state[projections[j]]["sum"], gradients[j], lr, group["eps"])
+                _dense(projections[j], optimizer.state[projections[j]]["sum"], gradients[j], lr, eps)
 
     for j, projection in enumerate(projections):
         step.defer(projection, apply, j)
@@ -106,58 +102,10 @@ def _packed_sums(optimizer, projections):
 
 def _steps(optimizer, group, rule, tables):
     """Count the step in each table's state (as the optimizer does); the lr this step takes."""
-    counts = []
+    lrs = []
     for table in tables:
         state = optimizer.state[table]
-        if rule == "adagrad":
-            state["step"].add_(1)
-            counts.append(float(state["step"]))
-        else:
-            state["step"] = state.get("step", 0) + 1
-            if "momentum" not in state:  # RWSAdagrad makes it at its first step, for parameters with a gradient
-                state["momentum"] = torch.full([table.shape[0]], optimizer.defaults["initial_accumulator_value"],
-                                               dtype=torch.float32, device=table.device)
-            counts.append(state["step"])
-    return [group["lr"] / (1.0 + (n - 1.0) * group["lr_decay"]) for n in counts]
-
-
-def _apply(weight, accumulator, unique, grad, rule, lr, eps):
-    """The rule on the unique rows of one weight (a table, or the packed buffer) and its accumulator."""
-    squares = grad * grad if rule == "adagrad" else (grad * grad).mean(dim=1)
-    accumulator.index_add_(0, unique, squares)  # rows are unique: one add each, in place
-    std = accumulator.index_select(0, unique).sqrt_().add_(eps)
-    # ``grad`` is this update's own sum (summed_rows): divided in place, one pass fewer
-    weight.index_add_(0, unique, grad.div_(std if rule == "adagrad" else std.unsqueeze(1)), alpha=-lr)
-
-
-def _table_update(optimizer, group, rule, table, indices, rows, lr):
-    unique, grad = summed_rows(indices, rows)
-    key = "sum" if rule == "adagrad" else "momentum"
-    _apply(table.data, optimizer.state[table][key], unique, grad, rule, lr, group["eps"])
-
-
-def _packed_update(optimizer, group, rule, tables, rows, packed, lr):
-    buffer, flat = packed
-    key = "sum" if rule == "adagrad" else "momentum"
-    accumulator = _packed_state(optimizer, tables, key, buffer)
-    unique, grad = summed_rows(flat, rows)
-    _apply(buffer, accumulator, unique, grad, rule, lr, group["eps"])
-
-
-def _packed_state(optimizer, tables, key, buffer):
-    """The tables' accumulators as one tensor aligned with their packed buffer (made so once)."""
-    states = [optimizer.state[t][key] for t in tables]
-    row_wise = states[0].dim() == 1
-    whole = state_over(states, tables, buffer, row_wise)
-    if whole is not None:
-        return whole
-    first = states[0]
-    starts = [t.storage_offset() // buffer.shape[1] for t in tables]
-    shape = (buffer.shape[0],) if row_wise else tuple(buffer.shape)
-    whole = torch.zeros(shape, dtype=first.dtype, device=first.device)
-    for t, state, start in zip(tables, states, starts):
-        view = whole[start:start + t.shape[0]]
-        view.copy_(state)
-        optimizer.state[t][key] = view
-    return whole
-
+        if rule.row_wise and rule.state_key not in state:  # RWSAdagrad makes it at its first step
+            state[rule.state_key] = table.new_full((table.shape[0],), optimizer.defaults["initial_accumulator_value"])
+        lrs.append(rule.lr(group, optimizer.defaults, rule.count(state)))
+    return lrs

@@ -33,7 +33,7 @@ the table, and ``use`` declares there that it needs plain SGD, so
 import torch
 from torch import nn
 
-from ..core import step
+from ..core import rules, step
 from ..core.bag import MLETEmbeddingBag
 from ..errors import MLETError
 from . import adaptive
@@ -136,10 +136,7 @@ def _sparse_add(weight, indices, rows, lr):
 
 def check_plain_sgd(optimizer, group, param=None):
     """The fp32 fused paths apply plain SGD steps: refuse any optimizer they would misapply."""
-    if (type(optimizer) is not torch.optim.SGD or group.get("momentum") or group.get("weight_decay")
-            or group.get("maximize")):
-        raise MLETError("--mlet-fused-update applies plain SGD steps to the MLET tables; this "
-                        f"optimizer is {type(optimizer).__name__} with momentum/weight decay/maximize")
+    rules.SGD.refuse(optimizer, group, "these MLET tables (--mlet-fused-update applies plain SGD steps)")
 
 
 def pending_rows(tables):

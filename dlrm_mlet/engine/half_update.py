@@ -21,7 +21,7 @@ import torch
 
 from ..core import half, step
 from ..core.rounding import stochastic_round
-from .packing import state_over, summed_rows
+from .packing import aligned_state, summed_rows
 
 
 class _Call:
@@ -52,46 +52,24 @@ def apply(optimizer, group, payloads):
 def _packed(optimizer, group, call):
     """The packed update; False (nothing done) when the tables' rule or step count differ."""
     tables = call.tables
-    rules = {half.rule(optimizer, group, t) for t in tables}
-    if len(rules) != 1:
+    found = {half.rule_of(optimizer, group, t) for t in tables}
+    if len(found) != 1:
         return False
-    rule = rules.pop()
+    rule = found.pop()
     states = [optimizer.state[t] for t in tables]
-    counts = {_count(rule, s) for s in states}
-    if len(counts) != 1:
+    if len({float(s.get("step", 0)) for s in states}) != 1:
         return False
     buffer, flat = call.packed
     unique, grad = summed_rows(flat, call.rows, torch.float32)
-    accumulator = None if rule is half.sgd_rule else _packed_state(optimizer, tables, rule, buffer)
-    values = half.rule_on(rule, buffer, unique, grad, states, group, optimizer.defaults, accumulator)
+    total = None
+    if rule.half_key is not None:
+        if not rule.row_wise:
+            for state in states:  # the optimizer's own accumulator in the table's dtype: never used for it
+                state.pop(rule.state_key, None)
+        total = aligned_state(optimizer, tables, buffer, rule.half_key, rule.row_wise,
+                              optimizer.defaults.get("initial_accumulator_value", 0.0), stored_as=buffer.dtype)
+    values = half.step_values(rule, buffer, unique, grad, states, group, optimizer.defaults, total)
     generator = half.generator_of(tables[0], states[0])
     buffer.index_copy_(0, unique, stochastic_round(values, buffer.dtype, generator))
     states[0]["mlet_rng"] = generator.get_state().view(buffer.dtype)
     return True
-
-
-def _count(rule, state):
-    value = state.get("step", 0)
-    return float(value)
-
-
-def _packed_state(optimizer, tables, rule, buffer):
-    """The tables' float32 accumulators as one tensor aligned with their packed buffer (made so once)."""
-    key, row_wise = half.accumulator_key(rule)
-    initial = optimizer.defaults.get("initial_accumulator_value", 0.0)
-    shape = (buffer.shape[0],) if row_wise else tuple(buffer.shape)
-    states = [optimizer.state[t] for t in tables]
-    stored = [s.get(key) for s in states]
-    if all(x is not None for x in stored):
-        whole = state_over([x.view(torch.float32) for x in stored], tables, buffer, row_wise)
-        if whole is not None:
-            return whole
-    starts = [t.storage_offset() // buffer.shape[1] for t in tables]
-    whole = torch.full(shape, float(initial), dtype=torch.float32, device=buffer.device)
-    for table, state, old, start in zip(tables, states, stored, starts):
-        view = whole[start:start + table.shape[0]]
-        if old is not None:
-            view.copy_(old.view(torch.float32))
-        state.pop("sum", None)  # torch Adagrad's own accumulator in the table's dtype: never used for it
-        state[key] = view.view(buffer.dtype)
-    return whole

@@ -132,6 +132,30 @@ def state_over(states, tables, buffer, row_wise):
     return torch.empty(0, dtype=first.dtype, device=first.device).set_(first.untyped_storage(), 0, shape)
 
 
+def aligned_state(optimizer, tables, buffer, key, row_wise, initial=0.0, stored_as=None):
+    """The tables' accumulators (``optimizer.state[table][key]``) as one float32 tensor aligned with their
+    packed ``buffer``, each table's state a view of it: made so the first time (and again whenever
+    something replaced them: ``load_state_dict``), found in place after. A state kept as bytes in another
+    dtype (``stored_as``: a half table's, ``core/half.py``) is read and stored so; a missing one starts
+    at ``initial``.
+    """
+    stored = [optimizer.state[t].get(key) for t in tables]
+    as32 = (lambda x: x.view(torch.float32)) if stored_as is not None else (lambda x: x)
+    if all(x is not None for x in stored):
+        whole = state_over([as32(x) for x in stored], tables, buffer, row_wise)
+        if whole is not None:
+            return whole
+    shape = (buffer.shape[0],) if row_wise else tuple(buffer.shape)
+    whole = torch.full(shape, float(initial), dtype=torch.float32, device=buffer.device)
+    for table, old in zip(tables, stored):
+        start = table.storage_offset() // buffer.shape[1]
+        view = whole[start:start + table.shape[0]]
+        if old is not None:
+            view.copy_(as32(old))
+        optimizer.state[table][key] = view if stored_as is None else view.view(stored_as)
+    return whole
+
+
 def _out_of_range(indices, rows):
     for t, (i, n) in enumerate(zip(indices, rows)):
         bad = i[(i < 0) | (i >= n)]
