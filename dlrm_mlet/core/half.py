@@ -33,10 +33,11 @@ import torch
 
 from ..errors import MLETError
 from . import rules, step
+from .options import TABLE_DTYPE_REGISTRY
 from .rounding import stochastic_round
 
-TABLE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # options.TABLE_DTYPE_BYTES' names
-HALF = (torch.float16, torch.bfloat16)
+TABLE_DTYPES = {name: getattr(torch, entry[1]) for name, entry in TABLE_DTYPE_REGISTRY.items()}
+HALF = tuple(dtype for dtype in TABLE_DTYPES.values() if dtype.itemsize < 4)
 
 
 def table_dtype(value):

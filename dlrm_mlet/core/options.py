@@ -15,7 +15,10 @@ import math
 
 from ..errors import MLETError, integer
 
-TABLE_DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}  # the k-wide tables' storage (half.py maps names to dtypes)
+# The k-wide tables' storage, the one registry of table dtypes: name -> (bytes a value, torch's dtype name,
+# TorchRec's DataType name). half.py and torchrec/collection.py read their dtypes from it.
+TABLE_DTYPE_REGISTRY = {"fp32": (4, "float32", "FP32"), "fp16": (2, "float16", "FP16"), "bf16": (2, "bfloat16", "BF16")}
+TABLE_DTYPE_BYTES = {name: entry[0] for name, entry in TABLE_DTYPE_REGISTRY.items()}
 PROJ_INITS = "normal, normal-<std>, xavier, orthogonal"
 
 TableOptions = namedtuple("TableOptions", "dims min_rows proj_init table_dtype")

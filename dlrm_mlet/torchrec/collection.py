@@ -38,11 +38,11 @@ from ..core.convert import register_kind
 from ..core.folding import fold_weight
 from ..core.half import table_dtype as parse_table_dtype
 from ..core.init import init_projection_, uniform_table_
-from ..core.options import hidden_dim_for, hidden_dims, parse_proj_init
+from ..core.options import TABLE_DTYPE_REGISTRY, hidden_dim_for, hidden_dims, parse_proj_init
 from ..errors import MLETError, integer
 
 FOLDABLE_POOLINGS = (PoolingType.SUM, PoolingType.MEAN)
-DATA_TYPES = {torch.float32: DataType.FP32, torch.float16: DataType.FP16, torch.bfloat16: DataType.BF16}
+DATA_TYPES = {getattr(torch, entry[1]): getattr(DataType, entry[2]) for entry in TABLE_DTYPE_REGISTRY.values()}
 
 
 class _Projection(nn.Module):
