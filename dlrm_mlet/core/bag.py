@@ -103,7 +103,8 @@ class MLETEmbeddingBag(TwoLayer):
 
     def extra_repr(self):
         dtype = "" if self.table.weight.dtype == self.proj.weight.dtype else f", table_dtype={self.table.weight.dtype}"
+        update = "" if self.update.backend is None else f", update={self.update}"
         return (
             f"{self.num_embeddings}, {self.embedding_dim}, hidden_dim={self.hidden_dim}, "
-            f"mode={self.mode!r}{dtype}"
+            f"mode={self.mode!r}{dtype}{update}"
         )

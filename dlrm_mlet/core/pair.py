@@ -5,7 +5,8 @@ or a lookup) and so in the plain class they fold back into; sizes, init,
 the padding row and the folded weight are the same rule for both, kept here.
 """
 
-from typing import Union
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -26,11 +27,35 @@ def is_mlet(module):
     return isinstance(module, TwoLayer)
 
 
+@dataclass(frozen=True)
+class Update:
+    """How a table's gradient rows reach it: ``backend`` None (sparse gradients, for the optimizer to
+    apply), ``"torch"`` (the optimizer's ``rule``, applied by its step straight to the rows:
+    ``engine/fused.py``) or ``"fbgemm"`` (fbgemm's table-batched embedding, SGD). Half tables take
+    their rule at the step whatever it says (``half.py``)."""
+
+    backend: Optional[str] = None
+    rule: str = "sgd"
+
+    def __str__(self):
+        return "sparse gradients" if self.backend is None else f"{self.rule} at the step ({self.backend})"
+
+
+SPARSE = Update()
+
+
 class TwoLayer(nn.Module):
-    """Base of the MLET forms: ``table`` (``n x k``) then ``proj`` (``k -> d``, no bias)."""
+    """Base of the MLET forms: ``table`` (``n x k``) then ``proj`` (``k -> d``, no bias); ``update``:
+    how its gradient rows are applied (a declared field, set with ``set_update``, shown in its repr)."""
 
     table: Union[nn.EmbeddingBag, nn.Embedding]
     proj: nn.Linear
+    update: Update = SPARSE
+
+    def set_update(self, update: Update) -> "TwoLayer":
+        """Declare how this table is updated (``engine/fused.use`` checks and sets it); returns it."""
+        self.update = update
+        return self
 
     def _attach(self, table, embedding_dim, proj_init, init):
         self.table = table

@@ -35,13 +35,12 @@ from torch import nn
 
 from ..core import rules, step
 from ..core.bag import MLETEmbeddingBag
+from ..core.pair import Update
 from ..errors import MLETError
 from . import adaptive
 
 BACKENDS = ("torch", "fbgemm")
 
-_ATTR = "fused_update"  # on an MLETEmbeddingBag: None (sparse gradients), "torch" or "fbgemm"
-_RULE = "fused_rule"  # with "torch": the optimizer rule applied at the step, "sgd" or one of adaptive.RULES
 
 
 def use(tables, backend="torch", rule="sgd"):
@@ -62,8 +61,7 @@ def use(tables, backend="torch", rule="sgd"):
     count = 0
     for table in _modules(tables):
         if isinstance(table, MLETEmbeddingBag):
-            setattr(table, _ATTR, backend)
-            setattr(table, _RULE, rule)
+            table.set_update(Update(backend, rule))
             step.require(table.table.weight, None if backend is None else
                          check_plain_sgd if rule == "sgd" else adaptive.check(rule))
             step.require(table.proj.weight, None if backend is None else check_plain_sgd if rule == "sgd"
@@ -73,13 +71,13 @@ def use(tables, backend="torch", rule="sgd"):
 
 
 def rule_of(table):
-    """The optimizer rule ``use`` set for this table's update at the step ("sgd" by default)."""
-    return vars(table).get(_RULE, "sgd")
+    """The optimizer rule declared for this table's update at the step ("sgd" by default)."""
+    return table.update.rule
 
 
 def backend_of(table):
-    """``"torch"`` or ``"fbgemm"`` when ``use`` set it for this table, else None."""
-    return vars(table).get(_ATTR)  # not getattr: nn.Module's miss path is slow, and this runs every step
+    """``"torch"`` or ``"fbgemm"`` when declared for this table's update, else None (sparse gradients)."""
+    return table.update.backend
 
 
 def add_group(tables, indices, rows, projections=(), gradients=(), packed=None, stacked=None):
