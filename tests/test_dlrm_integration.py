@@ -317,12 +317,12 @@ def test_fused_update_trains_like_sparse_gradients(patched_module, tmp_path, mon
                                                    "--lr-decay-start-step=16", "--lr-num-decay-steps=8"]
     sys.argv = argv + ["--mlet-fused-update=off"]
     patched_module.run()
-    assert {fused.backend_of(t) for t in patched_module.dlrm.emb_l} == {None}
+    assert {t.update.backend for t in patched_module.dlrm.emb_l} == {None}
     default = final_tables(patched_module)
     default_losses = re.findall(r"loss (\d+\.\d+)", capsys.readouterr().out)
     sys.argv = argv + ([flag] if flag else [])
     patched_module.run()
-    assert {fused.backend_of(t) for t in patched_module.dlrm.emb_l if isinstance(t, MLETEmbeddingBag)} == {
+    assert {t.update.backend for t in patched_module.dlrm.emb_l if isinstance(t, MLETEmbeddingBag)} == {
         "fbgemm" if flag and flag.endswith("fbgemm") else "torch"}
     fused_losses = re.findall(r"loss (\d+\.\d+)", capsys.readouterr().out)
     assert len(default_losses) == 8 and fused_losses == default_losses

@@ -303,7 +303,7 @@ def test_a_fused_and_a_plain_model_train_side_by_side_in_one_process(backend):
     references = copy.deepcopy(fast), copy.deepcopy(plain)  # both trained with sparse gradients
     initial = fast[0].table.weight.detach().clone()
     assert fused.use(fast, backend) == 3
-    assert fused.backend_of(plain[0]) is None and fused.backend_of(references[0][0]) is None
+    assert plain[0].update.backend is None and references[0][0].update.backend is None
     models = (fast, plain) + references
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.5) for m in models]
     g = torch.Generator().manual_seed(11)

@@ -165,8 +165,9 @@ def _write_npz(path, members):
     An .npz is a zip of .npy files: each member is a .npy header followed by
     its C-order bytes, deflated as savez_compressed deflates them.
     """
-    # Deflate level 1, not savez_compressed's 6: about 3x faster on this data, and np.load
-    # reads either (the zip bytes were never the same as stock's anyway).
+    # Deflate level 1, not savez_compressed's 6: each day is written once and read back once,
+    # so compressing harder costs more than it saves; np.load reads either (the zip bytes
+    # were never the same as stock's anyway).
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1,
                          allowZip64=True) as archive:
         for name, dtype, shape, blocks in members:

@@ -87,8 +87,8 @@ def parse_criteo_block(lines, max_ind_range=-1):
     ``parse_criteo_line`` gives them), ``bad`` the index of the first malformed
     line or None (``parse_criteo_line(lines[bad])`` then names the reason).
     Same regular expression and rules; the numbers are read by numpy for the
-    whole block, digit column by digit column, several times faster than
-    Python's int() per field.
+    whole block, digit column by digit column, rather than by Python's int()
+    per field: a few array operations a block instead of 39 calls a line.
     """
     for index, line in enumerate(lines):
         if not _CRITEO_ROW.fullmatch(line):

@@ -46,7 +46,7 @@ def add_arguments(parser):
         "--mlet-fused-update", nargs="?", const="torch", default=AUTO, metavar="off|fbgemm",
         help="how the MLET tables and projections are updated. Default (auto): with --optimizer=sgd, SGD "
         "applied by the optimizer's step straight to the rows (no sparse gradient tensors; the same math "
-        "and loss curve, the fastest here); other optimizers: sparse gradients. Given without a value: "
+        "and loss curve, fewer tensors a step); other optimizers: sparse gradients. Given without a value: "
         "that SGD update, refused with other optimizers; =off: sparse gradients for the optimizer; "
         "=fbgemm: fbgemm's table-batched embedding pools and updates the tables, as TorchRec does "
         "(CPU, single process; needs fbgemm-gpu-cpu)",

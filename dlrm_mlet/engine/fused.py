@@ -8,9 +8,9 @@ same with less machinery: backward hands a group's gradient rows and
 projection gradients to ``add_group``, and the next ``step()`` of the
 optimizer that holds them applies them at that step's learning rate (so
 DLRM's scheduler is honoured): for tables packed in one buffer
-(``packing.py``) one sparse add and one dense add for the whole group. In
-whole DLRM runs on 2 CPU cores this is the fastest update, and patched DLRM's
-default with ``--optimizer=sgd`` (``benchmarks/whole_run.py``).
+(``packing.py``) one sparse add and one dense add for the whole group. It is
+patched DLRM's default with ``--optimizer=sgd``, chosen by whole-run timings
+(``benchmarks/whole_run.py``; the figures are in ``benchmarks/RESULTS.md``).
 
 ``use(tables, "fbgemm")`` (``--mlet-fused-update=fbgemm``) hands the same step
 to fbgemm's table-batched embedding instead (``tbe.py``): it pools the k-wide
@@ -68,16 +68,6 @@ def use(tables, backend="torch", rule="sgd"):
                          else adaptive.check(rule) if rule == "adagrad" else None)
             count += 1
     return count
-
-
-def rule_of(table):
-    """The optimizer rule declared for this table's update at the step ("sgd" by default)."""
-    return table.update.rule
-
-
-def backend_of(table):
-    """``"torch"`` or ``"fbgemm"`` when declared for this table's update, else None (sparse gradients)."""
-    return table.update.backend
 
 
 def add_group(tables, indices, rows, projections=(), gradients=(), packed=None, stacked=None):

@@ -8,9 +8,9 @@ run together here (batched projections, sparse gradients built directly).
 import torch
 from torch import nn
 
-from ..core import half
 from ..core.bag import MLETEmbeddingBag
-from . import adaptive, fused, half_update, packing, tbe
+from . import packing, tbe
+from .routes import Route, route_of
 
 
 def _one_hot(indices, offsets):
@@ -34,26 +34,25 @@ class _Grouped(torch.autograd.Function):
     buffer (``packing.py``, as DLRM's tables are built), else one per table;
     and each table's gradient rows come straight from the projected-back
     output gradient (with no gather at all for one-hot bags, DLRM's Criteo
-    case), either as sparse gradients or, with ``fused.use``, handed to the
-    optimizer's next step with the projections' gradients (``fused.add_group``),
-    instead of 26 Linear nodes and 26 EmbeddingBag backward nodes.
+    case), then go where the tables' ``Route`` sends them (sparse gradients,
+    or the optimizer's next step), instead of 26 Linear nodes and 26
+    EmbeddingBag backward nodes.
     """
 
     @staticmethod
-    def forward(ctx, mode, fuse, indices, offsets, weights, *params):
-        rule = fuse if isinstance(fuse, str) else "sgd"  # fuse: False, or the rule applied at the step
+    def forward(ctx, mode, route: Route, indices, offsets, weights, *params):
         count = len(indices)
         tables, projs = params[:count], params[count:]
         one_hot = _one_hot(indices, offsets)
         first = tables[0]
-        halved = half.is_half(first)  # pooled in float32 from rows gathered as float32
+        halved = route.halved  # pooled in float32 from rows gathered as float32
         with torch.no_grad():
             pooled = torch.empty(count, offsets[0].numel(), first.shape[1], device=first.device,
                                  dtype=torch.float32 if halved else first.dtype)
             packed = packing.flat_indices(tables, indices)
             if packed is None:
                 for t, (i, a, o, w) in enumerate(zip(indices, tables, offsets, weights)):
-                    _pool_into(pooled[t], a, i, o, w, mode, one_hot)
+                    _pool_into(pooled[t], a, i, o, w, mode, one_hot, halved)
             else:  # one op over the tables' shared buffer
                 buffer, flat = packed
                 joined = None
@@ -61,18 +60,12 @@ class _Grouped(torch.autograd.Function):
                     counts = torch.tensor([i.numel() for i in indices], device=flat.device)
                     joined = (torch.stack(offsets) + (torch.cumsum(counts, 0) - counts)[:, None]).flatten()
                 _pool_into(pooled.flatten(0, 1), buffer, flat, joined,
-                           None if weights[0] is None else torch.cat(weights), mode, one_hot)
+                           None if weights[0] is None else torch.cat(weights), mode, one_hot, halved)
             proj = packing.stacked(projs)
             out = packing.project(pooled, proj)
         ctx.mode, ctx.indices, ctx.offsets, ctx.weights = mode, indices, offsets, weights
-        ctx.one_hot, ctx.halved = one_hot, halved
-        ctx.shapes = [a.shape for a in tables]
-        ctx.tables = tables if fuse or halved else None
+        ctx.one_hot, ctx.route, ctx.tables, ctx.projs, ctx.packed = one_hot, route, tables, projs, packed
         ctx.projs_packed = proj.data_ptr() == projs[0].data_ptr()  # a view of them, not a copy
-        # the projections' update at the step: SGD's always, Adagrad's over packed ones
-        ctx.projs = projs if fuse and (rule == "sgd" or rule == "adagrad" and ctx.projs_packed) else None
-        ctx.rule = rule
-        ctx.packed = packed
         ctx.save_for_backward(pooled, proj)
         return out
 
@@ -88,29 +81,13 @@ class _Grouped(torch.autograd.Function):
             rows = [grad_pooled[t] * w.unsqueeze(1) if ctx.one_hot else
                     _index_rows(grad_pooled[t], i, o, w, ctx.mode)
                     for t, (i, o, w) in enumerate(zip(ctx.indices, ctx.offsets, ctx.weights))]
-        count = len(ctx.indices)
-        if ctx.tables is None:  # sparse gradients, for the optimizer to apply
-            grad_tables = [torch.sparse_coo_tensor(i.unsqueeze(0), rows[t], shape, check_invariants=False)
-                           for t, (i, shape) in enumerate(zip(ctx.indices, ctx.shapes))]
-            return (None, None, None, None, None, *grad_tables, *grad_proj.unbind(0))
-        # The optimizer's next step applies the rows: half tables by their own rule, fused ones as SGD.
-        if ctx.halved:
-            half_update.add_group(ctx.tables, ctx.indices, rows, ctx.packed)
-        elif ctx.rule != "sgd":
-            adaptive.add_group(ctx.tables, ctx.indices, rows, ctx.rule, packed=ctx.packed)
-        if ctx.projs is None:
-            return (None, None, None, None, None, *([None] * count), *grad_proj.unbind(0))
-        if ctx.rule == "adagrad":  # the tables' rows are deferred above; the projections at once too
-            adaptive.add_projections(ctx.projs, grad_proj, proj)
-            return (None,) * (5 + 2 * count)
-        fused.add_group(() if ctx.halved else ctx.tables, ctx.indices, rows, ctx.projs, grad_proj,
-                        packed=ctx.packed, stacked=proj if ctx.projs_packed else None)
-        return (None,) * (5 + 2 * count)
+        grads = ctx.route.backward(ctx.tables, ctx.indices, rows, ctx.packed, ctx.projs, grad_proj,
+                                   proj if ctx.projs_packed else None)
+        return (None, None, None, None, None, *grads)
 
 
-def _pool_into(out, weight, indices, offsets, weights, mode, one_hot):
+def _pool_into(out, weight, indices, offsets, weights, mode, one_hot, halved):
     """Pool the bags of ``weight``'s rows into ``out``; a half table's rows are gathered as float32."""
-    halved = half.is_half(weight)
     if one_hot and weights is None:  # a one-row bag is its row
         if halved:
             out.copy_(weight.index_select(0, indices))
@@ -154,10 +131,10 @@ def _batch_key(t):
         return None
     table = t._modules["table"]
     weight, proj = _weights(t)
-    if not (table.sparse or half.is_half(weight)) or table.padding_idx is not None or table.include_last_offset:
+    route = route_of(t)
+    if not (table.sparse or route.halved) or table.padding_idx is not None or table.include_last_offset:
         return None
-    return (table.mode, fused.backend_of(t), fused.rule_of(t), weight.shape[1], proj.shape[0], weight.device,
-            weight.dtype)
+    return (table.mode, route, weight.shape[1], proj.shape[0], weight.device, weight.dtype)
 
 
 def grouped_forward(tables, indices, offsets, weights):
@@ -181,19 +158,19 @@ def grouped_forward(tables, indices, offsets, weights):
             key = _batch_key(t)
             if key is not None and i.dim() == 1 and o is not None and not (w is not None and w.requires_grad):
                 groups.setdefault(key + (o.numel(), w is None), []).append(j)
-    for (mode, backend, rule, *_), members in groups.items():
+    for (mode, route, *_), members in groups.items():
         if len(members) < 2:
             continue
         members_indices, members_offsets = [indices[j] for j in members], [offsets[j] for j in members]
         members_weights = [weights[j] for j in members]
         tables_weights, projs = zip(*(_weights(tables[j]) for j in members))
         # fbgemm would accept weights with mean pooling; _Grouped raises nn.EmbeddingBag's error for it
-        if backend == "fbgemm" and not (mode == "mean" and members_weights[0] is not None):
+        if route.tables == "fbgemm" and not (mode == "mean" and members_weights[0] is not None):
             group = tbe.group_for([tables[j] for j in members])
             grouped = tbe.Grouped.apply(group, members_indices, members_offsets, members_weights, *projs)
         else:
-            grouped = _Grouped.apply(mode, rule if backend is not None else False, members_indices, members_offsets,
-                                     members_weights, *tables_weights, *projs)
+            grouped = _Grouped.apply(mode, route, members_indices, members_offsets, members_weights,
+                                     *tables_weights, *projs)
         for j, out in zip(members, grouped.unbind(0)):
             outputs[j] = out
     for j, out in enumerate(outputs):

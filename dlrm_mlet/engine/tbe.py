@@ -3,9 +3,8 @@
 TorchRec trains embeddings with fbgemm's TBE: all tables in one buffer,
 pooled by one kernel, and SGD applied inside its backward with repeated rows
 summed first ("exact SGD"). It is offered for hosts where those kernels beat
-ours; on the 2-core machines this was built on they do not (the embedding
-part of a step is within noise of the default or slower:
-benchmarks/RESULTS.md), so it is not the default.
+ours; it is not the default because where it was measured it did not
+(``benchmarks/embedding_update.py``, figures in ``benchmarks/RESULTS.md``).
 
 DLRM's contract is kept: each ``MLETEmbeddingBag.table.weight`` stays the
 same Parameter object, with the same name and shape, its data now a view into
@@ -71,8 +70,8 @@ class TBEGroup:
                 view.copy_(t.table.weight)
                 t.table.weight.data = view  # same Parameter object: the optimizer keeps holding it
         self.pointers = [t.table.weight.data_ptr() for t in self.tables]
-        # Reused every step: fresh multi-MiB buffers each step cost more in page
-        # faults than the bmm that fills them (measured on 2 CPU cores).
+        # Reused every step: a fresh multi-MiB buffer each step pays its page faults
+        # again, for a buffer whose size never changes.
         self.scratch = None
 
     def holds(self, tables):

@@ -238,7 +238,8 @@ def zipf_ids(u, sizes, zipf):
         x = np.exp(u * np.log(sizes + 1.0))
     else:
         a = 1.0 - zipf
-        x = np.exp(np.log(1.0 - u * (1.0 - (sizes + 1.0) ** a)) * (1.0 / a))  # log1p is 4x slower
+        # log, not log1p: the cheaper one, and flooring to an id hides its rounding near u = 0
+        x = np.exp(np.log(1.0 - u * (1.0 - (sizes + 1.0) ** a)) * (1.0 / a))
     ids = np.minimum(x.astype(np.int64) - 1, sizes.astype(np.int64) - 1)
     return np.maximum(ids, 0, out=ids)
 
