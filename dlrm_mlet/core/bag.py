@@ -4,7 +4,7 @@ The training form and its folded inference form live in one class (as RepVGG
 keeps a block and its equivalent kernel together), so the two can never drift.
 """
 
-from typing import Optional, Union
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -28,6 +28,9 @@ class MLETEmbeddingBag(TwoLayer):
     projection stays float32 and the table is updated by ``half.py``.
     """
 
+    table: nn.EmbeddingBag
+    _tbe_group: Any = None  # engine/tbe.py's TBEGroup holding this table's rows (--mlet-fused-update=fbgemm)
+
     def __init__(
         self,
         num_embeddings: int,
@@ -38,7 +41,7 @@ class MLETEmbeddingBag(TwoLayer):
         proj_init: str = "normal",
         padding_idx: Optional[int] = None,
         include_last_offset: bool = False,
-        table_dtype: Union[str, torch.dtype, None] = None,
+        table_dtype: half.TableDtype = None,
         _init: bool = True,
     ) -> None:
         super().__init__()
@@ -57,7 +60,8 @@ class MLETEmbeddingBag(TwoLayer):
         self._attach(table, d, proj_init, _init)
 
     @classmethod
-    def from_weights(cls, table_weight, proj_weight, mode="sum", sparse=True):
+    def from_weights(cls, table_weight: torch.Tensor, proj_weight: torch.Tensor, mode: str = "sum",
+                     sparse: bool = True) -> "MLETEmbeddingBag":
         """Rebuild a table from saved ``table.weight`` (n x k) and ``proj.weight`` (d x k)."""
         n, k = table_weight.shape
         d, k2 = proj_weight.shape
@@ -76,10 +80,11 @@ class MLETEmbeddingBag(TwoLayer):
         return bag
 
     @property
-    def mode(self):
+    def mode(self) -> str:
         return self.table.mode
 
-    def forward(self, input, offsets=None, per_sample_weights=None):
+    def forward(self, input: torch.Tensor, offsets: Optional[torch.Tensor] = None,
+                per_sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         # Pool first on the k-wide rows, then project the (batch, k) result:
         # the n x d product is never formed during training.
         weight = self.table.weight
@@ -101,7 +106,7 @@ class MLETEmbeddingBag(TwoLayer):
             _weight=self.folded_weight(name),
         )
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         dtype = "" if self.table.weight.dtype == self.proj.weight.dtype else f", table_dtype={self.table.weight.dtype}"
         update = "" if self.update.backend is None else f", update={self.update}"
         return (

@@ -17,8 +17,9 @@ import dataclasses
 import json
 import re
 from collections import namedtuple
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
+from typing import Dict, List, Optional, Protocol, Tuple, Union
 
 from ..errors import MLETError, integer
 from . import rules
@@ -42,7 +43,15 @@ Cost = namedtuple("Cost", "weights state")
 Cost.__doc__ = """Training bytes of one table: ``weights`` (table and projection) and optimizer ``state``."""
 
 
-def parse_size(text, flag=BUDGET_FLAG):
+class TableConfig(Protocol):
+    """What ``plan_tables`` reads of a table's config: TorchRec's ``EmbeddingBagConfig`` has it."""
+
+    name: str
+    num_embeddings: int
+    embedding_dim: int
+
+
+def parse_size(text: str, flag: str = BUDGET_FLAG) -> int:
     """``24GiB``, ``500MB``, ``1.5GiB``, ``1000000`` (bytes) as an int of bytes.
 
     KB..TB are powers of 1000, KiB..TiB powers of 1024, as their names say;
@@ -51,12 +60,12 @@ def parse_size(text, flag=BUDGET_FLAG):
     """
     match = _SIZE.fullmatch(str(text))
     unit = match and _UNITS.get(match.group(2).lower())
-    if not unit:
+    if match is None or not unit:
         raise MLETError(f"{flag}: expected a size such as 24GiB or 500MB, got {text!r}")
     return int(Fraction(match.group(1)) * unit)
 
 
-def format_bytes(nbytes):
+def format_bytes(nbytes: int) -> str:
     """``1.5 GiB``, ``121.07 MiB``, ``512 B``: two decimals at most, trailing zeros dropped."""
     for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(nbytes) >= scale:
@@ -64,12 +73,12 @@ def format_bytes(nbytes):
     return f"{nbytes} B"
 
 
-def optimizer_name(name):
+def optimizer_name(name: str) -> str:
     """DLRM's ``--optimizer`` name for ``name`` (``rowwise_adagrad`` is ``rwsadagrad``)."""
     return rules.named(name).name
 
 
-def rule_name(name, flag="--rule"):
+def rule_name(name: str, flag: str = "--rule") -> str:
     key = str(name).strip().lower()
     if key not in RULES:
         raise MLETError(f"{flag}: expected one of {', '.join(RULES)}, got {name!r}")
@@ -80,7 +89,7 @@ def _dtype_bytes(table_dtype):
     return TABLE_DTYPE_BYTES[parse_table_dtype_option(table_dtype)]
 
 
-def training_cost(n, d, k, table_dtype="fp32", optimizer="sgd"):
+def training_cost(n: int, d: int, k: int, table_dtype: str = "fp32", optimizer: str = "sgd") -> Cost:
     """What training one table holds in memory, as a ``Cost``; ``k = 0`` is a plain table.
 
     An MLET table is its ``n x k`` table (``table_dtype``) and a float32
@@ -99,7 +108,7 @@ def training_cost(n, d, k, table_dtype="fp32", optimizer="sgd"):
     return Cost(n * k * size + proj, rule.state_bytes(n, k) + dense)
 
 
-def training_bytes(n, d, k, table_dtype="fp32", optimizer="sgd"):
+def training_bytes(n: int, d: int, k: int, table_dtype: str = "fp32", optimizer: str = "sgd") -> int:
     """``training_cost`` as one number of bytes."""
     return sum(training_cost(n, d, k, table_dtype, optimizer))
 
@@ -120,21 +129,21 @@ class Plan:
     scored_by: str  # what the rare rule ordered tables by ("rows" when no score was given)
 
     @property
-    def table_bytes(self):
+    def table_bytes(self) -> Tuple[int, ...]:
         return tuple(sum(c) for c in self.costs)
 
     @property
-    def total(self):
+    def total(self) -> int:
         return sum(self.table_bytes)
 
     @property
-    def hidden_dim_arg(self):
+    def hidden_dim_arg(self) -> str:
         """The plan as ``--mlet-hidden-dim`` takes it: one K when all tables share it, else one per table."""
         ks = set(self.hidden_dims)
         return str(self.hidden_dims[0]) if len(ks) == 1 else "-".join(map(str, self.hidden_dims))
 
 
-def candidates(d, k_max, multiple=MULTIPLE):
+def candidates(d: int, k_max: int, multiple: int = MULTIPLE) -> List[int]:
     """The k a table of width ``d`` may get, ascending: multiples of ``multiple`` in [d, k_max], and k_max."""
     first = -(-d // multiple) * multiple
     ks = list(range(first, k_max + 1, multiple))
@@ -164,8 +173,10 @@ def _check(rows, d, k_max, rare, multiple, min_rows):
     return rows, dims, k_max
 
 
-def plan_hidden_dims(rows, d, k_max, budget, *, table_dtype="fp32", optimizer="sgd", rule=DEFAULT_RULE,
-                     min_rows=0, rare=None, multiple=MULTIPLE, what=BUDGET_FLAG):
+def plan_hidden_dims(rows: Sequence[int], d: Union[int, Sequence[int]], k_max: int, budget: Union[int, str], *,
+                     table_dtype: str = "fp32", optimizer: str = "sgd", rule: str = DEFAULT_RULE, min_rows: int = 0,
+                     rare: Optional[Sequence[float]] = None, multiple: int = MULTIPLE,
+                     what: str = BUDGET_FLAG) -> Plan:
     """The k per table (at most ``k_max``, at least d, else plain) whose training bytes fit ``budget``.
 
     ``rows``: table sizes; ``d``: one width or one per table; ``budget``:
@@ -251,8 +262,10 @@ def _refuse(what, budget, plain, optimizer, rule, eligible, cost, dims, k_max, m
                     f"plain, and the cheapest MLET table (table {i}, k={k}) needs {format_bytes(more)} more")
 
 
-def plan_tables(configs, budget, hidden_dim, *, table_dtype="fp32", optimizer="sgd", rule=DEFAULT_RULE,
-                min_rows=0, rare=None, multiple=MULTIPLE, what="memory budget"):
+def plan_tables(configs: Iterable[TableConfig], budget: Union[int, str], hidden_dim: int, *, table_dtype: str = "fp32",
+                optimizer: str = "sgd", rule: str = DEFAULT_RULE, min_rows: int = 0,
+                rare: Union[Sequence[float], Mapping[str, float], None] = None, multiple: int = MULTIPLE,
+                what: str = "memory budget") -> Tuple[Plan, Dict[str, int]]:
     """``plan_hidden_dims`` for TorchRec ``EmbeddingBagConfig``s: ``(plan, {table name: k})``.
 
     The mapping is what ``MLETEmbeddingBagCollection`` takes as ``hidden_dim``
@@ -274,7 +287,7 @@ def plan_tables(configs, budget, hidden_dim, *, table_dtype="fp32", optimizer="s
     return plan, dict(zip(names, plan.hidden_dims))
 
 
-def format_plan(plan, names=None):
+def format_plan(plan: Plan, names: Optional[Sequence[str]] = None) -> str:
     """The plan as text: a line per table, the total against the budget, and the flag to paste.
 
     With ``names`` (TorchRec tables) also the ``{name: k}`` mapping, as JSON.

@@ -25,7 +25,7 @@ What is left alone, and why (``to_mlet`` says so in one warning):
 import math
 import re
 import warnings
-from typing import Callable, List, Mapping, Optional, Sequence, Union
+from typing import Callable, List, Sequence, Union
 
 import numpy as np
 import torch
@@ -35,11 +35,9 @@ from ..errors import MLETError
 from . import half, step
 from .bag import MLETEmbeddingBag
 from .embedding import MLETEmbedding
-from .options import hidden_dims, parse_proj_init
+from .options import HiddenDim, hidden_dims, parse_proj_init
 from .pair import TwoLayer
 
-# to_mlet's forms: one k, a k per module name, a list in named_modules() order, or (name, module) -> k
-HiddenDim = Union[int, Mapping[str, Optional[int]], Sequence[Optional[int]], Callable[[str, nn.Module], Optional[int]]]
 # which modules: a regular expression on the full name, a list of names, or (name, module) -> bool
 Target = Union[str, Sequence[str], Callable[[str, nn.Module], bool], None]
 
@@ -161,8 +159,8 @@ def _fresh(module):
             and spread < 1 + 5 * math.sqrt(2 / max(rows - 1, 1)))
 
 
-def to_mlet(model: nn.Module, hidden_dim: HiddenDim, *, target: Target = None, min_rows: int = 0,
-            proj_init: str = "normal", table_dtype: Union[str, torch.dtype, None] = None,
+def to_mlet(model: nn.Module, hidden_dim: HiddenDim[nn.Module], *, target: Target = None, min_rows: int = 0,
+            proj_init: str = "normal", table_dtype: half.TableDtype = None,
             init: str = "mlet") -> nn.Module:
     """Replace, in place, each ``nn.Embedding`` / ``nn.EmbeddingBag`` of ``model`` by its MLET form.
 

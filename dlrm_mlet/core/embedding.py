@@ -7,7 +7,7 @@ the same two layers as ``MLETEmbeddingBag``: an ``n x k`` table, then a
 ``n x d`` table because a lookup is linear in the table.
 """
 
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import nn
@@ -27,8 +27,10 @@ class MLETEmbedding(TwoLayer):
     folded equivalent. ``table_dtype`` as in ``MLETEmbeddingBag``.
     """
 
+    table: nn.Embedding
+
     def __init__(self, num_embeddings: int, embedding_dim: int, hidden_dim: int, padding_idx: Optional[int] = None,
-                 sparse: bool = False, proj_init: str = "normal", table_dtype: Union[str, torch.dtype, None] = None,
+                 sparse: bool = False, proj_init: str = "normal", table_dtype: half.TableDtype = None,
                  _init: bool = True) -> None:
         super().__init__()
         n, d, k = check_sizes("MLETEmbedding", num_embeddings=num_embeddings, embedding_dim=embedding_dim,
@@ -37,7 +39,7 @@ class MLETEmbedding(TwoLayer):
                              _weight=torch.empty(n, k, dtype=half.table_dtype(table_dtype)))
         self._attach(table, d, proj_init, _init)
 
-    def forward(self, input):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight = self.table.weight
         if half.is_half(weight):  # float32 rows, stochastically rounded updates (half.py)
             return self.proj(half.lookup(weight, input, self.padding_idx).to(self.proj.weight.dtype))
@@ -51,6 +53,6 @@ class MLETEmbedding(TwoLayer):
         return nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx,
                             sparse=self.sparse, _weight=self.folded_weight(name))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
         return f"{self.num_embeddings}, {self.embedding_dim}, hidden_dim={self.hidden_dim}{pad}"

@@ -8,7 +8,7 @@ because pooling and projection are both linear:
 """
 
 from collections import OrderedDict
-from typing import Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -25,13 +25,14 @@ PROJ_KEY = "proj.weight"
 PARAMETER_SLOTS = ("weight_q", "weight_r")
 
 
-def folded_key(prefix):
+def folded_key(prefix: str) -> str:
     """The stock key an MLET pair at ``prefix`` (``'emb_l.3.'``) folds to: ``'emb_l.3.weight'``, or the slot."""
     module = prefix.rstrip(".")
     return module if module.rpartition(".")[2] in PARAMETER_SLOTS else prefix + "weight"
 
 
-def fold_weight(table_weight, proj_weight, name, block_bytes=FOLD_BLOCK_BYTES):
+def fold_weight(table_weight: torch.Tensor, proj_weight: torch.Tensor, name: str,
+                block_bytes: int = FOLD_BLOCK_BYTES) -> torch.Tensor:
     """Return ``table_weight @ proj_weight.T`` (n x d), checked finite.
 
     Computed block by block straight into the result, so the scratch memory is
@@ -71,7 +72,7 @@ def fold_weight(table_weight, proj_weight, name, block_bytes=FOLD_BLOCK_BYTES):
     return out
 
 
-def non_finite_row(tensor):
+def non_finite_row(tensor: torch.Tensor) -> Optional[int]:
     """The first row (index along dim 0) holding a NaN or inf, or None.
 
     One cheap reduction in the usual, finite case; only a non-finite sum (a bad
@@ -84,7 +85,7 @@ def non_finite_row(tensor):
     return None if bool(finite.all()) else int((~finite).nonzero()[0])
 
 
-def first_non_finite(state_dict):
+def first_non_finite(state_dict: Mapping[str, Any]) -> Optional[Tuple[str, int]]:
     """``(key, row)`` of the first parameter in a state dict that holds NaN or inf, or None.
 
     Checks the raw values (tables, projections, MLPs alike): a model with any
@@ -97,7 +98,7 @@ def first_non_finite(state_dict):
     return None
 
 
-def key_prefix(key, suffix):
+def key_prefix(key: str, suffix: str) -> Optional[str]:
     """``'emb_l.3.table.weight' -> 'emb_l.3.'``; None when ``key`` lacks ``suffix``."""
     if key == suffix:
         return ""
@@ -106,7 +107,7 @@ def key_prefix(key, suffix):
     return None
 
 
-def mlet_prefixes(state_dict):
+def mlet_prefixes(state_dict: Mapping[str, Any]) -> List[str]:
     """Prefixes (``'emb_l.3.'``) of the MLET tables in a state dict, in key order.
 
     A table counts only when both its ``table.weight`` and ``proj.weight`` are
@@ -120,7 +121,7 @@ def mlet_prefixes(state_dict):
     ]
 
 
-def mlet_table_bytes(state_dict):
+def mlet_table_bytes(state_dict: Mapping[str, torch.Tensor]) -> Tuple[int, int]:
     """Bytes of the MLET tables now (table + projection) and once folded (n x d)."""
     now = folded = 0
     for p in mlet_prefixes(state_dict):

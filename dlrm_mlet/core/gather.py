@@ -8,6 +8,7 @@ one block, whatever the table size.
 """
 
 import math
+from typing import Optional, Sequence, cast
 
 import torch
 import torch.distributed as dist
@@ -15,7 +16,7 @@ import torch.distributed as dist
 from .folding import FOLD_BLOCK_BYTES
 
 
-def comm_device():
+def comm_device() -> torch.device:
     """Where the blocks travel: NCCL moves CUDA tensors only; gloo (and
     ``cpu:gloo,cuda:nccl``) takes CPU ones."""
     if dist.get_backend() == "nccl":
@@ -23,13 +24,15 @@ def comm_device():
     return torch.device("cpu")
 
 
-def rows_per_block(shape, dtype, block_bytes=FOLD_BLOCK_BYTES):
+def rows_per_block(shape: Sequence[int], dtype: torch.dtype, block_bytes: int = FOLD_BLOCK_BYTES) -> int:
     """Rows of a ``shape`` tensor (rows first) that fit in ``block_bytes``; at least one."""
     row_bytes = math.prod(shape[1:]) * dtype.itemsize
     return max(1, block_bytes // max(row_bytes, 1))
 
 
-def stream_to_rank0(tensor, owner, out, *, add=False, device=None, block_bytes=FOLD_BLOCK_BYTES):
+def stream_to_rank0(tensor: Optional[torch.Tensor], owner: int, out: Optional[torch.Tensor], *, add: bool = False,
+                    device: Optional[torch.device] = None,
+                    block_bytes: int = FOLD_BLOCK_BYTES) -> Optional[torch.Tensor]:
     """Move ``tensor`` from rank ``owner`` into ``out`` on rank 0, block by block.
 
     Called by ``owner`` (with ``tensor``) and by rank 0 (with ``out``: where the
@@ -43,6 +46,8 @@ def stream_to_rank0(tensor, owner, out, *, add=False, device=None, block_bytes=F
     rank = dist.get_rank()
     if rank not in (0, owner):
         return None
+    # Each branch below reads only what its rank was given: ``tensor`` on the owner, ``out`` on rank 0.
+    tensor, out = cast(torch.Tensor, tensor), cast(torch.Tensor, out)
     if owner == 0:
         block = tensor.detach().to("cpu")
         return out.add_(block) if add else out.copy_(block)

@@ -28,6 +28,7 @@ already has changes nothing. ``float32_state`` reads them back.
 """
 
 import zlib
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 
@@ -35,12 +36,15 @@ from ..errors import MLETError
 from . import rules, step
 from .options import TABLE_DTYPE_REGISTRY
 from .rounding import stochastic_round
+from .step import ParamGroup, ParamState, Payloads
 
 TABLE_DTYPES = {name: getattr(torch, entry[1]) for name, entry in TABLE_DTYPE_REGISTRY.items()}
 HALF = tuple(dtype for dtype in TABLE_DTYPES.values() if dtype.itemsize < 4)
+TableDtype = Union[str, torch.dtype, None]  # a table's storage: a name ("fp16"), a torch dtype, None: float32
+_Recorded = List[Tuple[torch.Tensor, torch.Tensor]]  # a half table's recorded (indices, gradient rows)
 
 
-def table_dtype(value):
+def table_dtype(value: TableDtype) -> torch.dtype:
     """A table dtype given as a name (``"fp16"``), a floating torch dtype or None (float32)."""
     if value is None:
         return torch.float32
@@ -54,12 +58,12 @@ def table_dtype(value):
     return TABLE_DTYPES[name]
 
 
-def dtype_name(dtype):
+def dtype_name(dtype: torch.dtype) -> str:
     """``torch.float16 -> "fp16"`` (the names the options take)."""
     return next(name for name, value in TABLE_DTYPES.items() if value == dtype)
 
 
-def is_half(tensor):
+def is_half(tensor: torch.Tensor) -> bool:
     return tensor.dtype in HALF
 
 
@@ -72,13 +76,14 @@ class HalfRows(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight, indices, padding_idx=None):
+    def forward(ctx: Any, weight: torch.Tensor, indices: torch.Tensor,
+                padding_idx: Optional[int] = None) -> torch.Tensor:
         ctx.weight, ctx.padding_idx = weight, padding_idx
         ctx.save_for_backward(indices)
         return weight.index_select(0, indices).float()
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[None, None, None]:
         if ctx.needs_input_grad[0]:
             (indices,) = ctx.saved_tensors
             if ctx.padding_idx is not None:
@@ -88,14 +93,15 @@ class HalfRows(torch.autograd.Function):
         return None, None, None
 
 
-def lookup(weight, input, padding_idx=None):
+def lookup(weight: torch.Tensor, input: torch.Tensor, padding_idx: Optional[int] = None) -> torch.Tensor:
     """``nn.Embedding``'s lookup of a half table: ``(*input.shape, k)`` float32 rows."""
     rows = HalfRows.apply(weight, input.reshape(-1), padding_idx)
     return rows.view(*input.shape, weight.shape[1])
 
 
-def pool(weight, input, offsets=None, per_sample_weights=None, mode="sum", padding_idx=None,
-         include_last_offset=False):
+def pool(weight: torch.Tensor, input: torch.Tensor, offsets: Optional[torch.Tensor] = None,
+         per_sample_weights: Optional[torch.Tensor] = None, mode: str = "sum", padding_idx: Optional[int] = None,
+         include_last_offset: bool = False) -> torch.Tensor:
     """``nn.EmbeddingBag``'s pooling of a half table, in float32.
 
     The bag's rows are gathered as float32 first and pooled by
@@ -125,7 +131,7 @@ def pool(weight, input, offsets=None, per_sample_weights=None, mode="sum", paddi
 
 # --- the update: the optimizer's rule in float32, rounded stochastically ----------
 
-def add(param, indices, rows):
+def add(param: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor) -> None:
     """Record gradient rows of a half table for the next step of the optimizer that holds it.
 
     All rows recorded for a table by then (gradient accumulation, a table
@@ -135,7 +141,7 @@ def add(param, indices, rows):
     step.defer(param, apply_rows, (indices, rows.float()), indices.numel())
 
 
-def apply_rows(optimizer, group, payloads):
+def apply_rows(optimizer: torch.optim.Optimizer, group: ParamGroup, payloads: Payloads) -> None:
     """Apply the rows recorded for the half tables of ``group`` with ``optimizer``'s rule.
 
     Each table's rule runs on its own rows and state; the rounding, most of
@@ -143,10 +149,10 @@ def apply_rows(optimizer, group, payloads):
     width (DLRM's 26 tables: one set of kernels rather than 26), with the
     generator of the first of them.
     """
-    recorded = {}
+    recorded: Dict[int, Tuple[torch.Tensor, _Recorded]] = {}
     for table, entry in payloads:
         recorded.setdefault(id(table), (table, []))[1].append(entry)
-    buckets = {}
+    buckets: Dict[Tuple[torch.dtype, torch.device, int], List[Tuple[torch.Tensor, _Recorded]]] = {}
     for table, entries in recorded.values():
         buckets.setdefault((table.dtype, table.device, table.shape[1]), []).append((table, entries))
     for (dtype, _, _), tables in buckets.items():
@@ -171,12 +177,12 @@ def apply_rows(optimizer, group, payloads):
         state["mlet_rng"] = generator.get_state().view(dtype)
 
 
-def check_optimizer(optimizer, group, param):
+def check_optimizer(optimizer: torch.optim.Optimizer, group: ParamGroup, param: torch.Tensor) -> None:
     """Raise now if ``optimizer`` has no stochastic-rounding rule here for half table ``param``."""
     rule_of(optimizer, group, param)
 
 
-def rule_of(optimizer, group, param):
+def rule_of(optimizer: torch.optim.Optimizer, group: ParamGroup, param: torch.Tensor) -> rules.Rule:
     """The rule (``rules.py``) ``optimizer`` applies to half table ``param``; one line refusing any other."""
     rule = rules.of(optimizer)
     what = f"{dtype_name(param.dtype)} MLET tables"
@@ -190,31 +196,35 @@ def rule_of(optimizer, group, param):
     return rule
 
 
-def accumulator(rule, state, param, rows, group, defaults):
+def accumulator(rule: rules.Rule, state: ParamState, param: torch.Tensor, rows: int, group: ParamGroup,
+                defaults: Dict[str, Any]) -> Optional[torch.Tensor]:
     """The rule's float32 accumulator of half table ``param`` (or of ``rows`` rows of a buffer), kept in
     ``state[rule.half_key]`` as bytes in ``param``'s dtype (module docstring); None when the rule keeps none."""
     if rule.half_key is None:
         return None
-    if not rule.row_wise:
-        state.pop(rule.state_key, None)  # the optimizer's own accumulator, in the table's dtype: never used here
+    # A rule with a half_key has a state_key and an accumulator shape (the casts).
+    if not rule.row_wise:  # the optimizer's own accumulator, in the table's dtype: never used here
+        state.pop(cast(str, rule.state_key), None)
     stored = state.get(rule.half_key)
     if stored is not None:
         return stored.view(torch.float32)
     initial = float(group.get("initial_accumulator_value", defaults.get("initial_accumulator_value", 0.0)))
-    total = torch.full(rule.accumulator_shape(rows, param.shape[1]), initial, dtype=torch.float32,
-                       device=param.device)
+    total = torch.full(cast(Tuple[int, ...], rule.accumulator_shape(rows, param.shape[1])), initial,
+                       dtype=torch.float32, device=param.device)
     state[rule.half_key] = total.view(param.dtype)
     return total
 
 
-def step_values(rule, weight, rows, grad, states, group, defaults, total=None):
+def step_values(rule: rules.Rule, weight: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
+                states: Sequence[ParamState], group: ParamGroup, defaults: Dict[str, Any],
+                total: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``rule``'s new float32 values for the unique ``rows`` of ``weight`` (a table, or a buffer of several):
     the step counted in each of ``states``, ``total`` (the float32 accumulator) updated in place."""
     steps = [rule.count(state) for state in states][-1]
     return rule.new_rows(weight, rows, grad, rule.lr(group, defaults, steps), rule.eps(group, defaults), total)
 
 
-def float32_state(state):
+def float32_state(state: ParamState) -> ParamState:
     """A half table's optimizer state as the optimizer itself would hold it for a float32 table.
 
     ``mlet_sum`` becomes Adagrad's ``sum``, ``mlet_momentum`` RWSAdagrad's
@@ -231,7 +241,7 @@ def float32_state(state):
     return out
 
 
-def generator_of(param, state):
+def generator_of(param: torch.Tensor, state: ParamState) -> torch.Generator:
     """The table's rounding generator: restored from its state, else seeded from the table itself.
 
     Seeded from the table's first rows (no draw from a global RNG, so a run's

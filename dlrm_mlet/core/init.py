@@ -17,7 +17,7 @@ from .options import parse_proj_init
 _INIT_CHUNK_ELEMS = 2**21
 
 
-def uniform_table_(weight):
+def uniform_table_(weight: torch.Tensor) -> torch.Tensor:
     """Fill ``weight`` (n x w) with DLRM's ``U(-sqrt(1/n), sqrt(1/n))``.
 
     Drawn from numpy's global RNG, row block by row block: numpy's legacy
@@ -37,7 +37,7 @@ def uniform_table_(weight):
     return weight
 
 
-def init_projection_(weight, spec):
+def init_projection_(weight: torch.Tensor, spec: str) -> torch.Tensor:
     """Initialise the ``d x k`` projection from numpy's global RNG.
 
     ``normal`` is N(0, 0.25^2), the MLET authors' default; numpy rather than

@@ -8,8 +8,10 @@ message. Values are registered as strings and parsed after argparse, so a bad
 value gets an ``MLETError`` naming the flag rather than a page of usage text.
 """
 
+import argparse
 from collections import namedtuple
 from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional, Tuple, TypeVar, Union
 
 import math
 
@@ -20,6 +22,11 @@ from ..errors import MLETError, integer
 TABLE_DTYPE_REGISTRY = {"fp32": (4, "float32", "FP32"), "fp16": (2, "float16", "FP16"), "bf16": (2, "bfloat16", "BF16")}
 TABLE_DTYPE_BYTES = {name: entry[0] for name, entry in TABLE_DTYPE_REGISTRY.items()}
 PROJ_INITS = "normal, normal-<std>, xavier, orthogonal"
+
+Table = TypeVar("Table")
+# A k per table as Python gives it (``hidden_dims``): one k, a k per name, a list in table order, or
+# ``(name, table) -> k``; Table is what the tables are (to_mlet's modules, TorchRec's configs).
+HiddenDim = Union[int, Mapping[str, Optional[int]], Sequence[Optional[int]], Callable[[str, Table], Optional[int]]]
 
 TableOptions = namedtuple("TableOptions", "dims min_rows proj_init table_dtype")
 TableOptions.__doc__ = """Parsed table options: ``dims`` from ``parse_hidden_dims``; MLET is on when ``max(dims) > 0``."""
@@ -37,7 +44,7 @@ _FLAGS = (  # flag, default, metavar, help
 )
 
 
-def add_table_arguments(parser, underscores=False, **kwargs):
+def add_table_arguments(parser: argparse._ActionsContainer, underscores: bool = False, **kwargs: Any) -> None:
     """Register the table options on ``parser`` (or an argument group).
 
     ``underscores`` also accepts ``--mlet_hidden_dim`` etc., the spelling of
@@ -50,7 +57,8 @@ def add_table_arguments(parser, underscores=False, **kwargs):
                             metavar=metavar, help=text, **kwargs)
 
 
-def hidden_dims(hidden_dim, names, what="hidden_dim", kind="table"):
+def hidden_dims(hidden_dim: HiddenDim[Table], names: Sequence[str], what: str = "hidden_dim",
+                kind: str = "table") -> Callable[[str, Table], Tuple[int, bool]]:
     """A Python ``hidden_dim`` as ``(name, obj) -> (k, given by name)``; 0 keeps a table plain.
 
     One k for every table (an integer >= 1), a mapping by name (tables it does
@@ -79,7 +87,7 @@ def hidden_dims(hidden_dim, names, what="hidden_dim", kind="table"):
     return lambda name, obj: (k, False)
 
 
-def parse_hidden_dims(raw):
+def parse_hidden_dims(raw: Union[str, int]) -> Tuple[int, ...]:
     """``K`` or ``K1-K2-...`` (one per table, like ``--arch-embedding-size``) as a tuple of ints."""
     text = str(raw).strip()
     try:
@@ -93,7 +101,7 @@ def parse_hidden_dims(raw):
     return values
 
 
-def parse_proj_init(spec):
+def parse_proj_init(spec: str) -> str:
     """Check a projection-init name early, so a typo fails before any work."""
     if spec in ("normal", "xavier", "orthogonal"):
         return spec
@@ -107,7 +115,7 @@ def parse_proj_init(spec):
     raise MLETError(f"unknown projection init {spec!r}; expected one of {PROJ_INITS}")
 
 
-def parse_proj_init_option(text):
+def parse_proj_init_option(text: str) -> str:
     """``--mlet-proj-init``: core's init names, with the flag named in the error."""
     try:
         return parse_proj_init(str(text).strip())
@@ -115,7 +123,7 @@ def parse_proj_init_option(text):
         raise MLETError(f"--mlet-proj-init: {error}") from None
 
 
-def parse_table_dtype_option(text):
+def parse_table_dtype_option(text: str) -> str:
     """``--mlet-table-dtype``: one of ``TABLE_DTYPE_BYTES``' names."""
     name = str(text).strip().lower()
     if name not in TABLE_DTYPE_BYTES:
@@ -123,7 +131,7 @@ def parse_table_dtype_option(text):
     return name
 
 
-def parse_table_options(args):
+def parse_table_options(args: argparse.Namespace) -> TableOptions:
     """The table options from an argparse namespace, checked together.
 
     ``--mlet-min-rows``, ``--mlet-proj-init`` and ``--mlet-table-dtype`` do
@@ -142,13 +150,13 @@ def parse_table_options(args):
     return TableOptions(dims, min_rows, proj_init, table_dtype)
 
 
-def check_table_count(dims, tables, what="--mlet-hidden-dim"):
+def check_table_count(dims: Sequence[Optional[int]], tables: int, what: str = "--mlet-hidden-dim") -> None:
     """A per-table list must give one K per table; one K applies to all."""
     if len(dims) > 1 and len(dims) != tables:
         raise MLETError(f"{what} lists {len(dims)} values for {tables} tables")
 
 
-def hidden_dim_for(index, rows, dims, min_rows):
+def hidden_dim_for(index: int, rows: int, dims: Sequence[int], min_rows: int) -> int:
     """Table ``index``'s K: its own (or the one K for all), 0 (plain) below ``min_rows`` rows."""
     k = dims[index] if len(dims) > 1 else dims[0]
     return k if k > 0 and rows >= min_rows else 0

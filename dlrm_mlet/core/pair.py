@@ -6,7 +6,7 @@ the padding row and the folded weight are the same rule for both, kept here.
 """
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 import torch
 from torch import nn
@@ -17,12 +17,12 @@ from .folding import fold_weight
 from .init import init_projection_, uniform_table_
 
 
-def check_sizes(kind, **sizes):
+def check_sizes(kind: str, **sizes: int) -> List[int]:
     """The sizes as ints; a non-positive or non-integer one is refused, named."""
     return [integer(value, f"{kind}: {name}", 1) for name, value in sizes.items()]
 
 
-def is_mlet(module):
+def is_mlet(module: object) -> bool:
     """Whether ``module`` is an MLET form (the one rule; ``folding.mlet_prefixes`` is its state-dict twin)."""
     return isinstance(module, TwoLayer)
 
@@ -37,7 +37,7 @@ class Update:
     backend: Optional[str] = None
     rule: str = "sgd"
 
-    def __str__(self):
+    def __str__(self) -> str:
         return "sparse gradients" if self.backend is None else f"{self.rule} at the step ({self.backend})"
 
 
@@ -70,26 +70,26 @@ class TwoLayer(nn.Module):
             step.require(table.weight, half.check_optimizer)
 
     @property
-    def num_embeddings(self):
+    def num_embeddings(self) -> int:
         return self.table.num_embeddings
 
     @property
-    def embedding_dim(self):
+    def embedding_dim(self) -> int:
         return self.proj.out_features
 
     @property
-    def hidden_dim(self):
+    def hidden_dim(self) -> int:
         return self.table.embedding_dim
 
     @property
-    def padding_idx(self):
+    def padding_idx(self) -> Optional[int]:
         return self.table.padding_idx
 
     @property
-    def sparse(self):
+    def sparse(self) -> bool:
         return self.table.sparse
 
-    def folded_weight(self, name=None):
+    def folded_weight(self, name: Optional[str] = None) -> torch.Tensor:
         """``table @ proj.T`` (n x d), in row blocks with bounded extra memory, checked finite first:
         a diverged run fails here, naming the table, instead of giving a model that predicts NaN."""
         return fold_weight(self.table.weight, self.proj.weight, name or repr(self))

@@ -8,6 +8,7 @@ CPU fp16's runs as one compiled loop (``torch.compile``), the same bits as eager
 """
 
 import warnings
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -15,7 +16,7 @@ _FP16_SMALLEST_NORMAL = 2.0 ** -14
 _SIGN_BIT = -(2 ** 31)  # float32's sign bit, as an int32
 
 
-def stochastic_round(x, dtype, generator=None):
+def stochastic_round(x: torch.Tensor, dtype: torch.dtype, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """``x`` (float32) rounded to ``dtype`` up or down at random, so that ``E[result] == x``.
 
     Between the two ``dtype`` neighbours ``lo <= |x| <= hi`` it picks ``hi``
@@ -81,7 +82,8 @@ class _Fused:
 
 
 # bf16's rounding is three passes and gained nothing compiled (benchmarks/every_path.py): it stays eager
-_FUSED = {torch.bfloat16: _round_bf16, torch.float16: _Fused(_round_fp16)}
+_FUSED: Dict[torch.dtype, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    torch.bfloat16: _round_bf16, torch.float16: _Fused(_round_fp16)}
 
 
 _WEYL = 40503  # 2^16 / golden ratio, odd: j * _WEYL mod 2^16 spreads the columns evenly

@@ -15,7 +15,16 @@ The arithmetic is the optimizer's own on a sparse gradient (``torch.optim.SGD``,
 are used, so this module, like the budget that reads it, imports no torch.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, cast
+
 from ..errors import MLETError
+
+if TYPE_CHECKING:  # annotations only: importing this module imports no torch
+    import torch
+
+    from .step import ParamGroup, ParamState
 
 FLOAT32 = 4  # bytes: every accumulator is float32
 
@@ -24,18 +33,19 @@ class Rule:
     """One optimizer's rule. ``state_key``: where the optimizer keeps its accumulator (None: none);
     ``half_key``: where a half table's float32 accumulator is kept instead; ``row_wise``: one value a row."""
 
-    def __init__(self, name, optimizer, module="", state_key=None, half_key=None, row_wise=False):
+    def __init__(self, name: str, optimizer: str, module: str = "", state_key: Optional[str] = None,
+                 half_key: Optional[str] = None, row_wise: bool = False) -> None:
         self.name, self.optimizer, self.module = name, optimizer, module  # the class's name and module prefix
         self.state_key, self.half_key, self.row_wise = state_key, half_key, row_wise
 
-    def is_for(self, optimizer):
+    def is_for(self, optimizer: torch.optim.Optimizer) -> bool:
         kind = type(optimizer)
         return kind.__name__ == self.optimizer and kind.__module__.startswith(self.module)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Rule({self.name!r})"
 
-    def refuse(self, optimizer, group, what):
+    def refuse(self, optimizer: torch.optim.Optimizer, group: ParamGroup, what: str) -> None:
         """Raise ``MLETError`` unless ``optimizer`` is this rule's optimizer without options the rule
         cannot apply (momentum, weight decay, maximize, nesterov need per-element state or the gradient)."""
         name = type(optimizer).__name__
@@ -47,7 +57,7 @@ class Rule:
                 raise MLETError(f"{what}: {name} with {option} is not supported (it needs the gradient or "
                                 "per-element state this update does not keep)")
 
-    def count(self, state):
+    def count(self, state: ParamState) -> float:
         """Count this step in a parameter's state, as the optimizer does; the steps taken so far."""
         if self.state_key is None:
             return 0
@@ -60,48 +70,52 @@ class Rule:
             state["step"] = 1.0
         return float(state["step"])
 
-    def lr(self, group, defaults, steps):
+    def lr(self, group: ParamGroup, defaults: Dict[str, Any], steps: float) -> float:
         """The learning rate a step takes (Adagrad's ``lr_decay`` applied)."""
         if self.state_key is None:
             return group["lr"]
         decay = group.get("lr_decay", defaults.get("lr_decay", 0.0))
         return group["lr"] / (1.0 + (float(steps) - 1.0) * decay)
 
-    def eps(self, group, defaults):
+    def eps(self, group: ParamGroup, defaults: Dict[str, Any]) -> float:
         return group.get("eps", defaults.get("eps", 1e-10))
 
-    def accumulator_shape(self, rows, width):
+    def accumulator_shape(self, rows: int, width: int) -> Optional[Tuple[int, ...]]:
         """The shape of the accumulator of an ``rows x width`` table (None: the rule keeps none)."""
         if self.state_key is None:
             return None
         return (rows,) if self.row_wise else (rows, width)
 
-    def state_bytes(self, rows, width):
+    def state_bytes(self, rows: int, width: int) -> int:
         """Bytes of optimizer state for an ``rows x width`` parameter (float32 accumulators)."""
         shape = self.accumulator_shape(rows, width)
         return 0 if shape is None else FLOAT32 * rows * (1 if self.row_wise else width)
 
-    def squares(self, grad):
+    def squares(self, grad: torch.Tensor) -> torch.Tensor:
         """What one step adds to the accumulator of the rows ``grad`` updates."""
         return grad * grad if not self.row_wise else (grad * grad).mean(dim=1)
 
-    def new_rows(self, weight, rows, grad, lr, eps, accumulator=None):
+    def new_rows(self, weight: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, lr: float, eps: float,
+                 accumulator: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The rule's new float32 values of ``weight``'s unique ``rows`` (their summed gradient ``grad``),
         the accumulator updated in place: for tables whose values are rounded before they are stored."""
         old = weight.index_select(0, rows).float()
         if self.state_key is None:
             return old - lr * grad
-        accumulator.index_add_(0, rows, self.squares(grad))
-        std = accumulator.index_select(0, rows).sqrt_().add_(eps)
+        total = cast("torch.Tensor", accumulator)  # a rule with a state is always handed its accumulator
+        total.index_add_(0, rows, self.squares(grad))
+        std = total.index_select(0, rows).sqrt_().add_(eps)
         return old - lr * grad / (std if not self.row_wise else std.unsqueeze(1))
 
-    def apply(self, weight, accumulator, rows, grad, lr, eps):
+    def apply(self, weight: torch.Tensor, accumulator: Optional[torch.Tensor], rows: torch.Tensor,
+              grad: torch.Tensor, lr: float, eps: float) -> None:
         """The rule on ``weight``'s unique ``rows`` in place (float32 tables); ``grad`` is consumed."""
         if self.state_key is None:
             weight.index_add_(0, rows, grad, alpha=-lr)
             return
-        accumulator.index_add_(0, rows, self.squares(grad))  # rows are unique: one add each, in place
-        std = accumulator.index_select(0, rows).sqrt_().add_(eps)
+        total = cast("torch.Tensor", accumulator)  # a rule with a state is always handed its accumulator
+        total.index_add_(0, rows, self.squares(grad))  # rows are unique: one add each, in place
+        std = total.index_select(0, rows).sqrt_().add_(eps)
         weight.index_add_(0, rows, grad.div_(std if not self.row_wise else std.unsqueeze(1)), alpha=-lr)
 
 
@@ -113,7 +127,7 @@ ADAPTIVE = tuple(name for name, rule in RULES.items() if rule.state_key)  # the 
 ALIASES = {"rowwise_adagrad": "rwsadagrad"}  # TorchRec's name for the row-wise one
 
 
-def named(name, flag="--optimizer"):
+def named(name: str, flag: str = "--optimizer") -> Rule:
     """The rule of DLRM's ``--optimizer`` name (TorchRec's ``rowwise_adagrad`` too); one line otherwise."""
     key = ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
     if key not in RULES:
@@ -121,6 +135,6 @@ def named(name, flag="--optimizer"):
     return RULES[key]
 
 
-def of(optimizer):
+def of(optimizer: torch.optim.Optimizer) -> Optional[Rule]:
     """The rule an optimizer object applies (by its class), or None when MLET has none for it."""
     return next((rule for rule in RULES.values() if rule.is_for(optimizer)), None)

@@ -12,13 +12,14 @@ blocks, and its eigenvalues are the squared singular values of ``W``.
 """
 
 import math
+from typing import Optional, Sequence, Union
 
 import torch
 
 from ..core.folding import FOLD_BLOCK_BYTES
 
 
-def effective_rank(singular_values):
+def effective_rank(singular_values: Union[torch.Tensor, Sequence[float]]) -> float:
     """exp of the entropy of the normalised singular values (0 for a zero matrix)."""
     s = torch.as_tensor(singular_values, dtype=torch.float64).clamp_min(0)
     total = float(s.sum())
@@ -28,7 +29,8 @@ def effective_rank(singular_values):
     return math.exp(float(-(p * p.log()).sum()))
 
 
-def gram(table_weight, proj_weight=None, rows=None):
+def gram(table_weight: torch.Tensor, proj_weight: Optional[torch.Tensor] = None,
+         rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``W.T @ W`` (d x d, float64) of the table or of ``table @ proj.T``.
 
     ``rows`` restricts it to those row indices (a sample); blocks keep the
@@ -51,7 +53,8 @@ def gram(table_weight, proj_weight=None, rows=None):
     return out
 
 
-def singular_values(table_weight, proj_weight=None, rows=None):
+def singular_values(table_weight: torch.Tensor, proj_weight: Optional[torch.Tensor] = None,
+                    rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Singular values of the (folded-equivalent) table, largest first.
 
     With ``rows`` (a uniform sample of m of the n rows) they are scaled by

@@ -28,13 +28,22 @@ logging, a resumed row-wise Adagrad) by name, once each.
 """
 
 import weakref
-from typing import Dict
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
+from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import MLETError
+
+ParamGroup = Dict[str, Any]  # one of an optimizer's param_groups: its "params", "lr" and other options
+ParamState = Dict[str, Any]  # optimizer.state[param]: what the optimizer keeps for one parameter
+Payloads = List[Tuple[torch.Tensor, Any]]  # what an Apply gets: (param, payload) in the order deferred
+Apply = Callable[[torch.optim.Optimizer, ParamGroup, Payloads], None]  # deferred work, run at the step
+Check = Callable[[torch.optim.Optimizer, ParamGroup, torch.Tensor], None]  # raises for an optimizer it refuses
+StepHook = Callable[[torch.optim.Optimizer, Tuple[Any, ...], Dict[str, Any]], None]  # torch's step hooks
+
 
 class _ByParam:
     """A dict keyed by a tensor's identity whose entries die with the tensor.
@@ -43,26 +52,26 @@ class _ByParam:
     cannot be compared as keys.
     """
 
-    def __init__(self):
-        self._items = {}
+    def __init__(self) -> None:
+        self._items: Dict[int, Tuple[weakref.ref, Any]] = {}
 
-    def get(self, obj):
+    def get(self, obj: torch.Tensor) -> Any:
         found = self._items.get(id(obj))
         return found[1] if found is not None and found[0]() is obj else None
 
-    def put(self, obj, value):
+    def put(self, obj: torch.Tensor, value: Any) -> Any:
         key = id(obj)
-        self._items[key] = (weakref.ref(obj, lambda _, key=key: self._items.pop(key, None)), value)
+        self._items[key] = (weakref.ref(obj, lambda _: self._items.pop(key, None)), value)
         return value
 
-    def pop(self, obj):
+    def pop(self, obj: torch.Tensor) -> Any:
         found = self._items.pop(id(obj), None)
         return found[1] if found is not None and found[0]() is obj else None
 
-    def values(self):
+    def values(self) -> List[Any]:
         return [value for ref, value in list(self._items.values()) if ref() is not None]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._items)
 
 
@@ -71,11 +80,11 @@ _required = _ByParam()  # param -> check(optimizer, group, param)
 _held = _ByParam()  # parameters of attached optimizers: they need no global hook
 _replaced = _ByParam()  # parameters to_mlet took out of a model: param -> why
 _attached: Dict[int, RemovableHandle] = {}  # id(optimizer) -> hook handle
-_global = None
+_global: Optional[RemovableHandle] = None
 _named: Dict[str, RemovableHandle] = {}  # name -> handle of an on_step hook
 
 
-def defer(param, apply, payload=None, rows=0):
+def defer(param: torch.Tensor, apply: Apply, payload: Any = None, rows: int = 0) -> None:
     """Run ``apply(optimizer, group, payloads)`` at the next step of the optimizer holding ``param``.
 
     ``group`` is the param group holding it at that step. Entries of one
@@ -91,7 +100,7 @@ def defer(param, apply, payload=None, rows=0):
         _install_global()
 
 
-def require(param, check):
+def require(param: torch.Tensor, check: Optional[Check]) -> None:
     """Declare that ``param`` needs an optimizer ``check(optimizer, group, param)`` accepts (it raises if not).
 
     ``check=None`` withdraws the requirement.
@@ -102,13 +111,13 @@ def require(param, check):
         _required.put(param, check)
 
 
-def replaced(param, why):
+def replaced(param: torch.Tensor, why: str) -> None:
     """Mark ``param`` as no longer in its model (``to_mlet`` swapped its module): ``check`` refuses an
     optimizer that still holds it, since it would train a tensor the model no longer uses."""
     _replaced.put(param, why)
 
 
-def check(optimizer):
+def check(optimizer: torch.optim.Optimizer) -> None:
     """Raise ``MLETError`` now if ``optimizer`` cannot serve an MLET parameter it holds, or holds a replaced one."""
     for group in optimizer.param_groups:
         for param in group["params"]:
@@ -143,13 +152,13 @@ def detach(optimizer: torch.optim.Optimizer) -> None:
         handle.remove()
 
 
-def run(optimizer):
+def run(optimizer: torch.optim.Optimizer) -> None:
     """Apply the work waiting for the parameters ``optimizer`` holds (what the hooks call)."""
     if not _pending:
         return
     with torch.no_grad():
         for group in optimizer.param_groups:
-            batches = {}
+            batches: Dict[Apply, Payloads] = {}
             for param in group["params"]:
                 entries = _pending.pop(param)
                 if entries is None:
@@ -163,7 +172,7 @@ def run(optimizer):
                 apply(optimizer, group, payloads)
 
 
-def pending(params=None):
+def pending(params: Union[nn.Module, Iterable[Union[torch.Tensor, nn.Module]], None] = None) -> int:
     """How many rows wait for a step: of ``params`` (parameters or modules), or of every parameter."""
     if params is None:
         lists = _pending.values()
@@ -176,17 +185,17 @@ def pending(params=None):
     return sum(rows for items in lists for rows, _, _ in items)
 
 
-def waiting():
+def waiting() -> int:
     """How many parameters have work waiting (exact: work dies with its parameter)."""
     return len(_pending)
 
 
-def _install_global():
+def _install_global() -> None:
     global _global
     _global = register_optimizer_step_pre_hook(lambda optimizer, args, kwargs: run(optimizer))
 
 
-def remove_global_hook():
+def remove_global_hook() -> None:
     """Remove the process-wide hook (installed again by the next ``defer`` that needs it)."""
     global _global
     if _global is not None:
@@ -194,7 +203,7 @@ def remove_global_hook():
         _global = None
 
 
-def on_step(name, hook, after=False):
+def on_step(name: str, hook: StepHook, after: bool = False) -> RemovableHandle:
     """Register ``hook(optimizer, args, kwargs)`` before (or ``after``) every optimizer step, once per name.
 
     A second registration under the same name replaces the first. Returns the handle.
@@ -206,7 +215,7 @@ def on_step(name, hook, after=False):
     return _named[name]
 
 
-def remove(name):
+def remove(name: str) -> None:
     handle = _named.pop(name, None)
     if handle is not None:
         handle.remove()

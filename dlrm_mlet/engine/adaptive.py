@@ -26,43 +26,49 @@ Weight decay and ``maximize`` are refused, as torch refuses them with sparse
 gradients.
 """
 
+from typing import Sequence
+
+import torch
+
 from ..core import rules, step
-from .packing import aligned_state, stacked, summed_rows
+from ..core.step import Check
+from .packing import Packed, PerTable, aligned_state, stacked, summed_rows
 
 RULES = rules.ADAPTIVE  # the rules applied here: those with an accumulator
 
 
-def check(rule):
+def check(rule: str) -> Check:
     """The optimizer check ``step.require`` holds a table to: the optimizer the rule (its name) is."""
     def check_optimizer(optimizer, group, param=None):
         rules.named(rule).refuse(optimizer, group, "these MLET tables")
     return check_optimizer
 
 
-def add_group(tables, indices, rows, rule, packed=None):
+def add_group(tables: Sequence[torch.Tensor], indices: Sequence[torch.Tensor], rows: PerTable, rule: str,
+              packed: Packed = None) -> None:
     """Record one grouped backward's table rows for ``rule``'s update at the next step."""
-    rule = rules.named(rule)
+    applied = rules.named(rule)
 
     def apply(optimizer, group, payloads):
-        rule.refuse(optimizer, group, "these MLET tables")
+        applied.refuse(optimizer, group, "these MLET tables")
         held = [j for _, j in payloads]
-        lrs = _steps(optimizer, group, rule, [tables[j] for j in held])
-        eps = rule.eps(group, optimizer.defaults)
+        lrs = _steps(optimizer, group, applied, [tables[j] for j in held])
+        eps = applied.eps(group, optimizer.defaults)
         if packed is not None and len(held) == len(tables) and len(set(lrs)) == 1:
             buffer, flat = packed
-            total = aligned_state(optimizer, tables, buffer, rule.state_key, rule.row_wise)
+            total = aligned_state(optimizer, tables, buffer, applied.state_key, applied.row_wise)
             unique, grad = summed_rows(flat, rows)
-            rule.apply(buffer, total, unique, grad, lrs[0], eps)
+            applied.apply(buffer, total, unique, grad, lrs[0], eps)
         else:  # some tables held elsewhere, or stepped apart under lr_decay: each alone, at its own rate
             for j, lr in zip(held, lrs):
                 unique, grad = summed_rows(indices[j], rows[j])
-                rule.apply(tables[j].data, optimizer.state[tables[j]][rule.state_key], unique, grad, lr, eps)
+                applied.apply(tables[j].data, optimizer.state[tables[j]][applied.state_key], unique, grad, lr, eps)
 
     for j, table in enumerate(tables):
         step.defer(table, apply, j, indices[j].numel())
 
 
-def add_projections(projections, gradients, packed):
+def add_projections(projections: Sequence[torch.Tensor], gradients: PerTable, packed: torch.Tensor) -> None:
     """Record one grouped backward's projection gradients (``gradients[p]`` for ``projections[p]``) for
     Adagrad at the next step: one update over ``packed`` (their stacked view) when one group holds them all
     and they step together, else each at its own rate. Torch's dense rule, unchanged.

@@ -30,20 +30,24 @@ the table, and ``use`` declares there that it needs plain SGD, so
 ``step.attach(optimizer)`` refuses any other optimizer before training.
 """
 
+from typing import Iterable, Optional, Sequence, Union
+
 import torch
 from torch import nn
 
 from ..core import rules, step
 from ..core.bag import MLETEmbeddingBag
 from ..core.pair import Update
+from ..core.step import ParamGroup
 from ..errors import MLETError
 from . import adaptive
+from .packing import Packed, PerTable
 
 BACKENDS = ("torch", "fbgemm")
 
 
 
-def use(tables, backend="torch", rule="sgd"):
+def use(tables: Union[nn.Module, Iterable[nn.Module]], backend: Optional[str] = "torch", rule: str = "sgd") -> int:
     """Set how the MLET tables in ``tables`` (a module, or a list of modules) are updated.
 
     ``"torch"`` or ``"fbgemm"``: rows go to the next optimizer step; None: sparse
@@ -70,7 +74,9 @@ def use(tables, backend="torch", rule="sgd"):
     return count
 
 
-def add_group(tables, indices, rows, projections=(), gradients=(), packed=None, stacked=None):
+def add_group(tables: Sequence[torch.Tensor], indices: Sequence[torch.Tensor], rows: PerTable,
+              projections: Sequence[torch.Tensor] = (), gradients: PerTable = (), packed: Packed = None,
+              stacked: Optional[torch.Tensor] = None) -> None:
     """Record one grouped backward's SGD update for the next step of the optimizer holding it.
 
     ``tables[t]`` (float32) gets ``rows[t]`` at ``indices[t]`` (repeats add
@@ -122,12 +128,12 @@ def _sparse_add(weight, indices, rows, lr):
                                         check_invariants=False), alpha=-lr)
 
 
-def check_plain_sgd(optimizer, group, param=None):
+def check_plain_sgd(optimizer: torch.optim.Optimizer, group: ParamGroup, param: Optional[torch.Tensor] = None) -> None:
     """The fp32 fused paths apply plain SGD steps: refuse any optimizer they would misapply."""
     rules.SGD.refuse(optimizer, group, "these MLET tables (--mlet-fused-update applies plain SGD steps)")
 
 
-def pending_rows(tables):
+def pending_rows(tables: Union[nn.Module, Iterable[nn.Module]]) -> int:
     """How many gradient rows of ``tables`` (a module, or a list of modules) wait for a step."""
     return step.pending([tables] if isinstance(tables, nn.Module) else tables)
 

@@ -5,6 +5,8 @@ and a sparse-gradient tensor. Tables with the same shapes, mode and device are
 run together here (batched projections, sparse gradients built directly).
 """
 
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
+
 import torch
 from torch import nn
 
@@ -40,7 +42,8 @@ class _Grouped(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, mode, route: Route, indices, offsets, weights, *params):
+    def forward(ctx: Any, mode: str, route: Route, indices: List[torch.Tensor], offsets: List[torch.Tensor],
+                weights: List[Optional[torch.Tensor]], *params: torch.Tensor) -> torch.Tensor:
         count = len(indices)
         tables, projs = params[:count], params[count:]
         one_hot = _one_hot(indices, offsets)
@@ -59,8 +62,10 @@ class _Grouped(torch.autograd.Function):
                 if not (one_hot and weights[0] is None):  # each table's offsets, into flat
                     counts = torch.tensor([i.numel() for i in indices], device=flat.device)
                     joined = (torch.stack(offsets) + (torch.cumsum(counts, 0) - counts)[:, None]).flatten()
+                # (the cast: a group's weights are all None or all tensors, grouped_forward groups them so)
                 _pool_into(pooled.flatten(0, 1), buffer, flat, joined,
-                           None if weights[0] is None else torch.cat(weights), mode, one_hot, halved)
+                           None if weights[0] is None else torch.cat(cast(List[torch.Tensor], weights)),
+                           mode, one_hot, halved)
             proj = packing.stacked(projs)
             out = packing.project(pooled, proj)
         ctx.mode, ctx.indices, ctx.offsets, ctx.weights = mode, indices, offsets, weights
@@ -70,13 +75,13 @@ class _Grouped(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         pooled, proj = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         grad_proj = packing.projection_grad(grad_out, pooled)
         grad_pooled = torch.bmm(grad_out, proj)
         if ctx.one_hot and ctx.weights[0] is None:
-            rows = grad_pooled  # a one-row bag's gradient is its row's
+            rows: packing.PerTable = grad_pooled  # a one-row bag's gradient is its row's
         else:
             rows = [grad_pooled[t] * w.unsqueeze(1) if ctx.one_hot else
                     _index_rows(grad_pooled[t], i, o, w, ctx.mode)
@@ -137,7 +142,9 @@ def _batch_key(t):
     return (table.mode, route, weight.shape[1], proj.shape[0], weight.device, weight.dtype)
 
 
-def grouped_forward(tables, indices, offsets, weights):
+def grouped_forward(tables: Sequence[nn.Module], indices: Sequence[torch.Tensor],
+                    offsets: Sequence[Optional[torch.Tensor]],
+                    weights: Sequence[Optional[torch.Tensor]]) -> List[torch.Tensor]:
     """Outputs of a list of tables (DLRM's ``emb_l``) for one batch: a list of ``(batch, d)``.
 
     MLET tables with the same widths, mode, device and update share one
@@ -151,8 +158,8 @@ def grouped_forward(tables, indices, offsets, weights):
     to ``"fbgemm"`` fbgemm's TBE pools them and applies that step. The setting
     is each table's, so models with and without it live side by side.
     """
-    outputs = [None] * len(tables)
-    groups = {}
+    outputs: List[Optional[torch.Tensor]] = [None] * len(tables)
+    groups: Dict[Tuple[Any, ...], List[int]] = {}
     if torch.is_grad_enabled():
         for j, (t, i, o, w) in enumerate(zip(tables, indices, offsets, weights)):
             key = _batch_key(t)
@@ -166,7 +173,7 @@ def grouped_forward(tables, indices, offsets, weights):
         tables_weights, projs = zip(*(_weights(tables[j]) for j in members))
         # fbgemm would accept weights with mean pooling; _Grouped raises nn.EmbeddingBag's error for it
         if route.tables == "fbgemm" and not (mode == "mean" and members_weights[0] is not None):
-            group = tbe.group_for([tables[j] for j in members])
+            group = tbe.group_for([cast(MLETEmbeddingBag, tables[j]) for j in members])  # all _batch_key groups
             grouped = tbe.Grouped.apply(group, members_indices, members_offsets, members_weights, *projs)
         else:
             grouped = _Grouped.apply(mode, route, members_indices, members_offsets, members_weights,
@@ -176,4 +183,4 @@ def grouped_forward(tables, indices, offsets, weights):
     for j, out in enumerate(outputs):
         if out is None:
             outputs[j] = tables[j](indices[j], offsets[j], per_sample_weights=weights[j])
-    return outputs
+    return cast(List[torch.Tensor], outputs)  # each one set by now

@@ -17,11 +17,14 @@ which for DLRM's tables, packed in the order the optimizer holds them, is
 held apart, steps counted apart) goes to ``half.apply_rows``.
 """
 
+from typing import Sequence
+
 import torch
 
 from ..core import half, step
 from ..core.rounding import stochastic_round
-from .packing import aligned_state, summed_rows
+from ..core.step import ParamGroup, Payloads
+from .packing import Packed, PerTable, aligned_state, summed_rows
 
 
 class _Call:
@@ -31,14 +34,15 @@ class _Call:
         self.tables, self.indices, self.rows, self.packed = tables, indices, rows, packed
 
 
-def add_group(tables, indices, rows, packed=None):
+def add_group(tables: Sequence[torch.Tensor], indices: Sequence[torch.Tensor], rows: PerTable,
+              packed: Packed = None) -> None:
     """Record a grouped backward's gradient rows of half tables for the next step holding them."""
     call = _Call(tables, indices, rows, packed)
     for j, table in enumerate(tables):
         step.defer(table, apply, (call, j), indices[j].numel())
 
 
-def apply(optimizer, group, payloads):
+def apply(optimizer: torch.optim.Optimizer, group: ParamGroup, payloads: Payloads) -> None:
     """Every half-table entry of ``group`` at this step (one call: ``apply`` is shared by all)."""
     calls = {id(call): call for _, (call, _) in payloads}
     if len(calls) == 1:

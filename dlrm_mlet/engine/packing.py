@@ -15,7 +15,16 @@ another device, ``load_state_dict(assign=True)``) just unpacks it, and the
 engine goes back to one op per table.
 """
 
+from typing import List, Optional, Sequence, Tuple, Union
+
 import torch
+
+# A group's tables in one buffer, ``flat_indices``' ``(buffer, flat)``; None when they are not packed.
+Packed = Optional[Tuple[torch.Tensor, torch.Tensor]]
+# One tensor per table of a group, as a list or a tuple: what ``torch.cat`` and ``torch.stack`` take.
+Tensors = Union[List[torch.Tensor], Tuple[torch.Tensor, ...]]
+# A group's per-table tensors (gradient rows, projection gradients): one per table, or stacked over tables.
+PerTable = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 
 class Buffer:
@@ -26,11 +35,12 @@ class Buffer:
     second copy of them all.
     """
 
-    def __init__(self, rows, width, dtype=torch.float32, device=None):
+    def __init__(self, rows: int, width: int, dtype: torch.dtype = torch.float32,
+                 device: Optional[torch.device] = None) -> None:
         self.rows = torch.empty(rows, width, dtype=dtype, device=device)
         self.used = 0
 
-    def place(self, weight):
+    def place(self, weight: torch.Tensor) -> None:
         """Move ``weight`` (a 2-D parameter of this width and dtype) into the next free rows."""
         n = weight.shape[0]
         if self.used + n > self.rows.shape[0] or weight.shape[1:] != self.rows.shape[1:]:
@@ -43,7 +53,7 @@ class Buffer:
         self.used += n
 
 
-def flat_indices(weights, indices):
+def flat_indices(weights: Tensors, indices: Tensors) -> Packed:
     """``(buffer, flat)`` when every weight is a block of rows of one storage, else None.
 
     ``buffer`` is that storage as one ``(rows, k)`` tensor and ``flat`` the
@@ -76,12 +86,13 @@ def flat_indices(weights, indices):
     if local.numel() and not bool(((local >= 0) & (local < table_rows)).all()):
         raise IndexError(_out_of_range(indices, rows))
     storage = first.untyped_storage()
-    buffer = torch.empty(0, dtype=first.dtype, device=device).set_(
+    # The ignores on set_ in this module: torch's stub of it omits its stride's default (contiguous).
+    buffer = torch.empty(0, dtype=first.dtype, device=device).set_(  # type: ignore[call-overload]
         storage, 0, (storage.nbytes() // (width * size), width))
     return buffer, (local + first_rows).flatten()
 
 
-def stacked(weights):
+def stacked(weights: Tensors) -> torch.Tensor:
     """The same-shaped weights as one ``(count, *shape)`` tensor, without a copy when they can be.
 
     A view when they lie back to back in one storage, in order (as a
@@ -93,11 +104,12 @@ def stacked(weights):
     for j, w in enumerate(weights):
         if w.shape != first.shape or not w.is_contiguous() or w.data_ptr() != first.data_ptr() + j * step:
             return torch.stack(weights)
-    return torch.empty(0, dtype=first.dtype, device=first.device).set_(
+    return torch.empty(0, dtype=first.dtype, device=first.device).set_(  # type: ignore[call-overload]
         first.untyped_storage(), first.storage_offset(), (len(weights), *first.shape))
 
 
-def summed_rows(flat, rows, dtype=None):
+def summed_rows(flat: torch.Tensor, rows: PerTable,
+                dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Unique buffer rows and their summed gradient rows: what ``coalesce`` makes of a sparse gradient.
 
     ``rows``: the gradient rows in ``flat``'s order, as one tensor (2-D, or
@@ -111,7 +123,8 @@ def summed_rows(flat, rows, dtype=None):
         0, inverse, rows.to(dtype))
 
 
-def state_over(states, tables, buffer, row_wise):
+def state_over(states: Sequence[torch.Tensor], tables: Sequence[torch.Tensor], buffer: torch.Tensor,
+               row_wise: bool) -> Optional[torch.Tensor]:
     """Per-table optimizer states as one tensor over ``buffer``'s rows, without a copy; None when they are not.
 
     They are when each table's state is a contiguous view of one storage at
@@ -129,10 +142,12 @@ def state_over(states, tables, buffer, row_wise):
     if first.untyped_storage().nbytes() != buffer.shape[0] * width * size:
         return None
     shape = (buffer.shape[0],) if row_wise else tuple(buffer.shape)
-    return torch.empty(0, dtype=first.dtype, device=first.device).set_(first.untyped_storage(), 0, shape)
+    return torch.empty(0, dtype=first.dtype, device=first.device).set_(  # type: ignore[call-overload]
+        first.untyped_storage(), 0, shape)
 
 
-def aligned_state(optimizer, tables, buffer, key, row_wise, initial=0.0, stored_as=None):
+def aligned_state(optimizer: torch.optim.Optimizer, tables: Sequence[torch.Tensor], buffer: torch.Tensor, key: str,
+                  row_wise: bool, initial: float = 0.0, stored_as: Optional[torch.dtype] = None) -> torch.Tensor:
     """The tables' accumulators (``optimizer.state[table][key]``) as one float32 tensor aligned with their
     packed ``buffer``, each table's state a view of it: made so the first time (and again whenever
     something replaced them: ``load_state_dict``), found in place after. A state kept as bytes in another
@@ -164,12 +179,12 @@ def _out_of_range(indices, rows):
     return "index out of range"
 
 
-def project(pooled, projections):
+def project(pooled: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
     """Each table's pooled rows through its projection, all tables in one product:
     ``(tables, bags, k)`` and ``(tables, d, k)`` give ``(tables, bags, d)``."""
     return torch.bmm(pooled, projections.transpose(1, 2))
 
 
-def projection_grad(grad_out, pooled):
+def projection_grad(grad_out: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
     """The projections' gradient of ``project``, all tables in one product: ``(tables, d, k)``."""
     return torch.bmm(grad_out.transpose(1, 2), pooled)

@@ -11,15 +11,14 @@ the update that applies it and returns what autograd still has to carry.
 """
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 
 from ..core import half
 from ..core.pair import TwoLayer
 from . import adaptive, fused, half_update
-
-Packed = Optional[Tuple[torch.Tensor, torch.Tensor]]
+from .packing import Packed, PerTable
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class Route:
     def halved(self) -> bool:
         return self.tables == "half"
 
-    def backward(self, tables: Sequence[torch.Tensor], indices: Sequence[torch.Tensor], rows,
+    def backward(self, tables: Sequence[torch.Tensor], indices: Sequence[torch.Tensor], rows: PerTable,
                  packed: Packed, projs: Sequence[torch.Tensor], grad_proj: torch.Tensor,
                  stacked: Optional[torch.Tensor]) -> List[Optional[torch.Tensor]]:
         """Hand one grouped backward's gradients on; the gradients autograd returns (tables, then projections).

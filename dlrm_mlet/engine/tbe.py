@@ -23,14 +23,17 @@ the lr folded into that matmul. Requires ``fbgemm-gpu-cpu`` (the
 optimizer group that holds the first of them (DLRM puts them in one group).
 """
 
+from typing import Any, List, Optional, Sequence, Tuple, cast
+
 import torch
 
 from ..errors import MLETError
 from ..core import step
+from ..core.bag import MLETEmbeddingBag
 from . import fused, packing
 
 
-def available():
+def available() -> Optional[str]:
     """None when fbgemm's CPU TBE imports, else why not (one line)."""
     try:
         import fbgemm_gpu.split_table_batched_embeddings_ops_training  # noqa: F401
@@ -43,7 +46,7 @@ def available():
 class TBEGroup:
     """One TBE holding the k-wide rows of several MLET tables."""
 
-    def __init__(self, tables):
+    def __init__(self, tables: Sequence[MLETEmbeddingBag]) -> None:
         from fbgemm_gpu.split_embedding_configs import EmbOptimType
         from fbgemm_gpu.split_table_batched_embeddings_ops_common import (
             BoundsCheckMode,
@@ -72,14 +75,14 @@ class TBEGroup:
         self.pointers = [t.table.weight.data_ptr() for t in self.tables]
         # Reused every step: a fresh multi-MiB buffer each step pays its page faults
         # again, for a buffer whose size never changes.
-        self.scratch = None
+        self.scratch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
-    def holds(self, tables):
+    def holds(self, tables: Sequence[MLETEmbeddingBag]) -> bool:
         """Whether these tables still train in this TBE (nobody replaced a weight since)."""
         return (len(tables) == len(self.tables) and all(a is b for a, b in zip(tables, self.tables))
                 and all(t.table.weight.data_ptr() == p for t, p in zip(tables, self.pointers)))
 
-    def update(self, pooled, grad_out, proj, lr):
+    def update(self, pooled: torch.Tensor, grad_out: torch.Tensor, proj: torch.Tensor, lr: float) -> None:
         """The SGD step at the optimizer group's lr: fbgemm's fused backward of ``lr * grad``."""
         count, bags, k = grad_out.shape[0], grad_out.shape[1], proj.shape[2]
         if self.scratch is None or self.scratch[0].shape != (count, bags, k):
@@ -91,9 +94,9 @@ class TBEGroup:
             pooled.backward(bag_major.view(pooled.shape))
 
 
-def group_for(tables):
+def group_for(tables: Sequence[MLETEmbeddingBag]) -> TBEGroup:
     """The TBE of these tables, made on first use (the tables' weights move into it)."""
-    group = getattr(tables[0], "_tbe_group", None)
+    group = tables[0]._tbe_group
     if group is None or not group.holds(tables):
         why = available()
         if why:
@@ -110,14 +113,15 @@ class Grouped(torch.autograd.Function):
     """``_Grouped`` (grouped.py) with fbgemm doing the pooling and the table update."""
 
     @staticmethod
-    def forward(ctx, group, indices, offsets, weights, *projs):
+    def forward(ctx: Any, group: TBEGroup, indices: List[torch.Tensor], offsets: List[torch.Tensor],
+                weights: List[Optional[torch.Tensor]], *projs: torch.Tensor) -> torch.Tensor:
         count, bags, k = len(indices), offsets[0].numel(), group.tables[0].hidden_dim
         starts, base = [], 0
         for i, o in zip(indices, offsets):  # TBE takes all tables' bags as one list
             starts.append(o + base)
             base += i.numel()
         all_offsets = torch.cat(starts + [offsets[0].new_tensor([base])])
-        psw = None if weights[0] is None else torch.cat(weights)
+        psw = None if weights[0] is None else torch.cat(cast(List[torch.Tensor], weights))  # all None or all tensors
         with torch.enable_grad():
             pooled = group.tbe(torch.cat(indices), all_offsets, per_sample_weights=psw)  # (bags, count * k)
         stacked = pooled.detach().view(bags, count, k).transpose(0, 1)  # table-major, for bmm
@@ -128,7 +132,7 @@ class Grouped(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         stacked, proj = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         grad_proj = packing.projection_grad(grad_out, stacked).unbind(0)
