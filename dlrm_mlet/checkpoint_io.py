@@ -11,12 +11,16 @@
 import os
 import pickle
 import threading
+from typing import TYPE_CHECKING, Any, Tuple
 
 import numpy as np
 import torch
 
 from .errors import MLETError, first_line
-from .files import atomic_write
+from .files import StrPath, atomic_write
+
+if TYPE_CHECKING:
+    from .dlrm.checkpoints import Checkpoint
 
 # What a stock DLRM checkpoint may hold besides tensors: numpy scalars for
 # train_loss/test_acc. Rebuilding a numpy scalar from its dtype and bytes runs
@@ -51,7 +55,7 @@ def _checkpoint_file(path):
     return path
 
 
-def load_checkpoint(path):
+def load_checkpoint(path: StrPath) -> Any:
     """Load a checkpoint file on the CPU, refusing anything that is not data."""
     path = _checkpoint_file(path)
     try:
@@ -73,7 +77,7 @@ def load_checkpoint(path):
     return obj
 
 
-def check_safe_to_load(path):
+def check_safe_to_load(path: StrPath) -> bool:
     """Refuse a file ``torch.load(weights_only=True)`` would refuse, before anyone loads it.
 
     Reads only the pickle's global names (no tensor data), so callers whose
@@ -100,7 +104,7 @@ def check_safe_to_load(path):
     return bool(found)
 
 
-def load_model_file(path):
+def load_model_file(path: StrPath) -> Tuple["Checkpoint", bool]:
     """``(checkpoint, plain)``: a DLRM checkpoint dict, or a state dict (``torch.save(model.state_dict())``,
     what ``to_mlet`` users save) wrapped as ``{"state_dict": ...}`` with ``plain`` True."""
     ckpt = load_checkpoint(path)
@@ -112,24 +116,24 @@ def load_model_file(path):
                     "(names to tensors, as torch.save(model.state_dict()) writes)")
 
 
-def load_dlrm_checkpoint(path):
+def load_dlrm_checkpoint(path: StrPath) -> "Checkpoint":
     """A DLRM checkpoint dict, or a plain state dict wrapped as one (``load_model_file``)."""
     return load_model_file(path)[0]
 
 
-def atomic_save(obj, path):
+def atomic_save(obj: object, path: StrPath) -> None:
     """``torch.save(obj, path)``, atomically; the bytes equal a plain ``torch.save``."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def to_plain(obj):
+def to_plain(obj: Any) -> Any:
     """Replace numpy scalars and arrays by Python numbers and tensors, recursively."""
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(obj.copy())
     if isinstance(obj, dict):
-        plain = type(obj)() if type(obj) is not dict else {}
+        plain: Any = type(obj)() if type(obj) is not dict else {}  # obj's dict class, _metadata and all
         for key, value in obj.items():
             plain[key] = to_plain(value)
         if hasattr(obj, "_metadata"):

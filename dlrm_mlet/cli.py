@@ -6,6 +6,7 @@ exit status 2; ``verify`` exits 1 when a table is outside tolerance.
 
 import argparse
 import sys
+from typing import NoReturn, Optional, Sequence
 
 from . import __version__
 from . import commands
@@ -82,7 +83,7 @@ def _default_dlrm_dir():
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad option is one line (the usage text stays behind --help)."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -302,7 +303,7 @@ def _add_plan(sub):
     p.set_defaults(func=commands.cmd_plan)
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="dlrm-mlet",
         description="Multi-layer embedding training (MLET) for facebookresearch/dlrm.",
@@ -315,7 +316,7 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

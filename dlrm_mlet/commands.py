@@ -5,6 +5,7 @@ and the commands that need no torch (``patch``, ``synth``, ``report``,
 ``data``, ``plan``) start in a fraction of a second.
 """
 
+import argparse
 import json
 import os
 
@@ -39,7 +40,7 @@ def _check_room(path, size):
                         "free some space or write elsewhere")
 
 
-def cmd_fold(args):
+def cmd_fold(args: argparse.Namespace) -> int:
     from .core.folding import TABLE_KEY, mlet_prefixes, mlet_table_bytes
     from .checkpoint_io import atomic_save, load_model_file
     from .core.folding import fold_state_dict
@@ -71,7 +72,7 @@ def cmd_fold(args):
     return 0
 
 
-def cmd_onnx_int8(args):
+def cmd_onnx_int8(args: argparse.Namespace) -> int:
     from .dlrm.onnx_int8 import quantize_file
 
     tables = quantize_file(args.input, args.output, force=args.force)
@@ -79,7 +80,7 @@ def cmd_onnx_int8(args):
     return 0
 
 
-def cmd_verify(args):
+def cmd_verify(args: argparse.Namespace) -> int:
     from .checkpoint_io import load_dlrm_checkpoint
     from .tools.verify import verify_state_dict
 
@@ -110,7 +111,7 @@ def cmd_verify(args):
     return 0 if all(c.ok for c in checks) else 1
 
 
-def cmd_patch(args):
+def cmd_patch(args: argparse.Namespace) -> int:
     from .dlrm.patching import patch_checkout
     from .dlrm.script import SCRIPT
 
@@ -121,7 +122,7 @@ def cmd_patch(args):
     return 0
 
 
-def cmd_run(args):
+def cmd_run(args: argparse.Namespace) -> int:
     from .dlrm.launcher import run_script
     from .dlrm.script import SCRIPT
 
@@ -129,7 +130,7 @@ def cmd_run(args):
     return run_script(script, args.dlrm_args)
 
 
-def cmd_synth(args):
+def cmd_synth(args: argparse.Namespace) -> int:
     from .tools.synth import write_synthetic, write_synthetic_days
 
     options = {k: getattr(args, k) for k in ("seed", "scale", "rank", "zipf", "support") if getattr(args, k) is not None}
@@ -159,7 +160,7 @@ def cmd_synth(args):
     return 0
 
 
-def cmd_inspect(args):
+def cmd_inspect(args: argparse.Namespace) -> int:
     from .progress import progress_bar
     from .tools.inspection import format_report, inspect_checkpoint, plot_spectra
 
@@ -176,7 +177,7 @@ def cmd_inspect(args):
     return 0
 
 
-def cmd_sweep(args):
+def cmd_sweep(args: argparse.Namespace) -> int:
     from .tools.sweep import run_sweep
 
     rows = run_sweep(args.dlrm_dir, args.data_set, args.raw_data_file, args.out, args.d, args.k,
@@ -187,7 +188,7 @@ def cmd_sweep(args):
     return 0
 
 
-def cmd_advise(args):
+def cmd_advise(args: argparse.Namespace) -> int:
     from .tools.advise import advise
 
     lines, _ = advise(args.path, args.minutes, args.dlrm_dir, args.d, args.k, args.work, args.samples, args.jobs,
@@ -196,7 +197,7 @@ def cmd_advise(args):
     return 0
 
 
-def cmd_report(args):
+def cmd_report(args: argparse.Namespace) -> int:
     from .progress import progress_bar
     from .tools.report import report
 
@@ -209,7 +210,7 @@ def cmd_report(args):
     return 0
 
 
-def cmd_frontier(args):
+def cmd_frontier(args: argparse.Namespace) -> int:
     from .tools.frontier import frontier
 
     png, markdown = _not_kept(args, _plot_path(args, "_frontier.png"), args.markdown)
@@ -244,7 +245,7 @@ def _print_written(args, text, markdown, png, map_png=None):
     print("\n" + "\n".join(lines))
 
 
-def cmd_data(args):
+def cmd_data(args: argparse.Namespace) -> int:
     from .tools.data_report import data_report, format_data_report
 
     info = data_report(args.path, args.max_ind_range, args.quiet, **({"map_path": args.map} if args.map else {}))
@@ -252,7 +253,7 @@ def cmd_data(args):
     return 0
 
 
-def cmd_plan(args):
+def cmd_plan(args: argparse.Namespace) -> int:
     from .tools.plan import plan_command
 
     print(plan_command(args))

@@ -9,8 +9,11 @@ import re
 import shutil
 import socket
 import tempfile
+from typing import Callable, Iterable, Optional, Tuple, Union, cast
 
 from .errors import MLETError, first_line
+
+StrPath = Union[str, "os.PathLike[str]"]  # a file name as open() takes it: a str or a path object
 
 # --------------------------------------------------------------------------- atomic writes
 #
@@ -22,7 +25,7 @@ from .errors import MLETError, first_line
 # named after its writer, so a later write of the same name can remove what a killed one left.
 
 
-def atomic_write(path, write):
+def atomic_write(path: StrPath, write: Callable[[str], object]) -> None:
     """Call ``write(tmp)``, then rename ``tmp`` over ``path``: never a half-written ``path``.
 
     ``tmp`` has the file name of ``path`` (torch names its archive after the
@@ -55,10 +58,10 @@ def atomic_write(path, write):
         raise MLETError(f"cannot write {path}: {failure}; any previous file there is unchanged")
 
 
-def atomic_write_text(path, text):
+def atomic_write_text(path: StrPath, text: str) -> None:
     """Write ``text`` to ``path`` as UTF-8, line ends as given, atomically (see ``atomic_write``)."""
 
-    def write(tmp):
+    def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
 
@@ -77,19 +80,19 @@ class StagedFiles:
     on device; nothing was written``); an ``MLETError`` passes through.
     """
 
-    def __init__(self, directory, label, failure, promise="nothing was written"):
+    def __init__(self, directory: StrPath, label: str, failure: str, promise: str = "nothing was written") -> None:
         self.directory = os.path.abspath(os.fspath(directory))
         self.label, self.failure, self.promise = label, failure, promise
-        self.folder = None
+        self.folder: Optional[str] = None  # set on entering the block
 
     def __enter__(self):
         self.folder = _fresh_tmp_dir(self.directory, self.label, self.failure, self.promise)
         return self
 
-    def path(self, name):
-        return os.path.join(self.folder, name)
+    def path(self, name: str) -> str:
+        return os.path.join(cast(str, self.folder), name)  # (called inside the block)
 
-    def publish(self, moves):
+    def publish(self, moves: Iterable[Tuple[StrPath, StrPath]]) -> None:
         """Rename each ``(staged path, final path)`` in order; a folder replaces a folder whole."""
         directories = []
         for i, (staged, final) in enumerate(moves):
@@ -114,7 +117,7 @@ class StagedFiles:
 _WRITER = f"{socket.gethostname()}-{os.getpid()}"
 
 
-def check_writable(path, *names):
+def check_writable(path: StrPath, *names: str) -> None:
     """Before any work: ``path`` can be written (its folder exists and takes a file), so a run
     does not find out at its first save. Temporary folders killed writes of ``path`` (and of
     ``names`` beside it) left behind are removed on the way."""

@@ -8,14 +8,22 @@ is simply no bar.
 
 import contextlib
 import sys
+from typing import ContextManager, Optional, Protocol
+
+
+class ProgressBar(Protocol):
+    """What ``progress_bar`` yields: tqdm's bar, or one that draws nothing."""
+
+    def update(self, n: int = 1) -> object: ...
 
 
 class _NoBar:
-    def update(self, n=1):
+    def update(self, n: int = 1) -> None:
         pass
 
 
-def progress_bar(total, desc, quiet=False, unit=" rows"):
+def progress_bar(total: Optional[int], desc: str, quiet: bool = False,
+                 unit: str = " rows") -> ContextManager[ProgressBar]:
     """A context manager yielding an object with ``update(n)``."""
     if quiet or not sys.stderr.isatty():
         return contextlib.nullcontext(_NoBar())

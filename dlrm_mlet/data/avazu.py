@@ -10,11 +10,12 @@ as ``log(x + 1)``), and the MLET authors' random 80/10/10 split with seed 123.
 import json
 import os
 import re
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import MLETError
-from ..files import StagedFiles
+from ..files import StagedFiles, StrPath
 from ..progress import progress_bar
 from .text import count_lines, numbered_lines, open_text
 
@@ -28,7 +29,7 @@ AVAZU_SPLIT_SEED = 123
 _HOUR = re.compile(r"\d{6}(?:[01]\d|2[0-3])")
 
 
-def avazu_row_error(fields, columns):
+def avazu_row_error(fields: Sequence[str], columns: Sequence[str]) -> Optional[str]:
     if len(fields) != len(columns):
         return f"expected {len(columns)} comma-separated fields, found {len(fields)}"
     row = dict(zip(columns, fields))
@@ -50,7 +51,7 @@ def _avazu_columns(first_line, path):
     return list(AVAZU_COLUMNS), False
 
 
-def avazu_split(total, seed=AVAZU_SPLIT_SEED):
+def avazu_split(total: int, seed: int = AVAZU_SPLIT_SEED) -> Dict[str, np.ndarray]:
     """Train, val and test row indices exactly as the MLET authors drew them.
 
     Their loader seeded numpy's global RNG with 123, permuted all rows, kept the
@@ -66,7 +67,7 @@ def avazu_split(total, seed=AVAZU_SPLIT_SEED):
     return {"train": train, "val": val, "test": test}
 
 
-def preprocess_avazu(csv_path, cache_dir, quiet=False):
+def preprocess_avazu(csv_path: StrPath, cache_dir: StrPath, quiet: bool = False) -> StrPath:
     """Stream an Avazu CSV into ``cache_dir`` (renamed into place, whole, when complete)."""
     total = count_lines(csv_path) if os.path.isfile(csv_path) else 0
     parent, name = os.path.split(os.path.abspath(cache_dir))
@@ -83,7 +84,7 @@ def preprocess_avazu(csv_path, cache_dir, quiet=False):
             y = np.lib.format.open_memmap(os.path.join(work, "y.npy"), "w+", np.int8, (rows_max,))
             where = [columns.index(c) for c in AVAZU_CATEGORICAL]
             click, hour = columns.index("click"), columns.index("hour")
-            tables = [{} for _ in AVAZU_CATEGORICAL]
+            tables: List[Dict[str, int]] = [{} for _ in AVAZU_CATEGORICAL]
             lines = numbered if has_header else _chain_first(first, numbered)
             rows = 0
             with progress_bar(rows_max, "preprocess Avazu", quiet) as bar:
@@ -125,7 +126,7 @@ class AvazuDataset:
     training loop take them unchanged.
     """
 
-    def __init__(self, cache_dir, split, max_ind_range=-1):
+    def __init__(self, cache_dir: StrPath, split: str, max_ind_range: int = -1) -> None:
         with open(os.path.join(cache_dir, "meta.json")) as handle:
             meta = json.load(handle)
         self.counts = np.array(meta["counts"], dtype=np.int64)
@@ -136,10 +137,10 @@ class AvazuDataset:
         self.x_cat, self.x_int, self.y = load("X_cat.npy"), load("X_int.npy"), load("y.npy")
         self.rows = load(f"{split}_idx.npy")
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray, int]:
         i = self.rows[index]
         x_cat = self.x_cat[i]
         if self.max_ind_range > 0:

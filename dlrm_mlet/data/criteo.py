@@ -43,7 +43,9 @@ scratch file at random, through a mapping whose pages are dropped after every
 disk-bound beyond.
 """
 
+import argparse
 import os
+from typing import Dict, List, TypedDict
 
 import numpy as np
 
@@ -54,7 +56,21 @@ from .criteo_shuffle import bins_from_reordered, shuffle_days, write_processed
 WORK_LABEL = "dlrm-mlet-criteo"  # the hidden work folder: .dlrm-mlet-criteo.HOST-PID.XXXX.tmp
 
 
-def criteo_layout(data_set, raw_path, processed_path=""):
+class Layout(TypedDict):
+    """``criteo_layout``: DLRM's days and the paths of every file it reads or writes for them."""
+
+    days: int  # Kaggle 7, Terabyte 24
+    dir: str  # the raw file's folder, where DLRM writes the counts and the day files
+    inputs: List[str]  # the raw text files: Kaggle's one, or Terabyte's day_<i>
+    processed: str
+    day_count: str
+    fea_count: str
+    fea_dict: List[str]  # one per categorical feature
+    reordered: List[str]  # one per day (--memory-map)
+    bins: Dict[str, str]  # train, test, val (--mlperf-bin-loader)
+
+
+def criteo_layout(data_set: str, raw_path: str, processed_path: str = "") -> Layout:
     """Every path DLRM derives from ``--raw-data-file`` and ``--processed-data-file``."""
     days, out = (7, "kaggleAdDisplayChallenge_processed") if data_set == "kaggle" else (24, "terabyte_processed")
     d_path = os.path.dirname(os.path.abspath(raw_path))
@@ -74,8 +90,9 @@ def criteo_layout(data_set, raw_path, processed_path=""):
     }
 
 
-def preprocess_criteo(data_set, raw_path, processed_path="", max_ind_range=-1, sub_sample_rate=0.0,
-                      memory_map=False, randomize="total", bins=False, quiet=False):
+def preprocess_criteo(data_set: str, raw_path: str, processed_path: str = "", max_ind_range: int = -1,
+                      sub_sample_rate: float = 0.0, memory_map: bool = False, randomize: str = "total",
+                      bins: bool = False, quiet: bool = False) -> Layout:
     """Write DLRM's preprocessed files for ``data_set`` (``kaggle`` or ``terabyte``); returns the layout.
 
     ``bins`` (memory-map only) also writes the ``--mlperf-bin-loader`` files.
@@ -103,7 +120,7 @@ def preprocess_criteo(data_set, raw_path, processed_path="", max_ind_range=-1, s
     return layout
 
 
-def reordered_to_bins(layout):
+def reordered_to_bins(layout: Layout) -> None:
     """The ``.bin`` files from existing ``_reordered.npz`` files, streamed (no RNG draws).
 
     What DLRM's ``ensure_dataset_preprocessed`` does when only the .bin files
@@ -115,13 +132,13 @@ def reordered_to_bins(layout):
         stage.publish((paths[s], layout["bins"][s]) for s in ("val", "test", "train"))
 
 
-def uses_bin_files(args):
+def uses_bin_files(args: argparse.Namespace) -> bool:
     """Whether DLRM will read the ``--mlperf-bin-loader`` files (its own condition)."""
     return bool(args.mlperf_logging and args.memory_map and args.data_set == "terabyte"
                 and args.mlperf_bin_loader)
 
 
-def ensure_preprocessed(args):
+def ensure_preprocessed(args: argparse.Namespace) -> Layout:
     """Before DLRM's loaders: write what they will read unless DLRM would find it done.
 
     DLRM's own signs of "done": every ``_reordered.npz`` (memory map), the

@@ -11,14 +11,16 @@ and read back the same way (``npz_rows``), so no day is ever held whole.
 import mmap
 import os
 import zipfile
+from typing import BinaryIO, Iterable, Iterator, Mapping, Sequence, Union, cast
 
 import numpy as np
 
 from ..errors import MLETError
+from ..files import StrPath
 from .criteo_text import BLOCK, FIELDS, scratch_blocks
 
 
-def first_pass_buckets(i, size, caps, fill, randomize):
+def first_pass_buckets(i: int, size: int, caps: np.ndarray, fill: np.ndarray, randomize: str) -> np.ndarray:
     """DLRM's first shuffle pass for day ``i``: the day bucket of each of its rows (uint8).
 
     DLRM draws ``randint(0, days - 1, size)`` for the whole day (the last day
@@ -60,7 +62,8 @@ def first_pass_buckets(i, size, caps, fill, randomize):
     return buckets
 
 
-def shuffle_days(scratch, kept, work, randomize, bins):
+def shuffle_days(scratch: Sequence[StrPath], kept: Sequence[int], work: StrPath, randomize: str,
+                 bins: bool) -> Iterator[str]:
     """DLRM's memory-map concatenation (two-pass shuffle); yields each day's reordered file.
 
     First pass: every day's rows dealt into the day buckets, kept in arrival
@@ -103,7 +106,7 @@ def shuffle_days(scratch, kept, work, randomize, bins):
             ])
             if bins and j < days - 1:
                 for rows in scratch_blocks(source, n):
-                    train_bin.write(rows.tobytes())
+                    cast(BinaryIO, train_bin).write(rows.tobytes())  # open whenever bins
             elif bins:
                 split_test(scratch_blocks(source, n), n, {s: os.path.join(work, f"{s}.bin") for s in ("test", "val")})
             _remove(source)
@@ -130,7 +133,7 @@ def _gather(source, rows, perm, out, step=4096):
         del view
 
 
-def split_test(blocks, rows, paths):
+def split_test(blocks: Iterable[np.ndarray], rows: int, paths: Mapping[str, StrPath]) -> None:
     """The test day's .bin files from its row blocks: the first ceil(n/2) rows are test, the rest val."""
     middle, done = int(np.ceil(rows / 2.0)), 0
     with open(paths["test"], "wb") as test, open(paths["val"], "wb") as val:
@@ -141,11 +144,11 @@ def split_test(blocks, rows, paths):
             done += len(block)
 
 
-def write_processed(path, scratch, kept, counts):
+def write_processed(path: StrPath, scratch: Sequence[StrPath], kept: Sequence[int], counts: np.ndarray) -> StrPath:
     """DLRM's non-memory-map file: all days concatenated, X_cat float64, X_int and y int32."""
     total = sum(kept)
 
-    def blocks(columns):
+    def blocks(columns: Union[int, slice]) -> Iterator[np.ndarray]:
         for path, n in zip(scratch, kept):
             for rows in scratch_blocks(path, n):
                 yield rows[:, columns]
@@ -180,7 +183,7 @@ def _write_npz(path, members):
     return path
 
 
-def npz_rows(path):
+def npz_rows(path: StrPath) -> Iterator[np.ndarray]:
     """Int32 ``[y, X_int, X_cat]`` blocks of a ``_reordered.npz``, read member by member."""
     with zipfile.ZipFile(path) as archive:
         members = {name: _npy_reader(archive, name) for name in ("y", "X_int", "X_cat")}
@@ -193,7 +196,7 @@ def npz_rows(path):
             handle.close()
 
 
-def bins_from_reordered(reordered, paths):
+def bins_from_reordered(reordered: Sequence[StrPath], paths: Mapping[str, StrPath]) -> None:
     """DLRM's ``.bin`` files (``paths``: train, test, val) from its ``_reordered.npz`` files, streamed."""
     with open(paths["train"], "wb") as train:
         for path in reordered[:-1]:

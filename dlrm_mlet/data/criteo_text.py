@@ -17,13 +17,18 @@ file reads. Numbering and sub-sampling draws follow DLRM's ``getCriteoAdData`` e
 
 import os
 import re
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import MLETError
+from ..files import StrPath
 from ..progress import progress_bar
 from .days import day_sizes
 from .text import count_lines, numbered_lines, open_text
+
+if TYPE_CHECKING:  # criteo.py owns the layout and imports this module
+    from .criteo import Layout
 
 CRITEO_FIELDS = 40
 INT32_MAX = 2**31 - 1
@@ -35,7 +40,7 @@ _DENSE = re.compile(r"-?\d{1,10}")
 _HEX = re.compile(r"[0-9a-fA-F]{1,8}")
 
 
-def criteo_row_error(fields):
+def criteo_row_error(fields: Sequence[str]) -> Optional[str]:
     """Why a split Criteo line is malformed (the slow path, for the message only)."""
     if len(fields) != CRITEO_FIELDS:
         return f"expected {CRITEO_FIELDS} tab-separated fields, found {len(fields)}"
@@ -52,7 +57,7 @@ def criteo_row_error(fields):
     return None
 
 
-def parse_criteo_line(line, max_ind_range=-1):
+def parse_criteo_line(line: str, max_ind_range: int = -1) -> Tuple[int, List[int], List[int]]:
     """``(label, dense[13], keys[26])`` of one raw line, keyed as numpy 1 DLRM keys them.
 
     Raises ValueError with the reason when the line is malformed.
@@ -80,7 +85,7 @@ _DIGIT[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
 _BASE = np.array([10] * 14 + [16] * 26, np.int64)  # label and dense decimal, keys hex
 
 
-def parse_criteo_block(lines, max_ind_range=-1):
+def parse_criteo_block(lines: Sequence[str], max_ind_range: int = -1) -> Tuple[Optional[np.ndarray], Optional[int]]:
     """``parse_criteo_line`` for many lines at once: ``(rows, bad)``.
 
     ``rows`` is an ``(n, 40)`` int64 array (label, dense, keys; keys as
@@ -117,7 +122,7 @@ BLOCK = 1 << 14  # rows per streamed block
 FIELDS = 40  # y, 13 dense, 26 categorical: one int32 scratch row, the .bin row layout
 
 
-def scratch_blocks(path, rows, step=BLOCK):
+def scratch_blocks(path: StrPath, rows: int, step: int = BLOCK) -> Iterator[np.ndarray]:
     """The int32 rows of a scratch file, ``step`` at a time, read with plain reads.
 
     Scratch files are raw int32 rows of 40 fields (the .bin layout), written
@@ -129,7 +134,8 @@ def scratch_blocks(path, rows, step=BLOCK):
             yield np.fromfile(handle, np.int32, step * FIELDS).reshape(-1, FIELDS)
 
 
-def parse_days(layout, work, max_ind_range, sub_sample_rate, quiet):
+def parse_days(layout: "Layout", work: StrPath, max_ind_range: int, sub_sample_rate: float,
+               quiet: bool) -> Tuple[List[str], List[int], List["KeyTable"]]:
     """Parse every day into an int32 scratch file; returns (file per day, kept rows per day, key tables).
 
     Keys are numbered in order of first appearance over the kept rows, days in
@@ -216,14 +222,14 @@ class KeyTable:
         self._keys = np.empty(1024, dtype=np.int32)  # key of each index, grown by doubling
         self._count = 0
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self._count
 
-    def keys(self):
+    def keys(self) -> np.ndarray:
         """The key of each index, in index order (``_fea_dict``'s ``unique``)."""
         return self._keys[: self._count].copy()
 
-    def number(self, keys):
+    def number(self, keys: np.ndarray) -> np.ndarray:
         """The index of each key, new keys numbered in order of first appearance."""
         unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         if self._lookup is not None:

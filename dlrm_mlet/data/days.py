@@ -8,26 +8,29 @@ never reads. Every reader and writer here takes that rule from this module.
 import glob
 import os
 import zipfile
+from typing import List, Sequence, Tuple
 
 import numpy as np
+
+from ..files import StrPath
 
 KAGGLE_DAYS = 7
 DAYS = {"kaggle": KAGGLE_DAYS, "terabyte": 24}
 
 
-def day_sizes(total, days=KAGGLE_DAYS):
+def day_sizes(total: int, days: int = KAGGLE_DAYS) -> List[int]:
     """DLRM's split of ``total`` rows into ``days`` near-equal parts."""
     size, extra = divmod(total, days)
     return [size + (j < extra) for j in range(days)]
 
 
-def day_count_path(data_set, raw_data_file):
+def day_count_path(data_set: str, raw_data_file: StrPath) -> str:
     """Where DLRM's ``CriteoDataset`` reads the days' sizes: beside ``--raw-data-file``, named after it."""
     folder, name = os.path.split(os.path.abspath(raw_data_file))
     return os.path.join(folder, (name.split(".")[0] if data_set == "kaggle" else name) + "_day_count.npz")
 
 
-def kaggle_days(path, total):
+def kaggle_days(path: StrPath, total: int) -> Tuple[List[int], str]:
     """``(rows per day, where they came from)`` of a processed .npz of ``total`` rows.
 
     The days' sizes are in DLRM's ``<stem>_day_count.npz``, named after the
@@ -49,7 +52,7 @@ def kaggle_days(path, total):
     return day_sizes(total), f"{KAGGLE_DAYS} near-equal days, as DLRM splits them"
 
 
-def split_rows(day_sizes, split, randomize):
+def split_rows(day_sizes: Sequence[int], split: str, randomize: str) -> np.ndarray:
     """The rows of ``split`` in DLRM's order, drawing from numpy's global RNG exactly as DLRM does.
 
     DLRM's ``CriteoDataset`` (not memory-mapped) shuffles each training day

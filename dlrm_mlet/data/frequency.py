@@ -16,11 +16,14 @@ The same 1..10 band is the "1-10" test bucket of ``--mlet-metrics-json`` and
 the ``rare`` rule of ``--mlet-memory-budget``.
 """
 
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
 import numpy as np
 
 from ..errors import MLETError
 
 NAME = "rare-lookup share"
+RowCounts = Sequence[np.ndarray]  # per table, the training count of each embedding row (``count_rows``)
 RARE = (1, 10)  # a rare row: seen 1..10 times in one epoch of the training split
 RARE_MAX = RARE[1]
 # Classes of rows by training count: (label, smallest count, largest count or None)
@@ -36,12 +39,13 @@ BUCKETS = (
 BUCKET_RULE = "test samples by the training-split count of their rarest categorical value (embedding row)"
 
 
-def cap_rows(rows, max_ind_range):
+def cap_rows(rows: Iterable[int], max_ind_range: int) -> List[int]:
     """Table sizes as DLRM sizes its tables: ``min(count, R)`` when ``--max-ind-range R > 0``."""
     return [min(int(n), max_ind_range) if max_ind_range > 0 else int(n) for n in rows]
 
 
-def count_rows(blocks, sizes, max_ind_range=-1, progress=None):
+def count_rows(blocks: Iterable[np.ndarray], sizes: Iterable[int], max_ind_range: int = -1,
+               progress: Optional[Callable[[int], object]] = None) -> RowCounts:
     """Per table, how often each embedding row occurs in ``blocks`` (rows x tables values).
 
     Values are reduced modulo ``max_ind_range`` when it is > 0, as DLRM's
@@ -66,7 +70,7 @@ def count_rows(blocks, sizes, max_ind_range=-1, progress=None):
     return counts
 
 
-def profile(counts):
+def profile(counts: RowCounts) -> Dict[str, Any]:
     """Per table and overall: rows, rows seen, and the share of rows and of lookups in each class.
 
     Returns ``{"tables": [...], "overall": {...}}``; each entry has ``rows``,
@@ -89,7 +93,7 @@ def profile(counts):
     return {"tables": tables, "overall": overall}
 
 
-def rare_lookup_share(counts):
+def rare_lookup_share(counts: RowCounts) -> Optional[float]:
     """The rare-lookup share over all tables (see the module docstring); None without lookups."""
     return profile(counts)["overall"]["rare_lookup_share"]
 
@@ -113,7 +117,7 @@ def _share(part, whole):
     return part / whole if whole else None
 
 
-def rare_rows(counts):
+def rare_rows(counts: RowCounts) -> List[int]:
     """Per table, how many embedding rows occur ``RARE`` times (1..10) in training.
 
     The score ``--mlet-memory-budget``'s ``rare`` rule ranks tables by.

@@ -11,11 +11,12 @@ leaves a file a later run would take for finished.
 """
 
 import os
+from typing import Dict, List, Tuple
 
 import numpy as np
 
 from ..errors import MLETError
-from ..files import atomic_write
+from ..files import StrPath, atomic_write
 from ..progress import progress_bar
 from .criteo_text import parse_criteo_line
 from .days import day_sizes
@@ -24,7 +25,7 @@ from .text import count_lines, numbered_lines, open_text
 KAGGLE_PROCESSED = "kaggleAdDisplayChallenge_processed.npz"
 
 
-def kaggle_paths(raw_path, processed_path=""):
+def kaggle_paths(raw_path: StrPath, processed_path: str = "") -> Tuple[str, str]:
     """Where DLRM looks: ``DIR/<stem>_day_count.npz`` and the processed file."""
     directory = os.path.dirname(os.path.abspath(raw_path))
     stem = os.path.basename(raw_path).split(".")[0]
@@ -32,7 +33,8 @@ def kaggle_paths(raw_path, processed_path=""):
     return day_count, processed_path or os.path.join(directory, KAGGLE_PROCESSED)
 
 
-def preprocess_kaggle(raw_path, processed_path="", max_ind_range=-1, sub_sample_rate=0.0, quiet=False):
+def preprocess_kaggle(raw_path: StrPath, processed_path: str = "", max_ind_range: int = -1,
+                      sub_sample_rate: float = 0.0, quiet: bool = False) -> Tuple[str, str]:
     """Write DLRM's processed Kaggle files from a raw ``train.txt``; returns their paths.
 
     ``sub_sample_rate`` drops negatives exactly as DLRM does: one uniform draw
@@ -44,7 +46,7 @@ def preprocess_kaggle(raw_path, processed_path="", max_ind_range=-1, sub_sample_
     y = np.zeros(total, dtype=np.int32)
     x_int = np.zeros((total, 13), dtype=np.int32)
     x_cat = np.zeros((total, 26), dtype=np.int32)
-    tables = [{} for _ in range(26)]
+    tables: List[Dict[int, int]] = [{} for _ in range(26)]
     kept_per_day, rows = [], 0
     with open_text(raw_path) as handle, progress_bar(total, "preprocess Criteo", quiet) as bar:
         lines = numbered_lines(handle, raw_path)
@@ -83,7 +85,7 @@ def _save_npz(path, **arrays):
     that lacks it, and DLRM's ``--processed-data-file`` may be any name.
     """
 
-    def write(tmp):
+    def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **arrays)
 

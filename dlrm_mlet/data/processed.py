@@ -24,11 +24,12 @@ import os
 import re
 import types
 import zipfile
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from ..errors import MLETError
-from ..files import atomic_write
+from ..files import StrPath, atomic_write
 from .avazu import AvazuDataset
 from .days import kaggle_days
 
@@ -38,7 +39,7 @@ _DAY_FILE = re.compile(r"^(?P<stem>.+)_(?P<day>\d+)_reordered\.npz$")
 KINDS = "a processed .npz, a _<i>_reordered.npz day file, a _train.bin or an Avazu cache folder"
 
 
-def training_split(path):
+def training_split(path: str) -> types.SimpleNamespace:
     """What DLRM trains on in ``path``: a namespace ``sizes, rows, blocks(), source``.
 
     ``blocks()`` yields ``(rows, tables)`` integer arrays of the training
@@ -65,7 +66,7 @@ def training_split(path):
                                  source=f"the first {train} of {total} rows ({source})")
 
 
-def table_sizes(path):
+def table_sizes(path: str) -> List[int]:
     """DLRM's table sizes for ``path`` (any file ``training_split`` takes, or a ``_fea_count.npz``)."""
     if not os.path.exists(path):
         raise MLETError(f"{path}: no such file or folder")
@@ -76,14 +77,14 @@ def table_sizes(path):
     return read_counts(path)[0]
 
 
-def holds_values(path):
+def holds_values(path: str) -> bool:
     """Whether ``path`` holds categorical values (a ``_fea_count.npz`` holds sizes only)."""
     if os.path.isdir(path) or path.endswith(".bin") or _DAY_FILE.match(os.path.basename(path)):
         return True
     return "X_cat" in read_counts(path)[1]
 
 
-def read_counts(path):
+def read_counts(path: StrPath) -> Tuple[List[int], List[str]]:
     """``(counts, member names)`` of a DLRM .npz that holds ``counts``."""
     try:
         with np.load(path) as data:
@@ -102,7 +103,7 @@ def _avazu(path):
         raise MLETError(f"{path}: not an Avazu cache folder ({error})") from None
     rows = len(dataset.rows)
 
-    def blocks():
+    def blocks() -> Iterator[np.ndarray]:
         for start in range(0, rows, CHUNK):
             yield np.asarray(dataset.x_cat[np.sort(dataset.rows[start:start + CHUNK])])
 
@@ -131,7 +132,7 @@ def _day_files(path):
     sizes, counts_file = _fea_counts(folder, path)
     rows = sum(npz_shape(day, "X_cat")[0] for day in days[:-1])
 
-    def blocks():
+    def blocks() -> Iterator[np.ndarray]:
         for day in days[:-1]:
             yield from npz_blocks(day, "X_cat", npz_shape(day, "X_cat")[0])
 
@@ -150,7 +151,7 @@ def _bins(path):
     sizes, counts_file = _fea_counts(os.path.dirname(os.path.abspath(path)), path)
     data = np.memmap(path, dtype=np.int32, mode="r").reshape(-1, width) if size else np.zeros((0, width), np.int32)
 
-    def blocks():
+    def blocks() -> Iterator[np.ndarray]:
         for start in range(0, len(data), CHUNK):
             yield np.asarray(data[start:start + CHUNK, 1 + NDENSE_CRITEO:])
 
@@ -158,13 +159,13 @@ def _bins(path):
                                  source=f"the {len(data)} rows of {os.path.basename(path)} (sizes from {counts_file})")
 
 
-def kaggle_train_rows(path, total):
+def kaggle_train_rows(path: StrPath, total: int) -> Tuple[int, str]:
     """How many leading rows DLRM trains on: all days but the last (``kaggle_days``)."""
     days, source = kaggle_days(path, total)
     return sum(days[:-1]), source
 
 
-def read_row_ranges(path, name, ranges):
+def read_row_ranges(path: StrPath, name: str, ranges: Iterable[Tuple[int, int]]) -> np.ndarray:
     """Rows ``[start, stop)`` for each of ``ranges`` (in file order) of a 2-D or 1-D .npz member, in one
     array: sliced from a memory map when the member is stored, else read through once in blocks."""
     with zipfile.ZipFile(path) as archive:
@@ -211,13 +212,13 @@ def _npy_header(handle, path, name):
     return shape, dtype
 
 
-def npz_shape(path, name):
+def npz_shape(path: StrPath, name: str) -> Tuple[int, ...]:
     archive, handle = _npz_member(path, name)
     with archive, handle:
         return _npy_header(handle, path, name)[0]
 
 
-def npz_blocks(path, name, rows):
+def npz_blocks(path: StrPath, name: str, rows: int) -> Iterator[np.ndarray]:
     """The first ``rows`` rows of a 2-D .npz member, ``CHUNK`` at a time: never the whole array."""
     archive, handle = _npz_member(path, name)
     with archive, handle:
@@ -231,7 +232,7 @@ def npz_blocks(path, name, rows):
             yield np.frombuffer(data, dtype=dtype).reshape(count, shape[1])
 
 
-def npz_memmap(path, name):
+def npz_memmap(path: StrPath, name: str) -> np.ndarray:
     """A read-only memory map of an .npz member, which must be stored, not compressed.
 
     A stored member's ``.npy`` bytes lie in the file as they are, after the
@@ -257,19 +258,19 @@ def npz_memmap(path, name):
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape), order="F" if fortran else "C")
 
 
-def is_stored(path, names):
+def is_stored(path: StrPath, names: Iterable[str]) -> bool:
     """Whether every member ``names`` of the .npz at ``path`` is stored (not compressed)."""
     with zipfile.ZipFile(path) as archive:
         return all(archive.getinfo(name + ".npy").compress_type == zipfile.ZIP_STORED for name in names)
 
 
-def store_npz(source, target, progress=None):
+def store_npz(source: StrPath, target: StrPath, progress: Optional[Callable[[int], object]] = None) -> None:
     """Rewrite the .npz ``source`` with its members stored, not compressed, into ``target`` (atomically).
 
     Members are copied in blocks, never loaded whole (Criteo-Kaggle's ``X_cat``
     is 4.8 GB uncompressed).
     """
-    def write(tmp):
+    def write(tmp: str) -> None:
         with zipfile.ZipFile(source) as archive, \
                 zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as out:
             for info in archive.infolist():

@@ -1,11 +1,13 @@
 """Raw text files, read safely: line counts, opening with one-line errors, numbered decoded lines."""
 
 import os
+from typing import BinaryIO, Iterable, Iterator, Tuple
 
 from ..errors import MLETError
+from ..files import StrPath
 
 
-def count_lines(path):
+def count_lines(path: StrPath) -> int:
     """Lines in a file, counted in 16 MiB blocks (fast, constant memory)."""
     lines, last = 0, b"\n"
     with open(path, "rb") as handle:
@@ -15,7 +17,7 @@ def count_lines(path):
     return lines + (last != b"\n")
 
 
-def open_text(path):
+def open_text(path: StrPath) -> BinaryIO:
     if not os.path.isfile(path):
         raise MLETError(f"{path}: no such file")
     if os.path.getsize(path) == 0:
@@ -23,7 +25,7 @@ def open_text(path):
     return open(path, "rb")
 
 
-def numbered_lines(handle, path):
+def numbered_lines(handle: Iterable[bytes], path: StrPath) -> Iterator[Tuple[int, str]]:
     """Numbered lines without their line ending; non-UTF-8 bytes are named by line.
 
     Decoded line by line (not by a text stream's blocks) so the error points at

@@ -4,17 +4,25 @@ A DLRM checkpoint is the dict ``dlrm_s_pytorch.py`` saves: ``state_dict``,
 ``opt_state_dict`` and bookkeeping (``nepochs``, ``iter``, ``test_acc``, ...).
 """
 
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+
 import torch
+from torch import nn
 
 from ..core.folding import PROJ_KEY, TABLE_KEY, fold_state_dict, key_prefix, mlet_prefixes
 from ..core.half import float32_state
+from ..core.step import ParamState
 from ..errors import MLETError
 from ..checkpoint_io import to_plain
 
 MLET_SUFFIX = ".mlet"
 
+Checkpoint = Dict[str, Any]  # what DLRM saves and loads (module docstring), with our "mlet" record in PATH.mlet
+OptimizerState = Dict[str, Any]  # an optimizer's state_dict(): "state" (index -> ParamState), "param_groups"
+GroupNames = List[List[str]]  # the parameter names behind an optimizer's indices, group by group
 
-def is_mlet_checkpoint(ckpt):
+
+def is_mlet_checkpoint(ckpt: Checkpoint) -> bool:
     return bool(mlet_prefixes(ckpt["state_dict"]))
 
 
@@ -22,7 +30,7 @@ def is_mlet_checkpoint(ckpt):
 _DISTRIBUTED_GROUPS = ("emb_l.", "bot_l.", "top_l.")
 
 
-def optimizer_group_names(names, groups):
+def optimizer_group_names(names: Iterable[str], groups: int) -> GroupNames:
     """Which of DLRM's optimizer groups each parameter is in: ``names`` split, in order.
 
     The one statement of DLRM's layout (``run()``, where it builds the
@@ -38,12 +46,12 @@ def optimizer_group_names(names, groups):
     return [[name for name in names if name.startswith(prefix)] for prefix in _DISTRIBUTED_GROUPS]
 
 
-def param_group_names(model, opt_state):
+def param_group_names(model: nn.Module, opt_state: OptimizerState) -> GroupNames:
     """Parameter names behind the optimizer's indices, group by group (recorded in ``PATH.mlet``)."""
     return optimizer_group_names((name for name, _ in model.named_parameters()), len(opt_state["param_groups"]))
 
 
-def param_groups_by_name(ckpt):
+def param_groups_by_name(ckpt: Checkpoint) -> GroupNames:
     """Names of the parameters behind each optimizer group's indices.
 
     Our ``.mlet`` files record them. For other files, assume DLRM's
@@ -55,7 +63,7 @@ def param_groups_by_name(ckpt):
     return optimizer_group_names(ckpt["state_dict"].keys(), 1)
 
 
-def fold_checkpoint(ckpt, progress=None):
+def fold_checkpoint(ckpt: Checkpoint, progress: Optional[Callable[[int], object]] = None) -> Checkpoint:
     """Return the stock DLRM checkpoint equivalent to an MLET one.
 
     ``state_dict`` is folded, ``opt_state_dict`` renumbered for the folded
@@ -75,7 +83,8 @@ def fold_checkpoint(ckpt, progress=None):
     return {key: folded[key] for key in ckpt if key in folded}
 
 
-def fold_optimizer_state(opt_state, group_names, state_dict):
+def fold_optimizer_state(opt_state: OptimizerState, group_names: GroupNames,
+                         state_dict: Mapping[str, torch.Tensor]) -> OptimizerState:
     """Renumber an optimizer state dict for the folded parameter list.
 
     Each table's ``table.weight`` becomes the folded ``weight`` in its place
@@ -114,7 +123,7 @@ def fold_optimizer_state(opt_state, group_names, state_dict):
     return {"state": new_state, "param_groups": new_groups}
 
 
-def fold_param_state(state, proj_weight):
+def fold_param_state(state: ParamState, proj_weight: torch.Tensor) -> ParamState:
     """Estimate the optimizer state of a folded table (see fold_optimizer_state).
 
     A half-precision table's float32 accumulators are read as the optimizer

@@ -16,34 +16,37 @@ last writer wins and the other ranks' tables are lost. Our save path instead:
 """
 
 from collections import OrderedDict
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from ..core.bag import MLETEmbeddingBag
 from ..core.folding import fold_weight
 from ..core.gather import comm_device, stream_to_rank0
+from ..core.step import ParamState
 from ..errors import MLETError
 from ..checkpoint_io import to_plain
-from .checkpoints import fold_param_state, optimizer_group_names
+from .checkpoints import Checkpoint, OptimizerState, fold_param_state, optimizer_group_names
 
 
-def is_distributed():
+def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def shard_path(mlet_path, rank):
+def shard_path(mlet_path: str, rank: int) -> str:
     """Rank 0's shard is ``PATH.mlet`` itself, so ``--load-model=PATH.mlet`` names them all."""
     return mlet_path if rank == 0 else f"{mlet_path}.rank{rank}"
 
 
-def optimizer_groups(model):
+def optimizer_groups(model: nn.Module) -> List[List[nn.Parameter]]:
     """The parameters behind DLRM's three distributed optimizer groups, in order (``optimizer_group_names``)."""
     params = dict(model.named_parameters())
     return [[params[name] for name in names] for names in optimizer_group_names(params, 3)]
 
 
-def state_by_param(model, opt_state):
+def state_by_param(model: nn.Module, opt_state: OptimizerState) -> Dict[int, ParamState]:
     """A distributed optimizer state's per-parameter entries, keyed by ``id`` of the model's parameter."""
     by_param = {}
     for group, params in zip(opt_state["param_groups"], optimizer_groups(model)):
@@ -108,7 +111,7 @@ def _gather_table(model, owner, local, by_param, device):
     return header[0] | {"data": data}
 
 
-def gather_folded_checkpoint(ckpt, model):
+def gather_folded_checkpoint(ckpt: Checkpoint, model: nn.Module) -> Optional[Checkpoint]:
     """Collective: rank 0 returns the stock single-process checkpoint, others None.
 
     Raises MLETError on every rank when any table cannot be folded.

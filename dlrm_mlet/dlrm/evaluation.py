@@ -11,14 +11,18 @@ embedding row the model sees (after ``--max-ind-range``), since that is how
 often the row was trained in one epoch.
 """
 
+import argparse
 import contextlib
+import types
+from typing import Any, Dict, Iterable, List, Optional, Sequence, cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from ..data.avazu import AvazuDataset
-from ..data.frequency import BUCKETS, count_rows
-from ..data.mapped import MappedLoader, MappedSplit
+from ..data.frequency import BUCKETS, RowCounts, count_rows
+from ..data.mapped import Batch, MappedLoader, MappedSplit
 
 _CHUNK = 1 << 20
 
@@ -33,7 +37,8 @@ def _numpy_rng_kept():
         np.random.set_state(state)
 
 
-def validation_loader(args, dp, test_ld):
+def validation_loader(args: argparse.Namespace, dp: types.ModuleType,
+                      test_ld: Iterable[Batch]) -> Optional[Iterable[Batch]]:
     """The validation twin of DLRM's test loader (same batches, order and collate), or None."""
     if isinstance(test_ld, MappedLoader):
         return test_ld.twin("val")
@@ -58,8 +63,9 @@ def validation_loader(args, dp, test_ld):
         twin = AvazuDataset(test.cache_dir, "val", test.max_ind_range)
     else:
         return None
-    return torch.utils.data.DataLoader(twin, batch_size=test_ld.batch_size, shuffle=False, num_workers=0,
-                                       collate_fn=test_ld.collate_fn, pin_memory=False, drop_last=False)
+    loader = cast(torch.utils.data.DataLoader, test_ld)  # one with a .dataset: torch's
+    return torch.utils.data.DataLoader(twin, batch_size=loader.batch_size, shuffle=False, num_workers=0,
+                                       collate_fn=loader.collate_fn, pin_memory=False, drop_last=False)
 
 
 def _categorical_chunks(dataset):
@@ -88,7 +94,7 @@ def _categorical_chunks(dataset):
         raise LookupError(type(dataset).__name__)
 
 
-def train_counts(dataset, table_sizes, max_ind_range=-1):
+def train_counts(dataset: object, table_sizes: Sequence[int], max_ind_range: int = -1) -> Optional[RowCounts]:
     """Per table, how often each embedding row occurs in the training split; None if unknown."""
     try:
         return count_rows(_categorical_chunks(dataset), table_sizes, max_ind_range)
@@ -96,7 +102,7 @@ def train_counts(dataset, table_sizes, max_ind_range=-1):
         return None
 
 
-def rarest_counts(loader, counts):
+def rarest_counts(loader: Iterable[Batch], counts: RowCounts) -> np.ndarray:
     """Per sample of ``loader`` (in its order), the training count of its rarest value."""
     out = []
     for batch in loader:
@@ -112,7 +118,7 @@ def rarest_counts(loader, counts):
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def binary_metrics(p, y):
+def binary_metrics(p: npt.ArrayLike, y: npt.ArrayLike) -> Dict[str, Any]:
     """AUC (None when one class is missing), log loss and accuracy of click probabilities; ``constant``:
     every prediction the same (a model that collapsed, what a sweep records as diverged)."""
     import sklearn.metrics
@@ -129,7 +135,7 @@ def binary_metrics(p, y):
     }
 
 
-def bucket_metrics(p, y, rarest):
+def bucket_metrics(p: npt.ArrayLike, y: npt.ArrayLike, rarest: npt.ArrayLike) -> List[Dict[str, Any]]:
     """Test metrics per frequency bucket (``BUCKETS``)."""
     p, y, rarest = (np.asarray(a).reshape(-1) for a in (p, y, rarest))
     if len(rarest) != len(p):

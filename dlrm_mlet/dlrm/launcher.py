@@ -14,13 +14,15 @@ import os
 import runpy
 import sys
 import tempfile
+from typing import Iterable
 
 from ..errors import MLETError
+from ..files import StrPath
 from .patching import patched_script
 from .script import SCRIPT
 
 
-def run_script(script, dlrm_args):
+def run_script(script: StrPath, dlrm_args: Iterable[str]) -> int:
     """Run DLRM's ``run()`` from a patched copy of ``script``; returns its exit status."""
     script = os.path.abspath(script)
     if not os.path.isfile(script):

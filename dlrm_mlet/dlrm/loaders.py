@@ -6,7 +6,9 @@ added is the preprocessing that fails or is missing upstream (``data/kaggle.py``
 MLPerf bin loader.
 """
 
+import argparse
 import os
+import types
 
 import torch
 
@@ -14,10 +16,11 @@ from ..errors import MLETError
 from ..data import criteo, mapped
 from ..data.avazu import AvazuDataset, preprocess_avazu
 from ..data.kaggle import kaggle_paths, preprocess_kaggle
+from ..data.mapped import Loaders
 from .session import Scoring, fail, session
 
 
-def make_data_and_loaders(args, dp):
+def make_data_and_loaders(args: argparse.Namespace, dp: types.ModuleType) -> Loaders:
     """DLRM's ``dp.make_criteo_data_and_loaders(args)``, plus our preprocessing and Avazu.
 
     Criteo-Kaggle: when the processed file is missing, ours writes it (numpy 2

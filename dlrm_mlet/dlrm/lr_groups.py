@@ -14,9 +14,13 @@ for byte. DLRM's scheduler scales every group's own lr, so the ratio holds
 through warm-up and decay, and the update at the step reads each group's lr.
 """
 
+from typing import List, cast
+
 from torch import nn
+from torch.optim.optimizer import ParamsT
 
 from ..core.pair import is_mlet
+from ..core.step import ParamGroup
 from .session import session
 
 
@@ -28,7 +32,7 @@ def _split(model):
     return tables, projections
 
 
-def param_groups(model, parameters, lr):
+def param_groups(model: nn.Module, parameters: ParamsT, lr: float) -> ParamsT:
     """DLRM's ``parameters`` (an iterable of tensors, or of group dicts) with the tables and projections
     in groups of their own at their scaled lr; ``parameters`` itself when no scale is given."""
     config = session.config
@@ -39,7 +43,7 @@ def param_groups(model, parameters, lr):
     names = {id(p): name for name, p in model.named_parameters()}
     given = list(parameters)
     if given and isinstance(given[0], dict):  # DLRM's distributed groups: tables, bottom MLP, top MLP
-        groups = [dict(g, params=list(g["params"])) for g in given]
+        groups = [dict(g, params=list(g["params"])) for g in cast(List[ParamGroup], given)]
     else:
         groups = [{"params": given}]
     out = []

@@ -6,19 +6,25 @@ effective rank of the trained tables shows whether k was worth its cost.
 
 import json
 import sys
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import MLETError
 from ..files import atomic_write_text
 from . import distributed, evaluation
 from ..data.frequency import BUCKET_RULE, cap_rows
+from ..data.mapped import Batch
 from .monitor import Monitor
 from .session import fail, session
 
+if TYPE_CHECKING:  # tensorboard: DLRM's dependency, not ours
+    from torch.utils.tensorboard import SummaryWriter
 
-def after_step(model, writer, step=None):
+
+def after_step(model: nn.Module, writer: "SummaryWriter", step: Optional[int] = None) -> None:
     """After each optimizer step: TensorBoard spectra every ``--mlet-log-freq`` steps."""
     log_freq = session.config.log_freq
     if log_freq <= 0:
@@ -28,7 +34,8 @@ def after_step(model, writer, step=None):
     session.monitor.after_step(model, writer, step)
 
 
-def test_scores(scores, targets, step, forward=None):
+def test_scores(scores: np.ndarray, targets: np.ndarray, step: Optional[int],
+                forward: Optional[Callable[[Batch], torch.Tensor]] = None) -> None:
     """DLRM's test predictions (``--mlperf-logging``): log loss, validation, buckets, a file.
 
     DLRM prints AUC and accuracy but not the test log loss, which the MLET

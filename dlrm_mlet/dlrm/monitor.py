@@ -16,10 +16,16 @@ Cost: one Gram of ``sample_rows`` rows per table per log, plus counting the
 indices of the tracked tables at every step (one ``index_add_``).
 """
 
+from typing import TYPE_CHECKING, Dict, Optional, Tuple, cast
+
 import torch
+from torch import nn
 
 from ..core.pair import is_mlet
 from ..core.spectrum import effective_rank, singular_values
+
+if TYPE_CHECKING:  # tensorboard: DLRM's dependency, not ours
+    from torch.utils.tensorboard import SummaryWriter
 
 TOP_SINGULAR = 3
 ROWS_PER_GROUP = 64
@@ -55,19 +61,19 @@ def _folded_rows(table, rows):
 class Monitor:
     """Counts index use on the largest tables and logs spectra every ``freq`` steps."""
 
-    def __init__(self, freq, sample_rows=2048, tracked_tables=3, seed=0):
+    def __init__(self, freq: int, sample_rows: int = 2048, tracked_tables: int = 3, seed: int = 0) -> None:
         self.freq = freq
         self.sample_rows = sample_rows
         self.tracked_tables = tracked_tables
         self.generator = torch.Generator().manual_seed(seed)
-        self.model = None
-        self.sizes = {}  # tracked table -> rows
-        self.counts = {}  # tracked table -> uses per row, on the device its indices arrive on
-        self.pending = {}
-        self.snapshots = {}
+        self.model: Optional[nn.Module] = None
+        self.sizes: Dict[int, int] = {}  # tracked table -> rows
+        self.counts: Dict[int, torch.Tensor] = {}  # tracked table -> uses per row, on the device its indices arrive on
+        self.pending: Dict[int, torch.Tensor] = {}
+        self.snapshots: Dict[int, Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = {}
         self.steps = 0
 
-    def attach(self, model):
+    def attach(self, model: nn.Module) -> None:
         """Start counting index use on the largest tables.
 
         The hook sits on the model, not on the tables: DLRM's forward takes
@@ -75,10 +81,11 @@ class Monitor:
         are never called one by one.
         """
         self.model = model
-        tables = sorted(_logged(model), key=lambda i: -_factors(model.emb_l[i])[0].shape[0])
-        self.sizes = {i: _factors(model.emb_l[i])[0].shape[0] for i in tables[: self.tracked_tables]}
+        emb_l = cast(nn.ModuleList, model.emb_l)  # DLRM_Net's tables
+        tables = sorted(_logged(model), key=lambda i: -_factors(emb_l[i])[0].shape[0])
+        self.sizes = {i: _factors(emb_l[i])[0].shape[0] for i in tables[: self.tracked_tables]}
         # In DLRM's distributed mode local table i is global table local_emb_indices[i].
-        self.global_index = list(getattr(model, "local_emb_indices", range(len(model.emb_l))))
+        self.global_index = list(getattr(model, "local_emb_indices", range(len(emb_l))))
         model.register_forward_pre_hook(self._remember)
 
     def _remember(self, model, inputs):
@@ -100,7 +107,7 @@ class Monitor:
             self.counts[i] = counts.index_add_(0, indices, torch.ones_like(indices, dtype=torch.int32))
         self.pending.clear()
 
-    def after_step(self, model, writer, step=None):
+    def after_step(self, model: nn.Module, writer: "SummaryWriter", step: Optional[int] = None) -> None:
         """Called after each optimizer step; logs every ``freq`` steps."""
         if model is not self.model:
             self.attach(model)
@@ -112,10 +119,11 @@ class Monitor:
         with torch.no_grad():
             self.log(model, writer, step)
 
-    def log(self, model, writer, step):
+    def log(self, model: nn.Module, writer: "SummaryWriter", step: int) -> None:
         ranks = []
+        emb_l = cast(nn.ModuleList, model.emb_l)  # DLRM_Net's tables
         for i in _logged(model):
-            table, name = model.emb_l[i], f"emb_l.{i}"
+            table, name = emb_l[i], f"emb_l.{i}"
             a, b = _factors(table)
             n = a.shape[0]
             rows = None if n <= self.sample_rows else torch.randperm(n, generator=self.generator)[: self.sample_rows]

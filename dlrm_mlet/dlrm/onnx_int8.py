@@ -16,16 +16,20 @@ the MLPs' weights int8. A lookup's rows equal DLRM's int8 rows.
 import logging
 import os
 import tempfile
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
 import torch
 
 from ..errors import MLETError
-from ..files import atomic_write
+from ..files import StrPath, atomic_write
+
+if TYPE_CHECKING:  # onnx: an optional dependency, imported where it is used
+    import onnx
 
 MLP_OPS = ["MatMul", "Gemm"]
 
 
-def tables_to_int8(model):
+def tables_to_int8(model: "onnx.ModelProto") -> List[str]:
     """Rewrite, in place, every ``Gather`` from a 2-D float32 initializer into a row-wise int8 lookup.
 
     Returns the names of the tables rewritten. A table read by some other
@@ -35,7 +39,7 @@ def tables_to_int8(model):
 
     graph = model.graph
     floats = {t.name: t for t in graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) == 2}
-    users = {}
+    users: Dict[str, List[Tuple["onnx.GraphProto", "onnx.NodeProto"]]] = {}  # table -> (graph, node) reading it
     for g in _graphs(graph):
         for node in g.node:
             for name in node.input:
@@ -69,7 +73,7 @@ def tables_to_int8(model):
     return tables
 
 
-def quantize(model):
+def quantize(model: "onnx.ModelProto") -> Tuple["onnx.ModelProto", List[str]]:
     """``model`` (an ``onnx.ModelProto``) served int8: tables row-wise (``tables_to_int8``), MLPs by ORT.
 
     Returns the new model and the tables' names; raises MLETError when the
@@ -97,7 +101,7 @@ def quantize(model):
         return onnx.load(target), tables
 
 
-def quantize_file(source, target, force=False):
+def quantize_file(source: StrPath, target: StrPath, force: bool = False) -> List[str]:
     """``dlrm-mlet onnx-int8``: ``source`` (an exported model) written int8 to ``target``; the tables' names."""
     import onnx
 

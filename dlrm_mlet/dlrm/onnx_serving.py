@@ -13,6 +13,7 @@ import io
 
 import numpy as np
 import torch
+from torch import nn
 
 from . import onnx_int8
 
@@ -55,7 +56,7 @@ class OnnxForward:
                                             providers=["CPUExecutionProvider"])
 
 
-def install(model, precision):
+def install(model: nn.Module, precision: str) -> None:
     """Make ``model``'s forward the ONNX Runtime one (DLRM calls ``dlrm(X, lS_o, lS_i)``)."""
     model.forward = OnnxForward(model, precision)
 

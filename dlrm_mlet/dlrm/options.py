@@ -5,9 +5,12 @@ calls ``add_arguments`` on it and ``configure`` right after ``parse_args``;
 everything MLET decides later reads the ``Config`` made here.
 """
 
+import argparse
 import importlib.util
 import os
 import sys
+from types import TracebackType
+from typing import Optional, Type
 
 from ..core import budget
 from ..core.options import add_table_arguments, parse_table_options
@@ -22,7 +25,7 @@ DEFAULT_LOG_FREQ = 1024
 AUTO = "auto"  # --mlet-fused-update left out
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``--mlet-*`` options on DLRM's parser.
 
     The table options (``--mlet-hidden-dim``, ``--mlet-min-rows``,
@@ -100,7 +103,7 @@ def add_arguments(parser):
     )
 
 
-def parse_config(args):
+def parse_config(args: argparse.Namespace) -> Config:
     """Check our options against DLRM's; raises MLETError naming the flag."""
     dims, min_rows, proj_init, table_dtype = parse_table_options(args)
     hidden = max(dims)
@@ -242,7 +245,7 @@ INTERRUPTED = ("interrupted: every checkpoint on disk is complete (a save under 
                "rolled back, leaving the previous file)")
 
 
-def interrupted_line():
+def interrupted_line() -> str:
     """The Ctrl-C line: what is on disk, and how to go on from it."""
     config = session.config
     if config.checkpoint:
@@ -260,7 +263,7 @@ def _interrupted_in_one_line(previous):
     if getattr(previous, "one_line_interrupt", False):
         return previous
 
-    def hook(kind, value, traceback):
+    def hook(kind: Type[BaseException], value: BaseException, traceback: Optional[TracebackType]) -> None:
         if issubclass(kind, KeyboardInterrupt):
             sys.stderr.write(interrupted_line() + "\n")
         else:
@@ -270,7 +273,7 @@ def _interrupted_in_one_line(previous):
     return hook
 
 
-def configure(args):
+def configure(args: argparse.Namespace) -> Config:
     """Validate and remember our options, before DLRM does any work.
 
     A new run starts from a clean session (no monitor, no resume state); the

@@ -14,12 +14,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Iterable, List, Tuple, cast
 
 from ..errors import MLETError
-from ..files import atomic_write
+from ..files import StrPath, atomic_write
 
 PINNED_COMMIT = "090956ee2319ddd349a42232958aefccfe3f7b0a"
 PATCH_NAME = "dlrm-mlet.patch"
+Hunk = Tuple[int, int, List[Tuple[str, str]]]  # (old_start, new_start, [(tag, line), ...]), tag " ", "+" or "-"
 
 
 @dataclass
@@ -27,14 +29,14 @@ class FilePatch:
     path: str
     old_blob: str
     new_blob: str
-    hunks: list = field(default_factory=list)  # (old_start, new_start, [(tag, line), ...])
+    hunks: List[Hunk] = field(default_factory=list)
 
 
-def patch_path():
+def patch_path() -> str:
     return str(resources.files("dlrm_mlet.patches").joinpath(PATCH_NAME))
 
 
-def parse_patch(text):
+def parse_patch(text: str) -> List[FilePatch]:
     """Split a ``git diff --full-index`` into files, their blob ids and hunks."""
     files = []
     for line in text.splitlines(keepends=True):
@@ -44,7 +46,8 @@ def parse_patch(text):
             old, new = line.split()[1].split("..")
             files[-1].old_blob, files[-1].new_blob = old, new
         elif line.startswith("@@"):
-            old_start, new_start = map(int, re.match(r"@@ -(\d+)(?:,\d+)? \+(\d+)", line).groups())
+            hunk = cast(re.Match, re.match(r"@@ -(\d+)(?:,\d+)? \+(\d+)", line))  # a git hunk header
+            old_start, new_start = map(int, hunk.groups())
             files[-1].hunks.append((old_start, new_start, []))
         elif files and files[-1].hunks and line[:1] in (" ", "+", "-"):
             files[-1].hunks[-1][2].append((line[0], line[1:]))
@@ -53,12 +56,12 @@ def parse_patch(text):
     return files
 
 
-def git_blob_id(data):
+def git_blob_id(data: bytes) -> str:
     """The id git gives a file's content (``git hash-object``)."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def apply_hunks(lines, hunks, reverse=False):
+def apply_hunks(lines: List[str], hunks: Iterable[Hunk], reverse: bool = False) -> List[str]:
     """Apply (or undo) hunks to a list of lines known to match exactly."""
     take, give = ("+", "-") if reverse else ("-", "+")
     out, pos = [], 0
@@ -74,7 +77,7 @@ def apply_hunks(lines, hunks, reverse=False):
     return out + lines[pos:]
 
 
-def checkout_state(dlrm_dir, files):
+def checkout_state(dlrm_dir: StrPath, files: Iterable[FilePatch]) -> str:
     """'pinned', 'patched', or a reason naming the first file that is neither."""
     states = set()
     for f in files:
@@ -97,7 +100,7 @@ def checkout_state(dlrm_dir, files):
     return states.pop()
 
 
-def patch_checkout(dlrm_dir, reverse=False, check_only=False):
+def patch_checkout(dlrm_dir: StrPath, reverse: bool = False, check_only: bool = False) -> str:
     """Apply (or remove) the patch; returns a one-line message for the user.
 
     Nothing is written unless every file is exactly as expected, and every
@@ -144,7 +147,7 @@ def patch_checkout(dlrm_dir, reverse=False, check_only=False):
 def _replace_file(path, data):
     """Replace a DLRM file atomically, keeping its permissions."""
 
-    def write(tmp):
+    def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:
             handle.write(data)
         os.chmod(tmp, os.stat(path).st_mode)
@@ -152,17 +155,17 @@ def _replace_file(path, data):
     atomic_write(path, write)
 
 
-def is_patched_checkout(dlrm_dir):
+def is_patched_checkout(dlrm_dir: StrPath) -> bool:
     """Whether ``dlrm_dir`` holds exactly this version's patched files."""
     with open(patch_path(), encoding="utf-8") as handle:
         return checkout_state(dlrm_dir, parse_patch(handle.read())) == "patched"
 
 
-def is_patched_source(text):
+def is_patched_source(text: str) -> bool:
     return "dlrm_mlet.dlrm_glue" in text
 
 
-def patched_script(source, name="dlrm_s_pytorch.py"):
+def patched_script(source: str, name: str = "dlrm_s_pytorch.py") -> str:
     """The patched text of DLRM's ``name``, from its pinned ``source`` (already patched: as it is).
 
     The same hunks and the same blob checks as ``patch_checkout``, in memory:

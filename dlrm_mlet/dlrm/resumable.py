@@ -10,7 +10,11 @@ there loads it through DLRM's own ``--load-model`` path and continues exactly
 until it finishes, trains the model it would have trained uninterrupted.
 """
 
+import argparse
 import os
+from typing import Any, Dict
+
+from torch import nn
 
 from ..errors import MLETError
 from ..files import check_writable
@@ -18,7 +22,7 @@ from .saving import save_training_checkpoint
 from .session import fail, session
 
 
-def check(args):
+def check(args: argparse.Namespace) -> None:
     """Before any work: PATH can be written, is not ``--save-model``'s; a PATH there becomes ``--load-model``."""
     path = session.config.checkpoint
     if not path:
@@ -39,7 +43,7 @@ def check(args):
         print(f"MLET: resuming from {path}", flush=True)
 
 
-def checkpoint(model, args, state):
+def checkpoint(model: nn.Module, args: argparse.Namespace, state: Dict[str, Any]) -> None:
     """At the end of each batch of DLRM's training loop (``state``: its local variables, read by
     name): write the run's checkpoint when one is due."""
     config = session.config

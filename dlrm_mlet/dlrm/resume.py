@@ -9,15 +9,17 @@ run keeps stock behaviour, byte for byte.
 """
 
 import warnings
+from typing import Any, Dict, Mapping, Tuple, cast
 
 import numpy as np
 import torch
 
 from ..core import step
+from .checkpoints import Checkpoint
 from .session import resumes_exactly, session
 
 
-def epoch_after_skip(k):
+def epoch_after_skip(k: int) -> int:
     """Stock DLRM skips a finished epoch with ``continue`` but never advances ``k``.
 
     A checkpoint saved after the first epoch therefore makes a resumed run
@@ -27,7 +29,7 @@ def epoch_after_skip(k):
     return k + 1 if resumes_exactly() else k
 
 
-def skip_batch(k, j, skip_upto_epoch, skip_upto_batch):
+def skip_batch(k: int, j: int, skip_upto_epoch: int, skip_upto_batch: int) -> bool:
     """Whether to skip batch ``j`` of epoch ``k`` when resuming.
 
     Stock DLRM skips the first ``skip_upto_batch`` batches of *every* epoch, so
@@ -45,7 +47,7 @@ def skip_batch(k, j, skip_upto_epoch, skip_upto_batch):
     return j < skip_upto_batch
 
 
-def resume_schedule(lr_scheduler, ckpt):
+def resume_schedule(lr_scheduler: torch.optim.lr_scheduler.LRScheduler, ckpt: Checkpoint) -> None:
     """Move DLRM's learning-rate scheduler to the step the resumed checkpoint was saved at.
 
     DLRM does not save its scheduler, so a resumed run would restart warm-up and
@@ -65,13 +67,13 @@ def resume_schedule(lr_scheduler, ckpt):
             lr_scheduler.step()
 
 
-def start_resume(ckpt):
+def start_resume(ckpt: Checkpoint) -> None:
     """A checkpoint is resuming training exactly: hold its RNG state, keep RWSAdagrad's accumulators."""
     session.resume_rng = ckpt.get("mlet", {}).get("numpy_rng")
     step.on_step("keep a resumed RWSAdagrad's accumulators", _keep_loaded_rowwise_state)
 
 
-def numpy_rng_state():
+def numpy_rng_state() -> Dict[str, Any]:
     """numpy's global RNG state as plain values, saved in ``PATH.mlet``.
 
     DLRM's random data draws each batch from the global numpy RNG, reseeding
@@ -80,12 +82,13 @@ def numpy_rng_state():
     regenerates the skipped batches instead, so without this state it would
     train on other data than the uninterrupted run.
     """
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    # get_state()'s default, legacy form: ("MT19937", keys, pos, has_gauss, cached_gaussian)
+    _, keys, pos, has_gauss, gauss = cast(Tuple[str, np.ndarray, int, int, float], np.random.get_state())
     return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
             "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
 
 
-def set_numpy_rng_state(state):
+def set_numpy_rng_state(state: Mapping[str, Any]) -> None:
     keys = state["keys"].numpy().astype(np.uint32)
     np.random.set_state(("MT19937", keys, state["pos"], state["has_gauss"], state["cached_gaussian"]))
 

@@ -8,6 +8,10 @@ The checkpoint dicts themselves (folding, optimizer renumbering) are
 """
 
 import sys
+from typing import Mapping, cast
+
+import torch
+from torch import nn
 
 from ..core.convert import fold_model
 from ..core.folding import first_non_finite, fold_state_dict
@@ -15,7 +19,7 @@ from ..core.pair import is_mlet
 from ..errors import MLETError
 from ..checkpoint_io import atomic_save, check_safe_to_load, load_checkpoint, to_plain
 from . import distributed, onnx_serving
-from .checkpoints import MLET_SUFFIX, fold_checkpoint, is_mlet_checkpoint, param_group_names
+from .checkpoints import MLET_SUFFIX, Checkpoint, fold_checkpoint, is_mlet_checkpoint, param_group_names
 from .resume import numpy_rng_state, start_resume
 from .session import builds_tables, fail, resumes_exactly, session
 from .tables import has_mlet_tables
@@ -23,7 +27,7 @@ from .tables import has_mlet_tables
 FORMAT_VERSION = 1
 
 
-def save_model(ckpt, path, model):
+def save_model(ckpt: Checkpoint, path: str, model: nn.Module) -> None:
     """DLRM's ``torch.save(model_metrics_dict, args.save_model)``, made safe and folded.
 
     Without MLET: the same bytes DLRM writes, only atomically. With it:
@@ -85,7 +89,7 @@ def _training_state(ckpt, model):
     return dict(to_plain(ckpt), mlet=record)
 
 
-def save_training_checkpoint(ckpt, path, model):
+def save_training_checkpoint(ckpt: Checkpoint, path: str, model: nn.Module) -> None:
     """``--mlet-checkpoint``: the training state alone (MLET tables unfolded), atomically; a diverged
     state is refused before anything is written, so PATH keeps the last good checkpoint."""
     training = _training_state(ckpt, model)
@@ -98,7 +102,7 @@ def save_training_checkpoint(ckpt, path, model):
         fail(f"--mlet-checkpoint: {error}")
 
 
-def diverged(ckpt, path, where, flag="--save-model"):
+def diverged(ckpt: Checkpoint, path: str, where: str, flag: str = "--save-model") -> str:
     """The line a save stops DLRM with when a parameter is NaN or inf: what, when, what to change."""
     epoch, it = ckpt.get("epoch", 0), ckpt.get("iter", 0)
     groups = (ckpt.get("opt_state_dict") or {}).get("param_groups") or [{}]
@@ -132,7 +136,7 @@ def _global_name(key, model):
     return key.replace(".module.", ".", 1)
 
 
-def check_load(path):
+def check_load(path: str) -> None:
     """Before DLRM's own ``torch.load`` of ``--load-model``: refuse unsafe files in one line.
 
     DLRM loads with weights-only unpickling, which also refuses such files but
@@ -154,7 +158,7 @@ def check_load(path):
         fail(f"--load-model={path}: {message[len(path) + 2:] if message.startswith(path) else message}")
 
 
-def loaded(ckpt, model, path):
+def loaded(ckpt: Checkpoint, model: nn.Module, path: str) -> Checkpoint:
     """Adapt a checkpoint DLRM just loaded to the model it will load into.
 
     * MLET model, MLET checkpoint: checked table by table (shapes named).
@@ -229,7 +233,7 @@ def _resuming(ckpt):
     return ckpt
 
 
-def check_shapes(saved, expected, dtypes=False):
+def check_shapes(saved: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], dtypes: bool = False) -> None:
     """Refuse a checkpoint of another architecture, naming what differs.
 
     With ``dtypes`` (resuming) the dtypes must match too: ``load_state_dict``
@@ -255,9 +259,9 @@ def check_shapes(saved, expected, dtypes=False):
         )
 
 
-def for_export(model):
+def for_export(model: nn.Module) -> nn.Module:
     """Fold MLET tables before ``--save-onnx`` so the exported graph is stock."""
-    count = sum(is_mlet(m) for m in model.emb_l)
+    count = sum(is_mlet(m) for m in cast(nn.ModuleList, model.emb_l))  # DLRM_Net's tables
     try:
         model = fold_model(model)
     except MLETError as error:

@@ -5,14 +5,18 @@ import it the same way, here (``dlrm-mlet run`` runs a patched copy: ``launcher.
 patch`` and the CLI's defaults need only the folder.
 """
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import sys
+import types
+from typing import cast
 
 SCRIPT = "dlrm_s_pytorch.py"
 
 
-def default_dlrm_dir():
+def default_dlrm_dir() -> str:
     """``$DLRM_DIR``, else ``${XDG_CACHE_HOME:-~/.cache}/dlrm-mlet/dlrm`` (where the quickstart clones it)."""
     if os.environ.get("DLRM_DIR"):
         return os.environ["DLRM_DIR"]
@@ -20,7 +24,7 @@ def default_dlrm_dir():
     return os.path.join(cache, "dlrm-mlet", "dlrm")
 
 
-def import_dlrm_script(where, name="dlrm_s_pytorch", keep_path=False):
+def import_dlrm_script(where: str, name: str = "dlrm_s_pytorch", keep_path: bool = False) -> types.ModuleType:
     """Import a checkout's ``dlrm_s_pytorch.py`` (``where``: the folder or the file) under ``name``.
 
     Its folder goes first on ``sys.path`` while it runs, for its own imports
@@ -34,11 +38,12 @@ def import_dlrm_script(where, name="dlrm_s_pytorch", keep_path=False):
     if added:
         sys.path.insert(0, directory)
     try:
-        spec = importlib.util.spec_from_file_location(name, script)
+        # a .py path always has a spec, and a source loader
+        spec = cast(importlib.machinery.ModuleSpec, importlib.util.spec_from_file_location(name, script))
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:
-            spec.loader.exec_module(module)
+            cast(importlib.abc.Loader, spec.loader).exec_module(module)
         except BaseException:
             sys.modules.pop(name, None)
             raise

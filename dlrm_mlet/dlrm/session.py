@@ -10,6 +10,7 @@ stale copy.
 
 import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Config:
     save_model: str = ""  # DLRM's --save-model: where the run's checkpoints go (space is checked first)
 
     @property
-    def enabled(self):
+    def enabled(self) -> bool:
         return self.hidden_dim > 0
 
 
@@ -66,7 +67,7 @@ class Session:
         self.training = None  # (train dataset, --max-ind-range), for --mlet-memory-budget's rare rule
         self.group_names = None  # parameter names per optimizer group, when lr_groups made the groups
 
-    def start(self, config):
+    def start(self, config: Config) -> Config:
         """A new run: its config, and nothing left over from the last one."""
         self.config = config
         self.monitor = None
@@ -80,7 +81,7 @@ class Session:
 session = Session()
 
 
-def use_config(config):
+def use_config(config: Config) -> Config:
     """Make ``config`` the current run's (what ``configure`` does after parsing); returns it.
 
     For code that builds DLRM models without DLRM's parser (benchmarks, tests).
@@ -88,18 +89,18 @@ def use_config(config):
     return session.start(config)
 
 
-def reset():
+def reset() -> Config:
     """Back to MLET off, as a process that never ran DLRM."""
     return session.start(Config())
 
 
-def resumes_exactly():
+def resumes_exactly() -> bool:
     """Whether a resumed run continues the interrupted one exactly (``resume.py``'s fixes to DLRM's
     resume loop): MLET training, or any run keeping ``--mlet-checkpoint``; stock DLRM otherwise."""
     return builds_tables() or bool(session.config.checkpoint)
 
 
-def builds_tables():
+def builds_tables() -> bool:
     """Whether ``create_emb`` should build MLET tables (training with MLET).
 
     ``--inference-only`` runs build DLRM's plain tables: a saved MLET
@@ -109,6 +110,6 @@ def builds_tables():
     return session.config.enabled and not session.config.inference_only
 
 
-def fail(message):
+def fail(message: str) -> NoReturn:
     """Stop DLRM with one line, as DLRM's own checks do (``sys.exit("ERROR: ...")``)."""
     sys.exit(f"ERROR: {message}")

@@ -12,18 +12,22 @@ tables: a margin covers them.
 
 import os
 import shutil
+from typing import Dict, Iterable, List, Sequence, Tuple, cast
+
+from torch import nn
 
 from ..core.budget import format_bytes, training_bytes
 from ..core.half import dtype_name
-from ..core.pair import is_mlet
+from ..core.pair import TwoLayer, is_mlet
 from ..errors import MLETError
+from ..files import StrPath
 from .session import session
 
 MARGIN = 1.05  # and 64 MiB: the MLPs, pickling, the file system's own blocks
 MARGIN_BYTES = 64 * 2**20
 
 
-def free_bytes(path):
+def free_bytes(path: StrPath) -> int:
     """Bytes free for this process where ``path`` will be written (its folder's file system)."""
     return shutil.disk_usage(os.path.dirname(os.path.abspath(path)) or ".").free
 
@@ -32,11 +36,12 @@ def _device(path):
     return os.stat(os.path.dirname(os.path.abspath(path)) or ".").st_dev
 
 
-def file_sizes(tables):
+def file_sizes(tables: Iterable[nn.Module]) -> Tuple[int, int]:
     """``(training checkpoint bytes, folded checkpoint bytes)`` of DLRM's ``emb_l`` as built."""
     optimizer, training, folded = session.config.optimizer, 0, 0
     for t in tables:
         if is_mlet(t):
+            t = cast(TwoLayer, t)  # is_mlet: an MLET form
             n, d, k = t.num_embeddings, t.embedding_dim, t.hidden_dim
             training += training_bytes(n, d, k, dtype_name(t.table.weight.dtype), optimizer)
             folded += training_bytes(n, d, 0, "fp32", optimizer)
@@ -47,7 +52,7 @@ def file_sizes(tables):
     return training, folded
 
 
-def check(tables, save_model=""):
+def check(tables: Iterable[nn.Module], save_model: str = "") -> None:
     """Refuse in one line, before training, a run whose files would not fit (``MLETError``)."""
     config = session.config
     if config.inference_only:
@@ -59,7 +64,7 @@ def check(tables, save_model=""):
                                                    f"{format_bytes(folded)} for {save_model})")]
     if config.checkpoint:
         writes += [(config.checkpoint, training, f"--mlet-checkpoint ({format_bytes(training)})")]
-    needed = {}
+    needed: Dict[int, Tuple[int, List[str], str]] = {}  # device -> (bytes, what they are, a path there)
     for path, size, what in writes:
         device = _device(path)
         total, whats, _ = needed.get(device, (0, [], path))
@@ -73,14 +78,15 @@ def check(tables, save_model=""):
                             "write elsewhere")
 
 
-def check_runs(folder, sizes, widths, optimizer="sgd", resumable=False):
+def check_runs(folder: StrPath, sizes: Sequence[int], widths: Iterable[Tuple[int, int]], optimizer: str = "sgd",
+               resumable: bool = False) -> None:
     """Before a sweep's first run: the largest run's files fit in ``folder`` (``widths``: the runs' ``(d, k)``).
 
     A run writes its folded model, its MLET training checkpoint and, with
     ``resumable``, a second training checkpoint (``--mlet-checkpoint``), all
     deleted once its row is written: the largest run's files must fit at once.
     """
-    def files(d, k):
+    def files(d: int, k: int) -> int:
         training = sum(training_bytes(n, d, k, "fp32", optimizer) for n in sizes)
         folded = sum(training_bytes(n, d, 0, "fp32", optimizer) for n in sizes)
         return (training if k else 0) + folded + (training if resumable else 0)

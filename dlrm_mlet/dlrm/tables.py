@@ -7,6 +7,9 @@ keep DLRM's own class and init, so a table left plain is the one stock DLRM
 would build.
 """
 
+from typing import Iterable, List, Optional, Sequence, Tuple, Union, cast
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -15,7 +18,7 @@ from ..core.bag import MLETEmbeddingBag
 from ..core.budget import format_plan, plan_hidden_dims
 from ..core.init import uniform_table_
 from ..core.options import check_table_count, hidden_dim_for
-from ..core.pair import is_mlet
+from ..core.pair import TwoLayer, is_mlet
 from ..engine import fused, packing
 from ..engine.grouped import grouped_forward
 from ..errors import MLETError
@@ -24,7 +27,7 @@ from . import evaluation, space, tricks
 from .session import fail, session
 
 
-def make_table(n, d, k):
+def make_table(n: int, d: int, k: int) -> nn.Module:
     """An ``n``-row table: MLET with hidden width ``k``, or plain with DLRM's own init when ``k`` is 0."""
     config = session.config
     if k:
@@ -55,7 +58,7 @@ def _composite_table(net, kind, n, d, width, k):
     """A QR or MD table as stock DLRM builds it, its tables MLET tables of hidden width ``k`` (0: stock's)."""
     config = session.config
 
-    def make(rows, dim, hidden=k):
+    def make(rows: int, dim: int, hidden: int = k) -> MLETEmbeddingBag:
         return MLETEmbeddingBag(rows, dim, hidden, mode="sum", sparse=True, proj_init=config.proj_init,
                                 table_dtype=config.table_dtype)
 
@@ -68,7 +71,8 @@ def _composite_table(net, kind, n, d, width, k):
                                      net.qr_operation, make)
 
 
-def create_emb(net, m, ln, weighted_pooling=None):
+def create_emb(net: nn.Module, m: Union[int, List[int]], ln: np.ndarray,
+               weighted_pooling: Optional[str] = None) -> Tuple[nn.ModuleList, List[Optional[torch.Tensor]]]:
     """``DLRM_Net.create_emb`` for MLET runs.
 
     Keeps DLRM's contract: in distributed mode only this rank's tables
@@ -81,7 +85,7 @@ def create_emb(net, m, ln, weighted_pooling=None):
     try:
         check_table_count(dims, ln.size)
         if config.memory_budget:
-            dims = planned_dims([int(n) for n in ln], int(m))
+            dims = planned_dims([int(n) for n in ln], int(cast(int, m)))  # one width: --md-flag has no budget
     except MLETError as error:
         fail(str(error))
     emb_l, v_W_l = nn.ModuleList(), []
@@ -91,7 +95,7 @@ def create_emb(net, m, ln, weighted_pooling=None):
              "--mlet-fused-update")
     built = [i for i in range(ln.size) if local is None or i in local]
     if getattr(net, "md_flag", False):
-        small = [(i, int(ln[i])) for i in built if int(ln[i]) <= net.md_threshold]
+        small = [(i, int(ln[i])) for i in built if int(ln[i]) <= cast(int, net.md_threshold)]
         if small:
             fail(f"--md-flag: table {small[0][0]} has {small[0][1]} rows, at or below --md-threshold="
                  f"{net.md_threshold}; stock DLRM cannot build such a table (it passes its list of widths to "
@@ -107,23 +111,23 @@ def create_emb(net, m, ln, weighted_pooling=None):
     for i, k, kind in zip(built, widths, composite):
         n = int(ln[i])
         if kind:
-            table = _composite_table(net, kind, n, m[i] if kind == "md" else plain_m, plain_m, k)
+            table = _composite_table(net, kind, n, cast(List[int], m)[i] if kind == "md" else plain_m, plain_m, k)
         else:
             table = make_table(n, plain_m, k)
-            if k:
-                tables[k].place(table.table.weight)
-                projs[k].place(table.proj.weight)
+            if k:  # an MLET table
+                tables[k].place(cast(TwoLayer, table).table.weight)
+                projs[k].place(cast(TwoLayer, table).proj.weight)
         emb_l.append(table)
         v_W_l.append(None if weighted_pooling is None else torch.ones(n, dtype=torch.float32))
     if config.fused_update:
         fused.use(emb_l, config.fused_update, config.optimizer if config.fused_update == "torch" else "sgd")
-    mlet = [t for t in emb_l.modules() if is_mlet(t)]
+    mlet = [cast(TwoLayer, t) for t in emb_l.modules() if is_mlet(t)]
     train_bytes = sum(p.numel() * p.element_size() for p in emb_l.parameters())
     folded_bytes = _folded_bytes(emb_l)
-    widths = "-".join(map(str, sorted({t.hidden_dim for t in mlet}))) or "-"
+    shown = "-".join(map(str, sorted({t.hidden_dim for t in mlet}))) or "-"
     dtype = "" if config.table_dtype == "fp32" else f" ({config.table_dtype})"
     print(
-        f"MLET: {len(mlet)} of {len(emb_l)} tables trained as n x {widths}{dtype} -> {m}; "
+        f"MLET: {len(mlet)} of {len(emb_l)} tables trained as n x {shown}{dtype} -> {m}; "
         f"embedding bytes {train_bytes / 2**20:.1f} MiB training, "
         f"{folded_bytes / 2**20:.1f} MiB once folded",
         flush=True,
@@ -136,7 +140,7 @@ def create_emb(net, m, ln, weighted_pooling=None):
     return emb_l, v_W_l
 
 
-def planned_dims(rows, d):
+def planned_dims(rows: Sequence[int], d: int) -> Tuple[int, ...]:
     """``--mlet-memory-budget``: a K per table from ``core.budget``, printed before training.
 
     Every rank plans from all tables' sizes, so in distributed mode they agree.
@@ -157,7 +161,8 @@ def planned_dims(rows, d):
     return plan.hidden_dims
 
 
-def apply_emb(lS_o, lS_i, emb_l, v_W_l):
+def apply_emb(lS_o: Iterable[torch.Tensor], lS_i: Iterable[torch.Tensor], emb_l: Iterable[nn.Module],
+              v_W_l: Iterable[Optional[torch.Tensor]]) -> List[torch.Tensor]:
     """``DLRM_Net.apply_emb`` for MLET training: same outputs, MLET tables grouped.
 
     One autograd node for all MLET tables (batched projections, sparse
@@ -168,5 +173,5 @@ def apply_emb(lS_o, lS_i, emb_l, v_W_l):
     return grouped_forward(list(emb_l), list(lS_i), list(lS_o), weights)
 
 
-def has_mlet_tables(model):
+def has_mlet_tables(model: nn.Module) -> bool:
     return any(is_mlet(m) for m in model.modules())

@@ -27,6 +27,7 @@ left plain is stock's, with stock's init.
 
 import math
 import sys
+from typing import Optional, Protocol, Type, cast
 
 import numpy as np
 import torch
@@ -35,7 +36,13 @@ from torch import nn
 from ..core.convert import register_kind
 
 
-def stock_class(net, name):
+class MakeTable(Protocol):
+    """``make(rows, dim[, hidden])``: the MLET table (``rows x hidden`` then ``hidden -> dim``) a composite holds."""
+
+    def __call__(self, rows: int, dim: int, hidden: int = ...) -> nn.Module: ...
+
+
+def stock_class(net: nn.Module, name: str) -> Type[nn.Module]:
     """``QREmbeddingBag`` or ``PrEmbeddingBag`` as the running DLRM script imported it."""
     return getattr(sys.modules[type(net).__module__], name)
 
@@ -44,7 +51,8 @@ def stock_class(net, name):
 class MLETQREmbeddingBag(nn.Module):
     """DLRM's ``QREmbeddingBag`` (sum pooling, sparse) with its two tables trained as MLET tables."""
 
-    def __init__(self, stock, num_categories, embedding_dim, num_collisions, operation, make):
+    def __init__(self, stock: Type[nn.Module], num_categories: int, embedding_dim: int, num_collisions: int,
+                 operation: str, make: MakeTable) -> None:
         super().__init__()
         self.stock, self.num_categories, self.num_collisions = stock, num_categories, num_collisions
         self.embedding_dim, self.operation, self.mode = embedding_dim, operation, "sum"
@@ -52,7 +60,8 @@ class MLETQREmbeddingBag(nn.Module):
         self.weight_q = make(self.num_embeddings[0], embedding_dim)
         self.weight_r = make(self.num_embeddings[1], embedding_dim)
 
-    def forward(self, input, offsets=None, per_sample_weights=None):
+    def forward(self, input: torch.Tensor, offsets: Optional[torch.Tensor] = None,
+                per_sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         input_q = (input / self.num_collisions).long()  # as stock splits the indices
         input_r = torch.remainder(input, self.num_collisions).long()
         embed_q = self.weight_q(input_q, offsets, per_sample_weights=per_sample_weights)
@@ -61,7 +70,7 @@ class MLETQREmbeddingBag(nn.Module):
             return torch.cat((embed_q, embed_r), dim=1)
         return embed_q + embed_r if self.operation == "add" else embed_q * embed_r
 
-    def fold(self, name=None):
+    def fold(self, name: Optional[str] = None) -> nn.Module:
         """The stock ``QREmbeddingBag`` holding the two folded tables."""
         folded = self.stock(self.num_categories, self.embedding_dim, self.num_collisions, operation=self.operation,
                             mode="sum", sparse=True)
@@ -72,17 +81,17 @@ class MLETQREmbeddingBag(nn.Module):
         return folded
 
 
-def md_hidden_dim(k, d, width):
+def md_hidden_dim(k: int, d: int, width: int) -> int:
     """``k_i`` of a mixed-dimension table of width ``d`` when the widest, ``width``, gets ``k`` (module docstring)."""
     return max(d, 8 * math.ceil(k * d / width / 8))
 
 
-def md_table(net, n, d, width, k, make):
+def md_table(net: nn.Module, n: int, d: int, width: int, k: int, make: MakeTable) -> nn.Module:
     """DLRM's ``PrEmbeddingBag(n, d, width)``, its table an MLET table of hidden width ``k`` (0: stock's)."""
     table = stock_class(net, "PrEmbeddingBag")(n, d, width)
     if k:
         table.embs = make(n, d, k)
     else:  # stock's init, as DLRM's create_emb draws it
         weight = np.random.uniform(low=-np.sqrt(1 / n), high=np.sqrt(1 / n), size=(n, d)).astype(np.float32)
-        table.embs.weight.data = torch.tensor(weight, requires_grad=True)
+        cast(nn.EmbeddingBag, table.embs).weight.data = torch.tensor(weight, requires_grad=True)
     return table

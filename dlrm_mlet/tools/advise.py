@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
@@ -31,11 +32,12 @@ from ..data.kaggle import KAGGLE_PROCESSED
 from ..data.days import kaggle_days
 from ..data.processed import npz_shape, read_counts, read_row_ranges, training_split
 from ..errors import MLETError
-from ..files import StagedFiles
+from ..files import StagedFiles, StrPath
 from ..core.budget import format_bytes, training_bytes
 from . import pays
-from .report import summarize, tuned
-from .results_csv import read_rows
+from .pays import Regime
+from .report import Arm, Stats, summarize, tuned
+from .results_csv import Row, Run, read_rows
 from .sweep import run_sweep
 from .tuning import close_pairs, first_grid, next_lr
 
@@ -45,19 +47,19 @@ STARTUP_SECONDS = 15.0  # a DLRM run's start and test, before its first measured
 MS_PER_STEP = 6.0  # a first guess at batch 128, replaced by the pilot's own runs
 
 
-def arms(d, k):
+def arms(d: int, k: int) -> List[Tuple[int, int]]:
     """The (d, k) arms a verdict needs: baselines at d/4, d, 4d; MLET at d/4 and d."""
     low = max(1, d // 4)
     return [(low, 0), (d, 0), (4 * d, 0), (low, k), (d, k)]
 
 
-def centre_lrs(k):
+def centre_lrs(k: int) -> Tuple[float, ...]:
     """Three lrs around where tuned sweeps found an arm's optimum: its first grid's middle."""
     grid = first_grid("sgd", k)
     return tuple(grid[1:4]) if len(grid) > 3 else tuple(grid)
 
 
-def full_data(path):
+def full_data(path: str) -> Dict[str, Any]:
     """What the pilot is a sample of: rows, days, table sizes, training split and its rare-lookup share."""
     if not os.path.isfile(path) or not path.endswith(".npz"):
         raise MLETError(f"{path}: give DLRM's processed Criteo .npz (e.g. kaggleAdDisplayChallenge_processed.npz)")
@@ -73,7 +75,8 @@ def full_data(path):
             "train": split.rows, "share": share}
 
 
-def pilot_samples(data, minutes, ms_per_step=MS_PER_STEP, startup=STARTUP_SECONDS, jobs=2):
+def pilot_samples(data: Mapping[str, Any], minutes: float, ms_per_step: float = MS_PER_STEP,
+                  startup: float = STARTUP_SECONDS, jobs: int = 2) -> int:
     """The pilot's sample count: what lets ``RUNS_PLANNED`` runs fit in ``minutes`` (``jobs`` at once),
     at least ``MIN_PILOT`` and at most the data."""
     per_run = minutes * 60 * jobs / RUNS_PLANNED - startup
@@ -81,7 +84,7 @@ def pilot_samples(data, minutes, ms_per_step=MS_PER_STEP, startup=STARTUP_SECOND
     return int(min(data["rows"], max(MIN_PILOT, train * 7 / 6)))
 
 
-def write_pilot(data, samples, folder):
+def write_pilot(data: Mapping[str, Any], samples: int, folder: str) -> str:
     """The first ``samples / rows`` of each of the data's days, values renumbered per table (DLRM's
     numbering of a file that size: only values seen, 0..n-1), as DLRM's processed files in ``folder``."""
     target = os.path.join(folder, KAGGLE_PROCESSED)
@@ -100,7 +103,8 @@ def write_pilot(data, samples, folder):
     os.makedirs(folder, exist_ok=True)
     with StagedFiles(folder, "pilot", f"cannot write {folder}") as stage:
         np.savez(stage.path("train_day_count.npz"), total_per_file=np.array(keep))
-        np.savez(stage.path(KAGGLE_PROCESSED), counts=counts, **arrays)  # savez stores: memory-mappable
+        # savez stores: memory-mappable. (numpy's stub has **arrays meet its allow_pickle: bool too)
+        np.savez(stage.path(KAGGLE_PROCESSED), counts=counts, **arrays)  # type: ignore[arg-type]
         stage.publish([(stage.path(n), os.path.join(folder, n)) for n in ("train_day_count.npz", KAGGLE_PROCESSED)])
     return target
 
@@ -108,7 +112,8 @@ def write_pilot(data, samples, folder):
 class Pilot:
     """The pilot's sweep under a deadline: each step runs only if the time its runs took so far says it fits."""
 
-    def __init__(self, dlrm_dir, processed, work, d, k, minutes, jobs, quiet):
+    def __init__(self, dlrm_dir: StrPath, processed: str, work: str, d: int, k: int, minutes: float, jobs: int,
+                 quiet: bool) -> None:
         self.csv = os.path.join(work, "pilot.csv")
         self.plan, self.deadline, self.jobs = arms(d, k), time.monotonic() + minutes * 60, jobs
         folder = os.path.dirname(processed)
@@ -116,19 +121,19 @@ class Pilot:
             dlrm_dir, "kaggle", os.path.join(folder, "train.txt"), self.csv, (), (), (), runs=runs, jobs=jobs,
             quiet=quiet, work=os.path.join(work, "runs"), log=sys.stderr,
             extra_args=[f"--processed-data-file={processed}", "--mlet-mmap-data"])
-        self.skipped = []
+        self.skipped: List[str] = []  # the steps left out for lack of time
 
-    def rows(self):
+    def rows(self) -> List[Row]:
         return read_rows(self.csv)
 
-    def arms(self):
+    def arms(self) -> List[Arm]:
         return [a for a in summarize(self.rows()) if (a["d"], a["k"]) in self.plan]
 
-    def seconds_per_run(self):
+    def seconds_per_run(self) -> Optional[float]:
         done = [float(r["train_seconds"]) for r in self.rows() if r["train_seconds"] not in ("", None)]
         return sorted(done)[len(done) // 2] if done else None
 
-    def step(self, what, runs):
+    def step(self, what: str, runs: Iterable[Run]) -> None:
         """Run ``runs`` when they fit before the deadline (their count over ``jobs``, at the median run's time)."""
         per = self.seconds_per_run()
         done = {(int(r["d"]), int(r["k"]), float(r["lr"]), int(r["seed"])) for r in self.rows()}
@@ -140,7 +145,7 @@ class Pilot:
             return
         self.sweep(runs)
 
-    def run(self):
+    def run(self) -> List[Arm]:
         self.step("seed 0", [(d, k, lr, 0) for d, k in self.plan for lr in centre_lrs(k)])
         self.step("seed 1", [(d, k, lr, 1) for d, k in self.plan for lr in centre_lrs(k)])
         edges = [(a["d"], a["k"], lr, s) for a in self.arms() if (lr := next_lr(a)) is not None
@@ -151,14 +156,14 @@ class Pilot:
         return self.arms()
 
 
-def verdict(arms, d):
+def verdict(arms: Sequence[Arm], d: int) -> Tuple[str, Optional[Regime]]:
     """``(first line, entry)``: the report's rule on the pilot's arms, in plain words."""
     entries = pays.summarize_regimes([dict(a, rare_lookup_share=0.0) for a in arms], tuned)
     if not entries:
         return "verdict: none: the pilot has no tuned baseline (every run diverged?); see the runs below", None
     e = entries[0]
     best = e["best_baseline"]
-    seeds = min(tuned(a)["n"] for a in arms if tuned(a))
+    seeds = min(cast(Stats, tuned(a))["n"] for a in arms if tuned(a))  # None left out
     if seeds < 2:
         return (f"verdict: undecided: the pilot's time allowed one seed per arm, so no standard error tells a "
                 f"gap from seed noise (best baseline d={best['d']}, test AUC {best['auc']:.4f}); give more "
@@ -180,7 +185,9 @@ def verdict(arms, d):
     return line, e
 
 
-def advise(path, minutes, dlrm_dir, d=16, k=64, work=None, samples=None, jobs=2, quiet=False):
+def advise(path: StrPath, minutes: float, dlrm_dir: StrPath, d: int = 16, k: int = 64,
+           work: Optional[StrPath] = None, samples: Optional[int] = None, jobs: int = 2,
+           quiet: bool = False) -> Tuple[List[str], Optional[Regime]]:
     """Run the pilot and return the report's lines, the verdict first."""
     if minutes <= 0:
         raise MLETError(f"--minutes must be > 0, got {minutes}")

@@ -12,13 +12,17 @@ evidence: the regimes are generated data, so it says where to expect a gain,
 not what a user's model will gain.
 """
 
+from typing import Any, Dict, Mapping, Optional
+
 from ..data.frequency import CLASSES, NAME, RARE_MAX, cap_rows, count_rows, profile
 from ..data.processed import training_split
+from ..files import StrPath
 from ..progress import progress_bar
 from . import pays
 
 
-def data_report(path, max_ind_range=-1, quiet=False, map_path=pays.SUMMARY):
+def data_report(path: str, max_ind_range: int = -1, quiet: bool = False,
+                map_path: StrPath = pays.SUMMARY) -> Dict[str, Any]:
     """``(profile dict, map entries near it)`` for the processed data at ``path``."""
     split = training_split(path)
     sizes = cap_rows(split.sizes, max_ind_range)
@@ -41,7 +45,7 @@ def data_report(path, max_ind_range=-1, quiet=False, map_path=pays.SUMMARY):
 UNSEEN_MASS = 0.05
 
 
-def sample_warning(info):
+def sample_warning(info: Mapping[str, Any]) -> Optional[str]:
     """A line when the file looks like a small sample of larger data: its share then overstates the full data's."""
     once = info["overall"]["classes"]["1"]["lookups"]
     if once is None or once <= UNSEEN_MASS:
@@ -51,7 +55,7 @@ def sample_warning(info):
             "is a sample of a larger data set, the full data's share is lower than this one; count the full data")
 
 
-def verdict(info):
+def verdict(info: Mapping[str, Any]) -> str:
     """The first line: what the evidence says for this data, with its uncertainty, and which evidence."""
     share = info["overall"]["rare_lookup_share"]
     if share is None:
@@ -72,7 +76,7 @@ def _pct(share):
     return "-" if share is None else f"{100 * share:.1f}"
 
 
-def format_data_report(info):
+def format_data_report(info: Mapping[str, Any]) -> str:
     labels = [label for label, *_ in CLASSES]
     head = (f"{'table':>5} {'rows':>11} {'seen':>11} | % of rows: " + " ".join(f"{lb:>6}" for lb in labels)
             + " | % of lookups: " + " ".join(f"{lb:>6}" for lb in labels[1:]) + f" | {NAME}")

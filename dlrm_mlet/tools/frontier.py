@@ -14,14 +14,19 @@ smallest point of a configuration that keeps its AUC.
 """
 
 import math
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union, cast
 
+from ..files import StrPath
 from .pays import se_of_difference
 from .plots import pyplot, save
-from .report import MIB, format_or_dash, read_all, summarize, tuned
-from .results_csv import BUCKET_FIELDS
-from .serving import PRECISIONS as SERVED, fields, name
+from .report import MIB, Arm, Stats, format_or_dash, read_all, summarize, tuned
+from .results_csv import BUCKET_FIELDS, Row
+from .serving import PRECISIONS as SERVED, Precision, fields, name as precision_name
 
-PRECISIONS = {"fp32": None, **{name(p): p for p in SERVED}}
+PRECISIONS = {"fp32": None, **{precision_name(p): p for p in SERVED}}
+Point = Tuple[Arm, Stats]  # an arm and its figures at its tuned lr
+# One (data, epochs): its key, its points (smallest first), the reference point (None without an fp32 plain baseline)
+Group = Tuple[Tuple[str, int], List[Point], Optional[Point]]
 RULE = ("Each point is one configuration (tables, trained plain or with MLET), width d, MLET k and serving "
         "precision, at its learning rate chosen on validation AUC at that precision; test AUC is mean ± sd "
         "(ddof=1) over seeds. Bytes are the embedding tables as served (int8, and onnx_int8: ONNX Runtime "
@@ -33,13 +38,13 @@ RULE = ("Each point is one configuration (tables, trained plain or with MLET), w
         "(one seed each: se = 0). Compression: reference bytes over the point's.")
 
 
-def served_rows(rows):
+def served_rows(rows: Sequence[Row]) -> List[Row]:
     """Each sweep row once per precision it was scored at, the precision's figures in the plain columns.
 
     A diverged run counts as diverged at every precision its configuration was
     scored at, so it keeps its lr out of the choice there too.
     """
-    scored = {}
+    scored: Dict[Tuple[str, ...], Set[str]] = {}  # a configuration (_config) -> the precisions it was scored at
     for r in rows:
         for name, bits in PRECISIONS.items():
             if bits and r.get(fields(bits)[1]) not in ("", None):
@@ -49,7 +54,7 @@ def served_rows(rows):
         out.append({**r, "serving": "fp32"})
         for name in sorted(scored.get(_config(r), ())):
             columns = dict(zip(("val_auc", "test_auc", "test_log_loss", "inference_embedding_bytes"),
-                               fields(PRECISIONS[name])))
+                               fields(cast(Precision, PRECISIONS[name]))))  # a scored one: never fp32's None
             if r["status"] != "ok" or r.get(columns["test_auc"]) not in ("", None):
                 out.append({**r, **{plain: r.get(q, "") for plain, q in columns.items()},
                             **dict.fromkeys(BUCKET_FIELDS, ""), "serving": name})
@@ -60,18 +65,18 @@ def _config(row):
     return row["dataset"], row["regime"], row["optimizer"], row["tables"], row["epochs"]
 
 
-def config_name(arm):
+def config_name(arm: Arm) -> str:
     """plain, MLET, QR, QR+MLET, MD, MD+MLET (QR/MD with their settings)."""
     tables = "" if arm["tables"] == "plain" else arm["tables"].replace("qr", "QR").replace("md", "MD")
     return (tables + "+MLET" if tables else "MLET") if arm["k"] else (tables or "plain")
 
 
-def points(arms):
+def points(arms: Iterable[Arm]) -> List[Group]:
     """Per (data, epochs): the key, the tuned points with a size (smallest first), the reference (or None)."""
-    groups = {}
+    groups: Dict[Tuple[str, int], List[Point]] = {}
     for a in arms:
         if tuned(a) and a["inference_bytes"]:
-            groups.setdefault((a["data"], a["epochs"]), []).append((a, tuned(a)))
+            groups.setdefault((a["data"], a["epochs"]), []).append((a, cast(Stats, tuned(a))))  # not None: just seen
     out = []
     for key, mine in groups.items():
         base = [(a, s) for a, s in mine if a["k"] == 0 and a["tables"] == "plain" and a["serving"] == "fp32"]
@@ -80,7 +85,7 @@ def points(arms):
     return out
 
 
-def pareto(mine):
+def pareto(mine: Iterable[Point]) -> List[Point]:
     """The points (sorted by size) that no other point beats on both size and mean AUC."""
     best, out = -math.inf, []
     for a, s in mine:
@@ -90,12 +95,12 @@ def pareto(mine):
     return out
 
 
-def keeps(s, rs):
+def keeps(s: Stats, rs: Stats) -> bool:
     """Whether a point keeps the reference's AUC: mean at least the reference's minus one se of the difference."""
     return s["auc"] - rs["auc"] >= -se_of_difference(s, rs) - 1e-12
 
 
-def table(key, mine, ref):
+def table(key: Tuple[str, int], mine: Sequence[Point], ref: Optional[Point]) -> str:
     front = {id(a) for a, _ in pareto(mine)}
     lines = [f"### {key[0]}, epochs {key[1]}", "",
              "| configuration | serving | d | k | best lr | test AUC (mean ± sd) | seeds | emb MiB | smaller than "
@@ -110,7 +115,7 @@ def table(key, mine, ref):
     return "\n".join(lines)
 
 
-def compression(mine, ref):
+def compression(mine: Sequence[Point], ref: Optional[Point]) -> List[str]:
     """Per (configuration, precision): the smallest point that keeps the reference's AUC, and the smallest overall."""
     if ref is None:
         return ["no fp32 plain baseline to compare against"]
@@ -140,7 +145,7 @@ def _point(point, ref):
             f"{r['inference_bytes'] / a['inference_bytes']:.1f}x smaller")
 
 
-def plot(groups, out_png, title=None):
+def plot(groups: Sequence[Group], out_png: StrPath, title: Optional[str] = None) -> None:
     plt, matplotlib = pyplot("the frontier's plot")
     fig, axes = plt.subplots(1, len(groups), figsize=(7.5 * len(groups), 5.2), squeeze=False)
     names = sorted({config_name(a) for _, mine, _ in groups for a, _ in mine})
@@ -168,7 +173,8 @@ def plot(groups, out_png, title=None):
     save(fig, out_png)
 
 
-def frontier(csv_paths, out_png=None, title=None):
+def frontier(csv_paths: Union[StrPath, Iterable[StrPath]], out_png: Optional[StrPath] = None,
+             title: Optional[str] = None) -> str:
     """The frontier's markdown (rule, per data: points, Pareto set, compression); the plot to ``out_png``."""
     groups = points(summarize(served_rows(read_all(csv_paths))))
     parts = ["## Size against AUC: every stock-loadable configuration", RULE]

@@ -7,6 +7,7 @@ load the file as it is.
 """
 
 import re
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ import torch
 from ..core.folding import PROJ_KEY, TABLE_KEY, mlet_prefixes
 from ..errors import MLETError
 from ..checkpoint_io import load_model_file
+from ..files import StrPath
 from .plots import pyplot, save
 from ..core.spectrum import effective_rank, singular_values
 
@@ -42,7 +44,7 @@ def _holds_numpy(obj):
     return False
 
 
-def stock_verdict(ckpt):
+def stock_verdict(ckpt: Mapping[str, Any]) -> Tuple[bool, str]:
     """Whether unpatched DLRM (torch >= 2.6) loads this file as is, and why not."""
     state = ckpt["state_dict"]
     if mlet_prefixes(state):
@@ -59,7 +61,7 @@ def stock_verdict(ckpt):
     return True, "yes" + note
 
 
-def inspect_checkpoint(path, progress=None):
+def inspect_checkpoint(path: StrPath, progress: Optional[Callable[[str], object]] = None) -> Dict[str, Any]:
     """A dict describing the checkpoint (what ``--json`` prints)."""
     ckpt, plain = load_model_file(path)
     record = ckpt.get("mlet", {})
@@ -112,7 +114,7 @@ def _number(value):
     return None if value is None else float(value)
 
 
-def format_report(info):
+def format_report(info: Mapping[str, Any]) -> str:
     mib = lambda n: f"{n / 2**20:.2f}"  # noqa: E731
     lines = [f"{info['path']}: {info['kind']}"]
     facts = [f"{key} {info[key]}" for key in ("epoch", "iter") if info[key] is not None]
@@ -136,7 +138,7 @@ def format_report(info):
     return "\n".join(lines)
 
 
-def plot_spectra(info, out_path):
+def plot_spectra(info: Mapping[str, Any], out_path: StrPath) -> None:
     """Normalised singular values per table (left) and effective rank per table (right)."""
     plt, matplotlib = pyplot("--plot")
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})

@@ -14,11 +14,15 @@ the JSON form to say what was measured near a user's data.
 import json
 import math
 import os
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, cast
 
 from ..data.frequency import NAME
 from ..errors import MLETError
-from ..files import atomic_write_text
+from ..files import StrPath, atomic_write_text
 from .plots import pyplot, save
+
+if TYPE_CHECKING:  # report.py imports this module
+    from .report import Arm, Stats
 
 RULE = ("Per regime (one dataset and optimizer), at each model's tuned lr: the saving is the best baseline's "
         "inference embedding bytes over those of the smallest MLET model whose mean test AUC leads the best "
@@ -27,22 +31,25 @@ RULE = ("Per regime (one dataset and optimizer), at each model's tuned lr: the s
         "± se and how many times smaller it is, so a near miss shows; the gain at equal d is the best MLET arm of "
         "that d minus the baseline of that d, ± the standard error of the difference over seeds.")
 SUMMARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "map_summary.json")  # shipped with the package
+# One regime of the map (``summarize_regimes``, the JSON summary's "regimes"): its labels and rare-lookup share,
+# "best_baseline", "match" and "saving" (None without a match), "narrowest" and the "gains" at equal d
+Regime = Dict[str, Any]
 
 
-def se_of_difference(a, b):
+def se_of_difference(a: Mapping[str, float], b: Mapping[str, float]) -> float:
     """The standard error of the difference of two arms' mean test AUCs over their seeds: the rule's yardstick."""
     return math.sqrt(a["auc_sd"] ** 2 / a["n"] + b["auc_sd"] ** 2 / b["n"])
 
 
-def summarize_regimes(arms, tuned):
+def summarize_regimes(arms: Iterable["Arm"], tuned: Callable[["Arm"], Optional["Stats"]]) -> List[Regime]:
     """One entry per (data, epochs) group that has a rare-lookup share and a baseline, sorted by the share."""
-    groups = {}
+    groups: Dict[Tuple[str, int], List["Arm"]] = {}
     for a in arms:
         groups.setdefault((a["dataset"], a["epochs"]), []).append(a)
     out = []
     for (data, epochs), group in groups.items():
         share = group[0]["rare_lookup_share"]
-        scored = [(a, tuned(a)) for a in group if tuned(a) and a["inference_bytes"]]
+        scored = [(a, cast("Stats", tuned(a))) for a in group if tuned(a) and a["inference_bytes"]]  # None left out
         base = [(a, s) for a, s in scored if a["k"] == 0]
         if math.isnan(share) or not base:
             continue
@@ -98,7 +105,7 @@ def _gains(entry):
     return ", ".join(f"d={g['d']}: {g['gain']:+.4f} ± {g['se']:.4f} (k={g['k']})" for g in entry["gains"]) or "-"
 
 
-def table(entries):
+def table(entries: Sequence[Regime]) -> str:
     """The markdown table of ``summarize_regimes``: one row per regime and optimizer."""
     if not entries:
         return f"no group with a {NAME} column and a baseline in this CSV"
@@ -112,7 +119,7 @@ def table(entries):
     return "\n".join(lines)
 
 
-def plot(entries, out_png, title=None):
+def plot(entries: Sequence[Regime], out_png: StrPath, title: Optional[str] = None) -> None:
     """The narrowest MLET model against the best baseline, and the gain at equal d, against the rare-lookup
     share; one line per optimizer (a regime's saving, when there is one, written beside its point)."""
     plt, _ = pyplot("the map's plot")
@@ -130,8 +137,8 @@ def plot(entries, out_png, title=None):
             left.annotate((e["regime"] or e["data"]) + saving, (xi, yi), fontsize=7, textcoords="offset points",
                           xytext=(3, 4))
         for j, d in enumerate(sorted({g["d"] for e in mine for g in e["gains"]})):
-            pts = [(e["rare_lookup_share"], g) for e in mine for g in e["gains"] if g["d"] == d]
-            right.errorbar([p[0] for p in pts], [p[1]["gain"] for p in pts], yerr=[p[1]["se"] for p in pts],
+            gains = [(e["rare_lookup_share"], g) for e in mine for g in e["gains"] if g["d"] == d]
+            right.errorbar([p[0] for p in gains], [p[1]["gain"] for p in gains], yerr=[p[1]["se"] for p in gains],
                            marker="os^"[j % 3], capsize=3, ls="-" if optimizer == "sgd" else "--",
                            color=f"C{i}", alpha=1 - 0.25 * j, label=f"{optimizer}, d={d}")
     left.axhline(0, color="gray", lw=0.8)
@@ -146,11 +153,11 @@ def plot(entries, out_png, title=None):
     save(fig, out_png)
 
 
-def write_summary(entries, path=SUMMARY):
+def write_summary(entries: Sequence[Regime], path: StrPath = SUMMARY) -> None:
     atomic_write_text(path, json.dumps({"statistic": NAME, "regimes": entries}, indent=1) + "\n")
 
 
-def load_summary(path=SUMMARY):
+def load_summary(path: StrPath = SUMMARY) -> Optional[List[Regime]]:
     """The map shipped with the package (or ``path``); None when there is none."""
     if not os.path.exists(path):
         return None
@@ -161,7 +168,7 @@ def load_summary(path=SUMMARY):
         raise MLETError(f"{path}: not a map summary ({error})") from None
 
 
-def nearest(entries, share, optimizer="sgd"):
+def nearest(entries: Iterable[Regime], share: float, optimizer: str = "sgd") -> List[Regime]:
     """The measured regimes of ``optimizer`` on either side of ``share`` (one when it is outside them)."""
     mine = sorted((e for e in entries if e["optimizer"] == optimizer), key=lambda e: e["rare_lookup_share"])
     below = [e for e in mine if e["rare_lookup_share"] <= share]
@@ -169,7 +176,7 @@ def nearest(entries, share, optimizer="sgd"):
     return ([below[-1]] if below else []) + ([above[0]] if above else [])
 
 
-def describe(entry):
+def describe(entry: Regime) -> str:
     """One line of what the map measured in a regime."""
     return (f"{entry['regime'] or entry['data']} ({NAME} {entry['rare_lookup_share']:.3f}, {entry['optimizer']}): "
             f"tuned iso-AUC saving: {_saving(entry)}; the narrowest MLET model against the best baseline: "

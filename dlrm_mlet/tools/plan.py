@@ -12,20 +12,23 @@ orders tables by size. The data is streamed in blocks (``dlrm/processed.py``),
 and only read for the ``rare`` rule.
 """
 
+import argparse
 import json
 import os
 import types
+from typing import List, Optional, Tuple
 
 from ..core.budget import format_plan, parse_size, plan_tables, rule_name
 from ..data.frequency import cap_rows, count_rows, rare_rows
 from ..data.processed import holds_values, table_sizes, training_split
 from ..errors import MLETError, integer
+from ..files import StrPath
 from ..progress import progress_bar
 
 Tables = types.SimpleNamespace  # configs as plan_tables takes them: name, num_embeddings, embedding_dim
 
 
-def parse_embedding_sizes(text, flag="--arch-embedding-size"):
+def parse_embedding_sizes(text: str, flag: str = "--arch-embedding-size") -> List[int]:
     """DLRM's ``N1-N2-...`` as a list of table sizes."""
     try:
         rows = [int(v) for v in str(text).strip().split("-")]
@@ -36,7 +39,7 @@ def parse_embedding_sizes(text, flag="--arch-embedding-size"):
     return rows
 
 
-def read_tables_json(path):
+def read_tables_json(path: StrPath) -> List[Tables]:
     """A TorchRec table list ``[{"name", "num_embeddings", "embedding_dim"}, ...]`` as configs."""
     try:
         with open(path) as handle:
@@ -60,7 +63,8 @@ def read_tables_json(path):
     return configs
 
 
-def read_processed(path, max_ind_range=-1, rare=False, quiet=False):
+def read_processed(path: str, max_ind_range: int = -1, rare: bool = False,
+                   quiet: bool = False) -> Tuple[List[int], Optional[List[int]], str]:
     """``(table sizes, rare-row scores or None, a note on the scores)`` of DLRM's processed data.
 
     Sizes are as stored, before ``--max-ind-range``'s cap (the caller's).
@@ -84,7 +88,7 @@ def _int_option(text, flag):
         raise MLETError(f"{flag}: expected an integer, got {text!r}") from None
 
 
-def plan_command(args):
+def plan_command(args: argparse.Namespace) -> str:
     """The text ``dlrm-mlet plan`` prints, from its argparse namespace."""
     budget = parse_size(args.budget, "--budget")
     k_max = integer(args.mlet_hidden_dim, "--mlet-hidden-dim", 1, text=True)

@@ -10,15 +10,19 @@ tuned ones, so a reader sees how much of a gap is tuning.
 import json
 import math
 import os
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
 from ..data.frequency import BUCKET_RULE, BUCKETS
 from ..errors import MLETError
+from ..files import StrPath
 from . import pays
 from .plots import pyplot, save
-from .results_csv import BUCKET_FIELDS, FIELDS, read_rows
+from .results_csv import BUCKET_FIELDS, FIELDS, Row, read_rows
 
+Arm = Dict[str, Any]  # a (data, epochs, d, k) of summarize: its "lrs", the "best" lr, "tuned" and "single" figures
+Stats = Dict[str, float]  # an arm's figures at one lr: "auc" (test, mean), "auc_sd" over "n" seeds, "loss", "val_auc"
 MIB = 2**20
 NUMBERS = [f for f in FIELDS if f not in ("dataset", "regime", "optimizer", "tables", "d", "k", "seed", "epochs",
                                           "status", "note")]
@@ -60,17 +64,17 @@ def _bytes(runs, field):
     return next((int(r[field]) for r in runs if r[field] not in ("", None)), None)
 
 
-def data_label(dataset, regime="", optimizer="sgd"):
+def data_label(dataset: str, regime: str = "", optimizer: str = "sgd") -> str:
     """How a group of runs is named in every table: its regime (else its dataset), and a non-SGD optimizer."""
     return (regime or dataset) + ("" if optimizer in ("", "sgd") else f" ({optimizer})")
 
 
-def config_label(tables="plain", serving="fp32"):
+def config_label(tables: str = "plain", serving: str = "fp32") -> str:
     """What a group's models are beyond its data: QR/MD tables, a quantized serving precision ('' if neither)."""
     return "".join(f" [{part}]" for part in (tables, serving) if part not in ("plain", "fp32"))
 
 
-def read_all(csv_paths):
+def read_all(csv_paths: Union[StrPath, Iterable[StrPath]]) -> List[Row]:
     """The rows of one sweep CSV or several, checked readable (numbers where numbers belong)."""
     csv_paths = [csv_paths] if isinstance(csv_paths, (str, os.PathLike)) else list(csv_paths)
     rows = []
@@ -90,15 +94,14 @@ def read_all(csv_paths):
     return rows
 
 
-def summarize(rows, single_lr=0.1):
+def summarize(rows: Iterable[Row], single_lr: float = 0.1) -> List[Arm]:
     """One arm per (data, epochs, d, k): every lr's seeds, the lr chosen on validation, the single lr.
 
     The data is (dataset, regime, optimizer), and the tables' QR/MD settings and
     the serving precision (a ``serving`` key, which ``frontier.py``'s rows carry)
-    make their own groups. Sorted by data, epochs, then baselines before MLET,
-    MLET by k, each by d.
+    make their own groups. Sorted by data, epochs, then baselines before MLET, MLET by k, each by d.
     """
-    groups = {}
+    groups: Dict[Tuple[str, int, int, int], Dict[float, List[Row]]] = {}  # (data, epochs, d, k) -> lr -> runs
     for r in rows:
         data = data_label(r["dataset"], r["regime"], r["optimizer"])
         key = (data + config_label(r["tables"], r.get("serving", "fp32")), int(r["epochs"]), int(r["d"]), int(r["k"]))
@@ -106,7 +109,7 @@ def summarize(rows, single_lr=0.1):
     arms = []
     order = lambda g: (g[0][0], g[0][1], g[0][3] > 0, g[0][3], g[0][2])  # noqa: E731
     for (data, epochs, d, k), by_lr in sorted(groups.items(), key=order):
-        lrs = {}
+        lrs: Dict[float, Dict[str, Any]] = {}  # lr -> its "runs", "diverged" count and "stats"
         for lr, runs in sorted(by_lr.items()):
             runs.sort(key=lambda r: int(r["seed"]))
             diverged = sum(r["status"] != "ok" for r in runs)
@@ -129,12 +132,12 @@ def summarize(rows, single_lr=0.1):
     return arms
 
 
-def tuned(arm):
+def tuned(arm: Arm) -> Optional[Stats]:
     s = arm["tuned"]
     return s if s and not math.isnan(s["auc"]) else None
 
 
-def at_single_lr(arm):
+def at_single_lr(arm: Arm) -> Optional[Stats]:
     s = arm["single"] and arm["single"]["stats"]
     return s if s and not math.isnan(s["auc"]) else None
 
@@ -146,7 +149,7 @@ def _groups(arms):
     return list(out.items())
 
 
-def format_or_dash(x, spec=".4f"):
+def format_or_dash(x: Optional[float], spec: str = ".4f") -> str:
     """A figure for a table cell; "-" where there is none."""
     return "-" if x is None or math.isnan(x) else format(x, spec)
 
@@ -163,7 +166,7 @@ def _model(arm):
     return ("MLET", str(arm["k"])) if arm["k"] else ("baseline", "-")
 
 
-def tuned_table(arms, single_lr, oracle=None):
+def tuned_table(arms: Iterable[Arm], single_lr: float, oracle: Optional[Mapping[str, float]] = None) -> str:
     lines = [f"| dataset | epochs | model | d | k | best lr | val AUC (mean) | test AUC (mean ± sd) | test log loss "
              f"(mean ± sd) | test AUC at lr {single_lr:g} | seeds | inference emb MiB | training emb MiB | "
              "train ms/it |", "|" + "---|" * 14]
@@ -195,7 +198,7 @@ def _who(m, ms, gap, se):
             f"gap {gap:+.4f}, se {se:.4f})")
 
 
-def iso_auc(arms, pick):
+def iso_auc(arms: Iterable[Arm], pick: Callable[[Arm], Optional[Stats]]) -> str:
     """Per baseline width d_b, the smallest MLET model that matches the baseline frontier.
 
     The reference of d_b is the best baseline of width <= d_b (a worse, wider baseline earns no
@@ -207,11 +210,12 @@ def iso_auc(arms, pick):
     lines = []
     for (dataset, epochs), group in _groups(arms):
         where = f"{dataset}, epochs {epochs}"
-        ok = [(a, pick(a)) for a in group if pick(a) and a["inference_bytes"]]
+        ok = [(a, cast(Stats, pick(a))) for a in group if pick(a) and a["inference_bytes"]]  # None left out
         base = sorted(((a, s) for a, s in ok if a["k"] == 0), key=lambda b: b[0]["d"])
         mlet = [(a, s) for a, s in ok if a["k"]]
         if not base:
             lines.append(f"{where}: {_no_baseline(group, pick)}")
+        bs: Optional[Stats]  # a baseline's figures; below, None for a d without a baseline
         ref = None
         for b, bs in base:
             if ref is None or bs["auc"] > ref[1]["auc"]:
@@ -252,7 +256,7 @@ def _no_baseline(group, pick):
     return "no baseline has a learning rate at which no seed diverged"
 
 
-def lr_tables(arms):
+def lr_tables(arms: Iterable[Arm]) -> str:
     """Mean validation AUC per lr, the chosen one in bold: the tuning record and the divergence map."""
     out = []
     for (dataset, epochs), group in _groups(arms):
@@ -279,7 +283,7 @@ def lr_tables(arms):
     return "\n\n".join(out)
 
 
-def rare_items(arms):
+def rare_items(arms: Sequence[Arm]) -> str:
     """Test metrics per training-frequency bucket, at each model's best lr, against the baseline of its d."""
     if not any(r[f] not in ("", None) for a in arms for e in a["lrs"].values() for r in e["runs"]
                for f in BUCKET_FIELDS):
@@ -306,7 +310,8 @@ def rare_items(arms):
     return "\n\n".join(out)
 
 
-def plot(arms, out_png, single_lr, oracle=None, title=None):
+def plot(arms: Sequence[Arm], out_png: StrPath, single_lr: float, oracle: Optional[Mapping[str, float]] = None,
+         title: Optional[str] = None) -> None:
     plt, matplotlib = pyplot("the report's plot")
     groups = _groups(arms)
     columns = min(len(groups), 3)
@@ -321,7 +326,7 @@ def plot(arms, out_png, single_lr, oracle=None, title=None):
             colour, name = ("black", "baseline") if k == 0 else (f"C{every_k.index(k)}", f"MLET k={k}")
             line = sorted((a for a in group if a["k"] == k and a["inference_bytes"]),
                           key=lambda a: a["inference_bytes"])
-            pts = [(a, tuned(a)) for a in line if tuned(a)]
+            pts = [(a, cast(Stats, tuned(a))) for a in line if tuned(a)]  # None left out
             if pts:
                 ax.errorbar([a["inference_bytes"] / MIB for a, _ in pts], [s["auc"] for _, s in pts],
                             yerr=[s["auc_sd"] for _, s in pts], marker="o" if k else "s", capsize=3,
@@ -329,7 +334,7 @@ def plot(arms, out_png, single_lr, oracle=None, title=None):
             for a, s in pts if k == ks[0] else ():  # label each d once
                 ax.annotate(f"d={a['d']}", (a["inference_bytes"] / MIB, s["auc"]), fontsize=7,
                             textcoords="offset points", xytext=(-8, -14))
-            one = [(a, at_single_lr(a)) for a in line if at_single_lr(a)]
+            one = [(a, cast(Stats, at_single_lr(a))) for a in line if at_single_lr(a)]
             if one:
                 ax.plot([a["inference_bytes"] / MIB for a, _ in one], [s["auc"] for _, s in one], ls="--",
                         lw=0.8, marker=".", color=colour, label=f"{name} (lr {single_lr:g})")
@@ -358,15 +363,16 @@ def _oracle(path):
         raise MLETError(f"{path}: not a synthetic dataset's oracle JSON ({type(error).__name__}: {error})") from None
 
 
-def report(csv_paths, out_png=None, oracle_path=None, title=None, progress=None, single_lr=0.1, map_png=None,
-           map_json=None):
+def report(csv_paths: Union[StrPath, Iterable[StrPath]], out_png: Optional[StrPath] = None,
+           oracle_path: Optional[StrPath] = None, title: Optional[str] = None,
+           progress: Optional[Callable[[], object]] = None, single_lr: float = 0.1,
+           map_png: Optional[StrPath] = None, map_json: Optional[StrPath] = None) -> str:
     """The markdown (tuned table, iso-AUC at tuned and single lr, where MLET pays, lr table, rare items).
 
     ``csv_paths``: one sweep CSV or several (their rows together). Writes the
     AUC-vs-size plot to ``out_png``, the saving-vs-rare-lookup-share plot to
     ``map_png`` and the map's JSON (what ``dlrm-mlet data`` reads) to
-    ``map_json``, each when given. ``progress()`` is called after each of the
-    three stages (read, summarise, plot).
+    ``map_json``, each when given. ``progress()`` is called after each of the three stages (read, summarise, plot).
     """
     progress = progress or (lambda: None)
     rows = read_all(csv_paths)

@@ -8,10 +8,11 @@ import csv
 import fcntl
 import io
 import os
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Tuple
 
 from ..data.frequency import BUCKETS
 from ..errors import MLETError
-from ..files import atomic_write_text
+from ..files import StrPath, atomic_write_text
 from .serving import PRECISIONS, fields
 
 BUCKET_FIELDS = [f"test_{slug}_{m}" for slug, *_ in BUCKETS for m in ("samples", "auc", "log_loss")]
@@ -26,14 +27,18 @@ FIELDS = [
     "train_seconds", "train_ms_per_it", "peak_memory_mib", "inference_embedding_bytes", "training_embedding_bytes",
     *SERVED_FIELDS,
 ]
+# One run as the file holds it: column -> its text ("" where none). A row a run has just made
+# (``sweep.run_one``) holds numbers until it is written: a ``Dict[str, Any]`` until then.
+Row = Dict[str, str]
+Run = Tuple[int, int, float, int]  # one run of a sweep's grid: (d, k, lr, seed), its key within the sweep
 
-def run_key(row):
+def run_key(row: Mapping[str, Any]) -> Tuple[str, str, str, str, int, int, float, int, int]:
     """What makes a run: a CSV row with the same key is never run again."""
     return (row["dataset"], row["regime"], row["optimizer"], row["tables"], int(row["d"]), int(row["k"]), float(row["lr"]),
             int(row["seed"]), int(row["epochs"]))
 
 
-def read_rows(path):
+def read_rows(path: StrPath) -> List[Row]:
     if not os.path.exists(path):
         return []
     with open(path, newline="") as handle:
@@ -46,7 +51,7 @@ def read_rows(path):
     return [{**LATER_FIELDS, **row} for row in rows]
 
 
-def write_rows(path, rows):
+def write_rows(path: StrPath, rows: Iterable[Mapping[str, Any]]) -> None:
     """Rewrite the whole CSV atomically: never a torn row."""
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=FIELDS)
@@ -55,7 +60,7 @@ def write_rows(path, rows):
     atomic_write_text(path, text.getvalue())
 
 
-def update_rows(path, change):
+def update_rows(path: StrPath, change: Callable[[List[Row]], List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
     """Rewrite the CSV with ``change(rows)`` of the rows on disk now, under a lock: sweeps that write
     one CSV at once (a curve and its controls) each add their rows, and none drops another's."""
     folder, name = os.path.split(os.path.abspath(path))

@@ -18,41 +18,46 @@ import json
 import os
 import subprocess
 import sys
+from typing import TYPE_CHECKING, Any, Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Union, cast
 
 from ..errors import MLETError
+
+if TYPE_CHECKING:  # this module imports no torch (the CLI reads PRECISIONS)
+    import torch
 
 BITS = (8, 4)
 ONNX = "onnx"
 PRECISIONS = BITS + (ONNX,)  # what sweep --quantize takes
+Precision = Union[int, str]  # one of PRECISIONS: 8 or 4 (bits), or ONNX
 # Bytes per row beyond the packed values: scale and bias (float32 at 8 bits, float16 at 4 bits)
 ROW_OVERHEAD = {8: 8, 4: 4}
 REFUSED_TABLES = ("--qr-flag", "--md-flag")
 
 
-def name(precision):
+def name(precision: Precision) -> str:
     """A precision's name in CSV columns and reports: int8, int4, onnx_int8."""
     return "onnx_int8" if precision == ONNX else f"int{precision}"
 
 
-def fields(precision):
+def fields(precision: Precision) -> List[str]:
     """The CSV columns one precision fills."""
     return [f"{column}_{name(precision)}" for column in ("val_auc", "test_auc", "test_log_loss",
                                                           "inference_embedding_bytes")]
 
 
-def packed_row_bytes(d, bits):
+def packed_row_bytes(d: int, bits: int) -> int:
     """Bytes of one row of a ``d``-wide table in DLRM's prepacked int8/int4 format."""
     return (d if bits == 8 else (d + 1) // 2) + ROW_OVERHEAD[bits]
 
 
-def quantized_bytes(state_dict, precision):
+def quantized_bytes(state_dict: Mapping[str, "torch.Tensor"], precision: Precision) -> int:
     """Bytes of a plain model's tables (``emb_l.<i>.weight``) as ``precision`` serves them (ONNX: int8's)."""
-    bits = 8 if precision == ONNX else precision
+    bits = 8 if precision == ONNX else cast(int, precision)  # ONNX is the one precision that is not bits
     tables = [v for key, v in state_dict.items() if key.startswith("emb_l.") and key.endswith(".weight")]
     return sum(t.shape[0] * packed_row_bytes(t.shape[1], bits) for t in tables)
 
 
-def check(precisions, widths, dlrm_args):
+def check(precisions: Collection[Precision], widths: Iterable[int], dlrm_args: Sequence[str]) -> None:
     """Refuse, before any training, a precision that cannot be served for these runs."""
     for p in precisions:
         if p not in PRECISIONS:
@@ -72,7 +77,8 @@ def check(precisions, widths, dlrm_args):
         raise MLETError(f"--quantize 4: DLRM's 4-bit tables need an even width, not d={odd[0]}")
 
 
-def score(script, args, model, precision, folder, env=None):
+def score(script: str, args: Sequence[str], model: str, precision: Precision, folder: str,
+          env: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
     """The metric columns of ``model`` served at ``precision``: validation AUC, test AUC and log loss.
 
     ``args`` are the run's own DLRM arguments (architecture, data, seed) without

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple, cast
 
 from ..checkpoint_io import load_checkpoint
 from ..core.folding import mlet_table_bytes
@@ -33,20 +34,19 @@ from ..dlrm import space
 from ..dlrm.patching import is_patched_checkout, patch_checkout
 from ..data.processed import training_split
 from ..errors import MLETError
-from ..files import StagedFiles, atomic_write_text
+from ..files import StagedFiles, StrPath, atomic_write_text
 from ..progress import progress_bar
 from . import serving
-from .results_csv import SERVED_FIELDS, read_rows, run_key, update_rows
+from .results_csv import SERVED_FIELDS, Run, read_rows, run_key, update_rows
 
 DENSE_FEATURES = {"kaggle": 13, "avazu": 1}
 # --mlet-* options that hold without MLET too: every arm gets them, the baselines included
 EVERY_ARM = ("--mlet-mmap-data", "--mlet-table-lr-scale")
 # DLRM's own words when a run's numbers are not finite (loss prints, BCE's input check, our save check)
-_DIVERGED = re.compile(r"loss (nan|inf)|training diverged|elements of input should be between 0 and 1",
-                       re.IGNORECASE)
+_DIVERGED = re.compile(r"loss (nan|inf)|training diverged|elements of input should be between 0 and 1", re.IGNORECASE)
 
 
-def bench_args(data_set, d, lr=0.1):
+def bench_args(data_set: str, d: int, lr: float = 0.1) -> List[str]:
     """DLRM's reference Kaggle command (bench/dlrm_s_criteo_kaggle.sh) at width ``d``, learning rate ``lr``."""
     return [
         f"--arch-sparse-feature-size={d}", f"--arch-mlp-bot={DENSE_FEATURES[data_set]}-512-256-64-{d}",
@@ -57,7 +57,7 @@ def bench_args(data_set, d, lr=0.1):
     ]
 
 
-def patched_copy(dlrm_dir, work):
+def patched_copy(dlrm_dir: StrPath, work: StrPath) -> str:
     """A patched copy of the user's checkout under ``work`` (theirs stays as it is)."""
     dest = os.path.join(work, "dlrm-patched")
     if not (os.path.isfile(os.path.join(dest, "dlrm_s_pytorch.py")) and is_patched_checkout(dest)):
@@ -70,7 +70,7 @@ def patched_copy(dlrm_dir, work):
     return os.path.join(dest, "dlrm_s_pytorch.py")
 
 
-def embedding_bytes(model_path):
+def embedding_bytes(model_path: str) -> Tuple[int, int]:
     """(inference, training) bytes of the embedding tables of a saved run."""
     state = load_checkpoint(model_path)["state_dict"]
     inference = sum(v.numel() * v.element_size() for k, v in state.items() if k.startswith("emb_l."))
@@ -81,8 +81,9 @@ def embedding_bytes(model_path):
     return inference, training
 
 
-def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_args, threads=None, regime="",
-            quantize=(), checkpoint_every=0):
+def run_one(script: str, data_set: str, data_args: List[str], d: int, k: int, lr: float, seed: int, epochs: int,
+            work: str, extra_args: Sequence[str], threads: Optional[int] = None, regime: str = "",
+            quantize: Iterable[serving.Precision] = (), checkpoint_every: int = 0) -> Dict[str, Any]:
     """One DLRM run in its own folder under ``work``; its CSV row (``diverged`` with the reason).
 
     With ``checkpoint_every`` the run keeps a resumable checkpoint there
@@ -121,7 +122,7 @@ def run_one(script, data_set, data_args, d, k, lr, seed, epochs, work, extra_arg
     with open(log, "a") as out:
         proc = subprocess.Popen([sys.executable, script] + args, cwd=work, stdout=out, stderr=subprocess.STDOUT,
                                 env=env)
-        proc.label = f"d={d} k={k} lr={lr} seed={seed}"
+        cast(Any, proc).label = f"d={d} k={k} lr={lr} seed={seed}"  # our own attribute, which _stop_children prints
         _CHILDREN.add(proc)
         try:
             returncode, peak_kib = _wait(proc, lambda peak: _record(elapsed, before, time.perf_counter() - start, peak))
@@ -241,7 +242,7 @@ def _replace(rows, row):
     return [r for r in rows if run_key(r) != key] + [row]
 
 
-def tables_of(args):
+def tables_of(args: Sequence[str]) -> str:
     """The CSV's ``tables``: ``plain``, or DLRM's QR or MD settings among ``args`` (DLRM's defaults filled in),
     and the tables' and projections' lr scales when not 1."""
     parts = []
@@ -258,7 +259,7 @@ def tables_of(args):
     return " + ".join(parts) or "plain"
 
 
-def optimizer_of(args):
+def optimizer_of(args: Sequence[str]) -> str:
     """DLRM's ``--optimizer`` among ``args`` (its default: sgd)."""
     return _option(args, "--optimizer", "sgd")
 
@@ -273,9 +274,8 @@ def _option(args, flag, default=None):
     return default
 
 
-def data_statistic(data_set, raw_data_file, extra_args, work):
-    """The data the runs trained on, counted once (cached in ``work``): its rare-lookup share and
-    training samples."""
+def data_statistic(data_set: str, raw_data_file: str, extra_args: Sequence[str], work: StrPath) -> Dict[str, Any]:
+    """The data the runs trained on, counted once (cached in ``work``): its rare-lookup share and training samples."""
     cache = os.path.join(work, "data_statistic.json")
     if os.path.exists(cache):
         with open(cache) as handle:
@@ -289,7 +289,7 @@ def data_statistic(data_set, raw_data_file, extra_args, work):
     return found
 
 
-def processed_file(data_set, raw_data_file, extra_args):
+def processed_file(data_set: str, raw_data_file: str, extra_args: Sequence[str]) -> str:
     """Where the runs' processed data is: ``--processed-data-file`` among ``extra_args``, else DLRM's default."""
     return _option(extra_args, "--processed-data-file") or (
         os.path.join(os.path.dirname(os.path.abspath(raw_data_file)), "avazu_processed") if data_set == "avazu"
@@ -310,9 +310,12 @@ def _collapsed(test, val):
     return ""
 
 
-def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.1,), epochs=1, work=None,
-              extra_args=(), quiet=False, jobs=1, baseline=True, regime="", runs=None, quantize=(), checkpoint_every=0,
-              log=None):
+def run_sweep(dlrm_dir: StrPath, data_set: str, raw_data_file: str, out_csv: StrPath, ds: Sequence[int],
+              ks: Sequence[int], seeds: Sequence[int], lrs: Sequence[float] = (0.1,), epochs: int = 1,
+              work: Optional[StrPath] = None, extra_args: Sequence[str] = (), quiet: bool = False, jobs: int = 1,
+              baseline: bool = True, regime: str = "", runs: Optional[Sequence[Run]] = None,
+              quantize: Sequence[serving.Precision] = (), checkpoint_every: int = 0,
+              log: Optional[TextIO] = None) -> List[Dict[str, Any]]:
     """Train every missing (d, k, lr, seed) and append it to ``out_csv``; returns all rows.
 
     ``extra_args`` go to every run, except ``--mlet-*`` ones, which the
@@ -371,12 +374,12 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
             submit = lambda d, k, lr, seed: pool.submit(  # noqa: E731
                 run_one, script, data_set, data_args, d, k, lr, seed, epochs, work, extra_args, threads, regime, quantize,
                 checkpoint_every)
-            runs = [submit(*plan[0])] if plan else []
-            if jobs > 1 and runs:
-                runs[0].exception()  # the first run preprocesses the data: the others wait for its files
-            runs += [submit(*run) for run in plan[1:]]
+            futures = [submit(*plan[0])] if plan else []
+            if jobs > 1 and futures:
+                futures[0].exception()  # the first run preprocesses the data: the others wait for its files
+            futures += [submit(*run) for run in plan[1:]]
             try:
-                for run in as_completed(runs):
+                for run in as_completed(futures):
                     row = run.result()
                     found = data_statistic(data_set, raw_data_file, extra_args, work)
                     row.update(rare_lookup_share=found["rare_lookup_share"], train_samples=found["train_samples"])
@@ -389,7 +392,7 @@ def run_sweep(dlrm_dir, data_set, raw_data_file, out_csv, ds, ks, seeds, lrs=(0.
                         print(f"d={row['d']} k={row['k']} lr={row['lr']} seed={row['seed']}: {result}, "
                               f"{row['train_seconds']} s", file=log or sys.stdout, flush=True)
             finally:
-                for run in runs:
+                for run in futures:
                     run.cancel()
     finally:
         for sig, handler in previous.items():

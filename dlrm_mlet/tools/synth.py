@@ -28,13 +28,14 @@ Files are byte-identical for the same arguments on the same numpy build and CPU
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Dict, List, Mapping, Optional, Tuple, cast
 
 import numpy as np
 
 from ..data.days import day_sizes
 from ..errors import MLETError
-from ..files import StagedFiles
+from ..files import StagedFiles, StrPath
 from ..progress import progress_bar
 from .synth_law import supports_for
 from .synth_model import (
@@ -51,6 +52,7 @@ from .synth_model import (
     NOISE_STD,
     TARGET_CTR,
     ZIPF_EXPONENT,
+    Model,
     check_zipf,
     click_probability,
     generate_rows,
@@ -143,30 +145,30 @@ class Statistics:
     probabilities (label counts per printed probability) and the AUC of the first-order part
     alone (10^5 bins are plenty), with memory fixed by the bins."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.oracle = np.zeros((2, AUC_BINS + 1), np.int64)
         self.first = np.zeros((2, 10**5 + 1), np.int64)
         self.loss = 0.0
 
-    def add(self, labels, q, first_order_logit):
+    def add(self, labels: np.ndarray, q: np.ndarray, first_order_logit: np.ndarray) -> None:
         """One block: its labels, true probabilities in millionths, first-order logits."""
         self.oracle += _histogram(labels, q, AUC_BINS + 1)
         self.first += _histogram(labels, np.rint(sigmoid(first_order_logit) * 1e5), 10**5 + 1)
         self.loss -= float(np.log(np.where(labels == 1, q, 1_000_000 - q) * 1e-6).sum())
 
-    def record(self, rows):
+    def record(self, rows: int) -> Dict[str, Optional[float]]:
         return {"base_ctr": int(self.oracle[1].sum()) / rows, "oracle_auc": _auc_from_histograms(self.oracle),
                 "oracle_log_loss": self.loss / rows, "first_order_auc": _auc_from_histograms(self.first)}
 
 
-def labelled(model, r, b0):
+def labelled(model: Model, r: Mapping[str, np.ndarray], b0: float) -> Tuple[np.ndarray, np.ndarray]:
     """A block's labels (uint8) and true click probabilities in millionths (1..999999)."""
     logit = r["logit"] + b0
     labels = (r["label_u"] < sigmoid(logit + r["noise"])).astype(np.uint8)
     return labels, np.clip(np.rint(click_probability(model, logit) * 1e6), 1, 999_999).astype(np.int64)
 
 
-def model_record(model, b0):
+def model_record(model: Model, b0: float) -> Dict[str, Any]:
     """What synth.json says of the generator's parameters."""
     return {
         "zipf_exponent": model["zipf"],
@@ -184,7 +186,7 @@ def model_record(model, b0):
 # ---------------------------------------------------------------- writing
 
 
-def check_args(rows, seed, scale, rank, zipf):
+def check_args(rows: int, seed: int, scale: float, rank: int, zipf: float) -> List[int]:
     if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
         raise MLETError(f"--rows must be a positive integer, got {rows!r}")
     if rows >= CALIBRATION_START:
@@ -205,8 +207,9 @@ def _write_block(model, train, probs, r, labels, q):
     probs.write(_format_probs(q))
 
 
-def write_synthetic(out_dir, rows, seed=0, scale=DEFAULT_SCALE, rank=DEFAULT_RANK, zipf=ZIPF_EXPONENT,
-                    progress=True, force=False, support="published"):
+def write_synthetic(out_dir: StrPath, rows: int, seed: int = 0, scale: float = DEFAULT_SCALE,
+                    rank: int = DEFAULT_RANK, zipf: float = ZIPF_EXPONENT, progress: bool = True, force: bool = False,
+                    support: str = "published") -> Dict[str, Any]:
     """Write train.txt, train_prob.txt and synth.json into ``out_dir``; returns synth.json's
     content. Refuses to replace an existing train.txt unless ``force``."""
     sizes = check_args(rows, seed, scale, rank, zipf)
@@ -244,7 +247,7 @@ def write_synthetic(out_dir, rows, seed=0, scale=DEFAULT_SCALE, rank=DEFAULT_RAN
                 pending = writer.submit(_write_block, model, train, probs, r, labels, q)
                 stats.add(labels, q, r["first_order"] + b0)
                 bar.update(count)
-            pending.result()
+            cast(Future, pending).result()  # rows >= 1 (check_args): a block was submitted
 
         info = {
             "format": "criteo-kaggle", "generator": "dlrm-mlet synth", "version": 1,
@@ -259,7 +262,8 @@ def write_synthetic(out_dir, rows, seed=0, scale=DEFAULT_SCALE, rank=DEFAULT_RAN
     return info
 
 
-def write_synthetic_days(out_dir, rows, days, force=False, **options):
+def write_synthetic_days(out_dir: StrPath, rows: int, days: int, force: bool = False,
+                         **options: Any) -> Dict[str, Any]:
     """Criteo-Terabyte layout: the ``rows`` samples of ``write_synthetic`` cut into day files.
 
     ``OUT_DIR/day_0 .. day_<days-1>`` (near-equal consecutive parts, as DLRM

@@ -15,6 +15,7 @@ distinct values seen equals the published size: the reading ``dlrm-mlet synth
 """
 
 import math
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -30,7 +31,7 @@ SUPPORTS = ("published", "calibrated")  # tables of at most this many rows keep 
 _EXACT = 100_000
 
 
-def missing_rates():
+def missing_rates() -> np.ndarray:
     """Each table's share of missing values (a missing value is one frequent row to DLRM)."""
     rates = np.zeros(NCAT)
     for rate, _, cats in MISSING:
@@ -57,7 +58,7 @@ def _poisson_at_most(lam, c):
     return out
 
 
-def expected(support, lookups, zipf=ZIPF_EXPONENT):
+def expected(support: float, lookups: float, zipf: float = ZIPF_EXPONENT) -> Tuple[float, float]:
     """(expected distinct rows seen, expected lookups on rows seen 1..RARE_MAX times) in ``lookups`` draws."""
     ids, weight = _rows(support)
     a = 1.0 - zipf
@@ -66,7 +67,7 @@ def expected(support, lookups, zipf=ZIPF_EXPONENT):
             float((lam * _poisson_at_most(lam, RARE_MAX - 1) * weight).sum()))
 
 
-def calibrated_support(published, lookups, zipf=ZIPF_EXPONENT):
+def calibrated_support(published: float, lookups: float, zipf: float = ZIPF_EXPONENT) -> Tuple[float, bool]:
     """``(support, reached)``: the support whose expected distinct values in ``lookups`` draws is
     ``published`` (bisection in log space); at most ``CALIBRATION_CAP`` x, where ``reached`` is False."""
     cap = published * CALIBRATION_CAP
@@ -79,14 +80,15 @@ def calibrated_support(published, lookups, zipf=ZIPF_EXPONENT):
     return hi, True
 
 
-def calibrated_supports(sizes, samples, zipf=ZIPF_EXPONENT):
+def calibrated_supports(sizes: Iterable[int], samples: float, zipf: float = ZIPF_EXPONENT) -> List[Tuple[float, bool]]:
     """Per table, ``(support, reached)`` for tables of ``sizes`` seen over ``samples`` samples."""
     rates = missing_rates()
     return [calibrated_support(n, samples * (1 - rates[f]), zipf) if n > CALIBRATED_ABOVE else (n, True)
             for f, n in enumerate(sizes)]
 
 
-def law_share(sizes, samples, supports=None, zipf=ZIPF_EXPONENT):
+def law_share(sizes: Sequence[int], samples: float, supports: Optional[Sequence[float]] = None,
+              zipf: float = ZIPF_EXPONENT) -> Tuple[float, List[float]]:
     """Expected rare-lookup share over all tables (training split, DLRM's 6 of 7 days), and per table."""
     rates = missing_rates()
     per_table = []
@@ -99,7 +101,7 @@ def law_share(sizes, samples, supports=None, zipf=ZIPF_EXPONENT):
 
 
 
-def supports_for(scale, support):
+def supports_for(scale: float, support: str) -> List[int]:
     """The law's support per table: the tables' sizes (``published``), or each widened until the
     expected distinct values in Criteo-Kaggle's sample count times ``scale`` equal its size."""
     if support not in SUPPORTS:

@@ -47,8 +47,10 @@ numpy 2 and stay distinct under ``--max-ind-range=2147483647``.
 """
 
 import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import MLETError
 
@@ -97,9 +99,13 @@ CALIBRATION_START = 2**47  # calibration rows live beyond any real row index
 _CACHE_NUMBERS = 2**18  # cache a table's (bias, vector) when it has at most this many numbers
 _MASK31 = (1 << 31) - 1
 _U64 = np.uint64
+# The generator's parameters (``make_model``): seed, rank, table sizes (the law's supports), Zipf exponent,
+# hash keys, dense-feature law, missing-value groups, cached per-value parameters, Gauss-Hermite nodes
+Model = Dict[str, Any]
+MixKeys = Tuple[int, int, int, int]  # one feature's id mix: xor key and three odd multipliers mod 2^31
 
 
-def table_sizes(scale=DEFAULT_SCALE):
+def table_sizes(scale: float = DEFAULT_SCALE) -> List[int]:
     """Criteo-Kaggle's table sizes times ``scale``; small tables stay usable (>= min(size, 4))."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
         raise MLETError(f"--scale must be a number > 0, got {scale!r}")
@@ -201,7 +207,7 @@ def _in_domain(x):
     return (x >= _U64(1)) & (x < _U64(_MASK31))
 
 
-def mix_ids(ids, keys):
+def mix_ids(ids: npt.ArrayLike, keys: MixKeys) -> np.ndarray:
     """Value ids -> distinct 31-bit values in [1, 2^31 - 1) (cycle walking keeps the
     permutation a bijection on that range, so no id becomes 0 = missing)."""
     x = np.asarray(ids, dtype=np.uint64) + _U64(1)
@@ -213,7 +219,7 @@ def mix_ids(ids, keys):
     return x
 
 
-def unmix_ids(values, keys):
+def unmix_ids(values: npt.ArrayLike, keys: MixKeys) -> np.ndarray:
     """Inverse of :func:`mix_ids`: recovers the value id from a written category."""
     x = _unpermute31(np.asarray(values, dtype=np.uint64), keys)
     bad = ~_in_domain(x)
@@ -226,13 +232,13 @@ def unmix_ids(values, keys):
 # ---------------------------------------------------------------- the model
 
 
-def check_zipf(zipf):
+def check_zipf(zipf: float) -> float:
     if isinstance(zipf, bool) or not isinstance(zipf, (int, float)) or not 0 < zipf <= MAX_ZIPF:
         raise MLETError(f"--zipf must be a number in (0, {MAX_ZIPF:g}], got {zipf!r}")
     return float(zipf)
 
 
-def zipf_ids(u, sizes, zipf):
+def zipf_ids(u: np.ndarray, sizes: np.ndarray, zipf: float) -> np.ndarray:
     """Ids in ``[0, n)`` from uniforms ``u``: the floored inverse CDF of x^-s on [1, n + 1)."""
     if zipf == 1.0:
         x = np.exp(u * np.log(sizes + 1.0))
@@ -244,7 +250,7 @@ def zipf_ids(u, sizes, zipf):
     return np.maximum(ids, 0, out=ids)
 
 
-def zipf_probabilities(n, zipf):
+def zipf_probabilities(n: int, zipf: float) -> np.ndarray:
     """P(id = i) for i in ``[0, n)``: what :func:`zipf_ids` draws, exactly."""
     i = np.arange(n, dtype=np.float64)
     if zipf == 1.0:
@@ -253,7 +259,8 @@ def zipf_probabilities(n, zipf):
     return ((i + 1.0) ** a - (i + 2.0) ** a) / (1.0 - (n + 1.0) ** a)
 
 
-def make_model(seed, scale, rank, zipf=ZIPF_EXPONENT, supports=None):
+def make_model(seed: int, scale: float, rank: int, zipf: float = ZIPF_EXPONENT,
+               supports: Optional[Sequence[float]] = None) -> Model:
     """The generator's parameters. ``supports`` (one per table) replaces the tables' sizes as the
     law's supports, e.g. ``synth_law.calibrated_supports``: ids may then exceed 2^31 (processed form only)."""
     sizes = np.array(table_sizes(scale) if supports is None else supports, dtype=np.float64)
@@ -285,7 +292,7 @@ def make_model(seed, scale, rank, zipf=ZIPF_EXPONENT, supports=None):
     return model
 
 
-def sigmoid(x):
+def sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
@@ -295,7 +302,7 @@ def _row_hashes(model, start, count, first, last):
     return _splitmix64((counters + np.arange(first, last, dtype=np.uint64)) ^ model["row_key"])
 
 
-def categorical_ids(model, start, count):
+def categorical_ids(model: Model, start: int, count: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(ids, cat_missing, dense_missing)`` of rows [start, start + count): each feature's value id
     (rows x 26, int64) and which categorical and dense values are missing. Cheap next to
     ``generate_rows``: no per-value parameters."""
@@ -308,7 +315,7 @@ def categorical_ids(model, start, count):
     return ids, cat_missing, dense_missing
 
 
-def generate_rows(model, start, count):
+def generate_rows(model: Model, start: int, count: int) -> Dict[str, np.ndarray]:
     """Features and logit parts of rows [start, start + count), before the global bias."""
     rank = model["rank"]
     ids, cat_missing, dense_missing = categorical_ids(model, start, count)
@@ -354,7 +361,7 @@ def generate_rows(model, start, count):
     }
 
 
-def global_bias(model):
+def global_bias(model: Model) -> float:
     """b0 with mean click rate TARGET_CTR on a fixed calibration sample (bisection)."""
     rows = generate_rows(model, CALIBRATION_START, CALIBRATION_ROWS)
     z = rows["logit"] + rows["noise"]
@@ -365,7 +372,7 @@ def global_bias(model):
     return 0.5 * (lo + hi)
 
 
-def click_probability(model, logit):
+def click_probability(model: Model, logit: np.ndarray) -> np.ndarray:
     """E[sigmoid(logit + noise)] over the Gaussian noise: what the features can tell."""
     nodes = math.sqrt(2.0) * NOISE_STD * model["gh_x"]
     return sigmoid(logit[:, None] + nodes) @ model["gh_w"] / math.sqrt(math.pi)

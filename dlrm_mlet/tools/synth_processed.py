@@ -34,17 +34,23 @@ import shutil
 import zipfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Dict, List, Protocol, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from ..data.days import day_sizes
 from ..data.kaggle import KAGGLE_PROCESSED
 from ..errors import MLETError
-from ..files import StagedFiles
+from ..files import StagedFiles, StrPath
 from ..progress import progress_bar
 from .synth import Statistics, check_args, labelled, model_record
 from .synth_law import supports_for
-from .synth_model import NCAT, NDENSE, categorical_ids, generate_rows, global_bias, make_model
+from .synth_model import NCAT, NDENSE, Model, categorical_ids, generate_rows, global_bias, make_model
+
+if TYPE_CHECKING:
+    class Bar(Protocol):  # what ``progress.progress_bar`` yields
+        def update(self, n: int) -> object: ...
 
 DAY_COUNT = "train_day_count.npz"
 PROB = "synth_prob.npy"
@@ -61,7 +67,7 @@ def _merge_sorted(a, b):
     return merged[keep]
 
 
-def distinct_ids(model, rows, bar):
+def distinct_ids(model: Model, rows: int, bar: "Bar") -> List[np.ndarray]:
     """Per table, the sorted distinct ids of rows [0, rows); a missing value is id -1."""
     distinct = [np.zeros(0, dtype=np.int64) for _ in range(NCAT)]
     for start in range(0, rows, _ID_BLOCK):
@@ -102,17 +108,17 @@ class _NpyFile:
     """An .npy file written front to back, block by block (no memory map: its pages would count as
     the writer's memory)."""
 
-    def __init__(self, path, dtype, shape):
+    def __init__(self, path: str, dtype: npt.DTypeLike, shape: Tuple[int, ...]) -> None:
         self.handle, self.dtype, self.left = open(path, "wb"), np.dtype(dtype), int(np.prod(shape))
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
         np.lib.format.write_array_header_2_0(self.handle, header)
 
-    def write(self, block):
+    def write(self, block: npt.ArrayLike) -> None:
         block = np.ascontiguousarray(block, dtype=self.dtype)
         self.left -= block.size
         self.handle.write(block.tobytes())
 
-    def close(self):
+    def close(self) -> None:
         if self.left:
             raise MLETError(f"{self.handle.name}: {self.left} values missing")  # a bug, never a user's error
         self.handle.close()
@@ -128,8 +134,8 @@ def _store_npz(path, members):
                 shutil.copyfileobj(source, member, 1 << 24)
 
 
-def write_processed(out_dir, rows, seed=0, scale=1.0, rank=32, zipf=1.1, support="calibrated", progress=True,
-                    force=False):
+def write_processed(out_dir: StrPath, rows: int, seed: int = 0, scale: float = 1.0, rank: int = 32, zipf: float = 1.1,
+                    support: str = "calibrated", progress: bool = True, force: bool = False) -> Dict[str, Any]:
     """Write DLRM's processed Kaggle files of ``rows`` synthetic samples into ``out_dir``; returns synth.json's content.
 
     Refuses to replace an existing processed file unless ``force``; the

@@ -16,9 +16,11 @@ the narrower model matches it).
 """
 
 import math
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, cast
 
 from . import pays
-from .report import summarize, tuned
+from .report import Arm, Stats, summarize, tuned
+from .results_csv import Row, Run
 
 # First grid per optimizer and k (0: the baseline), SGD at batch 128: the optimum falls with k
 # (the projection multiplies the table's step); Adagrad's steps are normalised, so its grid sits ~30x lower.
@@ -30,13 +32,13 @@ GRIDS["rwsadagrad"] = GRIDS["adagrad"]
 MAX_EXTENSIONS = 4
 
 
-def first_grid(optimizer, k):
+def first_grid(optimizer: str, k: int) -> Tuple[float, ...]:
     """The lrs an arm starts from: its k's grid, or the nearest k's."""
     grids = GRIDS.get(optimizer, GRIDS["sgd"])
     return grids[min(grids, key=lambda g: (abs(math.log2(max(g, 1)) - math.log2(max(k, 1))), g))]
 
 
-def next_lr(arm):
+def next_lr(arm: Arm) -> Optional[float]:
     """The lr to add when the arm's chosen lr is at its grid's edge (or every lr diverged), else None."""
     tried = sorted(arm["lrs"])
     if arm["best"] is None or arm["best"] == tried[0]:
@@ -46,7 +48,7 @@ def next_lr(arm):
     return None
 
 
-def close_pairs(arms, wider=True):
+def close_pairs(arms: Sequence[Arm], wider: bool = True) -> List[Tuple[Arm, Arm]]:
     """(baseline, MLET) arms whose tuned test AUCs are within two standard errors: each MLET arm against
     the baseline of its d and (``wider``) against every wider baseline."""
     out = []
@@ -55,14 +57,17 @@ def close_pairs(arms, wider=True):
             if not m["k"] or b["k"] or b["d"] < m["d"] or (b["d"] > m["d"] and not wider) \
                     or not tuned(m) or not tuned(b):
                 continue
-            se = pays.se_of_difference(tuned(m), tuned(b))
-            if abs(tuned(m)["auc"] - tuned(b)["auc"]) < 2 * se or se == 0:
+            ms, bs = cast(Stats, tuned(m)), cast(Stats, tuned(b))  # neither is None: both checked above
+            se = pays.se_of_difference(ms, bs)
+            if abs(ms["auc"] - bs["auc"]) < 2 * se or se == 0:
                 out.append((b, m))
     return out
 
 
-def tune(sweep, rows_of, plan, seeds, grid_of, extra_seeds=(), max_extensions=MAX_EXTENSIONS, wider=True,
-         rivals=list):
+def tune(sweep: Callable[[List[Run]], object], rows_of: Callable[[], Iterable[Row]], plan: Iterable[Tuple[int, int]],
+         seeds: Sequence[int], grid_of: Callable[[int], Iterable[float]], extra_seeds: Iterable[int] = (),
+         max_extensions: int = MAX_EXTENSIONS, wider: bool = True,
+         rivals: Callable[[], Iterable[Row]] = list) -> List[Arm]:
     """Train ``plan``'s arms ``(d, k)`` tuned: ``sweep(runs)`` trains ``(d, k, lr, seed)`` runs (skipping
     finished ones), ``rows_of()`` returns this tuning's rows so far, ``grid_of(k)`` an arm's first lrs;
     ``wider``: see ``close_pairs``; ``rivals()``: rows of arms trained otherwise (another configuration)
@@ -72,7 +77,7 @@ def tune(sweep, rows_of, plan, seeds, grid_of, extra_seeds=(), max_extensions=MA
     grids = {arm: tuple(grid_of(arm[1])) for arm in plan}
     sweep([(d, k, lr, s) for s in seeds for (d, k) in plan for lr in grids[d, k]])
 
-    def arms():
+    def arms() -> List[Arm]:
         return [a for a in summarize(rows_of()) if (a["d"], a["k"]) in grids]
 
     while True:

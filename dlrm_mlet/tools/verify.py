@@ -6,6 +6,7 @@ for the three ways DLRM pools (sum, mean, per-sample-weighted sum).
 """
 
 from dataclasses import dataclass
+from typing import Any, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -26,11 +27,12 @@ class TableCheck:
     tolerance: float
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         return self.max_abs_diff <= self.tolerance * self.output_scale
 
 
-def random_bags(num_embeddings, bags, max_bag, generator):
+def random_bags(num_embeddings: int, bags: int, max_bag: int,
+                generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Indices, offsets and weights for ``bags`` bags of 0..max_bag rows each.
 
     Empty bags and repeated indices are included on purpose: both are legal in
@@ -44,8 +46,9 @@ def random_bags(num_embeddings, bags, max_bag, generator):
     return indices, offsets, weights
 
 
-def check_table(name, table_weight, proj_weight, folded_weight=None, bags=512, max_bag=20,
-                tolerance=DEFAULT_TOLERANCE, seed=0):
+def check_table(name: str, table_weight: torch.Tensor, proj_weight: torch.Tensor,
+                folded_weight: Optional[torch.Tensor] = None, bags: int = 512, max_bag: int = 20,
+                tolerance: float = DEFAULT_TOLERANCE, seed: int = 0) -> TableCheck:
     """Largest |MLET - folded| over sum, mean and weighted bags, against the output scale."""
     table_weight = table_weight.detach().float()
     proj_weight = proj_weight.detach().float()
@@ -72,7 +75,9 @@ def check_table(name, table_weight, proj_weight, folded_weight=None, bags=512, m
     return TableCheck(name, n, k, d, worst, max(scale, torch.finfo(torch.float32).tiny), tolerance)
 
 
-def verify_state_dict(state_dict, folded_state_dict=None, folded_name=None, **kwargs):
+def verify_state_dict(state_dict: Mapping[str, torch.Tensor],
+                      folded_state_dict: Optional[Mapping[str, torch.Tensor]] = None, folded_name: Optional[str] = None,
+                      **kwargs: Any) -> List[TableCheck]:
     """Check every MLET table of ``state_dict``; optionally against a saved folded one (``folded_name``:
     how an error about it names it)."""
     prefixes = mlet_prefixes(state_dict)

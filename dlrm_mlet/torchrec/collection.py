@@ -26,6 +26,7 @@ with ``core/folding.fold_weight``; folding a whole model, sharded or not, is
 
 import dataclasses
 import warnings
+from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Mapping, Optional, Protocol, Union, cast
 
 import torch
 from torch import nn
@@ -36,10 +37,13 @@ from torchrec.modules.embedding_modules import get_embedding_names_by_table
 
 from ..core.convert import register_kind
 from ..core.folding import fold_weight
-from ..core.half import table_dtype as parse_table_dtype
+from ..core.half import TableDtype, table_dtype as parse_table_dtype
 from ..core.init import init_projection_, uniform_table_
-from ..core.options import TABLE_DTYPE_REGISTRY, hidden_dim_for, hidden_dims, parse_proj_init
+from ..core.options import TABLE_DTYPE_REGISTRY, HiddenDim, hidden_dim_for, hidden_dims, parse_proj_init
 from ..errors import MLETError, integer
+
+if TYPE_CHECKING:
+    from torchrec import KeyedJaggedTensor
 
 FOLDABLE_POOLINGS = (PoolingType.SUM, PoolingType.MEAN)
 DATA_TYPES = {getattr(torch, entry[1]): getattr(DataType, entry[2]) for entry in TABLE_DTYPE_REGISTRY.values()}
@@ -53,20 +57,21 @@ class _Projection(nn.Module):
     give Kaiming init instead of N(0, 0.25^2).
     """
 
-    def __init__(self, in_features, out_features, init, device=None):
+    def __init__(self, in_features: int, out_features: int, init: str,
+                 device: Optional[torch.device] = None) -> None:
         super().__init__()
         self.init = init
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device))
         self.reset_parameters()
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         if self.weight.device.type != "meta":
             init_projection_(self.weight, self.init)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.weight)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         out_features, in_features = self.weight.shape
         return f"{in_features} -> {out_features}, init={self.init!r}"
 
@@ -106,20 +111,33 @@ def _check_table_dtype(dtype, device, dense_device):
                       "ignore stochastic_rounding), so updates below half an fp16 step are lost", stacklevel=3)
 
 
+class _Tables(Protocol):
+    """What ``TableAccessors`` reads of the collection it is mixed into."""
+
+    @property
+    def _configs(self) -> List[EmbeddingBagConfig]: ...
+
+    @property
+    def _is_weighted(self) -> bool: ...
+
+    @property
+    def hidden_dims(self) -> Mapping[str, int]: ...
+
+
 @register_kind  # fold_model folds it like core's MLET modules
 class TableAccessors:
     """What an MLET collection says of its tables, sharded or not (from its ``_configs``, ``_is_weighted``
     and ``hidden_dims``): the accessors DLRM and TorchRec read."""
 
-    def embedding_bag_configs(self):
+    def embedding_bag_configs(self: _Tables) -> List[EmbeddingBagConfig]:
         """The d-wide configs: what DLRM reads, and what the folded model is built from."""
         return self._configs
 
-    def is_weighted(self):
+    def is_weighted(self: _Tables) -> bool:
         return self._is_weighted
 
     @property
-    def hidden_dim(self):
+    def hidden_dim(self: _Tables) -> int:
         """The largest k (0 when every table is plain)."""
         return max(self.hidden_dims.values())
 
@@ -143,16 +161,16 @@ class MLETEmbeddingBagCollection(TableAccessors, nn.Module):
 
     def __init__(
         self,
-        tables,
-        hidden_dim,
-        proj_init="normal",
-        is_weighted=False,
-        device=None,
-        dense_device=None,
-        allow_narrow=False,
-        min_rows=0,
-        table_dtype=None,
-    ):
+        tables: Iterable[EmbeddingBagConfig],
+        hidden_dim: HiddenDim[EmbeddingBagConfig],
+        proj_init: str = "normal",
+        is_weighted: bool = False,
+        device: Union[str, torch.device, None] = None,
+        dense_device: Union[str, torch.device, None] = None,
+        allow_narrow: bool = False,
+        min_rows: int = 0,
+        table_dtype: TableDtype = None,
+    ) -> None:
         super().__init__()
         proj_init = parse_proj_init(proj_init)
         dtype = parse_table_dtype(table_dtype)
@@ -208,11 +226,14 @@ class MLETEmbeddingBagCollection(TableAccessors, nn.Module):
         self._outputs = [(n, c.name) for c, table_names in zip(tables, names) for n in table_names]
 
     @property
-    def hidden_dims(self):
+    def hidden_dims(self) -> Dict[str, int]:
         """Each table's k; 0 for the tables that train plain."""
-        return {c.name: self.proj[c.name].weight.shape[1] if c.name in self.proj else 0 for c in self._configs}
+        return {  # (proj holds _Projections)
+            c.name: cast(_Projection, self.proj[c.name]).weight.shape[1] if c.name in self.proj else 0
+            for c in self._configs
+        }
 
-    def forward(self, features):
+    def forward(self, features: "KeyedJaggedTensor") -> KeyedTensor:
         # Under DMP self.ebc is sharded and returns a lazy KeyedTensor; to_dict
         # waits for it, as DLRM's SparseArch does. A half table's pooled output
         # is projected in the projection's dtype (float32).
@@ -227,7 +248,7 @@ class MLETEmbeddingBagCollection(TableAccessors, nn.Module):
             values=torch.cat(out, dim=1),
         )
 
-    def fold(self, name=None):
+    def fold(self, name: Optional[str] = None) -> EmbeddingBagCollection:
         """The equivalent plain d-wide ``EmbeddingBagCollection`` (unsharded models only).
 
         ``name`` (where it sits in a model, for ``fold_model``) prefixes the table
@@ -242,8 +263,8 @@ class MLETEmbeddingBagCollection(TableAccessors, nn.Module):
             )
         first = next(iter(self.ebc.embedding_bags.values())).weight
         where = f"{name}." if name else ""
-        folded = {
-            table: fold_weight(bag.weight, self.proj[table].weight, where + table)
+        folded = {  # (proj holds _Projections)
+            table: fold_weight(bag.weight, cast(_Projection, self.proj[table]).weight, where + table)
             if table in self.proj else bag.weight.detach()
             for table, bag in self.ebc.embedding_bags.items()
         }
@@ -260,17 +281,17 @@ class MLETEmbeddingBagCollection(TableAccessors, nn.Module):
 
 
 def mlet_dlrm(
-    tables,
-    hidden_dim,
-    dense_in_features,
-    dense_arch_layer_sizes,
-    over_arch_layer_sizes,
-    proj_init="normal",
-    dense_device=None,
-    table_device=None,
-    min_rows=0,
-    table_dtype=None,
-):
+    tables: Iterable[EmbeddingBagConfig],
+    hidden_dim: HiddenDim[EmbeddingBagConfig],
+    dense_in_features: int,
+    dense_arch_layer_sizes: List[int],
+    over_arch_layer_sizes: List[int],
+    proj_init: str = "normal",
+    dense_device: Union[str, torch.device, None] = None,
+    table_device: Union[str, torch.device, None] = None,
+    min_rows: int = 0,
+    table_dtype: TableDtype = None,
+) -> DLRM:
     """A stock ``torchrec.models.dlrm.DLRM`` whose tables train as MLET.
 
     ``tables`` are the d-wide configs of the model you will deploy; pass
@@ -291,7 +312,7 @@ def mlet_dlrm(
     )
 
 
-def sparse_parameters(model):
+def sparse_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     """Parameters for TorchRec's fused (in-backward) embedding optimizer.
 
     Those of every ``EmbeddingBagCollection`` in ``model``: the k-wide (and

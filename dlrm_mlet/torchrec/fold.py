@@ -9,7 +9,7 @@ folding each where it lives and streaming the folded rows to rank 0
 
 import warnings
 from collections import OrderedDict
-from typing import NamedTuple
+from typing import Dict, Mapping, NamedTuple, Optional, cast
 
 import torch
 import torch.distributed as dist
@@ -21,6 +21,7 @@ from ..core.folding import fold_weight
 from ..core.gather import comm_device, stream_to_rank0
 from ..errors import MLETError
 from ..checkpoint_io import atomic_save
+from ..files import StrPath
 from .collection import MLETEmbeddingBagCollection
 from .sharding import ShardedMLETEmbeddingBagCollection
 
@@ -37,7 +38,7 @@ class _ProjectionKey(NamedTuple):
     width: int
     dtype: torch.dtype
 
-    def columns(self, state, c0, ncols):
+    def columns(self, state: Mapping[str, torch.Tensor], c0: int, ncols: int) -> torch.Tensor:
         """Its columns ``c0:c0 + ncols``, as the rank holding that table shard has them.
 
         A rank holding all k columns has ``weight``; one holding a column
@@ -72,7 +73,8 @@ def _table_keys(root):
     return keys, tuple(projections)
 
 
-def fold_torchrec_state_dict(model, path=None):
+def fold_torchrec_state_dict(model: torch.nn.Module,
+                             path: Optional[StrPath] = None) -> Optional[Dict[str, torch.Tensor]]:
     """Fold every MLET collection in ``model``; return the plain model's state dict.
 
     ``model`` is an MLET model, plain or wrapped in ``DistributedModelParallel``
@@ -94,7 +96,7 @@ def fold_torchrec_state_dict(model, path=None):
         raise MLETError("the model has no MLETEmbeddingBagCollection; there is nothing to fold")
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
-    out = OrderedDict() if rank == 0 else None
+    out: Optional[Dict[str, torch.Tensor]] = OrderedDict() if rank == 0 else None
     error = None  # a failure on rank 0 alone; the others learn it at the end
     state = root.state_dict()
     for key, value in state.items():
@@ -120,7 +122,7 @@ def fold_torchrec_state_dict(model, path=None):
                 value = fold_weight(value, proj.columns(state, 0, value.shape[1]), new_key)
             elif proj is not None and not bool(torch.isfinite(value).all()):
                 raise MLETError(f"{new_key}: the folded table is not finite (shards overflowed)")
-            out[new_key] = value.detach().cpu()
+            cast(Dict[str, torch.Tensor], out)[new_key] = value.detach().cpu()  # rank 0 here: it has out
         except MLETError as exc:
             error = str(exc)
     if rank == 0 and path is not None and not error:

@@ -11,6 +11,7 @@ products where stock TorchRec would concatenate its columns.
 """
 
 import dataclasses
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 import torch
 import torch.distributed as dist
@@ -25,11 +26,25 @@ from torchrec.distributed.types import ShardingType
 from ..core.init import init_projection_
 from ..errors import MLETError
 
+if TYPE_CHECKING:
+    from torchrec.distributed.embedding_sharding import (
+        BaseEmbeddingDist, EmbeddingShardingContext, EmbeddingShardingInfo,
+    )
+    from torchrec.distributed.embedding_types import GroupedEmbeddingConfig
+    from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
+    from torchrec.distributed.types import Awaitable, ParameterSharding, ShardingEnv
+
+    from .collection import MLETEmbeddingBagCollection
+
+# One slice of a lookup's pooled output: (its width, (table, first column, width) of the shard it pooled,
+# or None for a plain table's slice).
+Segment = Tuple[int, Optional[Tuple[str, int, int]]]
+
 
 class ProjectionShards(nn.Module):
     """One table's projection as this rank holds it: whole, or the columns of its column shards."""
 
-    def __init__(self, full, blocks):
+    def __init__(self, full: torch.Tensor, blocks: List[Tuple[int, int]]) -> None:
         super().__init__()
         k = full.shape[1]
         if blocks == [(0, k)]:
@@ -39,7 +54,7 @@ class ProjectionShards(nn.Module):
                 {str(c0): nn.Parameter(full[:, c0:c0 + width].clone()) for c0, width in blocks}
             )
 
-    def block(self, c0, width):
+    def block(self, c0: int, width: int) -> torch.Tensor:
         """The projection columns ``c0:c0 + width``, the ones a lookup shard was trained with."""
         if "weight" in self._parameters:
             return self.weight if width == self.weight.shape[1] else self.weight[:, c0:c0 + width]
@@ -50,14 +65,15 @@ class SumGradients(torch.autograd.Function):
     """Identity; in backward, sums its weights' gradients over ``group`` in one all-reduce, then scales them."""
 
     @staticmethod
-    def forward(ctx, group, scale, *weights):
+    def forward(ctx: Any, group: Optional[dist.ProcessGroup], scale: float,
+                *weights: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         ctx.group, ctx.scale = group, scale
         ctx.shapes = [w.shape for w in weights]
         ctx.like = weights[0].new_zeros(())
         return tuple(w.view_as(w) for w in weights)
 
     @staticmethod
-    def backward(ctx, *grads):
+    def backward(ctx: Any, *grads: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
         flat = torch.cat([
             (g if g is not None else ctx.like.expand(shape)).reshape(-1)
             for g, shape in zip(grads, ctx.shapes)
@@ -79,7 +95,14 @@ class ProjectThenSend(nn.Module):
     lookup's output dtype, the format the dist was built to send.
     """
 
-    def __init__(self, output_dist, segments, proj, group, scale):
+    def __init__(
+        self,
+        output_dist: "BaseEmbeddingDist[EmbeddingShardingContext, torch.Tensor, torch.Tensor]",
+        segments: Sequence[Segment],
+        proj: nn.ModuleDict,
+        group: Optional[dist.ProcessGroup],
+        scale: float,
+    ) -> None:
         super().__init__()
         self.output_dist = output_dist
         self._widths = [width for width, _ in segments]
@@ -87,7 +110,9 @@ class ProjectThenSend(nn.Module):
         self._proj = proj
         self._group, self._scale = group, scale
 
-    def forward(self, local_embs, sharding_ctx=None):
+    def forward(
+        self, local_embs: torch.Tensor, sharding_ctx: Optional["EmbeddingShardingContext"] = None
+    ) -> "Awaitable[torch.Tensor]":
         return self.output_dist(self._project(local_embs), sharding_ctx)
 
     def _project(self, local_embs):
@@ -108,7 +133,7 @@ class ProjectThenSend(nn.Module):
         return torch.cat(out, dim=1)
 
 
-def narrowed(info, d):
+def narrowed(info: "EmbeddingShardingInfo", d: int) -> "EmbeddingShardingInfo":
     """A table's sharding info with every shard d wide: same rows, features and placement.
 
     TorchRec builds output dists from it. A column shard becomes d-wide block
@@ -135,14 +160,14 @@ def narrowed(info, d):
     )
 
 
-def segments(lookup, hidden_dims):
+def segments(lookup: nn.Module, hidden_dims: Mapping[str, int]) -> List[Segment]:
     """What a lookup's output holds, slice by slice (one per feature): see ``ProjectThenSend``."""
     while isinstance(lookup, DistributedDataParallel):
         lookup = lookup.module
     if not hasattr(lookup, "grouped_configs"):
         raise MLETError(f"cannot project the output of a {type(lookup).__name__} lookup before it is sent")
     segments = []
-    for config in lookup.grouped_configs:
+    for config in cast(List["GroupedEmbeddingConfig"], lookup.grouped_configs):  # TorchRec's lookups hold them
         for table in config.embedding_tables:
             block = None
             if hidden_dims[table.name]:
@@ -152,7 +177,7 @@ def segments(lookup, hidden_dims):
     return segments
 
 
-def gradient_group(sharding_type, env, device):
+def gradient_group(sharding_type: str, env: "ShardingEnv", device: torch.device) -> Optional[dist.ProcessGroup]:
     """The ranks that hold a row-sliced table's whole projection: their gradients add up."""
     if sharding_type == ShardingType.ROW_WISE.value:
         return env.process_group
@@ -161,7 +186,8 @@ def gradient_group(sharding_type, env, device):
     return None
 
 
-def send_projected(ebc, proj, hidden_dims, out_dims, env):
+def send_projected(ebc: "ShardedEmbeddingBagCollection", proj: nn.ModuleDict, hidden_dims: Mapping[str, int],
+                   out_dims: Mapping[str, int], env: "ShardingEnv") -> None:
     """Rebuild a ``ShardedEmbeddingBagCollection``'s output side to send projected, d-wide rows.
 
     TorchRec builds the new output dists (``_update_output_dist``, its own
@@ -200,7 +226,8 @@ def send_projected(ebc, proj, hidden_dims, out_dims, env):
     ]
 
 
-def local_projections(module, plan, env, device):
+def local_projections(module: "MLETEmbeddingBagCollection", plan: Dict[str, "ParameterSharding"],
+                      env: "ShardingEnv", device: torch.device) -> nn.ModuleDict:
     """This rank's projection parameters, every one starting as rank 0's (as DDP's would).
 
     Of each projection a rank keeps the columns of the table shards it holds:
@@ -210,9 +237,10 @@ def local_projections(module, plan, env, device):
     """
     full = {}
     for table, projection in module.proj.items():
-        weight = projection.weight
+        # (the collection's projections: a weight tensor and the init spec it was built with)
+        weight = cast(torch.Tensor, projection.weight)
         if weight.device.type == "meta":
-            weight = init_projection_(torch.empty(weight.shape, device=device), projection.init)
+            weight = init_projection_(torch.empty(weight.shape, device=device), cast(str, projection.init))
         full[table] = weight.detach().to(device=device, dtype=torch.float32, copy=True)
     if full and env.process_group is not None:  # (None: TorchRec's planning dry runs)
         flat = torch.cat([w.reshape(-1) for w in full.values()])
@@ -232,7 +260,7 @@ def local_projections(module, plan, env, device):
     return shards
 
 
-def add_column_blocks(kt, blocks):
+def add_column_blocks(kt: KeyedTensor, blocks: Sequence[int]) -> KeyedTensor:
     """Add each feature's ``n`` d-wide column-shard partials (``blocks``: n per key) into one."""
     parts = kt.values().split(kt.length_per_key(), dim=1)
     out = [p if n == 1 else p.unflatten(1, (n, -1)).sum(1) for p, n in zip(parts, blocks)]

@@ -48,6 +48,7 @@ folds every shard with the columns it was trained with.
 """
 
 from functools import partial
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Type
 
 import torch
 from torchrec import EmbeddingBagCollection, KeyedTensor
@@ -62,6 +63,12 @@ from ..errors import MLETError
 from .collection import MLETEmbeddingBagCollection, TableAccessors
 from .projected import add_column_blocks, local_projections, send_projected
 
+if TYPE_CHECKING:
+    from torchrec import KeyedJaggedTensor
+    from torchrec.distributed.types import (
+        Awaitable, LazyAwaitable, ModuleSharder, ParameterSharding, QuantizedCommCodecs, ShardingEnv,
+    )
+
 SHARDING_TYPES = tuple(
     t.value for t in (
         ShardingType.DATA_PARALLEL, ShardingType.TABLE_WISE, ShardingType.COLUMN_WISE,
@@ -70,7 +77,7 @@ SHARDING_TYPES = tuple(
 )
 
 
-def sharders():
+def sharders() -> List["ModuleSharder[torch.nn.Module]"]:
     """TorchRec's default sharders plus the MLET one, for the planner and ``DistributedModelParallel``.
 
     The MLET sharder shards the tables with the defaults' own
@@ -89,34 +96,45 @@ class MLETEmbeddingBagCollectionSharder(BaseEmbeddingSharder[MLETEmbeddingBagCol
     offered (its shards would need a projection per column block per node).
     """
 
-    def __init__(self, ebc_sharder=None, qcomm_codecs_registry=None):
+    def __init__(
+        self,
+        ebc_sharder: Optional[EmbeddingBagCollectionSharder] = None,
+        qcomm_codecs_registry: Optional[Dict[str, "QuantizedCommCodecs"]] = None,
+    ) -> None:
         self._ebc_sharder = ebc_sharder or EmbeddingBagCollectionSharder(qcomm_codecs_registry=qcomm_codecs_registry)
         super().__init__(qcomm_codecs_registry=self._ebc_sharder.qcomm_codecs_registry)
 
-    def shard(self, module, params, env, device=None, module_fqn=None):
+    def shard(
+        self,
+        module: MLETEmbeddingBagCollection,
+        params: Dict[str, "ParameterSharding"],
+        env: "ShardingEnv",
+        device: Optional[torch.device] = None,
+        module_fqn: Optional[str] = None,
+    ) -> "ShardedMLETEmbeddingBagCollection":
         return ShardedMLETEmbeddingBagCollection(
             module, params, self._ebc_sharder, env, device or torch.device("cuda"), module_fqn
         )
 
     @property
-    def fused_params(self):
+    def fused_params(self) -> Optional[Dict[str, Any]]:
         return self._ebc_sharder.fused_params
 
-    def shardable_parameters(self, module):
+    def shardable_parameters(self, module: MLETEmbeddingBagCollection) -> Dict[str, torch.nn.Parameter]:
         return self._ebc_sharder.shardable_parameters(module.ebc)
 
-    def sharding_types(self, compute_device_type):
+    def sharding_types(self, compute_device_type: str) -> List[str]:
         return [t for t in self._ebc_sharder.sharding_types(compute_device_type) if t in SHARDING_TYPES]
 
-    def compute_kernels(self, sharding_type, compute_device_type):
+    def compute_kernels(self, sharding_type: str, compute_device_type: str) -> List[str]:
         return self._ebc_sharder.compute_kernels(sharding_type, compute_device_type)
 
     @property
-    def module_type(self):
+    def module_type(self) -> Type[MLETEmbeddingBagCollection]:
         return MLETEmbeddingBagCollection
 
     @property
-    def sharded_module_type(self):
+    def sharded_module_type(self) -> Type["ShardedMLETEmbeddingBagCollection"]:
         return ShardedMLETEmbeddingBagCollection
 
 
@@ -131,7 +149,15 @@ class ShardedMLETEmbeddingBagCollection(
     unsharded collection it presents the d-wide configs and a d-wide output.
     """
 
-    def __init__(self, module, table_name_to_parameter_sharding, ebc_sharder, env, device, module_fqn=None):
+    def __init__(
+        self,
+        module: MLETEmbeddingBagCollection,
+        table_name_to_parameter_sharding: Dict[str, "ParameterSharding"],
+        ebc_sharder: EmbeddingBagCollectionSharder,
+        env: "ShardingEnv",
+        device: torch.device,
+        module_fqn: Optional[str] = None,
+    ) -> None:
         super().__init__(qcomm_codecs_registry=ebc_sharder.qcomm_codecs_registry)
         if isinstance(env, ShardingEnv2D):
             raise MLETError("the MLET sharder does not support 2D parallelism (DMPCollection); "
@@ -158,19 +184,25 @@ class ShardedMLETEmbeddingBagCollection(
                   for name, dim in zip(self.ebc._embedding_names, self.ebc._embedding_dims)]
         self._column_blocks = blocks if any(n > 1 for n in blocks) else None
 
-    def create_context(self):
+    def create_context(self) -> EmbeddingBagCollectionContext:
         return self.ebc.create_context()
 
-    def input_dist(self, ctx, features):
+    def input_dist(
+        self, ctx: EmbeddingBagCollectionContext, features: "KeyedJaggedTensor"
+    ) -> "Awaitable[Awaitable[KJTList]]":
         return self.ebc.input_dist(ctx, features)
 
-    def compute(self, ctx, dist_input):
+    def compute(self, ctx: EmbeddingBagCollectionContext, dist_input: KJTList) -> List[torch.Tensor]:
         return self.ebc.compute(ctx, dist_input)
 
-    def output_dist(self, ctx, output):
+    def output_dist(
+        self, ctx: EmbeddingBagCollectionContext, output: List[torch.Tensor]
+    ) -> "LazyAwaitable[KeyedTensor]":
         return self._added(self.ebc.output_dist(ctx, output))
 
-    def compute_and_output_dist(self, ctx, input):
+    def compute_and_output_dist(
+        self, ctx: EmbeddingBagCollectionContext, input: KJTList
+    ) -> "LazyAwaitable[KeyedTensor]":
         return self._added(self.ebc.compute_and_output_dist(ctx, input))
 
     def _added(self, awaitable):
@@ -178,7 +210,7 @@ class ShardedMLETEmbeddingBagCollection(
             awaitable.callbacks.append(partial(add_column_blocks, blocks=self._column_blocks))
         return awaitable
 
-    def sharded_parameter_names(self, prefix=""):
+    def sharded_parameter_names(self, prefix: str = "") -> Iterator[str]:
         """The tables' and the model-parallel projections' parameters, which DMP's DDP must leave alone."""
         yield from self.ebc.sharded_parameter_names(append_prefix(prefix, "ebc"))
         for table, shards in self.proj.items():
@@ -187,5 +219,5 @@ class ShardedMLETEmbeddingBagCollection(
                     yield name
 
     @property
-    def unsharded_module_type(self):
+    def unsharded_module_type(self) -> Type[MLETEmbeddingBagCollection]:
         return MLETEmbeddingBagCollection

@@ -12,9 +12,13 @@ line, as ``dlrm_s_pytorch.py`` does. The planner and DMP get ``sharders()``,
 under which each rank projects before the all-to-all.
 """
 
+import argparse
 import sys
+from typing import TYPE_CHECKING, Callable, List, Optional, Type
 
+import torch
 import torch.distributed as dist
+from torch import nn
 from torchrec import EmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
 
@@ -23,6 +27,9 @@ from ..errors import MLETError
 from .collection import MLETEmbeddingBagCollection, sparse_parameters
 from .fold import fold_torchrec_state_dict
 from .sharding import sharders
+
+if TYPE_CHECKING:
+    from torchrec import EmbeddingBagConfig
 
 __all__ = [
     "add_arguments", "collection_factory", "embedding_optimizer", "fold_after_training", "sharders",
@@ -37,17 +44,17 @@ class _AsTyped:
     into a list (``"32"`` would arrive as ``[32]``); it leaves non-strings alone.
     """
 
-    def __init__(self, text):
+    def __init__(self, text: str) -> None:
         self.text = text
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.text
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return repr(self.text)
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``--mlet-*`` options (also spelt with underscores, like the trainer's own)."""
     group = parser.add_argument_group("MLET (dlrm-mlet)")
     add_table_arguments(group, underscores=True, type=_AsTyped)
@@ -69,7 +76,8 @@ def _options(args):
         sys.exit(f"ERROR: {error}")
 
 
-def embedding_optimizer(args, optimizer):
+def embedding_optimizer(args: argparse.Namespace,
+                        optimizer: Type[torch.optim.Optimizer]) -> Type[torch.optim.Optimizer]:
     """The tables' fused optimizer: ``optimizer`` (the trainer's choice), or row-wise Adagrad if asked."""
     if not args.mlet_rowwise_adagrad:
         return optimizer
@@ -80,14 +88,14 @@ def embedding_optimizer(args, optimizer):
     return RowWiseAdagrad
 
 
-def collection_factory(args, dense_device):
+def collection_factory(args: argparse.Namespace, dense_device: torch.device) -> Callable[..., nn.Module]:
     """What the trainer builds its embedding collection with: ``EmbeddingBagCollection``
     itself with MLET off, else an ``MLETEmbeddingBagCollection`` maker of the same call."""
     options = _options(args)
     if max(options.dims) == 0:
         return EmbeddingBagCollection
 
-    def make(tables, device=None):
+    def make(tables: List["EmbeddingBagConfig"], device: Optional[torch.device] = None) -> MLETEmbeddingBagCollection:
         try:
             check_table_count(options.dims, len(tables))  # named by its flag here
             ebc = MLETEmbeddingBagCollection(
@@ -108,7 +116,7 @@ def collection_factory(args, dense_device):
     return make
 
 
-def fold_after_training(model, args):
+def fold_after_training(model: nn.Module, args: argparse.Namespace) -> None:
     """With MLET on, fold ``model`` (every rank calls it) and have rank 0 write the stock file."""
     if max(_options(args).dims) > 0:
         fold_torchrec_state_dict(model, args.mlet_folded_path)
