@@ -51,6 +51,11 @@ def test_the_verdict_says_pays_only_with_a_lead_of_one_standard_error_and_more_t
     no = arms_from(peaks, {(16, 0): 0.01, (64, 0): 0.02}, (0, 1))
     line, _ = advise.verdict(no, 16)
     assert line.startswith("verdict: MLET does not shrink the model on this pilot") and "(d=64" in line
+    narrowest = arms_from(peaks, {(4, 0): 0.01, (4, 64): 0.012}, (0, 1))  # nothing narrower than d=4 was tried
+    line, _ = advise.verdict(narrowest, 16)
+    assert line.startswith("verdict: MLET does not shrink the model on this pilot: the best baseline is already "
+                           "the narrowest width tried (d=4") and "MLET at d=4 (k=64) scored +0.0020" in line
+    assert "no narrower MLET model matched" not in line
     one = arms_from(peaks, {(4, 64): 0.01}, (0,))
     assert advise.verdict(one, 16)[0].startswith("verdict: undecided: the pilot's time allowed one seed")
 

@@ -178,10 +178,14 @@ def verdict(arms: Sequence[Arm], d: int) -> Tuple[str, Optional[Regime]]:
                 f"smaller once folded{at_d}")
     else:
         n = e["narrowest"]
-        near = "" if n is None else (f": the narrowest, d={n['d']} (k={n['k']}), scored {n['gap']:+.4f} ± "
-                                     f"{n['se']:.4f} against it")
-        line = (f"verdict: MLET does not shrink the model on this pilot: no narrower MLET model matched the best "
-                f"baseline (d={best['d']}, test AUC {best['auc']:.4f}){near}{at_d}")
+        scored = "" if n is None else f"d={n['d']} (k={n['k']}) scored {n['gap']:+.4f} ± {n['se']:.4f} against it"
+        if n is not None and n["d"] >= best["d"]:  # no MLET model narrower than the best baseline was tried
+            why = (f"the best baseline is already the narrowest width tried (d={best['d']}, test AUC "
+                   f"{best['auc']:.4f}); MLET at {scored}")
+        else:
+            why = (f"no narrower MLET model matched the best baseline (d={best['d']}, test AUC {best['auc']:.4f})"
+                   + ("" if n is None else f": the narrowest, {scored}"))
+        line = f"verdict: MLET does not shrink the model on this pilot: {why}{at_d}"
     return line, e
 
 
