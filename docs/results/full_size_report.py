@@ -38,7 +38,14 @@ def _arm_name(a):
 
 
 def _pm(s):
-    return "-" if not s else f"{s['auc']:.4f} ± {s['auc_sd']:.4f} ({s['n']})"
+    if not s:
+        return "-"
+    return f"{s['auc']:.4f} (1 seed)" if s["n"] < 2 else f"{s['auc']:.4f} ± {s['auc_sd']:.4f} ({s['n']})"
+
+
+def _one_seed(rows, size):
+    """Whether some tuned arm of ``size`` has a single seed: then no gap of that size has a standard error."""
+    return any(tuned(a)["n"] < 2 for a in summarize(_rows(rows)) if _size(a["regime"]) == size and tuned(a))
 
 
 def _protocol(rows):
@@ -97,7 +104,7 @@ def _saving(entry, one_seed=False):
         return "-"
     if entry["saving"] and entry["saving"] > 1:
         m = entry["match"]
-        return f"{entry['saving']:.0f}x (MLET d={m['d']} k={m['k']})"
+        return f"{entry['saving']:.0f}x (MLET d={m['d']} k={m['k']}{'' if not one_seed else ', one seed'})"
     n = entry["narrowest"]
     return "none" + ("" if n is None else f" (narrowest d={n['d']} k={n['k']}: {n['gap']:+.4f}"
                      + ("" if one_seed else f" ± {n['se']:.4f}") + ")")
@@ -112,7 +119,9 @@ def curve_table(rows):
         if t is None and p is None:
             continue
         best = "-" if t is None else f"d={t['best_baseline']['d']} ({t['best_baseline']['auc']:.4f})"
-        lines.append(f"| {size} | {best} | {_saving(t)} | {_gains(t)} | {_saving(p, True)} | {_gains(p, True)} |")
+        one = _one_seed(rows, size)  # no standard error yet: the gaps as they are
+        lines.append(f"| {size} | {best} | {_saving(t, one)} | {_gains(t, one)} | {_saving(p, True)} | "
+                     f"{_gains(p, True)} |")
     return lines
 
 
@@ -138,9 +147,10 @@ def controls_table(rows):
                     continue
                 diff, se = mine["auc"] - tuned(b)["auc"], pays.se_of_difference(mine, tuned(b))
                 control = optimizer if optimizer != "sgd" else tables
+                spread = " (one seed)" if min(mine["n"], tuned(b)["n"]) < 2 else f" ± {se:.4f}"
                 lines.append(f"| {size} | {control} | {_arm_name(a)} | {_pm(mine)} | "
                              f"{_arm_name(b)}{'' if b['tables'] == 'plain' else ' ' + b['tables']} | "
-                             f"{diff:+.4f} ± {se:.4f} |")
+                             f"{diff:+.4f}{spread} |")
     return lines
 
 
