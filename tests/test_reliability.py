@@ -449,3 +449,20 @@ def test_a_disk_too_full_for_the_checkpoints_is_refused_before_the_first_batch(p
     monkeypatch.setattr(space, "free_bytes", lambda path: 10 * 2**30)
     patched_module.run()  # with room, the same run trains and saves
     assert (tmp_path / "m.pt").exists() and (tmp_path / "m.pt.mlet").exists()
+
+
+@pytest.mark.parametrize("optimizer,state", [("sgd", 0), ("adagrad", 100 * 8 * 4), ("rwsadagrad", 100 * 4)])
+def test_the_space_check_counts_each_optimizers_state_for_dlrms_own_tables(optimizer, state):
+    """A plain table's checkpoint holds its weights and the optimizer's state for them: Adagrad one float32 an
+    element, DLRM's row-wise Adagrad one a row, SGD none (the rule's own count, as for the MLET tables)."""
+    from torch import nn
+
+    from dlrm_mlet.dlrm import space
+    from dlrm_mlet.dlrm.session import Config, reset, use_config
+
+    use_config(Config(optimizer=optimizer))
+    try:
+        training, folded = space.file_sizes([nn.EmbeddingBag(100, 8, mode="sum")])
+    finally:
+        reset()
+    assert training == folded == 100 * 8 * 4 + state

@@ -24,7 +24,7 @@ from ..errors import MLETError
 if TYPE_CHECKING:  # annotations only: importing this module imports no torch
     import torch
 
-    from .step import ParamGroup, ParamState
+    from .step import Check, ParamGroup, ParamState
 
 FLOAT32 = 4  # bytes: every accumulator is float32
 
@@ -34,9 +34,11 @@ class Rule:
     ``half_key``: where a half table's float32 accumulator is kept instead; ``row_wise``: one value a row."""
 
     def __init__(self, name: str, optimizer: str, module: str = "", state_key: Optional[str] = None,
-                 half_key: Optional[str] = None, row_wise: bool = False) -> None:
+                 half_key: Optional[str] = None, row_wise: bool = False, dense_at_step: bool = True) -> None:
         self.name, self.optimizer, self.module = name, optimizer, module  # the class's name and module prefix
         self.state_key, self.half_key, self.row_wise = state_key, half_key, row_wise
+        # whether MLET applies it to the (dense) projections at the step too, or leaves them their gradients
+        self.dense_at_step = dense_at_step
 
     def is_for(self, optimizer: torch.optim.Optimizer) -> bool:
         kind = type(optimizer)
@@ -56,6 +58,12 @@ class Rule:
             if group.get(option):
                 raise MLETError(f"{what}: {name} with {option} is not supported (it needs the gradient or "
                                 "per-element state this update does not keep)")
+
+    def checker(self, what: str) -> Check:
+        """The optimizer check (``step.require``) of parameters this rule updates at the step: ``refuse``."""
+        def check(optimizer: torch.optim.Optimizer, group: ParamGroup, param: Optional[torch.Tensor] = None) -> None:
+            self.refuse(optimizer, group, what)
+        return check
 
     def count(self, state: ParamState) -> float:
         """Count this step in a parameter's state, as the optimizer does; the steps taken so far."""
@@ -121,7 +129,9 @@ class Rule:
 
 SGD = Rule("sgd", "SGD", "torch.optim")
 ADAGRAD = Rule("adagrad", "Adagrad", "torch.optim", state_key="sum", half_key="mlet_sum")
-RWSADAGRAD = Rule("rwsadagrad", "RWSAdagrad", state_key="momentum", half_key="mlet_momentum", row_wise=True)  # DLRM's
+# DLRM's row-wise Adagrad; its rule for dense parameters is its own, so the projections keep their gradients
+RWSADAGRAD = Rule("rwsadagrad", "RWSAdagrad", state_key="momentum", half_key="mlet_momentum", row_wise=True,
+                  dense_at_step=False)
 RULES = {rule.name: rule for rule in (SGD, ADAGRAD, RWSADAGRAD)}
 ADAPTIVE = tuple(name for name, rule in RULES.items() if rule.state_key)  # the rules with an accumulator
 ALIASES = {"rowwise_adagrad": "rwsadagrad"}  # TorchRec's name for the row-wise one

@@ -12,9 +12,9 @@ import sys
 from types import TracebackType
 from typing import Optional, Type
 
-from ..core import budget
+from ..core import budget, rules
 from ..core.options import add_table_arguments, parse_table_options
-from ..engine import adaptive, fused, tbe
+from ..engine import fused, tbe
 from ..errors import MLETError, integer
 from ..files import check_writable
 from . import onnx_serving, resumable
@@ -136,7 +136,7 @@ def parse_config(args: argparse.Namespace) -> Config:
         raise MLETError("--mlet-budget-rule has no effect without --mlet-memory-budget")
     _check_against_dlrm(args, dims, fused_update, table_dtype)
     # The default: the optimizer's rule applied at its step to the packed tables (benchmarks/whole_run.py).
-    auto = "torch" if getattr(args, "optimizer", "sgd") in ("sgd",) + adaptive.RULES else ""
+    auto = "torch" if getattr(args, "optimizer", "sgd") in rules.RULES else ""
     fused_update = {AUTO: auto, "off": ""}.get(fused_update, fused_update)
     inference_only = bool(getattr(args, "inference_only", False))
     grad_accum = int(getattr(args, "mlperf_grad_accum_iter", 1) or 1) if getattr(args, "mlperf_logging", False) else 1
@@ -224,11 +224,12 @@ def _check_against_dlrm(args, dims, fused_update, table_dtype):
             "train first, then quantize the folded checkpoint with --inference-only"
         )
     optimizer = getattr(args, "optimizer", "sgd")
-    if fused_update == "fbgemm" and optimizer != "sgd":
+    if fused_update == "fbgemm" and rules.RULES.get(optimizer) is not rules.SGD:
         raise MLETError(f"--mlet-fused-update=fbgemm applies plain SGD steps; it cannot be combined with "
                         f"--optimizer={optimizer}")
-    if fused_update == "torch" and optimizer not in ("sgd",) + adaptive.RULES:
-        raise MLETError(f"--mlet-fused-update applies SGD, Adagrad or RWSAdagrad at the step, not --optimizer={optimizer}")
+    if fused_update == "torch" and optimizer not in rules.RULES:
+        raise MLETError(f"--mlet-fused-update applies {', '.join(r.optimizer for r in rules.RULES.values())} at the "
+                        f"step, not --optimizer={optimizer}")
     if fused_update == "fbgemm":
         if table_dtype != "fp32":
             raise MLETError(f"--mlet-fused-update=fbgemm trains fp32 tables; drop it with "

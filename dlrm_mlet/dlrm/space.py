@@ -16,6 +16,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple, cast
 
 from torch import nn
 
+from ..core import rules
 from ..core.budget import format_bytes, training_bytes
 from ..core.half import dtype_name
 from ..core.pair import TwoLayer, is_mlet
@@ -45,10 +46,14 @@ def file_sizes(tables: Iterable[nn.Module]) -> Tuple[int, int]:
             n, d, k = t.num_embeddings, t.embedding_dim, t.hidden_dim
             training += training_bytes(n, d, k, dtype_name(t.table.weight.dtype), optimizer)
             folded += training_bytes(n, d, 0, "fp32", optimizer)
-        else:
-            size = sum(p.numel() * p.element_size() for p in t.parameters())
-            training += size * (2 if optimizer == "adagrad" else 1)
-            folded += size * (2 if optimizer == "adagrad" else 1)
+        else:  # DLRM's own tables (plain, QR, MD): their parameters and the optimizer's state for each
+            rule = rules.named(optimizer)
+            size = 0
+            for p in t.parameters():
+                rows = p.shape[0] if p.dim() and p.shape[0] else 1
+                size += p.numel() * p.element_size() + rule.state_bytes(rows, p.numel() // rows)
+            training += size
+            folded += size
     return training, folded
 
 

@@ -31,17 +31,8 @@ from typing import Sequence
 import torch
 
 from ..core import rules, step
-from ..core.step import Check
 from .packing import Packed, PerTable, aligned_state, stacked, summed_rows
 
-RULES = rules.ADAPTIVE  # the rules applied here: those with an accumulator
-
-
-def check(rule: str) -> Check:
-    """The optimizer check ``step.require`` holds a table to: the optimizer the rule (its name) is."""
-    def check_optimizer(optimizer, group, param=None):
-        rules.named(rule).refuse(optimizer, group, "these MLET tables")
-    return check_optimizer
 
 
 def add_group(tables: Sequence[torch.Tensor], indices: Sequence[torch.Tensor], rows: PerTable, rule: str,

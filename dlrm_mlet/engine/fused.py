@@ -38,9 +38,7 @@ from torch import nn
 from ..core import rules, step
 from ..core.bag import MLETEmbeddingBag
 from ..core.pair import Update
-from ..core.step import ParamGroup
 from ..errors import MLETError
-from . import adaptive
 from .packing import Packed, PerTable
 
 BACKENDS = ("torch", "fbgemm")
@@ -59,17 +57,17 @@ def use(tables: Union[nn.Module, Iterable[nn.Module]], backend: Optional[str] = 
     """
     if backend is not None and backend not in BACKENDS:
         raise MLETError(f"fused update backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if rule != "sgd" and (rule not in adaptive.RULES or backend == "fbgemm"):
-        raise MLETError(f"the update at the step applies sgd{'' if backend == 'fbgemm' else ', adagrad or rwsadagrad'}"
-                        f"{' with fbgemm' if backend == 'fbgemm' else ''}, not {rule!r}")
+    applied = rules.RULES.get(rule)
+    if applied is None or backend == "fbgemm" and applied is not rules.SGD:  # fbgemm's TBE applies SGD only
+        raise MLETError(f"the update at the step applies "
+                        f"{'sgd with fbgemm' if backend == 'fbgemm' else ', '.join(rules.RULES)}, not {rule!r}")
     count = 0
+    check = applied.checker(f"these MLET tables (--mlet-fused-update applies plain {applied.optimizer} steps)")
     for table in _modules(tables):
         if isinstance(table, MLETEmbeddingBag):
             table.set_update(Update(backend, rule))
-            step.require(table.table.weight, None if backend is None else
-                         check_plain_sgd if rule == "sgd" else adaptive.check(rule))
-            step.require(table.proj.weight, None if backend is None else check_plain_sgd if rule == "sgd"
-                         else adaptive.check(rule) if rule == "adagrad" else None)
+            step.require(table.table.weight, None if backend is None else check)
+            step.require(table.proj.weight, None if backend is None or not applied.dense_at_step else check)
             count += 1
     return count
 
@@ -128,9 +126,8 @@ def _sparse_add(weight, indices, rows, lr):
                                         check_invariants=False), alpha=-lr)
 
 
-def check_plain_sgd(optimizer: torch.optim.Optimizer, group: ParamGroup, param: Optional[torch.Tensor] = None) -> None:
-    """The fp32 fused paths apply plain SGD steps: refuse any optimizer they would misapply."""
-    rules.SGD.refuse(optimizer, group, "these MLET tables (--mlet-fused-update applies plain SGD steps)")
+# What fbgemm's TBE step (tbe.py) holds its optimizer to: plain SGD, the only rule it applies.
+check_plain_sgd = rules.SGD.checker("these MLET tables (--mlet-fused-update applies plain SGD steps)")
 
 
 def pending_rows(tables: Union[nn.Module, Iterable[nn.Module]]) -> int:

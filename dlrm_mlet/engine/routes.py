@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..core import half
+from ..core import half, rules
 from ..core.pair import TwoLayer
 from . import adaptive, fused, half_update
 from .packing import Packed, PerTable
@@ -70,5 +70,5 @@ def route_of(table: TwoLayer) -> Route:
         return Route("fbgemm", "fbgemm")
     if update.backend is None:
         return Route("half" if halved else "sparse", "dense")
-    projections = update.rule if update.rule in ("sgd", "adagrad") else "dense"
+    projections = update.rule if rules.named(update.rule).dense_at_step else "dense"
     return Route("half" if halved else update.rule, projections)
