@@ -32,6 +32,7 @@ from torchrec.distributed.planner.enumerators import EmbeddingEnumerator  # noqa
 from torchrec.models.dlrm import DLRM  # noqa: E402
 from torchrec.modules.embedding_configs import PoolingType  # noqa: E402
 
+from conftest import leave_gloo  # noqa: E402
 from dlrm_mlet.checkpoint_io import load_checkpoint  # noqa: E402
 from dlrm_mlet.errors import MLETError  # noqa: E402
 from dlrm_mlet.torchrec import (  # noqa: E402
@@ -419,7 +420,7 @@ def _train_fold_worker(rank, port, out_dir):
         else:
             assert state is None
         dist.barrier()
-    dist.destroy_process_group()
+    leave_gloo()
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from torchrec.distributed.planner import ParameterConstraints, Topology  # noqa:
 from torchrec.distributed.planner.enumerators import EmbeddingEnumerator  # noqa: E402
 from torchrec.modules.embedding_configs import DataType  # noqa: E402
 
+from conftest import leave_gloo  # noqa: E402
 from dlrm_mlet.errors import MLETError  # noqa: E402
 from dlrm_mlet.checkpoint_io import load_checkpoint  # noqa: E402
 from dlrm_mlet.torchrec import MLETEmbeddingBagCollection, fold_torchrec_state_dict, mlet_dlrm  # noqa: E402
@@ -332,7 +333,7 @@ def _resume_worker(rank, port, out_dir):
             result["predictions"] = torch.cat(predictions)
             torch.save(result, os.path.join(out_dir, f"{table_dtype}.result.pt"))
         dist.barrier()
-    dist.destroy_process_group()
+    leave_gloo()
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from torchrec.distributed.planner.enumerators import EmbeddingEnumerator  # noqa
 from torchrec.distributed.types import ShardingType  # noqa: E402
 from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection  # noqa: E402
 
+from conftest import leave_gloo  # noqa: E402
 from dlrm_mlet.checkpoint_io import load_checkpoint  # noqa: E402
 from dlrm_mlet.torchrec import (  # noqa: E402
     MLETEmbeddingBagCollection,
@@ -321,7 +322,7 @@ def _compare_worker(rank, port, out_dir, world):
             }, os.path.join(out_dir, f"{world}.{run}.result.pt"))
         del dmp, optimizer, dense
         dist.barrier()
-    dist.destroy_process_group()
+    leave_gloo()
 
 
 def _compare_worker_2(rank, port, out_dir):
