@@ -11,7 +11,7 @@
 import os
 import pickle
 import threading
-from typing import TYPE_CHECKING, Any, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
@@ -19,8 +19,7 @@ import torch
 from .errors import MLETError, first_line
 from .files import StrPath, atomic_write
 
-if TYPE_CHECKING:
-    from .dlrm.checkpoints import Checkpoint
+Checkpoint = Dict[str, Any]  # what DLRM saves and loads: its keys, and our "mlet" record in PATH.mlet
 
 # What a stock DLRM checkpoint may hold besides tensors: numpy scalars for
 # train_loss/test_acc. Rebuilding a numpy scalar from its dtype and bytes runs
@@ -104,7 +103,7 @@ def check_safe_to_load(path: StrPath) -> bool:
     return bool(found)
 
 
-def load_model_file(path: StrPath) -> Tuple["Checkpoint", bool]:
+def load_model_file(path: StrPath) -> Tuple[Checkpoint, bool]:
     """``(checkpoint, plain)``: a DLRM checkpoint dict, or a state dict (``torch.save(model.state_dict())``,
     what ``to_mlet`` users save) wrapped as ``{"state_dict": ...}`` with ``plain`` True."""
     ckpt = load_checkpoint(path)
@@ -116,7 +115,7 @@ def load_model_file(path: StrPath) -> Tuple["Checkpoint", bool]:
                     "(names to tensors, as torch.save(model.state_dict()) writes)")
 
 
-def load_dlrm_checkpoint(path: StrPath) -> "Checkpoint":
+def load_dlrm_checkpoint(path: StrPath) -> Checkpoint:
     """A DLRM checkpoint dict, or a plain state dict wrapped as one (``load_model_file``)."""
     return load_model_file(path)[0]
 

@@ -12,7 +12,9 @@ import subprocess
 import sys
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "dlrm_mlet"
-MAX_LINES = 400
+# A module holds one job, however long; the cap is what the largest job here needs with room
+# (sweep, report: about 400 lines, annotated): a module past it has likely started a second job.
+MAX_LINES = 500
 OPTIONAL = {"torchrec", "fbgemm_gpu", "matplotlib", "onnx", "onnxruntime", "sklearn", "tqdm"}
 DISPATCHERS = {PACKAGE / "cli.py", PACKAGE / "commands.py"}
 
@@ -71,6 +73,41 @@ def test_no_import_circle_in_the_package():
     assert circles == []
 
 
+# The package's layers, bottom up (docs/layout.md): a module imports only from its own folder (or file)
+# and from layers below it, at the top or inside a function alike.
+LAYERS = [
+    {"errors", "progress"},
+    {"files", "core"},
+    {"checkpoint_io", "data", "engine"},
+    {"dlrm", "torchrec"},
+    {"tools", "dlrm_glue", "__init__"},
+    {"commands"},
+    {"cli"},
+    {"__main__"},
+]
+
+
+def _unit(name):
+    """A module's room: its folder under the package (``core``), or its own file (``cli``)."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_every_room_has_a_layer_and_no_import_runs_up_or_across():
+    layer = {unit: i for i, units in enumerate(LAYERS) for unit in units}
+    modules = {name: (path, tree) for name, path, tree in _modules()}
+    assert {_unit(name) for name in modules} <= set(layer), "a new folder or module needs its place in LAYERS"
+    wrong = set()
+    for name, (path, tree) in modules.items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for target in _target(name, path, node):
+                    if target in modules and _unit(target) != _unit(name) \
+                            and layer[_unit(target)] >= layer[_unit(name)]:
+                        wrong.add((name, target))
+    assert wrong == set()
+
+
 def test_no_module_borrows_another_modules_private_names():
     """A name with a leading underscore is its module's own; another module needing it means it is not private."""
     borrowed = [f"{name}: {node.module}.{alias.name}" for name, path, tree in _modules() for node in ast.walk(tree)
@@ -79,7 +116,7 @@ def test_no_module_borrows_another_modules_private_names():
     assert borrowed == []
 
 
-def test_no_module_is_over_400_lines():
+def test_no_module_is_over_the_line_cap():
     long = {str(path.relative_to(PACKAGE)): n for _, path, _ in _modules()
             if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}

@@ -13,11 +13,10 @@ from ..core.folding import PROJ_KEY, TABLE_KEY, fold_state_dict, key_prefix, mle
 from ..core.half import float32_state
 from ..core.step import ParamState
 from ..errors import MLETError
-from ..checkpoint_io import to_plain
+from ..checkpoint_io import Checkpoint, to_plain
 
 MLET_SUFFIX = ".mlet"
 
-Checkpoint = Dict[str, Any]  # what DLRM saves and loads (module docstring), with our "mlet" record in PATH.mlet
 OptimizerState = Dict[str, Any]  # an optimizer's state_dict(): "state" (index -> ParamState), "param_groups"
 GroupNames = List[List[str]]  # the parameter names behind an optimizer's indices, group by group
 
