@@ -10,13 +10,14 @@ and backward makes one call, ``Route.backward``, which hands each gradient to
 the update that applies it and returns what autograd still has to carry.
 """
 
+import functools
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import torch
 
 from ..core import half, rules
-from ..core.pair import TwoLayer
+from ..core.pair import TwoLayer, Update
 from . import adaptive, fused, half_update
 from .packing import Packed, PerTable
 
@@ -64,8 +65,11 @@ class Route:
 
 def route_of(table: TwoLayer) -> Route:
     """The route of an MLET table's gradients, from its declared update and its table's dtype."""
-    update = table.update
-    halved = half.is_half(table.table.weight)
+    return _route(table.update, half.is_half(table.table.weight))
+
+
+@functools.lru_cache(maxsize=None)  # asked for every table at every forward; a handful of answers
+def _route(update: Update, halved: bool) -> Route:
     if update.backend == "fbgemm":
         return Route("fbgemm", "fbgemm")
     if update.backend is None:
