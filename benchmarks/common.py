@@ -152,7 +152,7 @@ NO_GPU_FULL = ["## MLET on one GPU at full Criteo-Kaggle size", "",
                "with about 60 GB free: stock d=16 against MLET d=16 k=256 with fp32 and fp16 tables at batch 2048 "
                "and 16384, 33.8M rows, with peak GPU memory; it fills this section."]
 # Sections in RESULTS.md: (result name, what to write while it is missing: None = nothing)
-ORDER = [("whole_run", None), ("every_path", None), ("every_path_compare", None), ("step_phases", None), ("real_data_step", None), ("table_memory", None), ("train_step", None),
+ORDER = [("whole_run", None), ("every_path", None), ("every_path_compare", None), ("every_path_against", None), ("step_phases", None), ("real_data_step", None), ("table_memory", None), ("train_step", None),
          ("train_step_full", None), ("profile_step", None), ("embedding_update", None),
          ("train_step_gpu", NO_GPU), ("gpu_step", NO_GPU_FULL), ("train_step_gpu_full", None), ("inference", None),
          ("fold", None), ("monitor_cost", None), ("preprocess_memory", None), ("torchrec_comm", None),
