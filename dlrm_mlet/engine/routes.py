@@ -2,12 +2,12 @@
 
 A table declares its update (``core/pair.Update``: sparse gradients, or an
 optimizer's rule applied at the step by torch or by fbgemm) and its dtype adds
-one fact (half tables always take ``half.py``'s rule at the step). The
+one fact (half tables always take ``half.py``'s rule at the step). Their
 combinations (sparse or at-step tables, times dense or at-step projections,
-times float32 or half rows) used to be re-decided in the grouped backward;
-here they are resolved once per table (``route_of``, also the grouping key)
-and backward makes one call, ``Route.backward``, which hands each gradient to
-the update that applies it and returns what autograd still has to carry.
+times float32 or half rows) are resolved here once per table (``route_of``,
+also the grouping key), so that backward makes one call, ``Route.backward``,
+which hands each gradient to the update that applies it and returns what
+autograd still has to carry; a new way to update is one more route.
 """
 
 import functools
