@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import shutil
 import subprocess
 import sys
@@ -174,6 +175,14 @@ def write_results_md():
 
 def mib(n):
     return f"{n / 2**20:,.1f}"
+
+
+def both_summaries(own, base):
+    """``own`` ms/it against ``base`` (one per repetition, paired): the median of the per-repetition ratios,
+    their min and max, and the ratio of the medians (what every comparison here reports)."""
+    ratios = [a / b for a, b in zip(own, base)]
+    return {"ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "ratio_of_medians": statistics.median(own) / statistics.median(base)}
 
 
 def md_table(header, rows):

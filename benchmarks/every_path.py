@@ -37,7 +37,7 @@ import time
 import torch
 
 import torchrec_comm
-from common import criteo_rows, dlrm_copies, machine_lines, md_table, run_measured, save
+from common import both_summaries, criteo_rows, dlrm_copies, machine_lines, md_table, run_measured, save
 from whole_run import dlrm_args, ms_per_it
 
 OPTIMIZERS = ("sgd", "adagrad", "rwsadagrad")
@@ -141,11 +141,9 @@ def main():
 
 def summary(name, optimizer, dtype, own, base_t, fp32, moved, products, bandwidth, macs):
     """One path's row: both summaries against stock (and against fp32 MLET), the extra ms and its bound."""
-    ratios = [a / b for a, b in zip(own, base_t)]
     row = {
         "name": name, "optimizer": optimizer, "table_dtype": dtype, "ms_per_it": own, "stock_ms_per_it": base_t,
-        "ratio_median": statistics.median(ratios), "ratio_of_medians": statistics.median(own) / statistics.median(base_t),
-        "ratio_min": min(ratios), "ratio_max": max(ratios),
+        **both_summaries(own, base_t),
         "extra_ms": statistics.median(own) - statistics.median(base_t),
         "bound_ms": 1000 * (moved / bandwidth + products / macs), "bytes_moved": moved, "multiply_adds": products,
     }

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 
-from common import criteo_rows, dlrm_copies, machine_lines, md_table, run_measured, save
+from common import both_summaries, criteo_rows, dlrm_copies, machine_lines, md_table, run_measured, save
 from every_path import LRS, K, configs
 from whole_run import dlrm_args, ms_per_it
 
@@ -72,11 +72,7 @@ def main():
     results = []
     for name, *_ in paths:
         mine, theirs = times[name, "this"], times[name, "other"]
-        ratios = [a / b for a, b in zip(mine, theirs)]
-        results.append({"name": name, "ms_per_it": mine, "other_ms_per_it": theirs,
-                        "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
-                        "ratio_max": max(ratios),
-                        "ratio_of_medians": statistics.median(mine) / statistics.median(theirs)})
+        results.append({"name": name, "ms_per_it": mine, "other_ms_per_it": theirs, **both_summaries(mine, theirs)})
     payload = {"reps": args.reps, "batches": args.batches, "scale": args.scale, "k": K, "results": results}
     print(save("every_path_against", payload, render))
 

@@ -34,7 +34,6 @@ from ..core import rules, step
 from .packing import Packed, PerTable, aligned_state, stacked, summed_rows
 
 
-
 def add_group(tables: Sequence[torch.Tensor], indices: Sequence[torch.Tensor], rows: PerTable, rule: str,
               packed: Packed = None) -> None:
     """Record one grouped backward's table rows for ``rule``'s update at the next step."""

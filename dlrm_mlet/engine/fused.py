@@ -44,7 +44,6 @@ from .packing import Packed, PerTable
 BACKENDS = ("torch", "fbgemm")
 
 
-
 def use(tables: Union[nn.Module, Iterable[nn.Module]], backend: Optional[str] = "torch", rule: str = "sgd") -> int:
     """Set how the MLET tables in ``tables`` (a module, or a list of modules) are updated.
 
