@@ -91,15 +91,16 @@ def map_answers(path):
     return (*answers(near[0]), share)
 
 
-def pilots(dlrm_dir, data_dir, jobs):
-    """``advise`` on each held-out regime, and on 1 % and 10 % of the full-size law; their answers, kept."""
+def pilots(dlrm_dir, data_dir, jobs, only=None):
+    """``advise`` on each held-out regime, and on 1 % and 10 % of the full-size law (``only``: those named);
+    their answers, kept."""
     found = json.load(open(PILOTS)) if os.path.exists(PILOTS) else {}
     cases = {name: (data(data_dir, name), int(HELD_OUT[name][0] * PILOT_SHARE)) for name in HELD_OUT}
     full = os.path.join(data_dir, "law-100pct", KAGGLE_PROCESSED)
     if os.path.exists(full):
         cases.update({"full law, 1% pilot": (full, 458_406), "full law, 10% pilot": (full, 4_584_062)})
     for name, (path, samples) in cases.items():
-        if name in found:
+        if name in found or (only and name not in only):
             continue
         lines, entry = advise(path, PILOT_MINUTES if samples < 10**6 else 120, dlrm_dir, D, 64,
                               os.path.join(data_dir, "advise-" + name.replace(" ", "-").replace(",", "").replace("%", "pct")),
@@ -169,6 +170,7 @@ def main():
     parser.add_argument("data_dir")
     parser.add_argument("--phase", choices=("truth", "pilots", "report", "all"), default="all")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--only", nargs="*", help="pilots: only these cases (as the report names them)")
     args = parser.parse_args()
     dlrm_dir = os.environ.get("DLRM_DIR") or default_dlrm_dir()
     if args.phase in ("truth", "all"):
@@ -176,7 +178,7 @@ def main():
             print(f"== truth: {name}", flush=True)
             truth(dlrm_dir, args.data_dir, name, args.jobs)
     if args.phase in ("pilots", "all"):
-        pilots(dlrm_dir, args.data_dir, args.jobs)
+        pilots(dlrm_dir, args.data_dir, args.jobs, args.only)
     if args.phase in ("report", "all"):
         print("\n".join(write_report(args.data_dir)))
     return 0
