@@ -98,10 +98,10 @@ def curve(dlrm_dir, data_dir, size, jobs):
 
 
 def _best_scale(size):
-    """The table-lr scale (1: the plain baseline) whose best arm has the highest validation AUC, per d."""
+    """Per d, the table-lr scale of the first grid (1: the plain baseline) whose best arm has the highest
+    validation AUC. Only the first grid's: the larger scale it adds must not move its own edge."""
     best = {}
-    for arm in summarize(rows_of(size, tables=["plain"] + [f"table lr x{s:g}" for s in TABLE_SCALES
-                                                            + (MORE_TABLE_SCALE,)])):
+    for arm in summarize(rows_of(size, tables=["plain"] + [f"table lr x{s:g}" for s in TABLE_SCALES])):
         if arm["k"] == 0 and arm["tuned"]:
             best.setdefault(arm["d"], []).append((arm["tuned"]["val_auc"], arm["tables"]))
     return {d: max(found)[1] for d, found in best.items()}
