@@ -191,6 +191,11 @@ def write_report(csv_path, out_dir):
             "Written by `full_size_report.py` from `full_size.csv` (`full_size.py` ran the sweeps; their docstrings "
             "say how). " + __doc__.split("\n\n")[2].replace("\n", " "), "",
             "## What it took", "", *what_it_took(rows), "",
+            "Runs went one or two at a time on 2 CPU cores, no GPU (at 100 %: one). A run's seconds are its wall "
+            "time: evaluation included, summed over the invocations of a resumed run, and any time it was paused to "
+            "free the machine included. Peak "
+            "memory is the peak resident set, which counts the pages of the memory-mapped data the run touched "
+            "(the kernel's page cache, which it can drop) beside the model.", "",
             "## Saving and gain at equal d against the number of samples", "", *curve_table(rows), "",
             "## Every arm", "", *arms_table(rows), "",
             "## The controls", "",
