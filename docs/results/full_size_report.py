@@ -17,7 +17,7 @@ import sys
 
 from dlrm_mlet.tools import pays
 from dlrm_mlet.tools.plots import pyplot, save
-from dlrm_mlet.tools.report import at_single_lr, summarize, tuned
+from dlrm_mlet.tools.report import at_single_lr, summarize, tuned as best_lr
 from dlrm_mlet.tools.results_csv import read_rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,9 +43,15 @@ def _pm(s):
     return f"{s['auc']:.4f} (1 seed)" if s["n"] < 2 else f"{s['auc']:.4f} ± {s['auc_sd']:.4f} ({s['n']})"
 
 
+def _tuned(a):
+    """An arm's figures at its lr chosen on validation, once it was tried at two lrs or more: an arm run at
+    one lr so far (at 100 %, the paper's protocol runs first) is not tuned yet."""
+    return best_lr(a) if len(a["lrs"]) >= 2 else None
+
+
 def _one_seed(rows, size):
     """Whether some tuned arm of ``size`` has a single seed: then no gap of that size has a standard error."""
-    return any(tuned(a)["n"] < 2 for a in summarize(_rows(rows)) if _size(a["regime"]) == size and tuned(a))
+    return any(_tuned(a)["n"] < 2 for a in summarize(_rows(rows)) if _size(a["regime"]) == size and _tuned(a))
 
 
 def _protocol(rows):
@@ -84,11 +90,13 @@ def arms_table(rows):
              "seed 0 |", "|" + "---|" * 6]
     protocol = {(a["regime"], a["d"], a["k"]): at_single_lr(a) for a in summarize(_rows(_protocol(rows)))}
     for a in summarize(_rows(rows)):
-        tried = sorted(a["lrs"])
-        edge = a["best"] is not None and len(tried) >= 2 and a["best"] in (tried[0], tried[-1])
+        tried, mine = sorted(a["lrs"]), _tuned(a)
+        # at 100 % the lrs are the two that bracket the 10 % optimum: no grid of its own, no edge
+        edge = "-" if not mine or _size(a["regime"]) == SIZES[-1] else (
+            "yes" if a["best"] in (tried[0], tried[-1]) else "no")
         one = protocol.get((a["regime"], a["d"], a["k"]))
-        lines.append(f"| {_size(a['regime'])} | {_arm_name(a)} | {a['best'] if a['best'] is not None else '-'} | "
-                     f"{_pm(tuned(a))} | {'yes' if edge else 'no'} | {'-' if not one else format(one['auc'], '.4f')} |")
+        lines.append(f"| {_size(a['regime'])} | {_arm_name(a)} | {a['best'] if mine else '-'} | "
+                     f"{_pm(mine)} | {edge} | {'-' if not one else format(one['auc'], '.4f')} |")
     return lines
 
 
@@ -100,7 +108,7 @@ def _gains(entry, one_seed=False):
 
 
 def _saving(entry, one_seed=False):
-    if entry is None:
+    if entry is None or entry["narrowest"] is None:  # no MLET arm here yet
         return "-"
     if entry["saving"] and entry["saving"] > 1:
         m = entry["match"]
@@ -111,7 +119,7 @@ def _saving(entry, one_seed=False):
 
 
 def curve_table(rows):
-    tuned_entries, paper = curve_entries(rows, tuned), curve_entries(rows, at_single_lr)
+    tuned_entries, paper = curve_entries(rows, _tuned), curve_entries(rows, at_single_lr)
     lines = ["| size | best baseline, tuned | saving, tuned | gain at equal d, tuned | saving, paper's protocol | "
              "gain at equal d, paper's protocol |", "|" + "---|" * 6]
     for size in SIZES:
@@ -132,7 +140,7 @@ def controls_table(rows):
     labels = sorted({(r["tables"], r["optimizer"]) for r in rows} - {("plain", "sgd")})
     for tables, optimizer in labels:
         for a in summarize(_rows(rows, tables, optimizer)):
-            size, mine = _size(a["regime"]), tuned(a)
+            size, mine = _size(a["regime"]), _tuned(a)
             if optimizer != "sgd":
                 other = [b for b in summarize(_rows(rows, tables, optimizer))
                          if b["regime"] == a["regime"] and not b["k"] and b["d"] == a["d"] and a["k"]]
@@ -140,14 +148,14 @@ def controls_table(rows):
                 other = [plain.get((size, a["d"], a["k"]))]
             else:  # a baseline control against the plain baseline and the best MLET arm of its d
                 other = [plain.get((size, a["d"], 0))] + sorted(
-                    (b for (s, d, k), b in plain.items() if s == size and d == a["d"] and k and tuned(b)),
-                    key=lambda b: -tuned(b)["auc"])[:1]
+                    (b for (s, d, k), b in plain.items() if s == size and d == a["d"] and k and _tuned(b)),
+                    key=lambda b: -_tuned(b)["auc"])[:1]
             for b in other:
-                if b is None or not tuned(b) or not mine:
+                if b is None or not _tuned(b) or not mine:
                     continue
-                diff, se = mine["auc"] - tuned(b)["auc"], pays.se_of_difference(mine, tuned(b))
+                diff, se = mine["auc"] - _tuned(b)["auc"], pays.se_of_difference(mine, _tuned(b))
                 control = optimizer if optimizer != "sgd" else tables
-                spread = " (one seed)" if min(mine["n"], tuned(b)["n"]) < 2 else f" ± {se:.4f}"
+                spread = " (one seed)" if min(mine["n"], _tuned(b)["n"]) < 2 else f" ± {se:.4f}"
                 lines.append(f"| {size} | {control} | {_arm_name(a)} | {_pm(mine)} | "
                              f"{_arm_name(b)}{'' if b['tables'] == 'plain' else ' ' + b['tables']} | "
                              f"{diff:+.4f}{spread} |")
@@ -157,7 +165,7 @@ def controls_table(rows):
 def plot(rows, out_png):
     plt, _ = pyplot("the full-size plot")
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
-    for pick, style, what in ((tuned, "-o", "tuned"), (at_single_lr, "--s", "paper's protocol")):
+    for pick, style, what in ((_tuned, "-o", "tuned"), (at_single_lr, "--s", "paper's protocol")):
         entries = curve_entries(rows, pick)
         sizes = [s for s in SIZES if s in entries]
         samples = {s: int(next(r["train_samples"] for r in rows if _size(r["regime"]) == s)) for s in sizes}
