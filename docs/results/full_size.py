@@ -24,7 +24,7 @@ batch 128, one epoch, into ``full_size.csv`` (its ``regime`` is the size, its
   scale's dense lr tuned: a 2-D grid; (b) MLET k=64 with its projection frozen
   at its init (``--mlet-proj-lr-scale=0``); (c) at 10 %, Adagrad for baseline
   and MLET k=64.
-* full, at 100 %: baseline d 16 and 64, MLET k=64 at d 4 and 16, each at the
+* full, at 100 %: baseline d 16, 64 and 4, MLET k=64 at d 4 and 16, each at the
   two lrs that bracket its 10 % optimum (the chosen lr and its better
   neighbour), and at lr 0.1 (first: it needs no curve); seed 0
   (``--second-seed`` adds seed 1 where a gap is within two standard errors).
@@ -59,7 +59,7 @@ PAPER_LR = 0.1
 # 10-20 minutes of training, not every few
 CHECKPOINT_EVERY = {"1%": 0, "10%": 8192, "100%": 65536}
 TABLE_SCALES, MORE_TABLE_SCALE = (4, 16), 64
-FULL_ARMS = ((16, 0), (64, 0), (4, 64), (16, 64))
+FULL_ARMS = ((16, 0), (64, 0), (4, 64), (16, 64), (4, 0))  # d=4 last: the gain at equal d=4
 
 
 def regime(size):
