@@ -202,8 +202,8 @@ def write_report(csv_path, out_dir):
             "Runs went one or two at a time on 2 CPU cores, no GPU (at 100 %: one). A run's seconds are its wall "
             "time: evaluation included, summed over the invocations of a resumed run, and any time it was paused to "
             "free the machine included. Peak "
-            "memory is the peak resident set, which counts the pages of the memory-mapped data the run touched "
-            "(the kernel's page cache, which it can drop) beside the model.", "",
+            "memory is the run's peak anonymous resident memory, what must fit: the pages of the memory-mapped "
+            "data are the kernel's page cache and are not counted.", "",
             "## Saving and gain at equal d against the number of samples", "", *curve_table(rows), "",
             "## Every arm", "", *arms_table(rows), "",
             "## The controls", "",
