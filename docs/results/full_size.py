@@ -93,8 +93,8 @@ def rows_of(size, optimizer="sgd", tables=("plain",)):
 def curve(dlrm_dir, data_dir, size, jobs):
     go = sweeper(dlrm_dir, data_dir, size, jobs=jobs)
     plan = [(d, 0) for d in BASE_D] + [(d, k) for d in MLET_D for k in KS]
+    go([(d, k, PAPER_LR, 0) for d, k in plan])  # the paper's protocol: a few runs, first
     tune(go, lambda: rows_of(size), plan, SEEDS, lambda k: first_grid("sgd", k), extra_seeds=EXTRA_SEEDS)
-    go([(d, k, PAPER_LR, 0) for d, k in plan])  # the paper's protocol
 
 
 def _best_scale(size):
