@@ -126,6 +126,13 @@ def controls(dlrm_dir, data_dir, size, jobs):
         control(["--optimizer=adagrad"], [(d, 0) for d in BASE_D] + [(d, 64) for d in MLET_D], "adagrad", False)
 
 
+def _settled(arm):
+    """Whether a 10 % arm is tuned as the curve tunes it: 3 lrs or more, its optimum inside them, every seed."""
+    tried = sorted(arm["lrs"])
+    return (arm["best"] is not None and len(tried) >= 3 and arm["best"] not in (tried[0], tried[-1])
+            and arm["lrs"][arm["best"]]["stats"]["n"] >= len(SEEDS))
+
+
 def bracket(arm):
     """The chosen lr and its better neighbour (by validation AUC): the two lrs around the optimum."""
     tried = sorted(arm["lrs"])
@@ -140,10 +147,10 @@ def bracket(arm):
 def full(dlrm_dir, data_dir, jobs, second_seed=False):
     go = sweeper(dlrm_dir, data_dir, "100%", jobs=jobs)
     go([(d, k, PAPER_LR, 0) for d, k in FULL_ARMS])  # the paper's protocol needs no curve: it goes first
-    arms = {(a["d"], a["k"]): a for a in summarize(rows_of("10%")) if a["best"] is not None}
+    arms = {(a["d"], a["k"]): a for a in summarize(rows_of("10%")) if _settled(a)}
     missing = [arm for arm in FULL_ARMS if arm not in arms]
     if missing:
-        raise SystemExit(f"full: the 10 % curve has no tuned arm for (d, k) {missing}; run --phase curve --sizes 10% first")
+        raise SystemExit(f"full: the 10 % curve has not tuned (d, k) {missing} yet; run --phase curve --sizes 10% first")
     go([(d, k, lr, 0) for d, k in FULL_ARMS for lr in bracket(arms[d, k])])
     if second_seed:
         from dlrm_mlet.tools.tuning import close_pairs
