@@ -25,7 +25,7 @@ import statistics
 import sys
 import tempfile
 
-from common import criteo_rows, dlrm_copies, load, machine_lines, md_table, mib, run_measured, save
+from common import both_summaries, criteo_rows, dlrm_copies, load, machine_lines, md_table, mib, run_measured, save
 
 CONFIGS = [  # name, MLET k (0: stock DLRM), extra patched-DLRM flags
     ("stock d=16", 0, []),
@@ -83,11 +83,9 @@ def main():
     in_process = {r["name"]: r.get("ratio_to_baseline_d16") for r in (load("train_step") or {}).get("results", [])}
     results = []
     for name, k, extra in configs:
-        ratios = [t / s for t, s in zip(times[name], stock_times)]
         results.append({
             "name": name, "k": k, "flags": extra, "ms_per_it": times[name],
-            "ms_per_it_median": statistics.median(times[name]),
-            "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "ms_per_it_median": statistics.median(times[name]), **both_summaries(times[name], stock_times),
             "in_process_ratio": in_process.get(f"MLET d=16 k={k}" + (" " + name.split()[-1] if extra else ""))
             if k else None,
             "peak_rss_bytes": peak[name],

@@ -46,7 +46,7 @@ from dlrm_mlet.tools.report import summarize
 from dlrm_mlet.tools.results_csv import read_rows
 from dlrm_mlet.tools.sweep import run_sweep, tables_of
 from dlrm_mlet.tools.synth_processed import write_processed
-from dlrm_mlet.tools.tuning import first_grid, tune
+from dlrm_mlet.tools.tuning import first_grid, next_lr, tune
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSV = os.path.join(HERE, "full_size.csv")
@@ -128,9 +128,7 @@ def controls(dlrm_dir, data_dir, size, jobs):
 
 def _settled(arm):
     """Whether a 10 % arm is tuned as the curve tunes it: 3 lrs or more, its optimum inside them, every seed."""
-    tried = sorted(arm["lrs"])
-    return (arm["best"] is not None and len(tried) >= 3 and arm["best"] not in (tried[0], tried[-1])
-            and arm["lrs"][arm["best"]]["stats"]["n"] >= len(SEEDS))
+    return len(arm["lrs"]) >= 3 and next_lr(arm) is None and arm["lrs"][arm["best"]]["stats"]["n"] >= len(SEEDS)
 
 
 def bracket(arm):

@@ -19,6 +19,7 @@ from dlrm_mlet.tools import pays
 from dlrm_mlet.tools.plots import pyplot, save
 from dlrm_mlet.tools.report import at_single_lr, summarize, tuned as best_lr
 from dlrm_mlet.tools.results_csv import read_rows
+from dlrm_mlet.tools.tuning import next_lr
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = ("1%", "10%", "100%")
@@ -90,10 +91,9 @@ def arms_table(rows):
              "seed 0 |", "|" + "---|" * 6]
     protocol = {(a["regime"], a["d"], a["k"]): at_single_lr(a) for a in summarize(_rows(_protocol(rows)))}
     for a in summarize(_rows(rows)):
-        tried, mine = sorted(a["lrs"]), _tuned(a)
+        mine = _tuned(a)
         # at 100 % the lrs are the two that bracket the 10 % optimum: no grid of its own, no edge
-        edge = "-" if not mine or _size(a["regime"]) == SIZES[-1] else (
-            "yes" if a["best"] in (tried[0], tried[-1]) else "no")
+        edge = "-" if not mine or _size(a["regime"]) == SIZES[-1] else ("no" if next_lr(a) is None else "yes")
         one = protocol.get((a["regime"], a["d"], a["k"]))
         lines.append(f"| {_size(a['regime'])} | {_arm_name(a)} | {a['best'] if mine else '-'} | "
                      f"{_pm(mine)} | {edge} | {'-' if not one else format(one['auc'], '.4f')} |")
