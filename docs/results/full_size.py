@@ -27,7 +27,9 @@ batch 128, one epoch, into ``full_size.csv`` (its ``regime`` is the size, its
 * full, at 100 %: baseline d 16, 64 and 4, MLET k=64 at d 4 and 16, each at the
   two lrs that bracket its 10 % optimum (the chosen lr and its better
   neighbour), and at lr 0.1 (first: it needs no curve); seed 0
-  (``--second-seed`` adds seed 1 where a gap is within two standard errors).
+  (``--second-seed`` adds seed 1 at each arm's chosen lr where a gap is within two
+  standard errors; one seed has none, so at first that is every MLET arm and the
+  baselines it is compared with).
   One run at a time: a k=64 or d=64 model holds 8 GB of tables.
 
 Runs checkpoint every 8,192 (10 %) or 65,536 (100 %) batches and a stopped

@@ -44,7 +44,7 @@ def _pm(s):
     return f"{s['auc']:.4f} (1 seed)" if s["n"] < 2 else f"{s['auc']:.4f} ± {s['auc_sd']:.4f} ({s['n']})"
 
 
-def _tuned(a):
+def tuned_arm(a):
     """An arm's figures at its lr chosen on validation, once it was tried at two lrs or more: an arm run at
     one lr so far (at 100 %, the paper's protocol runs first) is not tuned yet."""
     return best_lr(a) if len(a["lrs"]) >= 2 else None
@@ -52,7 +52,7 @@ def _tuned(a):
 
 def _one_seed(rows, size):
     """Whether some tuned arm of ``size`` has a single seed: then no gap of that size has a standard error."""
-    return any(_tuned(a)["n"] < 2 for a in summarize(_rows(rows)) if _size(a["regime"]) == size and _tuned(a))
+    return any(tuned_arm(a)["n"] < 2 for a in summarize(_rows(rows)) if _size(a["regime"]) == size and tuned_arm(a))
 
 
 def _protocol(rows):
@@ -91,7 +91,7 @@ def arms_table(rows):
              "seed 0 |", "|" + "---|" * 6]
     protocol = {(a["regime"], a["d"], a["k"]): at_single_lr(a) for a in summarize(_rows(_protocol(rows)))}
     for a in summarize(_rows(rows)):
-        mine = _tuned(a)
+        mine = tuned_arm(a)
         # at 100 % the lrs are the two that bracket the 10 % optimum: no grid of its own, no edge
         edge = "-" if not mine or _size(a["regime"]) == SIZES[-1] else ("no" if next_lr(a) is None else "yes")
         one = protocol.get((a["regime"], a["d"], a["k"]))
@@ -119,7 +119,7 @@ def _saving(entry, one_seed=False):
 
 
 def curve_table(rows):
-    tuned_entries, paper = curve_entries(rows, _tuned), curve_entries(rows, at_single_lr)
+    tuned_entries, paper = curve_entries(rows, tuned_arm), curve_entries(rows, at_single_lr)
     lines = ["| size | best baseline, tuned | saving, tuned | gain at equal d, tuned | saving, paper's protocol | "
              "gain at equal d, paper's protocol |", "|" + "---|" * 6]
     for size in SIZES:
@@ -140,7 +140,7 @@ def controls_table(rows):
     labels = sorted({(r["tables"], r["optimizer"]) for r in rows} - {("plain", "sgd")})
     for tables, optimizer in labels:
         for a in summarize(_rows(rows, tables, optimizer)):
-            size, mine = _size(a["regime"]), _tuned(a)
+            size, mine = _size(a["regime"]), tuned_arm(a)
             if optimizer != "sgd":
                 other = [b for b in summarize(_rows(rows, tables, optimizer))
                          if b["regime"] == a["regime"] and not b["k"] and b["d"] == a["d"] and a["k"]]
@@ -148,14 +148,14 @@ def controls_table(rows):
                 other = [plain.get((size, a["d"], a["k"]))]
             else:  # a baseline control against the plain baseline and the best MLET arm of its d
                 other = [plain.get((size, a["d"], 0))] + sorted(
-                    (b for (s, d, k), b in plain.items() if s == size and d == a["d"] and k and _tuned(b)),
-                    key=lambda b: -_tuned(b)["auc"])[:1]
+                    (b for (s, d, k), b in plain.items() if s == size and d == a["d"] and k and tuned_arm(b)),
+                    key=lambda b: -tuned_arm(b)["auc"])[:1]
             for b in other:
-                if b is None or not _tuned(b) or not mine:
+                if b is None or not tuned_arm(b) or not mine:
                     continue
-                diff, se = mine["auc"] - _tuned(b)["auc"], pays.se_of_difference(mine, _tuned(b))
+                diff, se = mine["auc"] - tuned_arm(b)["auc"], pays.se_of_difference(mine, tuned_arm(b))
                 control = optimizer if optimizer != "sgd" else tables
-                spread = " (one seed)" if min(mine["n"], _tuned(b)["n"]) < 2 else f" ± {se:.4f}"
+                spread = " (one seed)" if min(mine["n"], tuned_arm(b)["n"]) < 2 else f" ± {se:.4f}"
                 lines.append(f"| {size} | {control} | {_arm_name(a)} | {_pm(mine)} | "
                              f"{_arm_name(b)}{'' if b['tables'] == 'plain' else ' ' + b['tables']} | "
                              f"{diff:+.4f}{spread} |")
@@ -165,7 +165,7 @@ def controls_table(rows):
 def plot(rows, out_png):
     plt, _ = pyplot("the full-size plot")
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
-    for pick, style, what in ((_tuned, "-o", "tuned"), (at_single_lr, "--s", "paper's protocol")):
+    for pick, style, what in ((tuned_arm, "-o", "tuned"), (at_single_lr, "--s", "paper's protocol")):
         entries = curve_entries(rows, pick)
         sizes = [s for s in SIZES if s in entries]
         samples = {s: int(next(r["train_samples"] for r in rows if _size(r["regime"]) == s)) for s in sizes}
