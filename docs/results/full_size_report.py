@@ -162,6 +162,24 @@ def controls_table(rows):
     return lines
 
 
+def against_best(rows, pick):
+    """Per size and MLET d: its best k's test AUC minus the best baseline's of any width, the standard error
+    of that difference (0 with one seed) and how many times smaller its folded tables are."""
+    arms = summarize(_rows(_protocol(rows) if pick is at_single_lr else rows))
+    out = {}
+    for size in SIZES:
+        scored = [(a, pick(a)) for a in arms if _size(a["regime"]) == size and pick(a) and a["inference_bytes"]]
+        base = [(a, st) for a, st in scored if not a["k"]]
+        if not base:
+            continue
+        ref, rs = max(base, key=lambda b: b[1]["auc"])
+        for d in sorted({a["d"] for a, _ in scored if a["k"]}):
+            m, ms = max(((a, st) for a, st in scored if a["k"] and a["d"] == d), key=lambda m: m[1]["auc"])
+            out.setdefault(size, {})[d] = {"gap": ms["auc"] - rs["auc"], "se": pays.se_of_difference(ms, rs),
+                                           "smaller": ref["inference_bytes"] / m["inference_bytes"]}
+    return out
+
+
 def plot(rows, out_png):
     plt, _ = pyplot("the full-size plot")
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
@@ -174,15 +192,19 @@ def plot(rows, out_png):
             if pts:
                 left.errorbar([x for x, _ in pts], [g["gain"] for _, g in pts],
                               yerr=[g["se"] for _, g in pts], fmt=style, capsize=3, label=f"d={d}, {what}")
-        pts = [(samples[s], entries[s]["narrowest"]) for s in sizes if entries[s].get("narrowest")]
-        if pts:
-            right.errorbar([x for x, _ in pts], [n["gap"] for _, n in pts], yerr=[n["se"] for _, n in pts],
-                           fmt=style, capsize=3, label=f"narrowest MLET - best baseline, {what}")
-            for x, n in pts:  # a size ratio only beside a model that matched
-                matched = n["gap"] >= n["se"] - 1e-12
-                right.annotate(f"d={n['d']}" + (f", a match {n['smaller']:.0f}x smaller" if matched else ""),
-                               (x, n["gap"]), fontsize=7, textcoords="offset points", xytext=(4, 4))
-    for ax, title in ((left, "MLET's AUC gain at equal d"), (right, "the narrowest MLET model against the best baseline")):
+        gaps = against_best(rows, pick)
+        for d in (4, 16):
+            pts = [(samples[s], gaps[s][d]) for s in sizes if d in gaps.get(s, {})]
+            if not pts:
+                continue
+            right.errorbar([x for x, _ in pts], [g["gap"] for _, g in pts], yerr=[g["se"] for _, g in pts],
+                           fmt=style, capsize=3, label=f"MLET d={d}, {what}")
+            for x, g in pts:  # a size ratio only beside a narrower model that matched
+                if g["smaller"] > 1 and g["gap"] >= g["se"] - 1e-12:
+                    right.annotate(f"{g['smaller']:.0f}x smaller", (x, g["gap"]), fontsize=7,
+                                   textcoords="offset points", xytext=(4, 4))
+    for ax, title in ((left, "MLET's AUC gain at equal d"),
+                      (right, "MLET (its best k) against the best baseline of any width")):
         ax.axhline(0, color="gray", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("training samples (one epoch)")
