@@ -76,3 +76,18 @@ def test_advise_prints_its_verdict_first_on_data_it_never_saw(dlrm_dir, data, tm
     assert "What the pilot could not see: it trained on" in out and "The full run" in out
     for arm in ("baseline d=4 ", "baseline d=16 ", "baseline d=64 ", "MLET d=4 k=64 ", "MLET d=16 k=64 "):
         assert arm in out
+
+
+def test_every_mlet_width_is_set_against_the_best_baseline_of_any_width():
+    """The papers' 4x is d=16 against d=64: each width's best k is scored, not only the narrowest."""
+    from dlrm_mlet.tools import pays
+    from dlrm_mlet.tools.report import tuned
+
+    peaks = {(4, 0): -1.0, (16, 0): -1.0, (64, 0): -1.0, (4, 64): -1.0, (16, 64): -1.0}
+    arms = arms_from(peaks, {(64, 0): 0.004, (16, 64): 0.005, (4, 64): 0.001}, (0, 1))
+    (entry,) = pays.summarize_regimes(arms, tuned)
+    widths = {w["d"]: w for w in entry["widths"]}
+    assert sorted(widths) == [4, 16] and entry["narrowest"] == widths[4]
+    assert widths[16]["gap"] == pytest.approx(0.001) and widths[16]["smaller"] == 4
+    assert widths[4]["gap"] == pytest.approx(-0.003) and widths[4]["smaller"] == 16
+    assert entry["saving"] == 4  # d=16 leads d=64; d=4 does not

@@ -32,7 +32,8 @@ RULE = ("Per regime (one dataset and optimizer), at each model's tuned lr: the s
         "that d minus the baseline of that d, ± the standard error of the difference over seeds.")
 SUMMARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "map_summary.json")  # shipped with the package
 # One regime of the map (``summarize_regimes``, the JSON summary's "regimes"): its labels and rare-lookup share,
-# "best_baseline", "match" and "saving" (None without a match), "narrowest" and the "gains" at equal d
+# "best_baseline", "match" and "saving" (None without a match), "widths" (each MLET width against the best
+# baseline), "narrowest" (the first of them) and the "gains" at equal d
 Regime = Dict[str, Any]
 
 
@@ -56,13 +57,11 @@ def summarize_regimes(arms: Iterable["Arm"], tuned: Callable[["Arm"], Optional["
         ref, rs = max(base, key=lambda b: b[1]["auc"])
         matches = [(a, s) for a, s in scored if a["k"] and s["auc"] - rs["auc"] >= se_of_difference(s, rs) - 1e-12]
         match = min(matches, key=lambda m: (m[0]["inference_bytes"], -m[1]["auc"]), default=None)
-        mlet = [(a, s) for a, s in scored if a["k"]]
-        narrow = None
-        if mlet:  # the narrowest MLET width, its best k, against the best baseline of any width
-            d_min = min(a["d"] for a, _ in mlet)
-            m, ms = max(((a, s) for a, s in mlet if a["d"] == d_min), key=lambda m: m[1]["auc"])
-            narrow = {"d": d_min, "k": m["k"], "gap": ms["auc"] - rs["auc"], "se": se_of_difference(ms, rs),
-                      "smaller": ref["inference_bytes"] / m["inference_bytes"]}
+        widths = []  # each MLET width, its best k, against the best baseline of any width; narrowest first
+        for d in sorted({a["d"] for a, _ in scored if a["k"]}):
+            m, ms = max(((a, s) for a, s in scored if a["k"] and a["d"] == d), key=lambda m: m[1]["auc"])
+            widths.append({"d": d, "k": m["k"], "gap": ms["auc"] - rs["auc"], "se": se_of_difference(ms, rs),
+                           "smaller": ref["inference_bytes"] / m["inference_bytes"]})
         gains = []
         for b, bs in sorted(base, key=lambda b: b[0]["d"]):
             same = [(a, s) for a, s in scored if a["k"] and a["d"] == b["d"]]
@@ -77,7 +76,7 @@ def summarize_regimes(arms: Iterable["Arm"], tuned: Callable[["Arm"], Optional["
             "match": None if match is None else {"d": match[0]["d"], "k": match[0]["k"], "auc": match[1]["auc"],
                                                  "sd": match[1]["auc_sd"], "bytes": match[0]["inference_bytes"]},
             "saving": None if match is None else ref["inference_bytes"] / match[0]["inference_bytes"],
-            "narrowest": narrow, "gains": gains,
+            "narrowest": widths[0] if widths else None, "widths": widths, "gains": gains,
         })
     return sorted(out, key=lambda r: (r["optimizer"] != "sgd", r["optimizer"], r["rare_lookup_share"]))
 

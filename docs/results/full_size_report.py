@@ -162,24 +162,6 @@ def controls_table(rows):
     return lines
 
 
-def against_best(rows, pick):
-    """Per size and MLET d: its best k's test AUC minus the best baseline's of any width, the standard error
-    of that difference (0 with one seed) and how many times smaller its folded tables are."""
-    arms = summarize(_rows(_protocol(rows) if pick is at_single_lr else rows))
-    out = {}
-    for size in SIZES:
-        scored = [(a, pick(a)) for a in arms if _size(a["regime"]) == size and pick(a) and a["inference_bytes"]]
-        base = [(a, st) for a, st in scored if not a["k"]]
-        if not base:
-            continue
-        ref, rs = max(base, key=lambda b: b[1]["auc"])
-        for d in sorted({a["d"] for a, _ in scored if a["k"]}):
-            m, ms = max(((a, st) for a, st in scored if a["k"] and a["d"] == d), key=lambda m: m[1]["auc"])
-            out.setdefault(size, {})[d] = {"gap": ms["auc"] - rs["auc"], "se": pays.se_of_difference(ms, rs),
-                                           "smaller": ref["inference_bytes"] / m["inference_bytes"]}
-    return out
-
-
 def plot(rows, out_png):
     plt, _ = pyplot("the full-size plot")
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
@@ -192,9 +174,8 @@ def plot(rows, out_png):
             if pts:
                 left.errorbar([x for x, _ in pts], [g["gain"] for _, g in pts],
                               yerr=[g["se"] for _, g in pts], fmt=style, capsize=3, label=f"d={d}, {what}")
-        gaps = against_best(rows, pick)
-        for d in (4, 16):
-            pts = [(samples[s], gaps[s][d]) for s in sizes if d in gaps.get(s, {})]
+        for d in (4, 16):  # MLET at each width against the best baseline of any width
+            pts = [(samples[s], g) for s in sizes for g in entries[s]["widths"] if g["d"] == d]
             if not pts:
                 continue
             right.errorbar([x for x, _ in pts], [g["gap"] for _, g in pts], yerr=[g["se"] for _, g in pts],
