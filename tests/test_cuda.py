@@ -3,7 +3,7 @@
 DLRM users train on GPUs, where every tensor our code creates must follow the
 table's device. These tests compare each piece on CUDA against the CPU and run
 patched DLRM with ``--use-gpu``. They skip on machines without a GPU (CI has
-none); they were run on an H100 lent to a development session.
+none), and run wherever one is.
 """
 
 import copy

@@ -1,4 +1,4 @@
-"""Nothing lost, nothing executed, every bad input answered (issue: reliability).
+"""Nothing lost, nothing executed, every bad input answered.
 
 Kills a saving DLRM with SIGKILL, fills and write-protects real file systems,
 feeds code-running pickles and damaged files to every loader, and fuzzes the

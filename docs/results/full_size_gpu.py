@@ -1,4 +1,4 @@
-"""The map's most telling cells at Criteo-Kaggle's full table sizes, on one GPU (under 8 minutes on an H100).
+"""The map's most telling cells at Criteo-Kaggle's full table sizes, on one GPU.
 
     python docs/results/full_size_gpu.py                # writes full_size_gpu.csv here
     python docs/results/full_size_gpu.py --cpu-check    # a small CPU run that checks the script, writes nothing

@@ -4,8 +4,8 @@
 # On the embedded default of docs/results/tuned.sh (same data, same generator call):
 #  1. fp16 and bf16 k-wide tables against fp32, MLET d=16 k=256, at the learning rates around
 #     the tuned one (0.1-0.2 at k=256, README) so each dtype's own best is chosen on validation;
-#  2. the two --mlet-memory-budget rules at one budget (16 MiB: k=256 everywhere would take 56 MiB,
-#     the plain d=16 tables 3.5 MiB; uniform gives every table k=72), each at its best lr on validation.
+#  2. the two --mlet-memory-budget rules at one budget (16 MiB: k=256 everywhere would take 53.8 MiB,
+#     the plain d=16 tables 3.3 MiB; uniform gives every table k=72), each at its best lr on validation.
 # Every run is one DLRM run; a sweep that stops resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")"
