@@ -69,12 +69,28 @@ def patched_module(patched_dlrm):
     dlrm_glue.reset()
 
 
-@pytest.fixture(scope="session")
-def criteo_sample():
-    path = os.path.join(SHARED_DATA, "criteo", "train_examples.txt")
-    if not os.path.isfile(path):
-        pytest.skip(f"real Criteo sample not found at {path}")
-    return path
+@pytest.fixture(scope="session", params=["synthetic", "real"])
+def criteo_sample(request, tmp_path_factory):
+    """A 10,000-row Criteo-Kaggle ``train.txt``: the generator's rows, every seventh row's first hash
+    moved to 2^31 or above as real Criteo's 32-bit hashes are (stock DLRM wraps them to int32 on
+    numpy 1 and fails on numpy 2), so the data path is checked on every machine; and the real
+    sample, where it is."""
+    if request.param == "real":
+        path = os.path.join(SHARED_DATA, "criteo", "train_examples.txt")
+        if not os.path.isfile(path):
+            pytest.skip(f"real Criteo sample not found at {path}")
+        return path
+    from dlrm_mlet.tools.synth import write_synthetic
+
+    folder = tmp_path_factory.mktemp("criteo-synthetic")
+    write_synthetic(folder, 10_000, progress=False)
+    lines = (folder / "train.txt").read_text().splitlines()
+    for k in range(0, len(lines), 7):
+        fields = lines[k].split("\t")
+        fields[14] = f"{0x80000000 + k * 977:08x}"
+        lines[k] = "\t".join(fields)
+    (folder / "train.txt").write_text("".join(line + "\n" for line in lines))
+    return str(folder / "train.txt")
 
 
 def run_dlrm(dlrm, args, cwd, launcher=False, check=True, env=None):

@@ -99,23 +99,15 @@ def test_sub_sampling_drops_negatives_like_dlrm(tmp_path):
         assert data["y"].sum() == 7 and 7 < len(data["y"]) < 77
 
 
-@pytest.fixture
-def criteo_sample():
-    path = os.path.join(SHARED_DATA, "criteo", "train_examples.txt")
-    if not os.path.isfile(path):
-        pytest.skip(f"real Criteo sample not found at {path}")
-    return path
-
-
-def test_the_real_criteo_sample_gives_one_index_per_distinct_hash(criteo_sample, tmp_path):
+def test_a_criteo_file_gives_one_index_per_distinct_hash(criteo_sample, tmp_path):
     shutil.copy(criteo_sample, tmp_path / "train.txt")
     _, processed = preprocess_kaggle(str(tmp_path / "train.txt"))
-    columns = [line.rstrip("\n").split("\t")[14:] for line in open(criteo_sample)]
-    distinct = [len({row[j] or "0" for row in columns}) for j in range(26)]
+    rows = [line.rstrip("\n").split("\t") for line in open(criteo_sample)]
+    distinct = [len({row[14 + j] or "0" for row in rows}) for j in range(26)]
     with np.load(processed) as data:
         assert list(data["counts"]) == distinct
-        assert data["X_cat"].shape == (10000, 26)
-        assert abs(data["y"].mean() - 0.218) < 0.001
+        assert data["X_cat"].shape == (len(rows), 26)
+        assert list(data["y"]) == [int(row[0]) for row in rows]
 
 
 def test_same_tables_as_stock_dlrm_on_numpy_1(criteo_sample, dlrm_dir, tmp_path):
