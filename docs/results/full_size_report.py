@@ -135,7 +135,7 @@ def curve_table(rows):
 
 def controls_table(rows):
     """Each control's tuned arms against the curve's arms of the same size."""
-    lines = ["| size | control | arm | tuned test AUC (seeds) | against | difference ± se |", "|" + "---|" * 6]
+    entries = []
     plain = {(_size(a["regime"]), a["d"], a["k"]): a for a in summarize(_rows(rows))}
     labels = sorted({(r["tables"], r["optimizer"]) for r in rows} - {("plain", "sgd")})
     for tables, optimizer in labels:
@@ -156,10 +156,14 @@ def controls_table(rows):
                 diff, se = mine["auc"] - tuned_arm(b)["auc"], pays.se_of_difference(mine, tuned_arm(b))
                 control = optimizer if optimizer != "sgd" else tables
                 spread = " (one seed)" if min(mine["n"], tuned_arm(b)["n"]) < 2 else f" ± {se:.4f}"
-                lines.append(f"| {size} | {control} | {_arm_name(a)} | {_pm(mine)} | "
-                             f"{_arm_name(b)}{'' if b['tables'] == 'plain' else ' ' + b['tables']} | "
-                             f"{diff:+.4f}{spread} |")
-    return lines
+                # by size, then (a) by table-lr scale, (b), (c); then by arm
+                order = (float(size.rstrip("%")), optimizer != "sgd", tables.startswith("proj"),
+                         float(tables.rsplit("x", 1)[-1]) if tables.startswith("table") else 0, a["d"], a["k"])
+                entries.append((order, f"| {size} | {control} | {_arm_name(a)} | {_pm(mine)} | "
+                                       f"{_arm_name(b)}{'' if b['tables'] == 'plain' else ' ' + b['tables']} | "
+                                       f"{diff:+.4f}{spread} |"))
+    lines = ["| size | control | arm | tuned test AUC (seeds) | against | difference ± se |", "|" + "---|" * 6]
+    return lines + [line for _, line in sorted(entries, key=lambda e: e[0])]
 
 
 def plot(rows, out_png):
