@@ -65,7 +65,14 @@ def patched_module(patched_dlrm):
     """The patched script imported in this process, for runs checked from the inside."""
     from dlrm_mlet import dlrm_glue
 
-    yield import_script(patched_dlrm, "patched_dlrm_s_pytorch")
+    module = import_script(patched_dlrm, "patched_dlrm_s_pytorch")
+    # DLRM never closes its SummaryWriter: its thread goes on writing to the relative
+    # "run_kaggle_pt" after a test has left the folder it ran in. Anchored where it is made.
+    writer = module.SummaryWriter
+    module.SummaryWriter = lambda log_dir=None, *args, **kwargs: writer(
+        os.path.abspath(log_dir) if log_dir else None, *args, **kwargs)
+    yield module
+    module.SummaryWriter = writer
     dlrm_glue.reset()
 
 
