@@ -30,7 +30,7 @@ batch 128, one epoch, into ``full_size.csv`` (its ``regime`` is the size, its
   (``--second-seed`` adds seed 1 at each arm's chosen lr where a gap is within two
   standard errors; one seed has none, so at first that is every MLET arm and the
   baselines it is compared with).
-  One run at a time: a k=64 or d=64 model holds 8 GB of tables.
+  One 100 % run at a time (a 10 % run may go beside it): a k=64 or d=64 model holds 8 GB of tables.
 
 Runs checkpoint every 8,192 (10 %) or 65,536 (100 %) batches and a stopped
 script resumes them there (finished rows are kept). DLRM is found as for the

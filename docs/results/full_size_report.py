@@ -206,7 +206,9 @@ def write_report(csv_path, out_dir):
             "Written by `full_size_report.py` from `full_size.csv` (`full_size.py` ran the sweeps; their docstrings "
             "say how). " + __doc__.split("\n\n")[2].replace("\n", " "), "",
             "## What it took", "", *what_it_took(rows), "",
-            "Runs went one or two at a time on 2 CPU cores, no GPU (at 100 %: one). A run's seconds are its wall "
+            "Runs went one or two at a time on 2 CPU cores, no GPU: two at once had one thread each, one alone "
+            "both cores. At 100 % one run at a time: the lr-0.1 runs and the first tuned one alone, the other tuned "
+            "runs each beside a 10 % control run, so their time is not the time of a run alone. A run's seconds are its wall "
             "time: evaluation included, summed over the invocations of a resumed run, and any time it was paused to "
             "free the machine included. Peak "
             "memory is the run's peak anonymous resident memory, what must fit: the pages of the memory-mapped "
