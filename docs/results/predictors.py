@@ -17,7 +17,8 @@ close), in ``predictors.csv``; the **map's line** is what ``dlrm-mlet data``
 prints for it (the nearest regime's tuned saving and gain); the **pilot** is
 ``dlrm-mlet advise`` on 10 % of its samples with 20 minutes. The full-size law
 (``full_size.py``) is a third case: its truth is the 100 % result, its pilots
-``advise`` on 1 % and 10 % of the full file, and the tuned 1 % and 10 % curves.
+``advise`` on 1 % of the full file (20 minutes, then the 45 a 20-minute pilot
+asked for) and on 10 % (120 minutes), and the tuned 1 % and 10 % curves.
 
 Each predictor answers two questions, scored against the truth: does a
 narrower MLET model match the best baseline (a saving: yes or no), and is the
@@ -52,6 +53,11 @@ HELD_OUT = {  # name: (samples, table scale, rank, Zipf)
 }
 PLAN = [(4, 0), (16, 0), (64, 0), (4, 64), (16, 64)]
 PILOT_MINUTES, PILOT_SHARE = 20, 0.10
+FULL_LAW_PILOTS = {  # name: (samples, minutes)
+    "full law, 1% pilot": (458_406, 20),
+    "full law, 1% pilot, 45 min": (458_406, 45),
+    "full law, 10% pilot": (4_584_062, 120),
+}
 D = 16
 
 
@@ -98,14 +104,14 @@ def pilots(dlrm_dir, data_dir, jobs, only=None):
     """``advise`` on each held-out regime, and on 1 % and 10 % of the full-size law (``only``: those named);
     their answers, kept."""
     found = json.load(open(PILOTS)) if os.path.exists(PILOTS) else {}
-    cases = {name: (data(data_dir, name), int(HELD_OUT[name][0] * PILOT_SHARE)) for name in HELD_OUT}
+    cases = {name: (data(data_dir, name), int(HELD_OUT[name][0] * PILOT_SHARE), PILOT_MINUTES) for name in HELD_OUT}
     full = os.path.join(data_dir, "law-100pct", KAGGLE_PROCESSED)
     if os.path.exists(full):
-        cases.update({"full law, 1% pilot": (full, 458_406), "full law, 10% pilot": (full, 4_584_062)})
-    for name, (path, samples) in cases.items():
+        cases.update({name: (full, samples, minutes) for name, (samples, minutes) in FULL_LAW_PILOTS.items()})
+    for name, (path, samples, minutes) in cases.items():
         if name in found or (only and name not in only):
             continue
-        lines, entry = advise(path, PILOT_MINUTES if samples < 10**6 else 120, dlrm_dir, D, 64,
+        lines, entry = advise(path, minutes, dlrm_dir, D, 64,
                               os.path.join(data_dir, "advise-" + name.replace(" ", "-").replace(",", "").replace("%", "pct")),
                               samples, jobs, True)
         found[name] = {"verdict": lines[0], "answers": answers(entry) if "undecided" not in lines[0] else (None, None)}
@@ -127,9 +133,10 @@ def full_law(data_dir):
     found = json.load(open(PILOTS)) if os.path.exists(PILOTS) else {}
     m_saving, m_gain, share = map_answers(path)
     guesses = {"map": (m_saving, m_gain)}
+    for name, (samples, minutes) in FULL_LAW_PILOTS.items():
+        size = "1 %" if samples < 10**6 else "10 %"
+        guesses[f"pilot, {size}, {minutes} min"] = tuple(found.get(name, {}).get("answers") or (None, None))
     for size in ("1%", "10%"):
-        guesses[f"pilot, {size.replace('%', ' %')}"] = tuple(found.get(f"full law, {size} pilot", {}).get("answers")
-                                                               or (None, None))
         guesses[f"tuned curve at {size.replace('%', ' %')}"] = answers(entries.get(size))
     return answers(entries["100%"]), share, guesses
 
@@ -156,8 +163,8 @@ def write_report(data_dir):
     if full is not None:
         t, share, guesses = full
         lines.append(f"| full law, 100 % | {share:.3f} | {t[0]}, {t[1]} | " + " | ".join(
-            f"{g[0]}, {g[1]}" for g in (guesses["map"], guesses["pilot, 10 %"])) + " |")
-        for key, label in (("map", "map"), ("pilot", "pilot, 10 %")):
+            f"{g[0]}, {g[1]}" for g in (guesses["map"], guesses["pilot, 10 %, 120 min"])) + " |")
+        for key, label in (("map", "map"), ("pilot", "pilot, 10 %, 120 min")):
             right[key][0] += sum(g is not None and g == x for g, x in zip(guesses[label], t))
             right[key][1] += 2
         lines += ["", "The full-size law, every predictor: " + "; ".join(
