@@ -26,7 +26,8 @@ batch 128, one epoch, into ``full_size.csv`` (its ``regime`` is the size, its
   and MLET k=64.
 * full, at 100 %: baseline d 16, 64 and 4, MLET k=64 at d 4 and 16, each at the
   two lrs that bracket its 10 % optimum (the chosen lr and its better
-  neighbour), and at lr 0.1 (first: it needs no curve); seed 0
+  neighbour), and at lr 0.1 (first: it needs no curve); seed 0; where an arm's best
+  lr at 100 % is the largest (or smallest) it tried, one more lr beyond it (twice at most)
   (``--second-seed`` adds seed 1 at each arm's chosen lr where a gap is within two
   standard errors; one seed has none, so at first that is every MLET arm and the
   baselines it is compared with).
@@ -62,6 +63,7 @@ PAPER_LR = 0.1
 CHECKPOINT_EVERY = {"1%": 0, "10%": 8192, "100%": 65536}
 TABLE_SCALES, MORE_TABLE_SCALE = (4, 16), 64
 FULL_ARMS = ((16, 0), (64, 0), (4, 64), (16, 64), (4, 0))  # d=4 last: the gain at equal d=4
+FULL_EDGE_STEPS = 2  # at 100 %, lrs added beyond an edge optimum, at most (each run about 40 minutes)
 
 
 def regime(size):
@@ -152,6 +154,12 @@ def full(dlrm_dir, data_dir, jobs, second_seed=False):
     if missing:
         raise SystemExit(f"full: the 10 % curve has not tuned (d, k) {missing} yet; run --phase curve --sizes 10% first")
     go([(d, k, lr, 0) for d, k in FULL_ARMS for lr in bracket(arms[d, k])])
+    for _ in range(FULL_EDGE_STEPS):  # an optimum at the edge of what 100 % tried: one more lr beyond it
+        edge = [(a["d"], a["k"], next_lr(a), 0) for a in summarize(rows_of("100%"))
+                if (a["d"], a["k"]) in FULL_ARMS and next_lr(a)]
+        if not edge:
+            break
+        go(edge)
     if second_seed:
         from dlrm_mlet.tools.tuning import close_pairs
 
