@@ -92,8 +92,8 @@ def arms_table(rows):
     protocol = {(a["regime"], a["d"], a["k"]): at_single_lr(a) for a in summarize(_rows(_protocol(rows)))}
     for a in summarize(_rows(rows)):
         mine = tuned_arm(a)
-        # at 100 % the lrs are the two that bracket the 10 % optimum: no grid of its own, no edge
-        edge = "-" if not mine or _size(a["regime"]) == SIZES[-1] else ("no" if next_lr(a) is None else "yes")
+        # at 100 % the grid is lr 0.1, the two lrs around the 10 % optimum, and any beyond an edge
+        edge = "-" if not mine else ("no" if next_lr(a) is None else "yes")
         one = protocol.get((a["regime"], a["d"], a["k"]))
         lines.append(f"| {_size(a['regime'])} | {_arm_name(a)} | {a['best'] if mine else '-'} | "
                      f"{_pm(mine)} | {edge} | {'-' if not one else format(one['auc'], '.4f')} |")
