@@ -78,10 +78,9 @@ def patched_module(patched_dlrm):
 
 @pytest.fixture(scope="session", params=["synthetic", "real"])
 def criteo_sample(request, tmp_path_factory):
-    """A 10,000-row Criteo-Kaggle ``train.txt``: the generator's rows, every seventh row's first hash
-    moved to 2^31 or above as real Criteo's 32-bit hashes are (stock DLRM wraps them to int32 on
-    numpy 1 and fails on numpy 2), so the data path is checked on every machine; and the real
-    sample, where it is."""
+    """A 10,000-row Criteo-Kaggle ``train.txt``: the generator's rows with some 32-bit hashes, as real
+    Criteo's are (stock DLRM wraps them to int32 on numpy 1 and fails on numpy 2), so the data path
+    is checked on every machine; and the real sample, where it is."""
     if request.param == "real":
         path = os.path.join(SHARED_DATA, "criteo", "train_examples.txt")
         if not os.path.isfile(path):
@@ -91,13 +90,19 @@ def criteo_sample(request, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("criteo-synthetic")
     write_synthetic(folder, 10_000, progress=False)
-    lines = (folder / "train.txt").read_text().splitlines()
-    for k in range(0, len(lines), 7):
+    with_32bit_hashes(folder / "train.txt")
+    return str(folder / "train.txt")
+
+
+def with_32bit_hashes(path, first=0):
+    """Rewrite a Criteo text file with every seventh row's first hash (from row ``first``) at 2^31 or
+    above: the generator's values stay below it, real Criteo's do not."""
+    lines = path.read_text().splitlines()
+    for k in range(first, len(lines), 7):
         fields = lines[k].split("\t")
         fields[14] = f"{0x80000000 + k * 977:08x}"
         lines[k] = "\t".join(fields)
-    (folder / "train.txt").write_text("".join(line + "\n" for line in lines))
-    return str(folder / "train.txt")
+    path.write_text("".join(line + "\n" for line in lines))
 
 
 def run_dlrm(dlrm, args, cwd, launcher=False, check=True, env=None):

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import import_script, run_dlrm  # noqa: F401
+from conftest import import_script, run_dlrm, with_32bit_hashes  # noqa: F401
 from dlrm_mlet import MLETError
 from dlrm_mlet.data.criteo import criteo_layout, preprocess_criteo
 from dlrm_mlet.data.criteo_shuffle import first_pass_buckets
@@ -33,13 +33,7 @@ def days_dir(tmp_path_factory):
     src = tmp_path_factory.mktemp("days")
     write_synthetic_days(src, DAYS * PER_DAY, DAYS, progress=False)
     for i in range(DAYS):
-        path = src / f"day_{i}"
-        lines = path.read_text().splitlines()
-        for k in range(i % 5, len(lines), 7):
-            fields = lines[k].split("\t")
-            fields[14] = f"{0x80000000 + k * 977:08x}"
-            lines[k] = "\t".join(fields)
-        path.write_text("".join(line + "\n" for line in lines))
+        with_32bit_hashes(src / f"day_{i}", i % 5)
     return src
 
 
