@@ -11,8 +11,8 @@ tuned sweeps found the optima, seed 0 for all, then seed 1, then an lr beyond
 any optimum at its grid's edge, then seed 2 for close pairs, each step only
 while the time asked for allows (its runs' measured times say). The verdict
 is the report's rule (``pays.py``): the best baseline against the smallest
-MLET model whose AUC is not below it by more than one standard error, and the
-gain at equal d.
+MLET model whose AUC leads it by at least one standard error, and the gain at
+equal d.
 
 What a pilot cannot see is said with the verdict: it trains on a fraction of
 the samples, so its rows are rarer than the full data's (both rare-lookup
