@@ -11,17 +11,19 @@ operations in the same order, so losses and metrics are compared exactly and
 weights to float rounding.
 """
 
+import gc
 import json
 import os
 import re
 import subprocess
 import sys
+import weakref
 
 import pytest
 import torch
 
 from test_distributed import free_port
-from test_dlrm_integration import BASE, accuracies
+from test_dlrm_integration import BASE, ROWS, accuracies
 
 HERE = os.path.dirname(__file__)
 
@@ -210,3 +212,37 @@ def test_a_finished_checkpoint_is_refused_in_one_line_saying_how_to_train_on(pat
     assert message.startswith(f"ERROR: {'--mlet-checkpoint' if keep else '--load-model'}=") and "\n" not in message
     out, _ = train(patched_module, argv[:-2] + ["--nepochs=2", "--print-freq=4"] + again, capsys)
     assert "MLET: resuming at epoch 2 of 2, batch 0 of 16" in out and "Finished training it 16/16 of epoch 1" in out
+
+
+@pytest.mark.parametrize("flags", [[], ["--mlet-hidden-dim=64"]], ids=["stock", "mlet"])
+def test_a_resumed_run_trains_without_a_second_copy_of_the_tables(patched_module, tmp_path, monkeypatch, capsys,
+                                                                  flags):
+    """DLRM keeps the dict it loaded (``ld_model``) until training ends: the tables it loaded must not stay
+    alive beside the model's (at full Criteo-Kaggle size that copy was 8 GB)."""
+    from dlrm_mlet import dlrm_glue
+
+    monkeypatch.chdir(tmp_path)
+    keep = BASE + flags + ["--nepochs=2", "--test-freq=8", "--print-freq=2",
+                           f"--mlet-checkpoint={tmp_path / 'run.pt'}", "--mlet-checkpoint-every=4"]
+    with monkeypatch.context() as m:
+        interrupt_after_checkpoint(m, 0, 12)
+        with pytest.raises(Interrupted):
+            train(patched_module, keep, capsys)
+    loaded_tables, alive_at_first_batch = [], []
+    real_loaded, real_skip = dlrm_glue.loaded, dlrm_glue.skip_batch
+
+    def loaded(ckpt, model, file):
+        loaded_tables.extend(weakref.ref(t) for t in ckpt["state_dict"].values())
+        return real_loaded(ckpt, model, file)
+
+    def skip_batch(*args):
+        if not alive_at_first_batch:
+            gc.collect()
+            alive_at_first_batch.append(sum(ref() is not None for ref in loaded_tables))
+        return real_skip(*args)
+
+    monkeypatch.setattr(dlrm_glue, "loaded", loaded)
+    monkeypatch.setattr(dlrm_glue, "skip_batch", skip_batch)
+    out, _ = train(patched_module, keep, capsys)
+    assert "MLET: resuming from" in out and len(loaded_tables) >= len(ROWS)
+    assert alive_at_first_batch == [0]

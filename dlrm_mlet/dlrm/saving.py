@@ -165,8 +165,10 @@ def loaded(ckpt: Checkpoint, model: nn.Module, path: str) -> Checkpoint:
     * MLET model, folded checkpoint: refused; resuming needs ``PATH.mlet``.
     * plain model (``--inference-only``, or MLET off), MLET checkpoint: folded
       here, state and optimizer, so DLRM loads a stock checkpoint.
-    * plain model, plain checkpoint: returned untouched (what stock loads), once its
-      tables' shapes are checked: a file of another architecture is one line, naming them.
+    * plain model, plain checkpoint: what stock loads, once its tables' shapes
+      are checked: a file of another architecture is one line, naming them.
+
+    In every case the weights go into the model here (``_weights_in``).
 
     With ``--mlet-onnx-serving`` the model's forward then becomes ONNX Runtime's
     on its export (``onnx_serving.py``), made once the weights are in.
@@ -176,6 +178,7 @@ def loaded(ckpt: Checkpoint, model: nn.Module, path: str) -> Checkpoint:
     except MLETError as error:
         flag = "--mlet-checkpoint" if session.config.checkpoint == path else "--load-model"
         fail(f"{flag}={path}: {error}")
+    ckpt = _weights_in(ckpt, model)
     if session.config.onnx_serving:
         if distributed.is_distributed():  # each rank holds only its own tables: no whole model to export
             fail("--mlet-onnx-serving scores the whole model in one process; run it without the distributed launcher")
@@ -215,6 +218,19 @@ def _loaded(ckpt, model, path):
     elif world == 1:  # a plain file into a plain model: named here rather than by load_state_dict's traceback
         check_shapes(state, model.state_dict())
     return _resuming(ckpt) if resumes_exactly() else ckpt
+
+
+def _weights_in(ckpt: Checkpoint, model: nn.Module) -> Checkpoint:
+    """Load the weights now and hand DLRM the model's own tensors in their place.
+
+    DLRM keeps the dict it loaded (``ld_model``) until training ends, so a
+    loaded run would otherwise hold a second copy of every table the whole
+    time: 8 GB more at Criteo-Kaggle's size with d=64, enough to push a run
+    that fits out of memory. DLRM's own ``load_state_dict`` that follows then
+    copies each tensor onto itself, which torch skips.
+    """
+    model.load_state_dict(ckpt["state_dict"])
+    return dict(ckpt, state_dict=model.state_dict())
 
 
 def _resuming(ckpt):
