@@ -16,7 +16,7 @@ DLRM call site          module     glue function
 dataset loaders         loaders    ``make_data_and_loaders(args, dp)``
 the optimizer's groups  lr_groups  ``param_groups(dlrm, parameters, lr)``
 ``apply_emb``           tables     ``apply_emb(...)`` (MLET tables as one autograd node)
-``--load-model``        saving     ``check_load(path)``, then ``loaded(ld_model, dlrm, path)``
+``--load-model``        saving     ``check_load(path)``, ``load_on_cpu(path)`` (CPU), ``loaded(...)``
 resume (not inference)  resume     ``resume_schedule(lr_scheduler, ld_model)``
 ``--save-model``        saving     ``save_model(model_metrics_dict, path, dlrm)``
 ``--save-onnx``         saving     ``for_export(dlrm)``
@@ -42,14 +42,14 @@ from .dlrm.metrics import after_step, test_scores
 from .dlrm.options import add_arguments, configure, parse_config
 from .dlrm.resumable import checkpoint
 from .dlrm.resume import epoch_after_skip, resume_schedule, skip_batch
-from .dlrm.saving import check_load, for_export, loaded, save_model
+from .dlrm.saving import check_load, for_export, load_on_cpu, loaded, save_model
 from .dlrm.session import Config, builds_tables, reset, session, use_config
 from .dlrm.tables import apply_emb, create_emb
 
 __all__ = [
     # DLRM's call sites, in the order a run meets them
     "add_arguments", "configure", "builds_tables", "create_emb", "make_data_and_loaders", "param_groups",
-    "check_load", "loaded", "resume_schedule", "epoch_after_skip", "skip_batch", "apply_emb", "after_step",
+    "check_load", "load_on_cpu", "loaded", "resume_schedule", "epoch_after_skip", "skip_batch", "apply_emb", "after_step",
     "test_scores", "save_model", "checkpoint", "for_export",
     # the run's state, for code that builds DLRM models without DLRM's parser
     "Config", "parse_config", "session", "use_config", "reset",

@@ -202,3 +202,30 @@ def test_a_save_removes_what_killed_writes_of_the_same_file_left_and_nothing_els
     atomic_save({"state_dict": {}}, tmp_path / "m.pt")
     left = {p.name for p in tmp_path.iterdir()}
     assert left == {"m.pt"} | {folders[k] for k in ("alive", "other_host", "other_file")}
+
+
+def mapped_from(tensor, path):
+    """Whether ``tensor``'s memory is a mapping of the file ``path`` (Linux's /proc/self/maps)."""
+    address = tensor.data_ptr()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            span, *_, name = line.split(maxsplit=5)
+            start, end = (int(x, 16) for x in span.split("-"))
+            if name.strip() == str(path) and start <= address < end:
+                return True
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
+@pytest.mark.parametrize("zipfile", [True, False], ids=["zip", "legacy"])
+def test_dlrm_loads_a_checkpoint_memory_mapped_and_a_legacy_file_as_torch_does(tmp_path, zipfile):
+    """Patched DLRM's CPU ``--load-model``: the same objects as DLRM's ``torch.load``; a zip file's tensors
+    mapped from the file (no second copy of the tables while they go into the model), a legacy file read."""
+    from dlrm_mlet.dlrm.saving import load_on_cpu
+
+    table = torch.randn(5000, 4)
+    path = tmp_path / "m.pt"
+    torch.save({"state_dict": {"emb_l.0.weight": table}, "iter": 3}, path, _use_new_zipfile_serialization=zipfile)
+    loaded = load_on_cpu(str(path))
+    assert loaded["iter"] == 3 and torch.equal(loaded["state_dict"]["emb_l.0.weight"], table)
+    assert mapped_from(loaded["state_dict"]["emb_l.0.weight"], path) == zipfile
