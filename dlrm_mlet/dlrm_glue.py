@@ -49,8 +49,8 @@ from .dlrm.tables import apply_emb, create_emb
 __all__ = [
     # DLRM's call sites, in the order a run meets them
     "add_arguments", "configure", "builds_tables", "create_emb", "make_data_and_loaders", "param_groups",
-    "check_load", "load_on_cpu", "loaded", "resume_schedule", "epoch_after_skip", "skip_batch", "apply_emb", "after_step",
-    "test_scores", "save_model", "checkpoint", "for_export",
+    "check_load", "load_on_cpu", "loaded", "resume_schedule", "epoch_after_skip", "skip_batch", "apply_emb",
+    "after_step", "test_scores", "save_model", "checkpoint", "for_export",
     # the run's state, for code that builds DLRM models without DLRM's parser
     "Config", "parse_config", "session", "use_config", "reset",
 ]
