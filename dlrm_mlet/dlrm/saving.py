@@ -8,6 +8,7 @@ The checkpoint dicts themselves (folding, optimizer renumbering) are
 """
 
 import sys
+import zipfile
 from typing import Mapping, cast
 
 import torch
@@ -167,12 +168,8 @@ def load_on_cpu(path: str) -> Checkpoint:
     size with d=64), which a run that fits in memory may not have. Same
     objects, same unpickling rules as DLRM's call.
     """
-    try:
-        return torch.load(path, map_location=torch.device("cpu"), mmap=True)
-    except RuntimeError as error:
-        if "mmap can only be used" not in str(error):  # a legacy (non-zip) torch.save file cannot be mapped
-            raise
-        return torch.load(path, map_location=torch.device("cpu"))
+    # only torch.save's zip format can be mapped; a legacy file is read as DLRM reads it
+    return torch.load(path, map_location=torch.device("cpu"), mmap=zipfile.is_zipfile(path))
 
 
 def loaded(ckpt: Checkpoint, model: nn.Module, path: str) -> Checkpoint:
