@@ -24,6 +24,7 @@ from dlrm_mlet.tools.tuning import next_lr
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = ("1%", "10%", "100%")
 PAPER_LR = 0.1
+COLOR = {4: "C0", 16: "C1"}  # one colour per width in both panels; the line style tells the arm
 
 
 def _size(regime):
@@ -166,9 +167,32 @@ def controls_table(rows):
     return lines + [line for _, line in sorted(entries, key=lambda e: e[0])]
 
 
+def table_lr_gains(rows, d):
+    """Per size, ``(training samples, gain, se)`` of the baseline at ``d`` with its own table lr, tuned on the
+    2-D grid (the scale and the lr whose run scores best on validation), over the plain baseline at ``d``."""
+    out = []
+    for size in SIZES:
+        plain = [tuned_arm(a) for a in summarize(_rows(rows)) if _size(a["regime"]) == size and a["d"] == d
+                 and not a["k"]]
+        scaled = [tuned_arm(a) for tables in sorted({r["tables"] for r in rows if r["tables"].startswith("table lr")})
+                  for a in summarize(_rows(rows, tables)) if _size(a["regime"]) == size and a["d"] == d]
+        scaled = [s for s in scaled if s]
+        if not plain or not plain[0] or not scaled:
+            continue
+        best = max(scaled, key=lambda s: s["val_auc"])
+        samples = int(next(r["train_samples"] for r in rows if _size(r["regime"]) == size))
+        out.append((samples, best["auc"] - plain[0]["auc"], pays.se_of_difference(best, plain[0])))
+    return out
+
+
 def plot(rows, out_png):
     plt, _ = pyplot("the full-size plot")
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for d in (4, 16):  # the control: is MLET's gain more than a larger step on the tables gives?
+        pts = table_lr_gains(rows, d)
+        if pts:
+            left.errorbar([x for x, _, _ in pts], [g for _, g, _ in pts], yerr=[se for _, _, se in pts], fmt=":^",
+                          color=COLOR[d], capsize=3, label=f"baseline d={d}, own table lr, tuned")
     for pick, style, what in ((tuned_arm, "-o", "tuned"), (at_single_lr, "--s", "paper's protocol")):
         entries = curve_entries(rows, pick)
         sizes = [s for s in SIZES if s in entries]
@@ -177,18 +201,19 @@ def plot(rows, out_png):
             pts = [(samples[s], g) for s in sizes for g in entries[s]["gains"] if g["d"] == d]
             if pts:
                 left.errorbar([x for x, _ in pts], [g["gain"] for _, g in pts],
-                              yerr=[g["se"] for _, g in pts], fmt=style, capsize=3, label=f"d={d}, {what}")
+                              yerr=[g["se"] for _, g in pts], fmt=style, color=COLOR[d], capsize=3,
+                              label=f"MLET d={d}, {what}")
         for d in (4, 16):  # MLET at each width against the best baseline of any width
             pts = [(samples[s], g) for s in sizes for g in entries[s]["widths"] if g["d"] == d]
             if not pts:
                 continue
             right.errorbar([x for x, _ in pts], [g["gap"] for _, g in pts], yerr=[g["se"] for _, g in pts],
-                           fmt=style, capsize=3, label=f"MLET d={d}, {what}")
+                           fmt=style, color=COLOR[d], capsize=3, label=f"MLET d={d}, {what}")
             for x, g in pts:  # a size ratio only beside a narrower model that matched
                 if g["smaller"] > 1 and g["gap"] >= g["se"] - 1e-12:
                     right.annotate(f"{g['smaller']:.0f}x smaller", (x, g["gap"]), fontsize=7,
                                    textcoords="offset points", xytext=(4, 4))
-    for ax, title in ((left, "MLET's AUC gain at equal d"),
+    for ax, title in ((left, "AUC gain over the plain baseline at equal d"),
                       (right, "MLET (its best k) against the best baseline of any width")):
         ax.axhline(0, color="gray", lw=0.8)
         ax.set_xscale("log")
