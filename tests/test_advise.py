@@ -74,6 +74,7 @@ def test_advise_prints_its_verdict_first_on_data_it_never_saw(dlrm_dir, data, tm
     first = out.splitlines()[0]
     assert first.startswith("verdict: ") and "baseline d=" in first
     assert "What the pilot could not see: it trained on" in out and "The full run" in out
+    assert "--mlet-table-lr-scale" in out  # the control the pilot leaves out is named
     for arm in ("baseline d=4 ", "baseline d=16 ", "baseline d=64 ", "MLET d=4 k=64 ", "MLET d=16 k=64 "):
         assert arm in out
 

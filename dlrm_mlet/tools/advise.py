@@ -217,7 +217,9 @@ def advise(path: StrPath, minutes: float, dlrm_dir: StrPath, d: int = 16, k: int
               f"{pilot['share']:.3f} in the pilot, {data['share']:.3f} in your data (docs/results.md: how MLET's "
               "gain moved with the sample count on a full-size law). Its lrs were tuned around where tuned sweeps "
               "found the optima" + ("; not done for lack of time: " + ", ".join(runner.skipped)
-                                    if runner.skipped else "") + ".", ""]
+                                    if runner.skipped else "") + ". It did not try the baseline with its own "
+              "table learning rate (--mlet-table-lr-scale), which gained more than MLET on a law with Criteo-Kaggle's "
+              "table sizes (docs/results.md): a gain at equal d here may be what a larger table step gives.", ""]
     lines += ["Pilot arms (test AUC at the lr chosen on validation, mean ± sd over seeds):", ""]
     for a in found:
         t = tuned(a)
