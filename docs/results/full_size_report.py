@@ -121,9 +121,8 @@ def _saving(entry, one_seed=False):
 
 def curve_table(rows):
     tuned_entries, paper = curve_entries(rows, tuned_arm), curve_entries(rows, at_single_lr)
-    lines = ["| size | best baseline, tuned | saving, tuned (else each MLET width's gap to it) | gain at equal d, tuned | "
-             "saving, paper's protocol | "
-             "gain at equal d, paper's protocol |", "|" + "---|" * 6]
+    lines = ["| size | best baseline, tuned | saving, tuned (else each MLET width's gap to it) | "
+             "gain at equal d, tuned | saving, paper's protocol | gain at equal d, paper's protocol |", "|" + "---|" * 6]
     for size in SIZES:
         t, p = tuned_entries.get(size), paper.get(size)
         if t is None and p is None:
