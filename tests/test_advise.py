@@ -1,9 +1,13 @@
-"""``dlrm-mlet advise``: the pilot's data, its verdict's rule and words, and one real pilot on data it never saw."""
+"""``dlrm-mlet advise``: the pilot's data, its verdict's rule and words, and real pilots on data they never saw."""
+
+import json
+import os
 
 import numpy as np
 import pytest
 
 from dlrm_mlet.cli import main
+from dlrm_mlet.data.avazu import AVAZU_COLUMNS, preprocess_avazu
 from dlrm_mlet.data.kaggle import KAGGLE_PROCESSED
 from dlrm_mlet.errors import MLETError
 from dlrm_mlet.tools import advise
@@ -36,10 +40,60 @@ def test_the_pilot_is_the_first_part_of_each_day_renumbered(data, tmp_path):
     assert pilot_data["share"] >= full["share"]  # fewer samples: rows seen less often
 
 
+def avazu_lines(n, seed=5):
+    """Avazu rows with skewed values in every categorical column, in time order, as the raw file is."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(n):
+        values = [f"v{int(rng.zipf(1.6)) % (40 + 9 * c)}" for c in range(21)]
+        lines.append(",".join([str(i), str(int(rng.random() < 0.17)), f"141021{i * 24 // n:02d}"] + values))
+    return lines
+
+
+@pytest.fixture(scope="module")
+def avazu(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("avazu-user")
+    lines = avazu_lines(6000)
+    (folder / "train.csv").write_text(",".join(AVAZU_COLUMNS) + "\n" + "".join(line + "\n" for line in lines))
+    return preprocess_avazu(str(folder / "train.csv"), str(folder / "avazu_processed"), quiet=True), lines
+
+
+def test_an_avazu_pilot_is_the_cache_of_its_rows_alone(avazu, tmp_path):
+    """Random rows (the file runs in time order), numbered and split as if only they had been preprocessed."""
+    cache, lines = avazu
+    full = advise.full_data(cache)
+    assert full["kind"] == "avazu" and full["rows"] == 6000 and full["train"] == 4800
+    pilot = advise.write_pilot(full, 1500, str(tmp_path / "pilot"))
+    rows = np.sort(np.random.default_rng(0).choice(6000, 1500, replace=False))
+    assert rows[-1] > 4500  # not the first hours only
+    (tmp_path / "alone.csv").write_text("".join(lines[i] + "\n" for i in rows))
+    alone = preprocess_avazu(str(tmp_path / "alone.csv"), str(tmp_path / "alone"), quiet=True)
+    for name in ("X_cat", "X_int", "y", "train_idx", "val_idx", "test_idx"):
+        assert np.array_equal(np.load(os.path.join(pilot, f"{name}.npy")), np.load(os.path.join(alone, f"{name}.npy")))
+    counts = [json.load(open(os.path.join(cache, "meta.json")))["counts"] for cache in (pilot, alone)]
+    assert counts[0] == counts[1]
+    assert advise.full_data(pilot)["share"] >= full["share"]
+
+
 def arms_from(peaks, gap, seeds):
     sweep, rows, _ = fake_results(peaks, gap)
     sweep([(d, k, lr, s) for (d, k) in peaks for lr in (0.25, 0.5, 1.0) for s in seeds])
     return summarize(rows())
+
+
+def test_once_a_step_does_not_fit_no_later_step_runs(tmp_path):
+    """A third seed for close pairs, or a further lr, before every arm has its second seed would leave
+    the verdict with arms at one seed each."""
+    import time
+
+    peaks = {(4, 0): 3.0, (16, 0): -1.0, (64, 0): -1.0, (4, 64): -1.0, (16, 64): -1.0}  # d=4 peaks past its grid
+    sweep, rows, ran = fake_results(peaks)
+    pilot = advise.Pilot("dlrm", str(tmp_path / "p.npz"), str(tmp_path), 16, 64, 1.0, 1, True)
+    pilot.sweep, pilot.rows = sweep, rows
+    pilot.deadline = time.monotonic() + 5  # seed 0 runs (nothing measured yet); seed 1's 15 one-second runs do not fit
+    pilot.run()
+    assert {seed for *_, seed in ran} == {0} and len(ran) == 15
+    assert pilot.skipped == ["seed 1", "an lr beyond the edge of the grid", "seed 2 for close arms"]
 
 
 def test_the_verdict_says_pays_only_with_a_lead_of_one_standard_error_and_more_than_one_seed():
@@ -61,14 +115,18 @@ def test_the_verdict_says_pays_only_with_a_lead_of_one_standard_error_and_more_t
 
 
 def test_bad_input_is_one_line(data, tmp_path, capsys):
-    with pytest.raises(MLETError, match="processed Criteo .npz"):
+    with pytest.raises(MLETError, match="train.txt: give DLRM's processed Criteo-Kaggle .npz .* or an Avazu cache"):
         advise.full_data(str(tmp_path / "train.txt"))
+    with pytest.raises(MLETError, match="not an Avazu cache folder"):
+        advise.full_data(str(tmp_path))
     assert main(["advise", str(data), "--d", "16", "--k", "8", "--dlrm-dir", str(tmp_path)]) == 2
     assert "MLET needs k >> d" in capsys.readouterr().err
 
 
-def test_advise_prints_its_verdict_first_on_data_it_never_saw(dlrm_dir, data, tmp_path, capsys):
-    assert main(["advise", str(data), "--minutes", "0.5", "--d", "16", "--samples", "4000", "--dlrm-dir", dlrm_dir,
+@pytest.mark.parametrize("kind", ["kaggle", "avazu"])
+def test_advise_prints_its_verdict_first_on_data_it_never_saw(dlrm_dir, data, avazu, kind, tmp_path, capsys):
+    path, samples = (data, "4000") if kind == "kaggle" else (avazu[0], "3000")
+    assert main(["advise", str(path), "--minutes", "0.5", "--d", "16", "--samples", samples, "--dlrm-dir", dlrm_dir,
                  "--work", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
     first = out.splitlines()[0]

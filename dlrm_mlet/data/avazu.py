@@ -104,14 +104,43 @@ def preprocess_avazu(csv_path: StrPath, cache_dir: StrPath, quiet: bool = False)
             for array in (x_cat, x_int, y):
                 array.flush()
             del x_cat, x_int, y
-        for name, indices in avazu_split(rows).items():
-            np.save(os.path.join(work, f"{name}_idx.npy"), indices.astype(np.int64))
-        counts = [len(t) for t in tables]
-        with open(os.path.join(work, "meta.json"), "w") as handle:
-            json.dump({"rows": rows, "counts": counts, "columns": AVAZU_CATEGORICAL,
-                       "source": os.path.abspath(csv_path), "split_seed": AVAZU_SPLIT_SEED}, handle)
+        _write_split(work, rows, [len(t) for t in tables], os.path.abspath(csv_path))
         stage.publish([(work, cache_dir)])  # an older cache there is replaced whole
     return cache_dir
+
+
+def subsample_avazu(cache_dir: StrPath, rows: np.ndarray, target: StrPath) -> StrPath:
+    """A cache in ``target`` of ``rows`` (sorted indices) of the cache in ``cache_dir``, as if
+    ``preprocess_avazu`` had read only those lines: values renumbered per column in order of first
+    appearance, and the authors' split drawn for that many rows."""
+    load = lambda name: np.load(os.path.join(cache_dir, name), mmap_mode="r")  # noqa: E731
+    x_cat = np.asarray(load("X_cat.npy")[rows])
+    counts = []
+    for f in range(x_cat.shape[1]):
+        _, first, inverse = np.unique(x_cat[:, f], return_index=True, return_inverse=True)
+        order = np.empty(len(first), dtype=np.int32)
+        order[np.argsort(first)] = np.arange(len(first), dtype=np.int32)
+        x_cat[:, f] = order[inverse.ravel()]
+        counts.append(len(first))
+    parent, name = os.path.split(os.path.abspath(target))
+    with StagedFiles(parent, name, f"cannot write {target}") as stage:
+        work = stage.path(name)
+        os.mkdir(work)
+        np.save(os.path.join(work, "X_cat.npy"), x_cat)
+        for member in ("X_int", "y"):
+            np.save(os.path.join(work, f"{member}.npy"), np.asarray(load(f"{member}.npy")[rows]))
+        _write_split(work, len(rows), counts, f"rows of {os.path.abspath(cache_dir)}")
+        stage.publish([(work, target)])
+    return target
+
+
+def _write_split(folder, rows, counts, source):
+    """The split's row indices and ``meta.json``, which marks the cache complete."""
+    for name, indices in avazu_split(rows).items():
+        np.save(os.path.join(folder, f"{name}_idx.npy"), indices.astype(np.int64))
+    with open(os.path.join(folder, "meta.json"), "w") as handle:
+        json.dump({"rows": rows, "counts": counts, "columns": AVAZU_CATEGORICAL, "source": source,
+                   "split_seed": AVAZU_SPLIT_SEED}, handle)
 
 
 def _chain_first(first, numbered):

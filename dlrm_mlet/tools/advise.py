@@ -4,21 +4,24 @@ A map of synthetic regimes cannot answer for a user's data: the rare-lookup
 share alone did not predict the outcome on data built otherwise
 (``docs/results.md``). So the pilot measures it on the user's own processed
 file: the first part of each day (DLRM's days, so the split keeps its shape),
-its values renumbered as DLRM's preprocessing would number a file that size,
-then a tuned sweep (``sweep.run_sweep``) of the arms that decide the question:
-baselines at d/4, d and 4d, MLET (k) at d/4 and d, three lrs each around where
-tuned sweeps found the optima, seed 0 for all, then seed 1, then an lr beyond
-any optimum at its grid's edge, then seed 2 for close pairs, each step only
-while the time asked for allows (its runs' measured times say). The verdict
-is the report's rule (``pays.py``): the best baseline against the smallest
-MLET model whose AUC leads it by at least one standard error, and the gain at
-equal d.
+its values renumbered as DLRM's preprocessing would number a file that size;
+or, from an Avazu cache, rows drawn at random (its split is random, and the
+file runs in time order, so its first rows would be its first hours only),
+renumbered as ``preprocess_avazu`` numbers them. Then a tuned sweep
+(``sweep.run_sweep``) of the arms that decide the question: baselines at d/4,
+d and 4d, MLET (k) at d/4 and d, three lrs each around where tuned sweeps
+found the optima, seed 0 for all, then seed 1, then an lr beyond any optimum
+at its grid's edge, then seed 2 for close pairs, each step only while the time
+asked for allows (its runs' measured times say). The verdict is the report's
+rule (``pays.py``): the best baseline against the smallest MLET model whose
+AUC leads it by at least one standard error, and the gain at equal d.
 
 What a pilot cannot see is said with the verdict: it trains on a fraction of
 the samples, so its rows are rarer than the full data's (both rare-lookup
 shares are printed), and a few hours' tuning is not the full run's.
 """
 
+import json
 import math
 import os
 import sys
@@ -27,6 +30,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..data.avazu import subsample_avazu
 from ..data.frequency import cap_rows, count_rows, rare_lookup_share
 from ..data.kaggle import KAGGLE_PROCESSED
 from ..data.days import kaggle_days
@@ -59,19 +63,30 @@ def centre_lrs(k: int) -> Tuple[float, ...]:
     return tuple(grid[1:4]) if len(grid) > 3 else tuple(grid)
 
 
+TAKES = "DLRM's processed Criteo-Kaggle .npz (kaggleAdDisplayChallenge_processed.npz) or an Avazu cache folder"
+
+
 def full_data(path: str) -> Dict[str, Any]:
-    """What the pilot is a sample of: rows, days, table sizes, training split and its rare-lookup share."""
-    if not os.path.isfile(path) or not path.endswith(".npz"):
-        raise MLETError(f"{path}: give DLRM's processed Criteo .npz (e.g. kaggleAdDisplayChallenge_processed.npz)")
-    sizes, members = read_counts(path)
-    missing = [m for m in ("X_cat", "X_int", "y") if m not in members]
-    if missing:
-        raise MLETError(f"{path}: no {', '.join(missing)}; give DLRM's processed Criteo .npz")
-    total = npz_shape(path, "X_cat")[0]
-    days, source = kaggle_days(path, total)
-    split = training_split(path)
+    """What the pilot is a sample of: its kind, rows, days, table sizes, training split and rare-lookup share."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "meta.json")):
+            raise MLETError(f"{path}: not an Avazu cache folder (no meta.json); give {TAKES}")
+        kind, days, split = "avazu", None, training_split(path)
+        with open(os.path.join(path, "meta.json")) as handle:
+            total = int(json.load(handle)["rows"])
+        sizes = split.sizes
+    elif os.path.isfile(path) and path.endswith(".npz"):
+        sizes, members = read_counts(path)
+        missing = [m for m in ("X_cat", "X_int", "y") if m not in members]
+        if missing:
+            raise MLETError(f"{path}: no {', '.join(missing)}; give {TAKES}")
+        total = npz_shape(path, "X_cat")[0]
+        kind, days = "kaggle", kaggle_days(path, total)[0]
+        split = training_split(path)
+    else:
+        raise MLETError(f"{path}: give {TAKES}")
     share = rare_lookup_share(count_rows(split.blocks(), cap_rows(split.sizes, -1)))
-    return {"path": path, "rows": total, "days": days, "days_source": source, "sizes": sizes,
+    return {"path": path, "kind": kind, "rows": total, "days": days, "sizes": sizes,
             "train": split.rows, "share": share}
 
 
@@ -85,11 +100,23 @@ def pilot_samples(data: Mapping[str, Any], minutes: float, ms_per_step: float = 
 
 
 def write_pilot(data: Mapping[str, Any], samples: int, folder: str) -> str:
-    """The first ``samples / rows`` of each of the data's days, values renumbered per table (DLRM's
-    numbering of a file that size: only values seen, 0..n-1), as DLRM's processed files in ``folder``."""
+    """The pilot's data in ``folder``, in the data's own form (see the module's docstring)."""
+    if data["kind"] == "avazu":
+        target = os.path.join(folder, "avazu_processed")
+        if not os.path.exists(target):
+            os.makedirs(folder, exist_ok=True)
+            rows = np.sort(np.random.default_rng(0).choice(data["rows"], samples, replace=False))
+            subsample_avazu(data["path"], rows, target)
+        return target
     target = os.path.join(folder, KAGGLE_PROCESSED)
     if os.path.exists(target):
         return target
+    return _write_kaggle_pilot(data, samples, folder, target)
+
+
+def _write_kaggle_pilot(data: Mapping[str, Any], samples: int, folder: str, target: str) -> str:
+    """The first ``samples / rows`` of each of the data's days, values renumbered per table (DLRM's
+    numbering of a file that size: only values seen, 0..n-1), as DLRM's processed files."""
     fraction = samples / data["rows"]
     starts = np.cumsum([0] + data["days"][:-1])
     keep = [max(1, math.ceil(n * fraction)) for n in data["days"]]
@@ -117,10 +144,13 @@ class Pilot:
         self.csv = os.path.join(work, "pilot.csv")
         self.plan, self.deadline, self.jobs = arms(d, k), time.monotonic() + minutes * 60, jobs
         folder = os.path.dirname(processed)
+        # DLRM reads the processed data, never the raw file named beside it; Avazu's cache is memory-mapped
+        data_set, raw, mmap = (("avazu", "train.csv", []) if os.path.isdir(processed)
+                               else ("kaggle", "train.txt", ["--mlet-mmap-data"]))
         self.sweep = lambda runs: run_sweep(  # noqa: E731
-            dlrm_dir, "kaggle", os.path.join(folder, "train.txt"), self.csv, (), (), (), runs=runs, jobs=jobs,
+            dlrm_dir, data_set, os.path.join(folder, raw), self.csv, (), (), (), runs=runs, jobs=jobs,
             quiet=quiet, work=os.path.join(work, "runs"), log=sys.stderr,
-            extra_args=[f"--processed-data-file={processed}", "--mlet-mmap-data"])
+            extra_args=[f"--processed-data-file={processed}"] + mmap)
         self.skipped: List[str] = []  # the steps left out for lack of time
 
     def rows(self) -> List[Row]:
@@ -134,7 +164,13 @@ class Pilot:
         return sorted(done)[len(done) // 2] if done else None
 
     def step(self, what: str, runs: Iterable[Run]) -> None:
-        """Run ``runs`` when they fit before the deadline (their count over ``jobs``, at the median run's time)."""
+        """Run ``runs`` when they fit before the deadline (their count over ``jobs``, at the median run's time).
+
+        Once a step does not fit, none after it runs: each builds on the one before (a further seed
+        for close pairs before every arm has its second would leave arms at one seed each)."""
+        if self.skipped:
+            self.skipped.append(what)
+            return
         per = self.seconds_per_run()
         done = {(int(r["d"]), int(r["k"]), float(r["lr"]), int(r["seed"])) for r in self.rows()}
         runs = [r for r in runs if (r[0], r[1], float(r[2]), r[3]) not in done]
@@ -212,10 +248,13 @@ def advise(path: StrPath, minutes: float, dlrm_dir: StrPath, d: int = 16, k: int
     found = runner.run()
     line, entry = verdict(found, d)
     lines = [line, ""]
-    lines += [f"What the pilot could not see: it trained on {pilot['train']:,} of your {data['train']:,} training "
-              f"samples ({pilot['train'] / data['train']:.1%}), so its rows were seen less often: rare-lookup share "
-              f"{pilot['share']:.3f} in the pilot, {data['share']:.3f} in your data (docs/results.md: how MLET's "
-              "gain moved with the sample count on a full-size law). Its lrs were tuned around where tuned sweeps "
+    whole = pilot["train"] >= data["train"]
+    seen = ("it trained on all of your training samples, so only the tuning was short" if whole
+            else f"it trained on {pilot['train']:,} of your {data['train']:,} training samples "
+                 f"({pilot['train'] / data['train']:.1%}), so its rows were seen less often: rare-lookup share "
+                 f"{pilot['share']:.3f} in the pilot, {data['share']:.3f} in your data (docs/results.md: how MLET's "
+                 "gain moved with the sample count on a full-size law)")
+    lines += [f"What the pilot could not see: {seen}. Its lrs were tuned around where tuned sweeps "
               "found the optima" + ("; not done for lack of time: " + ", ".join(runner.skipped)
                                     if runner.skipped else "") + ". It did not try the baseline with its own "
               "table learning rate (--mlet-table-lr-scale), which gained more than MLET on a law with Criteo-Kaggle's "
@@ -225,7 +264,7 @@ def advise(path: StrPath, minutes: float, dlrm_dir: StrPath, d: int = 16, k: int
         t = tuned(a)
         name = f"MLET d={a['d']} k={a['k']}" if a["k"] else f"baseline d={a['d']}"
         lines.append(f"  {name:<20} " + ("all runs diverged" if t is None else
-                     f"lr {a['best']:<6g} AUC {t['auc']:.4f} ± {t['auc_sd']:.4f} ({t['n']} seeds)"
+                     f"lr {a['best']:<6g} AUC {t['auc']:.4f} ± {t['auc_sd']:.4f} ({t['n']} seed{'s' * (t['n'] > 1)})"
                      + ("  (the chosen lr is at the grid's edge)" if next_lr(a) is not None else "")))
     lines += ["", "The full run (one epoch of your data, batch 128, on this machine, at the pilot's step times):", ""]
     batches = math.ceil(data["train"] / 128)
@@ -234,7 +273,8 @@ def advise(path: StrPath, minutes: float, dlrm_dir: StrPath, d: int = 16, k: int
                  if r["train_ms_per_it"] not in ("", None)]
         table = sum(training_bytes(n, a["d"], a["k"]) for n in data["sizes"])
         seconds = batches * float(np.median(steps)) / 1000 if steps else None
-        hours = "-" if seconds is None else f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+        hours = ("-" if seconds is None else f"{seconds / 3600:.1f} h" if seconds >= 3600
+                 else f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s")
         name = f"MLET d={a['d']} k={a['k']}" if a["k"] else f"baseline d={a['d']}"
         lines.append(f"  {name:<20} {hours:>7} training, embedding tables {format_bytes(table)} to train, "
                      f"{format_bytes(sum(n * a['d'] * 4 for n in data['sizes']))} served")
