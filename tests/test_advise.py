@@ -119,6 +119,13 @@ def test_bad_input_is_one_line(data, tmp_path, capsys):
         advise.full_data(str(tmp_path / "train.txt"))
     with pytest.raises(MLETError, match="not an Avazu cache folder"):
         advise.full_data(str(tmp_path))
+    with pytest.raises(MLETError, match="does not take DLRM's memory-map day files"):
+        advise.full_data(str(tmp_path / "day_0_reordered.npz"))
+    with np.load(data) as source:  # Terabyte's 24 days, which DLRM's Kaggle loader would split wrongly
+        np.savez(tmp_path / KAGGLE_PROCESSED, **source)
+    np.savez(tmp_path / "day_day_count.npz", total_per_file=np.array([333] * 23 + [8000 - 333 * 23]))
+    with pytest.raises(MLETError, match="24 days .*day_day_count.npz.*Criteo-Kaggle's 7"):
+        advise.full_data(str(tmp_path / KAGGLE_PROCESSED))
     assert main(["advise", str(data), "--d", "16", "--k", "8", "--dlrm-dir", str(tmp_path)]) == 2
     assert "MLET needs k >> d" in capsys.readouterr().err
 

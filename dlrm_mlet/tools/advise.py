@@ -33,7 +33,7 @@ import numpy as np
 from ..data.avazu import subsample_avazu
 from ..data.frequency import cap_rows, count_rows, rare_lookup_share
 from ..data.kaggle import KAGGLE_PROCESSED
-from ..data.days import kaggle_days
+from ..data.days import KAGGLE_DAYS, kaggle_days
 from ..data.processed import npz_shape, read_counts, read_row_ranges, training_split
 from ..errors import MLETError
 from ..files import StagedFiles, StrPath
@@ -75,13 +75,17 @@ def full_data(path: str) -> Dict[str, Any]:
         with open(os.path.join(path, "meta.json")) as handle:
             total = int(json.load(handle)["rows"])
         sizes = split.sizes
+    elif path.endswith(("_reordered.npz", ".bin")):
+        raise MLETError(f"{path}: advise does not take DLRM's memory-map day files or .bin files; give {TAKES}")
     elif os.path.isfile(path) and path.endswith(".npz"):
         sizes, members = read_counts(path)
         missing = [m for m in ("X_cat", "X_int", "y") if m not in members]
         if missing:
             raise MLETError(f"{path}: no {', '.join(missing)}; give {TAKES}")
         total = npz_shape(path, "X_cat")[0]
-        kind, days = "kaggle", kaggle_days(path, total)[0]
+        kind, (days, source) = "kaggle", kaggle_days(path, total)
+        if len(days) != KAGGLE_DAYS:  # DLRM's Kaggle loader splits by 7 days: the pilot keeps them
+            raise MLETError(f"{path}: {len(days)} days ({source}); advise takes Criteo-Kaggle's {KAGGLE_DAYS}")
         split = training_split(path)
     else:
         raise MLETError(f"{path}: give {TAKES}")
