@@ -263,9 +263,10 @@ def _add_data(sub):
 def _add_advise(sub):
     p = sub.add_parser("advise", help="will MLET pay on this data? a short tuned pilot on a subsample of it, "
                                       "then a verdict, the detail and the cost of the full run")
-    p.add_argument("path", metavar="PROCESSED", help="DLRM's processed Criteo-Kaggle .npz "
-                   "(kaggleAdDisplayChallenge_processed.npz; its <stem>_day_count.npz beside it) "
-                   "or an Avazu cache folder (avazu_processed/)")
+    p.add_argument("path", metavar="PROCESSED", help="DLRM's processed Criteo .npz "
+                   "(kaggleAdDisplayChallenge_processed.npz or terabyte_processed.npz; its <stem>_day_count.npz "
+                   "beside it), one of its memory-map day files (day_0_reordered.npz) or an Avazu cache folder "
+                   "(avazu_processed/)")
     p.add_argument("--minutes", type=_positive_float, default=60.0,
                    help="time for the pilot (60): it sizes the subsample and how many seeds and lrs it tries")
     p.add_argument("--d", type=_positive_int, default=16, help="the model's width d (16): baselines at d/4, d, 4d, "

@@ -40,6 +40,42 @@ def test_the_pilot_is_the_first_part_of_each_day_renumbered(data, tmp_path):
     assert pilot_data["share"] >= full["share"]  # fewer samples: rows seen less often
 
 
+@pytest.fixture(scope="module")
+def terabyte(tmp_path_factory):
+    """24 synthetic days of 100 rows as DLRM's processed .npz and as its memory-map day files."""
+    from dlrm_mlet.data.criteo import preprocess_criteo
+    from dlrm_mlet.tools.synth import write_synthetic_days
+
+    root = tmp_path_factory.mktemp("tb")
+    write_synthetic_days(root / "raw", 2400, 24, progress=False)
+    plain = preprocess_criteo("terabyte", str(root / "raw" / "day"), str(root / "raw" / "terabyte_processed.npz"),
+                              max_ind_range=1000, quiet=True)
+    (root / "mm").mkdir()
+    for i in range(24):
+        (root / "mm" / f"day_{i}").write_bytes((root / "raw" / f"day_{i}").read_bytes())
+    mapped = preprocess_criteo("terabyte", str(root / "mm" / "day"), str(root / "mm" / "terabyte_processed.npz"),
+                               max_ind_range=1000, memory_map=True, quiet=True)
+    return plain["processed"], mapped["reordered"]
+
+
+@pytest.mark.parametrize("layout", ["processed", "day files"])
+def test_a_terabyte_pilot_keeps_its_test_day_in_dlrm_kaggle_loader_s_seven(terabyte, layout, tmp_path):
+    """DLRM's Kaggle loader (the pilot's) splits by 7 days: 23 training days regrouped into 6, the last day last."""
+    processed, days = terabyte
+    full = advise.full_data(processed if layout == "processed" else days[3])
+    assert full["days"] == [100] * 24 and full["train"] == 2300
+    path = advise.write_pilot(full, 600, str(tmp_path))
+    kept = list(np.load(tmp_path / "train_day_count.npz")["total_per_file"])
+    assert len(kept) == 7 and sum(kept[:-1]) == 23 * 25 and kept[-1] == 25
+    sources = [processed] * 24 if layout == "processed" else days
+    starts = [100 * i for i in range(24)] if layout == "processed" else [0] * 24
+    with np.load(path) as pilot:
+        for name in ("y", "X_int"):
+            rows = np.concatenate([np.load(f)[name][a:a + 25] for f, a in zip(sources, starts)])
+            assert np.array_equal(pilot[name], rows)
+    assert advise.full_data(path)["train"] == 23 * 25
+
+
 def avazu_lines(n, seed=5):
     """Avazu rows with skewed values in every categorical column, in time order, as the raw file is."""
     rng = np.random.default_rng(seed)
@@ -115,17 +151,13 @@ def test_the_verdict_says_pays_only_with_a_lead_of_one_standard_error_and_more_t
 
 
 def test_bad_input_is_one_line(data, tmp_path, capsys):
-    with pytest.raises(MLETError, match="train.txt: give DLRM's processed Criteo-Kaggle .npz .* or an Avazu cache"):
+    with pytest.raises(MLETError, match="train.txt: give DLRM's processed Criteo .npz .*, one of its memory-map "
+                                        "day files .* or an Avazu cache"):
         advise.full_data(str(tmp_path / "train.txt"))
     with pytest.raises(MLETError, match="not an Avazu cache folder"):
         advise.full_data(str(tmp_path))
-    with pytest.raises(MLETError, match="does not take DLRM's memory-map day files"):
-        advise.full_data(str(tmp_path / "day_0_reordered.npz"))
-    with np.load(data) as source:  # Terabyte's 24 days, which DLRM's Kaggle loader would split wrongly
-        np.savez(tmp_path / KAGGLE_PROCESSED, **source)
-    np.savez(tmp_path / "day_day_count.npz", total_per_file=np.array([333] * 23 + [8000 - 333 * 23]))
-    with pytest.raises(MLETError, match="24 days .*day_day_count.npz.*Criteo-Kaggle's 7"):
-        advise.full_data(str(tmp_path / KAGGLE_PROCESSED))
+    with pytest.raises(MLETError, match="does not take DLRM's .bin files"):
+        advise.full_data(str(tmp_path / "terabyte_processed_train.bin"))
     assert main(["advise", str(data), "--d", "16", "--k", "8", "--dlrm-dir", str(tmp_path)]) == 2
     assert "MLET needs k >> d" in capsys.readouterr().err
 

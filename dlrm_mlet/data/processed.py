@@ -120,15 +120,28 @@ def _fea_counts(folder, what):
     return read_counts(found[0])[0], os.path.basename(found[0])
 
 
-def _day_files(path):
-    stem = _DAY_FILE.match(os.path.basename(path)).group("stem")
+def is_day_file(path: StrPath) -> bool:
+    """Whether ``path`` names one of DLRM's memory-map day files, ``<stem>_<i>_reordered.npz``."""
+    return bool(_DAY_FILE.match(os.path.basename(path)))
+
+
+def day_files(path: StrPath) -> List[str]:
+    """Every day file of the set ``path`` (one of them) belongs to, in day order."""
+    stem = _DAY_FILE.match(os.path.basename(path)).group("stem")  # type: ignore[union-attr]
     folder = os.path.dirname(os.path.abspath(path))
-    days = []
+    days: List[str] = []
     while os.path.exists(os.path.join(folder, f"{stem}_{len(days)}_reordered.npz")):
         days.append(os.path.join(folder, f"{stem}_{len(days)}_reordered.npz"))
     if len(days) < 2:
         raise MLETError(f"{path}: DLRM's memory-map day files start at {stem}_0_reordered.npz and need at "
                         f"least two days (the last is the test day); found {len(days)}")
+    return days
+
+
+def _day_files(path):
+    stem = _DAY_FILE.match(os.path.basename(path)).group("stem")
+    folder = os.path.dirname(os.path.abspath(path))
+    days = day_files(path)
     sizes, counts_file = _fea_counts(folder, path)
     rows = sum(npz_shape(day, "X_cat")[0] for day in days[:-1])
 

@@ -3,10 +3,11 @@
 A map of synthetic regimes cannot answer for a user's data: the rare-lookup
 share alone did not predict the outcome on data built otherwise
 (``docs/results.md``). So the pilot measures it on the user's own processed
-file: the first part of each day (DLRM's days, so the split keeps its shape),
-its values renumbered as DLRM's preprocessing would number a file that size;
-or, from an Avazu cache, rows drawn at random (its split is random, and the
-file runs in time order, so its first rows would be its first hours only),
+file: the first part of each day (DLRM's days, so the split keeps its shape;
+Criteo-Kaggle's or Terabyte's, from the processed .npz or the memory-map day
+files), its values renumbered as DLRM's preprocessing would number a file that
+size; or, from an Avazu cache, rows drawn at random (its split is random, and
+the file runs in time order, so its first rows would be its first hours only),
 renumbered as ``preprocess_avazu`` numbers them. Then a tuned sweep
 (``sweep.run_sweep``) of the arms that decide the question: baselines at d/4,
 d and 4d, MLET (k) at d/4 and d, three lrs each around where tuned sweeps
@@ -34,7 +35,7 @@ from ..data.avazu import subsample_avazu
 from ..data.frequency import cap_rows, count_rows, rare_lookup_share
 from ..data.kaggle import KAGGLE_PROCESSED
 from ..data.days import KAGGLE_DAYS, kaggle_days
-from ..data.processed import npz_shape, read_counts, read_row_ranges, training_split
+from ..data.processed import day_files, is_day_file, npz_shape, read_counts, read_row_ranges, training_split
 from ..errors import MLETError
 from ..files import StagedFiles, StrPath
 from ..core.budget import format_bytes, training_bytes
@@ -63,7 +64,8 @@ def centre_lrs(k: int) -> Tuple[float, ...]:
     return tuple(grid[1:4]) if len(grid) > 3 else tuple(grid)
 
 
-TAKES = "DLRM's processed Criteo-Kaggle .npz (kaggleAdDisplayChallenge_processed.npz) or an Avazu cache folder"
+TAKES = ("DLRM's processed Criteo .npz (kaggleAdDisplayChallenge_processed.npz, terabyte_processed.npz), "
+         "one of its memory-map day files (day_0_reordered.npz) or an Avazu cache folder")
 
 
 def full_data(path: str) -> Dict[str, Any]:
@@ -71,26 +73,29 @@ def full_data(path: str) -> Dict[str, Any]:
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "meta.json")):
             raise MLETError(f"{path}: not an Avazu cache folder (no meta.json); give {TAKES}")
-        kind, days, split = "avazu", None, training_split(path)
+        kind, days, parts, split = "avazu", None, None, training_split(path)
         with open(os.path.join(path, "meta.json")) as handle:
             total = int(json.load(handle)["rows"])
         sizes = split.sizes
-    elif path.endswith(("_reordered.npz", ".bin")):
-        raise MLETError(f"{path}: advise does not take DLRM's memory-map day files or .bin files; give {TAKES}")
+    elif is_day_file(path):
+        split, files = training_split(path), day_files(path)
+        days = [npz_shape(f, "X_cat")[0] for f in files]
+        kind, sizes, total, parts = "criteo", split.sizes, sum(days), [(f, 0) for f in files]
+    elif path.endswith(".bin"):
+        raise MLETError(f"{path}: advise does not take DLRM's .bin files; give {TAKES}")
     elif os.path.isfile(path) and path.endswith(".npz"):
         sizes, members = read_counts(path)
         missing = [m for m in ("X_cat", "X_int", "y") if m not in members]
         if missing:
             raise MLETError(f"{path}: no {', '.join(missing)}; give {TAKES}")
         total = npz_shape(path, "X_cat")[0]
-        kind, (days, source) = "kaggle", kaggle_days(path, total)
-        if len(days) != KAGGLE_DAYS:  # DLRM's Kaggle loader splits by 7 days: the pilot keeps them
-            raise MLETError(f"{path}: {len(days)} days ({source}); advise takes Criteo-Kaggle's {KAGGLE_DAYS}")
+        kind, days = "criteo", kaggle_days(path, total)[0]
+        parts = [(path, int(start)) for start in np.cumsum([0] + days[:-1])]
         split = training_split(path)
     else:
         raise MLETError(f"{path}: give {TAKES}")
     share = rare_lookup_share(count_rows(split.blocks(), cap_rows(split.sizes, -1)))
-    return {"path": path, "kind": kind, "rows": total, "days": days, "sizes": sizes,
+    return {"path": path, "kind": kind, "rows": total, "days": days, "parts": parts, "sizes": sizes,
             "train": split.rows, "share": share}
 
 
@@ -115,17 +120,21 @@ def write_pilot(data: Mapping[str, Any], samples: int, folder: str) -> str:
     target = os.path.join(folder, KAGGLE_PROCESSED)
     if os.path.exists(target):
         return target
-    return _write_kaggle_pilot(data, samples, folder, target)
+    return _write_criteo_pilot(data, samples, folder, target)
 
 
-def _write_kaggle_pilot(data: Mapping[str, Any], samples: int, folder: str, target: str) -> str:
+def _write_criteo_pilot(data: Mapping[str, Any], samples: int, folder: str, target: str) -> str:
     """The first ``samples / rows`` of each of the data's days, values renumbered per table (DLRM's
-    numbering of a file that size: only values seen, 0..n-1), as DLRM's processed files."""
+    numbering of a file that size: only values seen, 0..n-1), as DLRM's processed Kaggle files: the
+    pilot runs on DLRM's Kaggle loader, which splits by 7 days, so other data's training days are
+    regrouped into 6 (its last day stays the test and validation day, as DLRM's Terabyte loaders
+    split it: test its first half)."""
     fraction = samples / data["rows"]
-    starts = np.cumsum([0] + data["days"][:-1])
     keep = [max(1, math.ceil(n * fraction)) for n in data["days"]]
-    ranges = [(int(a), int(a) + n) for a, n in zip(starts, keep)]
-    arrays = {name: read_row_ranges(data["path"], name, ranges) for name in ("X_cat", "X_int", "y")}
+    arrays = {name: np.concatenate([read_row_ranges(f, name, [(start, start + n)])
+                                    for (f, start), n in zip(data["parts"], keep)]) for name in ("X_cat", "X_int", "y")}
+    per_file = keep if len(keep) == KAGGLE_DAYS else \
+        [len(g) for g in np.array_split(np.arange(sum(keep[:-1])), KAGGLE_DAYS - 1)] + keep[-1:]
     x_cat = arrays["X_cat"]
     counts = np.zeros(x_cat.shape[1], dtype=np.int32)
     for f in range(x_cat.shape[1]):
@@ -133,7 +142,7 @@ def _write_kaggle_pilot(data: Mapping[str, Any], samples: int, folder: str, targ
         counts[f] = len(values)
     os.makedirs(folder, exist_ok=True)
     with StagedFiles(folder, "pilot", f"cannot write {folder}") as stage:
-        np.savez(stage.path("train_day_count.npz"), total_per_file=np.array(keep))
+        np.savez(stage.path("train_day_count.npz"), total_per_file=np.array(per_file))
         # savez stores: memory-mappable. (numpy's stub has **arrays meet its allow_pickle: bool too)
         np.savez(stage.path(KAGGLE_PROCESSED), counts=counts, **arrays)  # type: ignore[arg-type]
         stage.publish([(stage.path(n), os.path.join(folder, n)) for n in ("train_day_count.npz", KAGGLE_PROCESSED)])
