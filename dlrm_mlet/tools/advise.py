@@ -131,8 +131,11 @@ def _write_criteo_pilot(data: Mapping[str, Any], samples: int, folder: str, targ
     split it: test its first half)."""
     fraction = samples / data["rows"]
     keep = [max(1, math.ceil(n * fraction)) for n in data["days"]]
-    arrays = {name: np.concatenate([read_row_ranges(f, name, [(start, start + n)])
-                                    for (f, start), n in zip(data["parts"], keep)]) for name in ("X_cat", "X_int", "y")}
+    ranges: Dict[str, List[Tuple[int, int]]] = {}  # per file, so a compressed file is read through once
+    for (f, start), n in zip(data["parts"], keep):
+        ranges.setdefault(f, []).append((start, start + n))
+    arrays = {name: np.concatenate([read_row_ranges(f, name, r) for f, r in ranges.items()])
+              for name in ("X_cat", "X_int", "y")}
     per_file = keep if len(keep) == KAGGLE_DAYS else \
         [len(g) for g in np.array_split(np.arange(sum(keep[:-1])), KAGGLE_DAYS - 1)] + keep[-1:]
     x_cat = arrays["X_cat"]
