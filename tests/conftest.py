@@ -105,6 +105,23 @@ def with_32bit_hashes(path, first=0):
     path.write_text("".join(line + "\n" for line in lines))
 
 
+def terabyte_layouts(root, rows, bins=False):
+    """24 synthetic days of ``rows / 24`` rows preprocessed as DLRM's processed .npz (``root/raw``) and
+    as its memory-map day files (``root/mm``; ``bins``: its .bin files too); returns both layouts."""
+    from dlrm_mlet.data.criteo import preprocess_criteo
+    from dlrm_mlet.tools.synth import write_synthetic_days
+
+    write_synthetic_days(root / "raw", rows, 24, progress=False)
+    plain = preprocess_criteo("terabyte", str(root / "raw" / "day"), str(root / "raw" / "terabyte_processed.npz"),
+                              max_ind_range=1000, quiet=True)
+    (root / "mm").mkdir()
+    for i in range(24):
+        (root / "mm" / f"day_{i}").write_bytes((root / "raw" / f"day_{i}").read_bytes())
+    mapped = preprocess_criteo("terabyte", str(root / "mm" / "day"), str(root / "mm" / "terabyte_processed.npz"),
+                               max_ind_range=1000, memory_map=True, bins=bins, quiet=True)
+    return plain, mapped
+
+
 def run_dlrm(dlrm, args, cwd, launcher=False, check=True, env=None):
     """Run DLRM (patched, stock, or stock through ``dlrm-mlet run``); returns the process."""
     script = os.path.join(dlrm, "dlrm_s_pytorch.py")

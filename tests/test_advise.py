@@ -13,6 +13,7 @@ from dlrm_mlet.errors import MLETError
 from dlrm_mlet.tools import advise
 from dlrm_mlet.tools.report import summarize
 from dlrm_mlet.tools.synth_processed import write_processed
+from conftest import terabyte_layouts
 from test_tuning import fake_results
 
 
@@ -43,18 +44,7 @@ def test_the_pilot_is_the_first_part_of_each_day_renumbered(data, tmp_path):
 @pytest.fixture(scope="module")
 def terabyte(tmp_path_factory):
     """24 synthetic days of 100 rows as DLRM's processed .npz and as its memory-map day files."""
-    from dlrm_mlet.data.criteo import preprocess_criteo
-    from dlrm_mlet.tools.synth import write_synthetic_days
-
-    root = tmp_path_factory.mktemp("tb")
-    write_synthetic_days(root / "raw", 2400, 24, progress=False)
-    plain = preprocess_criteo("terabyte", str(root / "raw" / "day"), str(root / "raw" / "terabyte_processed.npz"),
-                              max_ind_range=1000, quiet=True)
-    (root / "mm").mkdir()
-    for i in range(24):
-        (root / "mm" / f"day_{i}").write_bytes((root / "raw" / f"day_{i}").read_bytes())
-    mapped = preprocess_criteo("terabyte", str(root / "mm" / "day"), str(root / "mm" / "terabyte_processed.npz"),
-                               max_ind_range=1000, memory_map=True, quiet=True)
+    plain, mapped = terabyte_layouts(tmp_path_factory.mktemp("tb"), 2400)
     return plain["processed"], mapped["reordered"]
 
 

@@ -5,14 +5,13 @@ import json
 import numpy as np
 import pytest
 
+from conftest import terabyte_layouts
 from dlrm_mlet.cli import main
-from dlrm_mlet.data.criteo import preprocess_criteo
 from dlrm_mlet.data.avazu import preprocess_avazu
 from dlrm_mlet.data.frequency import count_rows, profile, rare_lookup_share
 from dlrm_mlet.data.processed import training_split
 from dlrm_mlet.errors import MLETError
 from dlrm_mlet.tools import pays
-from dlrm_mlet.tools.synth import write_synthetic_days
 
 # --------------------------------------------------------------------------- the statistic
 
@@ -73,16 +72,7 @@ def test_a_kaggle_npz_counts_all_days_but_the_last(tmp_path):
 @pytest.fixture(scope="module")
 def terabyte(tmp_path_factory):
     """24 synthetic days of 50 rows preprocessed three ways: processed .npz, memory-map day files, .bin files."""
-    root = tmp_path_factory.mktemp("tb")
-    write_synthetic_days(root / "raw", 1200, 24, progress=False)
-    plain = preprocess_criteo("terabyte", str(root / "raw" / "day"), str(root / "raw" / "terabyte_processed.npz"),
-                              max_ind_range=1000, quiet=True)
-    (root / "mm").mkdir()
-    for i in range(24):
-        (root / "mm" / f"day_{i}").write_bytes((root / "raw" / f"day_{i}").read_bytes())
-    mapped = preprocess_criteo("terabyte", str(root / "mm" / "day"), str(root / "mm" / "terabyte_processed.npz"),
-                               max_ind_range=1000, memory_map=True, bins=True, quiet=True)
-    return plain, mapped
+    return terabyte_layouts(tmp_path_factory.mktemp("tb"), 1200, bins=True)
 
 
 def test_every_terabyte_format_gives_the_same_training_counts(terabyte):
